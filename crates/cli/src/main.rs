@@ -1,0 +1,290 @@
+//! The `clawgate` command line. It parses arguments and calls the library; nothing else lives
+//! here.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use clawgate_fakes::mock_llm;
+use clawgate_gateway::config::{Config, Overrides, ProviderKind};
+use clawgate_gateway::env_vars;
+use clawgate_gateway::skills::SkillSet;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "clawgate",
+    version,
+    about = "A highly available gateway for AI customer-messaging agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format.
+    #[arg(long, global = true, env = env_vars::LOG_FORMAT, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a gateway replica.
+    Serve(ServeArgs),
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Run fakes of outside services, for tests and load tests.
+    Mock {
+        #[command(subcommand)]
+        command: MockCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Config file (JSON). Without one, built-in defaults: template answers only.
+    #[arg(long, env = env_vars::CONFIG)]
+    config: Option<PathBuf>,
+    /// Listen address, overriding `gateway.listen`.
+    #[arg(long, env = env_vars::LISTEN)]
+    listen: Option<SocketAddr>,
+    /// Replica id, overriding `gateway.replicaId`.
+    #[arg(long, env = env_vars::REPLICA_ID)]
+    replica_id: Option<String>,
+    /// Redis URL, overriding `redis.url`.
+    #[arg(long, env = env_vars::REDIS_URL)]
+    redis_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file: print every error with its JSON path, exit 1 if there is one.
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum MockCommand {
+    /// A fake LLM speaking the OpenAI chat-completions and Ollama /api/chat formats.
+    Llm {
+        /// Port to listen on.
+        #[arg(long)]
+        port: u16,
+        /// Address to bind.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// Delay before each answer, milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Random extra delay up to this many milliseconds.
+        #[arg(long, default_value_t = 0)]
+        jitter_ms: u64,
+        /// Initial behaviour (changeable at run time with POST /control).
+        #[arg(long, value_enum, default_value = "ok")]
+        mode: MockMode,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MockMode {
+    Ok,
+    Error,
+    RateLimited,
+    Hang,
+    Slow,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("clawgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Config {
+                command: ConfigCommand::Check { file },
+            } => Ok(check_config(&file)),
+            Command::Mock {
+                command:
+                    MockCommand::Llm {
+                        port,
+                        host,
+                        latency_ms,
+                        jitter_ms,
+                        mode,
+                    },
+            } => mock_llm(SocketAddr::new(host, port), latency_ms, jitter_ms, mode).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("clawgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(env_vars::LOG)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Cancelled on SIGTERM or SIGINT.
+fn shutdown_signal() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        cancel.cancel();
+    });
+    Ok(token)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = match &args.config {
+        Some(path) => Config::load(path),
+        None => Ok(Config::builtin()),
+    };
+    let config = config.and_then(|c| {
+        c.with_overrides(Overrides {
+            listen: args.listen,
+            replica_id: args.replica_id,
+            redis_url: args.redis_url,
+        })
+    });
+    let config = match config {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("clawgate: the configuration has errors; not starting");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(config.gateway.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
+    let shutdown = shutdown_signal()?;
+    clawgate_gateway::run(listener, config, shutdown).await?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let config = match Config::load(file) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} error(s)", file.display(), errors.0.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let mut lines = vec![
+        format!("{}: ok", file.display()),
+        format!("  listen:      {}", config.gateway.listen),
+        format!("  replica id:  {}", config.gateway.replica_id),
+        format!("  redis:       {}", redact_url(&config.redis.url)),
+    ];
+    for (i, p) in config.llm.providers.iter().enumerate() {
+        let what = match &p.kind {
+            ProviderKind::OpenAiCompatible {
+                endpoint, model, ..
+            } => {
+                format!("openai-compatible {endpoint} model {model}")
+            }
+            ProviderKind::Ollama { endpoint, model } => format!("ollama {endpoint} model {model}"),
+            ProviderKind::Template => "template".to_string(),
+        };
+        lines.push(format!(
+            "  provider {}:  {} ({what}, timeout {} ms, {} retries)",
+            i + 1,
+            p.name,
+            p.timeout.as_millis(),
+            p.max_retries
+        ));
+    }
+    let (skills, skill_errors) = SkillSet::load(&config.skills.dir);
+    lines.push(format!(
+        "  skills:      {} from {}",
+        skills.names().join(", "),
+        config.skills.dir.display()
+    ));
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
+    for error in skill_errors {
+        eprintln!("warning: skill not loaded: {error}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// Hides a password in a Redis URL.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn mock_llm(
+    addr: SocketAddr,
+    latency_ms: u64,
+    jitter_ms: u64,
+    mode: MockMode,
+) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let mode = match mode {
+        MockMode::Ok => mock_llm::Mode::Ok,
+        MockMode::Error => mock_llm::Mode::Error,
+        MockMode::RateLimited => mock_llm::Mode::RateLimited,
+        MockMode::Hang => mock_llm::Mode::Hang,
+        MockMode::Slow => mock_llm::Mode::Slow,
+    };
+    let options = mock_llm::Options {
+        mode,
+        latency_ms,
+        jitter_ms,
+    };
+    tracing::info!(%addr, latency_ms, jitter_ms, "mock LLM listening (OpenAI: /v1/chat/completions, Ollama: /api/chat, control: /control)");
+    let shutdown = shutdown_signal()?;
+    tokio::select! {
+        served = mock_llm::serve(listener, options) => served.context("mock LLM server failed")?,
+        _ = shutdown.cancelled() => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,511 @@
+//! A fake LLM provider: one HTTP server speaking both the OpenAI chat-completions API
+//! (`POST /v1/chat/completions`, `POST /chat/completions`, `GET /v1/models`) and Ollama's
+//! (`POST /api/chat`, `GET /api/tags`).
+//!
+//! Its answer is deterministic and shows what it was sent, e.g.
+//! `[mock] user_turns=3 last="where is my parcel?"`, so a test can prove that a replica saw the
+//! whole conversation. `POST /control` switches its behaviour at run time:
+//! `{"mode": "ok" | "error" | "rate_limited" | "hang" | "slow"}`, `{"latency_ms": N}`,
+//! `{"jitter_ms": N}`, `{"slow_ms": N}`, `{"fail_next": N}` (N answers with HTTP 500, then back
+//! to the mode). `GET /stats` counts requests by outcome.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// How the mock answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// 200 with the deterministic answer, after the configured latency.
+    Ok,
+    /// HTTP 500 with an OpenAI-style error body.
+    Error,
+    /// HTTP 429 with `Retry-After: 1`.
+    RateLimited,
+    /// Accepts the request and never answers.
+    Hang,
+    /// Like `ok`, but after `slow_ms` instead of the latency.
+    Slow,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Ok => "ok",
+            Mode::Error => "error",
+            Mode::RateLimited => "rate_limited",
+            Mode::Hang => "hang",
+            Mode::Slow => "slow",
+        }
+    }
+}
+
+/// Start-up settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Initial behaviour.
+    pub mode: Mode,
+    /// Delay before each answer, milliseconds.
+    pub latency_ms: u64,
+    /// Uniform random extra delay in `0..=jitter_ms`, milliseconds.
+    pub jitter_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            mode: Mode::Ok,
+            latency_ms: 0,
+            jitter_ms: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Behaviour {
+    mode: Mode,
+    latency_ms: u64,
+    jitter_ms: u64,
+    slow_ms: u64,
+    fail_next: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    answered: AtomicU64,
+    errors: AtomicU64,
+    rate_limited: AtomicU64,
+    hung: AtomicU64,
+    bad_requests: AtomicU64,
+}
+
+struct Shared {
+    behaviour: Mutex<Behaviour>,
+    counters: Counters,
+}
+
+impl Shared {
+    fn behaviour(&self) -> std::sync::MutexGuard<'_, Behaviour> {
+        self.behaviour.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A running mock, for in-process use.
+#[derive(Clone)]
+pub struct MockLlm {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl MockLlm {
+    /// Binds `127.0.0.1:0` and serves in the background until the runtime ends.
+    pub async fn spawn(options: Options) -> std::io::Result<MockLlm> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = shared(options);
+        let app = router(shared.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(MockLlm { addr, shared })
+    }
+
+    /// Base URL for an `openai-compatible` provider (`…/v1`).
+    pub fn openai_endpoint(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Base URL for an `ollama` provider.
+    pub fn ollama_endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Switches the behaviour.
+    pub fn set_mode(&self, mode: Mode) {
+        self.shared.behaviour().mode = mode;
+    }
+
+    /// Sets the answer latency.
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.behaviour().latency_ms = latency.as_millis() as u64;
+    }
+
+    /// Makes the next `n` requests fail with HTTP 500.
+    pub fn fail_next(&self, n: u64) {
+        self.shared.behaviour().fail_next = n;
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> u64 {
+        self.shared.counters.requests.load(Ordering::SeqCst)
+    }
+
+    /// Successful answers sent so far.
+    pub fn answered(&self) -> u64 {
+        self.shared.counters.answered.load(Ordering::SeqCst)
+    }
+}
+
+fn shared(options: Options) -> Arc<Shared> {
+    Arc::new(Shared {
+        behaviour: Mutex::new(Behaviour {
+            mode: options.mode,
+            latency_ms: options.latency_ms,
+            jitter_ms: options.jitter_ms,
+            slow_ms: 5_000,
+            fail_next: 0,
+        }),
+        counters: Counters::default(),
+    })
+}
+
+/// Serves the mock on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, options: Options) -> std::io::Result<()> {
+    axum::serve(listener, router(shared(options))).await
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(openai_chat))
+        .route("/chat/completions", post(openai_chat))
+        .route("/api/chat", post(ollama_chat))
+        .route("/v1/models", get(openai_models))
+        .route("/models", get(openai_models))
+        .route("/api/tags", get(ollama_tags))
+        .route("/control", post(control).get(show_control))
+        .route("/stats", get(stats))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(shared)
+}
+
+/// What the mock saw in a request.
+struct Seen {
+    model: String,
+    user_turns: usize,
+    last_user: String,
+    prompt_chars: usize,
+}
+
+fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        // OpenAI content parts: [{"type": "text", "text": "…"}, …]
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+fn read_request(body: &[u8]) -> Result<Seen, String> {
+    let request: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    let messages = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or("`messages` must be an array")?;
+    let mut user_turns = 0;
+    let mut last_user = String::new();
+    let mut prompt_chars = 0;
+    for message in messages {
+        let text = content_text(message.get("content").unwrap_or(&Value::Null));
+        prompt_chars += text.chars().count();
+        if message.get("role").and_then(Value::as_str) == Some("user") {
+            user_turns += 1;
+            last_user = text;
+        }
+    }
+    Ok(Seen {
+        model: request
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("mock")
+            .to_string(),
+        user_turns,
+        last_user,
+        prompt_chars,
+    })
+}
+
+fn answer_text(seen: &Seen) -> String {
+    format!(
+        "[mock] user_turns={} last=\"{}\"",
+        seen.user_turns,
+        seen.last_user.replace('"', "'")
+    )
+}
+
+fn openai_error(status: StatusCode, kind: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"message": message, "type": kind, "param": null, "code": null}})),
+    )
+        .into_response()
+}
+
+/// Applies the behaviour: `Ok(())` to answer normally, `Err(response)` to fail instead.
+async fn behave(shared: &Shared) -> Result<(), Response> {
+    let counters = &shared.counters;
+    counters.requests.fetch_add(1, Ordering::SeqCst);
+    let (mode, delay_ms) = {
+        let mut b = shared.behaviour();
+        let mode = if b.fail_next > 0 {
+            b.fail_next -= 1;
+            Mode::Error
+        } else {
+            b.mode
+        };
+        let jitter = if b.jitter_ms > 0 {
+            rand::random_range(0..=b.jitter_ms)
+        } else {
+            0
+        };
+        let delay = if mode == Mode::Slow {
+            b.slow_ms
+        } else {
+            b.latency_ms + jitter
+        };
+        (mode, delay)
+    };
+    match mode {
+        Mode::Hang => {
+            counters.hung.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+        Mode::Error => {
+            counters.errors.fetch_add(1, Ordering::SeqCst);
+            Err(openai_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "mock: injected server error",
+            ))
+        }
+        Mode::RateLimited => {
+            counters.rate_limited.fetch_add(1, Ordering::SeqCst);
+            let mut response = openai_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                "mock: rate limit reached",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Err(response)
+        }
+        Mode::Ok | Mode::Slow => {
+            if delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn openai_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let seen = match read_request(&body) {
+        Ok(seen) => seen,
+        Err(reason) => {
+            shared.counters.bad_requests.fetch_add(1, Ordering::SeqCst);
+            return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", &reason);
+        }
+    };
+    if let Err(response) = behave(&shared).await {
+        return response;
+    }
+    let id = shared.counters.answered.fetch_add(1, Ordering::SeqCst) + 1;
+    let text = answer_text(&seen);
+    let completion_tokens = text.split_whitespace().count();
+    let prompt_tokens = seen.prompt_chars / 4 + 1;
+    Json(json!({
+        "id": format!("chatcmpl-mock-{id}"),
+        "object": "chat.completion",
+        "created": unix_seconds(),
+        "model": seen.model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop",
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }))
+    .into_response()
+}
+
+async fn ollama_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let seen = match read_request(&body) {
+        Ok(seen) => seen,
+        Err(reason) => {
+            shared.counters.bad_requests.fetch_add(1, Ordering::SeqCst);
+            return (StatusCode::BAD_REQUEST, Json(json!({"error": reason}))).into_response();
+        }
+    };
+    if let Err(response) = behave(&shared).await {
+        return response;
+    }
+    shared.counters.answered.fetch_add(1, Ordering::SeqCst);
+    let text = answer_text(&seen);
+    Json(json!({
+        "model": seen.model,
+        "created_at": rfc3339(unix_seconds()),
+        "message": {"role": "assistant", "content": text},
+        "done": true,
+        "done_reason": "stop",
+        "prompt_eval_count": seen.prompt_chars / 4 + 1,
+        "eval_count": text.split_whitespace().count(),
+    }))
+    .into_response()
+}
+
+async fn openai_models() -> Response {
+    Json(json!({
+        "object": "list",
+        "data": [{"id": "mock", "object": "model", "created": 0, "owned_by": "clawgate-mock"}],
+    }))
+    .into_response()
+}
+
+async fn ollama_tags() -> Response {
+    Json(json!({"models": [{"name": "mock", "model": "mock"}]})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Control {
+    mode: Option<Mode>,
+    latency_ms: Option<u64>,
+    jitter_ms: Option<u64>,
+    slow_ms: Option<u64>,
+    fail_next: Option<u64>,
+}
+
+fn behaviour_json(b: &Behaviour) -> Value {
+    json!({
+        "mode": b.mode.as_str(),
+        "latency_ms": b.latency_ms,
+        "jitter_ms": b.jitter_ms,
+        "slow_ms": b.slow_ms,
+        "fail_next": b.fail_next,
+    })
+}
+
+async fn control(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let control: Control = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": format!("expected {{\"mode\": \"ok\"|\"error\"|\"rate_limited\"|\"hang\"|\"slow\", \"latency_ms\", \"jitter_ms\", \"slow_ms\", \"fail_next\"}}: {e}")})),
+            )
+                .into_response();
+        }
+    };
+    let mut b = shared.behaviour();
+    if let Some(mode) = control.mode {
+        b.mode = mode;
+    }
+    if let Some(ms) = control.latency_ms {
+        b.latency_ms = ms;
+    }
+    if let Some(ms) = control.jitter_ms {
+        b.jitter_ms = ms;
+    }
+    if let Some(ms) = control.slow_ms {
+        b.slow_ms = ms;
+    }
+    if let Some(n) = control.fail_next {
+        b.fail_next = n;
+    }
+    Json(behaviour_json(&b)).into_response()
+}
+
+async fn show_control(State(shared): State<Arc<Shared>>) -> Response {
+    Json(behaviour_json(&shared.behaviour())).into_response()
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    let c = &shared.counters;
+    let load = |a: &AtomicU64| a.load(Ordering::SeqCst);
+    Json(json!({
+        "requests": load(&c.requests),
+        "answered": load(&c.answered),
+        "errors": load(&c.errors),
+        "rate_limited": load(&c.rate_limited),
+        "hung": load(&c.hung),
+        "bad_requests": load(&c.bad_requests),
+    }))
+    .into_response()
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time (Ollama's `created_at`).
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answer_shows_what_the_model_was_sent() {
+        let body = br#"{"model": "m", "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": "hi"},
+            {"role": "user", "content": [{"type": "text", "text": "where is \"it\"?"}]}
+        ]}"#;
+        let seen = read_request(body).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            answer_text(&seen),
+            "[mock] user_turns=2 last=\"where is 'it'?\""
+        );
+        assert!(read_request(b"{}").is_err());
+    }
+
+    #[test]
+    fn formats_ollama_timestamps() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_764_054_000), "2025-11-25T07:00:00Z");
+    }
+}

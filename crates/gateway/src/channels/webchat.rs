@@ -1,0 +1,269 @@
+//! The web-chat channel: `POST /v1/webchat/messages` accepts a message and, within the wait
+//! budget, answers with the reply in the same response, whichever replica produced it; otherwise
+//! 202 with where to fetch it. A client resending the same `message_id` gets the same reply and
+//! adds no turn.
+
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::ingress::Origin;
+use crate::message::{Channel, ConversationKey, DedupeId, InboundMessage, StoredReply, now_ms};
+use crate::state::Acceptance;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest accepted message text, bytes.
+const MAX_TEXT_BYTES: usize = 32 * 1024;
+/// Longest session or message id.
+const MAX_ID_LEN: usize = 128;
+/// How often a request waiting for a reply re-reads the store in case it missed the wake-up
+/// (a duplicate whose original was accepted by another replica is woken there, not here).
+const POLL_FIRST_ACCEPT: Duration = Duration::from_secs(2);
+const POLL_DUPLICATE: Duration = Duration::from_millis(250);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostMessage {
+    session_id: String,
+    message_id: String,
+    text: String,
+    #[serde(default)]
+    language: Option<String>,
+}
+
+/// Query parameters of `POST /v1/webchat/messages`.
+#[derive(Deserialize)]
+pub struct WaitQuery {
+    /// Overrides the configured reply wait (capped by it), e.g. `0` to get 202 at once.
+    wait_ms: Option<u64>,
+}
+
+/// Session ids become part of Redis keys: no `:` (the key separator) and no braces (hash tags).
+fn check_id(what: &str, id: &str, allow_colon: bool) -> Result<(), ApiError> {
+    let valid = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(c, '-' | '_' | '.' | '~' | '@' | '+' | '=')
+                || (allow_colon && c == ':')
+        });
+    if valid {
+        Ok(())
+    } else {
+        let colon = if allow_colon { ", ':'" } else { "" };
+        Err(ApiError::bad_request(format!(
+            "`{what}` must be 1 to {MAX_ID_LEN} characters of letters, digits and - _ . ~ @ + ={colon}"
+        )))
+    }
+}
+
+fn parse_message(body: &[u8]) -> Result<PostMessage, ApiError> {
+    let message: PostMessage = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected a JSON object {{\"session_id\", \"message_id\", \"text\"}}: {e}"
+        ))
+    })?;
+    check_id("session_id", &message.session_id, false)?;
+    check_id("message_id", &message.message_id, true)?;
+    if message.text.trim().is_empty() {
+        return Err(ApiError::bad_request("`text` must not be empty"));
+    }
+    if message.text.len() > MAX_TEXT_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "`text` is longer than {MAX_TEXT_BYTES} bytes"
+        )));
+    }
+    if let Some(language) = &message.language
+        && (language.is_empty()
+            || language.len() > 16
+            || !language
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-'))
+    {
+        return Err(ApiError::bad_request(
+            "`language` must be a language tag such as \"nl\" or \"en-GB\"",
+        ));
+    }
+    Ok(message)
+}
+
+fn replied(message_id: &str, reply: &StoredReply) -> Response {
+    Json(json!({
+        "message_id": message_id,
+        "reply": {"text": reply.text, "skill": reply.skill, "provider": reply.provider},
+    }))
+    .into_response()
+}
+
+fn reply_url(session_id: &str, message_id: &str) -> String {
+    format!("/v1/webchat/sessions/{session_id}/messages/{message_id}")
+}
+
+fn pending(session_id: &str, message_id: &str) -> Response {
+    let url = reply_url(session_id, message_id);
+    (
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, url.clone())],
+        Json(json!({"message_id": message_id, "status": "pending", "reply_url": url})),
+    )
+        .into_response()
+}
+
+/// `POST /v1/webchat/messages`.
+pub async fn post_message(
+    State(app): State<Arc<AppState>>,
+    Query(query): Query<WaitQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let message = parse_message(&body)?;
+    let wait = match query.wait_ms {
+        Some(ms) => Duration::from_millis(ms).min(app.webchat.reply_wait),
+        None => app.webchat.reply_wait,
+    };
+    let inbound = InboundMessage {
+        channel: Channel::Webchat,
+        user: message.session_id.clone(),
+        message_id: message.message_id.clone(),
+        text: message.text,
+        received_at_ms: now_ms(),
+        ingress_replica: app.replica_id.clone(),
+        language: message.language.map(|l| l.to_lowercase()),
+    };
+    let id = inbound.dedupe_id();
+    // Register before accepting so a fast reply cannot slip past.
+    let mut waiter = app.waiters.register(&id);
+    let (acceptance, origin) = app.ingress.accept(&inbound).await?;
+    let duplicate = acceptance == Acceptance::Duplicate;
+    let store = app.ingress.store(origin);
+    let deadline = Instant::now() + wait;
+    let poll = if duplicate {
+        POLL_DUPLICATE
+    } else {
+        POLL_FIRST_ACCEPT
+    };
+    let mut check_store = duplicate;
+    loop {
+        if check_store {
+            match store.reply(&id).await {
+                Ok(Some(reply)) => return Ok(replied(&message.message_id, &reply)),
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "reply lookup failed while waiting"),
+            }
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Ok(pending(&message.session_id, &message.message_id));
+        }
+        tokio::select! {
+            reply = waiter.wait(poll.min(remaining)) => match reply {
+                Some(reply) => return Ok(replied(&message.message_id, &reply)),
+                None => check_store = true,
+            },
+            _ = app.release_waiting.cancelled() => {
+                return Ok(pending(&message.session_id, &message.message_id));
+            }
+        }
+    }
+}
+
+/// `GET /v1/webchat/sessions/{session_id}/messages`: the conversation's history, oldest first.
+pub async fn history(
+    State(app): State<Arc<AppState>>,
+    Path(session_id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_id("session_id", &session_id, false)?;
+    let (store, origin) = app.ingress.current_store();
+    let conversation = ConversationKey::new(Channel::Webchat, &session_id);
+    let messages = store
+        .history(&conversation)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot read the conversation: {e}")))?;
+    Ok(Json(json!({
+        "session_id": session_id,
+        "source": if origin == Origin::Redis { "redis" } else { "memory" },
+        "messages": messages,
+    }))
+    .into_response())
+}
+
+/// `GET /v1/webchat/sessions/{session_id}/messages/{message_id}`: the reply to one message, 202
+/// while it is being worked on, 404 for a message never accepted.
+pub async fn message_status(
+    State(app): State<Arc<AppState>>,
+    Path((session_id, message_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    check_id("session_id", &session_id, false)?;
+    check_id("message_id", &message_id, true)?;
+    let id = DedupeId::new(Channel::Webchat, &session_id, &message_id);
+    let (store, _) = app.ingress.current_store();
+    let unavailable =
+        |e: crate::state::StateError| ApiError::unavailable(format!("cannot read the reply: {e}"));
+    if let Some(reply) = store.reply(&id).await.map_err(unavailable)? {
+        return Ok(replied(&message_id, &reply));
+    }
+    if store.seen(&id).await.map_err(unavailable)? {
+        return Ok(pending(&session_id, &message_id));
+    }
+    Err(ApiError::not_found(format!(
+        "no message \"{message_id}\" in session \"{session_id}\""
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_bodies_are_rejected_with_a_reason() {
+        let cases: [(&[u8], &str); 6] = [
+            (b"not json", "expected a JSON object"),
+            (
+                br#"{"session_id": "s", "text": "hi"}"#,
+                "missing field `message_id`",
+            ),
+            (
+                br#"{"session_id": "a:b", "message_id": "1", "text": "hi"}"#,
+                "`session_id` must be",
+            ),
+            (
+                br#"{"session_id": "{x}", "message_id": "1", "text": "hi"}"#,
+                "`session_id` must be",
+            ),
+            (
+                br#"{"session_id": "s", "message_id": "1", "text": "  "}"#,
+                "`text` must not be empty",
+            ),
+            (
+                br#"{"session_id": "s", "message_id": "1", "text": "hi", "extra": 1}"#,
+                "unknown field `extra`",
+            ),
+        ];
+        for (body, expected) in cases {
+            match parse_message(body) {
+                Ok(_) => panic!("accepted {:?}", String::from_utf8_lossy(body)),
+                Err(e) => {
+                    assert_eq!(e.status, StatusCode::BAD_REQUEST);
+                    assert!(
+                        e.message.contains(expected),
+                        "{} does not contain {expected}",
+                        e.message
+                    );
+                }
+            }
+        }
+        assert!(
+            parse_message(
+                br#"{"session_id": "s-1", "message_id": "m:1", "text": "hi", "language": "nl"}"#
+            )
+            .is_ok()
+        );
+    }
+}

@@ -1,0 +1,930 @@
+//! The configuration: one JSON file (`clawgate.json`), its schema, defaults, `${VAR}`
+//! interpolation and validation.
+//!
+//! Loading never stops at the first problem: every error is reported with the file, the JSON path
+//! and what was expected, so an operator fixes a config in one round. A file that holds only the
+//! seed's `llm` block is complete; every other key has a default.
+
+mod interpolate;
+mod reader;
+
+use reader::{Object, Reader, join};
+use secrecy::SecretString;
+use serde_json::Value;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration of one replica.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file the configuration came from (named in errors and in `/healthz`).
+    pub source: String,
+    /// Listening address and identity.
+    pub gateway: GatewayConfig,
+    /// Where state lives and what to do when it is unreachable.
+    pub redis: RedisConfig,
+    /// How long conversations live and how much history a turn sees.
+    pub conversations: ConversationsConfig,
+    /// The worker pool that runs turns.
+    pub workers: WorkersConfig,
+    /// The web-chat channel.
+    pub webchat: WebchatConfig,
+    /// Where skills are read from.
+    pub skills: SkillsConfig,
+    /// What the agent is told about itself.
+    pub agent: AgentConfig,
+    /// The provider chain (the seed's `llm` block).
+    pub llm: LlmConfig,
+}
+
+/// Listening address and identity of the replica.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Unique name of this replica: its Redis consumer name and its reply channel. Defaults to
+    /// `<hostname>-<port>` so replicas on one host or in containers differ without configuration.
+    pub replica_id: String,
+    /// How long in-flight turns may run after SIGTERM before the process exits anyway.
+    pub shutdown_grace: Duration,
+}
+
+/// Redis connection and outage behaviour.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` URL.
+    pub url: String,
+    /// What ingress does while Redis is unreachable.
+    pub down_mode: RedisDownMode,
+    /// Upper bound on one Redis command; a slower answer counts as Redis being down.
+    pub command_timeout: Duration,
+}
+
+/// What ingress does while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisDownMode {
+    /// Keep answering from in-process state (the seed's requirement); `/healthz` says degraded.
+    Degrade,
+    /// Answer 503 so the platforms retry later and nothing is processed without durable state.
+    Reject,
+}
+
+/// Conversation lifetime and history size.
+#[derive(Debug, Clone)]
+pub struct ConversationsConfig {
+    /// Idle time after which a conversation and its session expire (refreshed on every turn).
+    pub ttl: Duration,
+    /// Maximum number of history entries kept per conversation (user and assistant each count).
+    pub history_limit: usize,
+}
+
+/// The worker pool and the durable inbox.
+#[derive(Debug, Clone)]
+pub struct WorkersConfig {
+    /// Turns this replica runs at once.
+    pub concurrency: usize,
+    /// How long an inbox entry may sit unrefreshed in another consumer's pending list before it
+    /// is taken over (its replica is presumed dead).
+    pub claim_idle: Duration,
+    /// Deliveries after which an entry goes to the dead-letter stream instead of being retried.
+    pub max_deliveries: u64,
+    /// Lifetime of a conversation lease; the holder renews it while its turn runs.
+    pub lease_ttl: Duration,
+    /// How long a message waits for an earlier message of its conversation that nobody is
+    /// processing before it is answered anyway (a safety valve; normally never reached).
+    pub order_wait: Duration,
+    /// Inbox length above which ingress answers 503 (back-pressure instead of unbounded growth).
+    pub inbox_max_length: u64,
+    /// Capacity of the in-process queue used while Redis is down.
+    pub memory_queue: usize,
+}
+
+/// The web-chat channel.
+#[derive(Debug, Clone)]
+pub struct WebchatConfig {
+    /// How long `POST /v1/webchat/messages` waits for the reply before answering 202.
+    pub reply_wait: Duration,
+}
+
+/// Where skills are read from.
+#[derive(Debug, Clone)]
+pub struct SkillsConfig {
+    /// Folder holding one sub-folder per skill, each with a `SKILL.md`; relative paths are
+    /// resolved against the config file's folder.
+    pub dir: PathBuf,
+}
+
+/// What the agent is told about itself.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The start of every system prompt.
+    pub system_prompt: String,
+    /// Language used when a conversation's language is not known.
+    pub default_language: String,
+}
+
+/// The provider chain, as in the seed's `llm` block.
+#[derive(Debug, Clone)]
+pub struct LlmConfig {
+    /// Providers in fallback order; a `template` provider is appended when none is listed, so a
+    /// turn always gets an answer.
+    pub providers: Vec<ProviderConfig>,
+    /// The seed's `rateLimiting` block (validated; enforcement comes with the resilience work).
+    pub rate_limiting: Option<RateLimitingConfig>,
+}
+
+/// One provider of the chain.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// Unique name, recorded on every answer it produces.
+    pub name: String,
+    /// Wire protocol and its settings.
+    pub kind: ProviderKind,
+    /// Upper bound on one attempt (the seed's `timeout`, milliseconds).
+    pub timeout: Duration,
+    /// Further attempts after a retryable failure (connect error, 5xx).
+    pub max_retries: u32,
+}
+
+/// A provider's wire protocol.
+#[derive(Debug, Clone)]
+pub enum ProviderKind {
+    /// `POST {endpoint}/chat/completions` with a Bearer key.
+    OpenAiCompatible {
+        /// Base URL, e.g. `https://api.openai.com/v1`.
+        endpoint: String,
+        /// API key; empty means no `Authorization` header.
+        api_key: SecretString,
+        /// Model name.
+        model: String,
+    },
+    /// `POST {endpoint}/api/chat` with `stream: false`.
+    Ollama {
+        /// Base URL, e.g. `http://ollama:11434`.
+        endpoint: String,
+        /// Model name.
+        model: String,
+    },
+    /// The skill's canned answer; needs no model and never fails.
+    Template,
+}
+
+/// The seed's `rateLimiting` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitingConfig {
+    /// Cluster-wide request budget per minute.
+    pub requests_per_minute: u64,
+    /// Share of the budget one API key may use per minute.
+    pub requests_per_key: Option<u64>,
+    /// Requests allowed above the steady rate in a burst.
+    pub burst_allowed: Option<u64>,
+}
+
+/// Values from the command line or environment that take precedence over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen` / `CLAWGATE_LISTEN`.
+    pub listen: Option<SocketAddr>,
+    /// `--replica-id` / `CLAWGATE_REPLICA_ID`.
+    pub replica_id: Option<String>,
+    /// `--redis-url` / `CLAWGATE_REDIS_URL`.
+    pub redis_url: Option<String>,
+}
+
+/// One configuration problem: the file, the JSON path and what was expected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    /// The file (or `<built-in defaults>`, or a flag name for overrides).
+    pub file: String,
+    /// JSON path such as `llm.providers[0].timeout`; empty for whole-file problems.
+    pub path: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The port replicas listen on by default (the seed's first replica).
+pub const DEFAULT_PORT: u16 = 18789;
+const DEFAULT_SYSTEM_PROMPT: &str = "You are a customer-service assistant. Answer briefly, \
+    politely and in the customer's language. Never invent facts such as delivery times or \
+    tracking statuses; say when you do not know.";
+
+impl Config {
+    /// Reads, interpolates and validates `path`, with the process environment for `${VAR}`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: source.clone(),
+                path: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }])
+        })?;
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, &source, base_dir, &|name| std::env::var(name).ok())
+    }
+
+    /// The configuration used when no file is given: every default, template provider only.
+    pub fn builtin() -> Config {
+        Config::parse("{}", "<built-in defaults>", Path::new("."), &|_| None)
+            .unwrap_or_else(|_| unreachable_defaults())
+    }
+
+    /// Parses a configuration document; `base_dir` anchors relative paths.
+    pub fn parse(
+        text: &str,
+        source: &str,
+        base_dir: &Path,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        let fail = |path: String, message: String| {
+            ConfigErrors(vec![ConfigError {
+                file: source.to_string(),
+                path,
+                message,
+            }])
+        };
+        let mut doc: Value = serde_json::from_str(text).map_err(|e| {
+            fail(
+                String::new(),
+                format!(
+                    "not valid JSON at line {}, column {}: {e}",
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })?;
+        let mut interpolation_errors = Vec::new();
+        interpolate::interpolate_tree(&mut doc, "", lookup, &mut interpolation_errors);
+        let Value::Object(root) = doc else {
+            return Err(fail(
+                String::new(),
+                "expected a JSON object at the top level".into(),
+            ));
+        };
+
+        let mut r = Reader::default();
+        for e in interpolation_errors {
+            r.error(e.path, e.message);
+        }
+        let config = read_config(&mut r, &root, source, base_dir);
+        if r.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(
+                r.errors
+                    .into_iter()
+                    .map(|(path, message)| ConfigError {
+                        file: source.to_string(),
+                        path,
+                        message,
+                    })
+                    .collect(),
+            ))
+        }
+    }
+
+    /// Applies command-line / environment overrides, validating them like file values.
+    pub fn with_overrides(mut self, overrides: Overrides) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        if let Some(listen) = overrides.listen {
+            let default_id = default_replica_id(self.gateway.listen.port());
+            if self.gateway.replica_id == default_id {
+                self.gateway.replica_id = default_replica_id(listen.port());
+            }
+            self.gateway.listen = listen;
+        }
+        if let Some(id) = overrides.replica_id {
+            match check_replica_id(&id) {
+                Ok(()) => self.gateway.replica_id = id,
+                Err(message) => errors.push(ConfigError {
+                    file: "--replica-id / CLAWGATE_REPLICA_ID".into(),
+                    path: String::new(),
+                    message,
+                }),
+            }
+        }
+        if let Some(url) = overrides.redis_url {
+            match check_redis_url(&url) {
+                Ok(()) => self.redis.url = url,
+                Err(message) => errors.push(ConfigError {
+                    file: "--redis-url / CLAWGATE_REDIS_URL".into(),
+                    path: String::new(),
+                    message,
+                }),
+            }
+        }
+        if errors.is_empty() {
+            Ok(self)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// `Config::builtin` parses `{}`, which cannot fail; this keeps the code panic-free regardless.
+fn unreachable_defaults() -> Config {
+    let mut r = Reader::default();
+    read_config(
+        &mut r,
+        &Object::new(),
+        "<built-in defaults>",
+        Path::new("."),
+    )
+}
+
+fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> Config {
+    r.check_keys(
+        root,
+        "",
+        &[
+            "gateway",
+            "redis",
+            "conversations",
+            "workers",
+            "webchat",
+            "skills",
+            "agent",
+            "llm",
+        ],
+    );
+    let empty = Object::new();
+
+    let g = r
+        .section(
+            root,
+            "",
+            "gateway",
+            &["listen", "replicaId", "shutdownGraceMs"],
+        )
+        .unwrap_or(&empty);
+    let listen = r
+        .value(
+            g,
+            "gateway",
+            "listen",
+            "an address such as \"0.0.0.0:18789\"",
+            |v| v.as_str().and_then(|s| s.parse::<SocketAddr>().ok()),
+        )
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
+    let replica_id = match r.string(g, "gateway", "replicaId") {
+        Some(id) => {
+            if let Err(message) = check_replica_id(&id) {
+                r.error("gateway.replicaId", message);
+            }
+            id
+        }
+        None => default_replica_id(listen.port()),
+    };
+    let gateway = GatewayConfig {
+        listen,
+        replica_id,
+        shutdown_grace: ms(
+            r.integer(g, "gateway", "shutdownGraceMs", 0, 600_000, "milliseconds"),
+            20_000,
+        ),
+    };
+
+    let rd = r
+        .section(root, "", "redis", &["url", "downMode", "commandTimeoutMs"])
+        .unwrap_or(&empty);
+    let url = r
+        .string(rd, "redis", "url")
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    if let Err(message) = check_redis_url(&url) {
+        r.error("redis.url", message);
+    }
+    let down_mode = match r
+        .choice(rd, "redis", "downMode", &["degrade", "reject"])
+        .as_deref()
+    {
+        Some("reject") => RedisDownMode::Reject,
+        _ => RedisDownMode::Degrade,
+    };
+    let redis = RedisConfig {
+        url,
+        down_mode,
+        command_timeout: ms(
+            r.integer(rd, "redis", "commandTimeoutMs", 10, 60_000, "milliseconds"),
+            1_000,
+        ),
+    };
+
+    let c = r
+        .section(root, "", "conversations", &["ttlSeconds", "historyLimit"])
+        .unwrap_or(&empty);
+    let conversations = ConversationsConfig {
+        ttl: Duration::from_secs(
+            r.integer(c, "conversations", "ttlSeconds", 60, 30 * 86_400, "seconds")
+                .unwrap_or(1_800),
+        ),
+        history_limit: r
+            .integer(c, "conversations", "historyLimit", 2, 1_000, "messages")
+            .unwrap_or(40) as usize,
+    };
+
+    let w = r
+        .section(
+            root,
+            "",
+            "workers",
+            &[
+                "concurrency",
+                "claimIdleMs",
+                "maxDeliveries",
+                "leaseTtlMs",
+                "orderWaitMs",
+                "inboxMaxLength",
+                "memoryQueue",
+            ],
+        )
+        .unwrap_or(&empty);
+    let workers = WorkersConfig {
+        concurrency: r
+            .integer(w, "workers", "concurrency", 1, 100_000, "turns at once")
+            .unwrap_or(1_024) as usize,
+        claim_idle: ms(
+            r.integer(w, "workers", "claimIdleMs", 100, 3_600_000, "milliseconds"),
+            5_000,
+        ),
+        max_deliveries: r
+            .integer(w, "workers", "maxDeliveries", 1, 1_000, "deliveries")
+            .unwrap_or(5),
+        lease_ttl: ms(
+            r.integer(w, "workers", "leaseTtlMs", 100, 3_600_000, "milliseconds"),
+            10_000,
+        ),
+        order_wait: ms(
+            r.integer(w, "workers", "orderWaitMs", 0, 3_600_000, "milliseconds"),
+            30_000,
+        ),
+        inbox_max_length: r
+            .integer(w, "workers", "inboxMaxLength", 1, 100_000_000, "entries")
+            .unwrap_or(100_000),
+        memory_queue: r
+            .integer(w, "workers", "memoryQueue", 1, 10_000_000, "messages")
+            .unwrap_or(10_000) as usize,
+    };
+
+    let wc = r
+        .section(root, "", "webchat", &["replyWaitMs"])
+        .unwrap_or(&empty);
+    let webchat = WebchatConfig {
+        reply_wait: ms(
+            r.integer(wc, "webchat", "replyWaitMs", 0, 600_000, "milliseconds"),
+            30_000,
+        ),
+    };
+
+    let s = r.section(root, "", "skills", &["dir"]).unwrap_or(&empty);
+    let dir = PathBuf::from(
+        r.string(s, "skills", "dir")
+            .unwrap_or_else(|| "skills".into()),
+    );
+    let skills = SkillsConfig {
+        dir: if dir.is_absolute() {
+            dir
+        } else {
+            base_dir.join(dir)
+        },
+    };
+
+    let a = r
+        .section(root, "", "agent", &["systemPrompt", "defaultLanguage"])
+        .unwrap_or(&empty);
+    let agent = AgentConfig {
+        system_prompt: r
+            .string(a, "agent", "systemPrompt")
+            .unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.into()),
+        default_language: r
+            .string(a, "agent", "defaultLanguage")
+            .unwrap_or_else(|| "en".into()),
+    };
+
+    let llm = read_llm(r, root);
+    Config {
+        source: source.to_string(),
+        gateway,
+        redis,
+        conversations,
+        workers,
+        webchat,
+        skills,
+        agent,
+        llm,
+    }
+}
+
+fn read_llm(r: &mut Reader, root: &Object) -> LlmConfig {
+    let empty = Object::new();
+    let l = r
+        .section(root, "", "llm", &["providers", "rateLimiting"])
+        .unwrap_or(&empty);
+    let mut providers = Vec::new();
+    match l.get("providers") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let path = format!("llm.providers[{i}]");
+                match item {
+                    Value::Object(p) => {
+                        if let Some(provider) = read_provider(r, p, &path) {
+                            if providers
+                                .iter()
+                                .any(|q: &ProviderConfig| q.name == provider.name)
+                            {
+                                r.error(
+                                    join(&path, "name"),
+                                    format!(
+                                        "duplicate provider name \"{}\"; names must be unique",
+                                        provider.name
+                                    ),
+                                );
+                            }
+                            providers.push(provider);
+                        }
+                    }
+                    other => r.error(
+                        path,
+                        format!(
+                            "expected a provider object, found {}",
+                            reader::describe(other)
+                        ),
+                    ),
+                }
+            }
+        }
+        Some(other) => r.error(
+            "llm.providers",
+            format!(
+                "expected an array of providers, found {}",
+                reader::describe(other)
+            ),
+        ),
+    }
+    if !providers
+        .iter()
+        .any(|p| matches!(p.kind, ProviderKind::Template))
+    {
+        providers.push(ProviderConfig {
+            name: "template".into(),
+            kind: ProviderKind::Template,
+            timeout: Duration::from_secs(1),
+            max_retries: 0,
+        });
+    }
+
+    let rate_limiting = r
+        .section(
+            l,
+            "llm",
+            "rateLimiting",
+            &["requestsPerMinute", "requestsPerKey", "burstAllowed"],
+        )
+        .map(|rl| {
+            let p = "llm.rateLimiting";
+            let requests_per_minute = r.integer(
+                rl,
+                p,
+                "requestsPerMinute",
+                1,
+                10_000_000,
+                "requests per minute",
+            );
+            if requests_per_minute.is_none() && rl.get("requestsPerMinute").is_none() {
+                r.error(
+                    join(p, "requestsPerMinute"),
+                    "missing; expected an integer (requests per minute)",
+                );
+            }
+            RateLimitingConfig {
+                requests_per_minute: requests_per_minute.unwrap_or(60),
+                requests_per_key: r.integer(
+                    rl,
+                    p,
+                    "requestsPerKey",
+                    1,
+                    10_000_000,
+                    "requests per minute",
+                ),
+                burst_allowed: r.integer(rl, p, "burstAllowed", 0, 10_000_000, "requests"),
+            }
+        });
+    LlmConfig {
+        providers,
+        rate_limiting,
+    }
+}
+
+fn read_provider(r: &mut Reader, p: &Object, path: &str) -> Option<ProviderConfig> {
+    r.check_keys(
+        p,
+        path,
+        &[
+            "name",
+            "type",
+            "endpoint",
+            "apiKey",
+            "model",
+            "timeout",
+            "maxRetries",
+        ],
+    );
+    let name = r.string(p, path, "name");
+    if name.is_none() && p.get("name").is_none() {
+        r.error(
+            join(path, "name"),
+            "missing; expected the provider's unique name",
+        );
+    }
+    let kinds = ["openai-compatible", "ollama", "template"];
+    let kind = r.choice(p, path, "type", &kinds);
+    if kind.is_none() && p.get("type").is_none() {
+        r.error(
+            join(path, "type"),
+            "missing; expected one of \"openai-compatible\", \"ollama\", \"template\"",
+        );
+    }
+    let timeout = ms(
+        r.integer(p, path, "timeout", 1, 600_000, "milliseconds"),
+        30_000,
+    );
+    let max_retries = r
+        .integer(p, path, "maxRetries", 0, 10, "retries")
+        .unwrap_or(0) as u32;
+
+    let required = |r: &mut Reader, key: &str, what: &str| -> String {
+        let value = r.string(p, path, key);
+        if value.is_none() && p.get(key).is_none() {
+            r.error(join(path, key), format!("missing; expected {what}"));
+        }
+        value.unwrap_or_default()
+    };
+    let kind = match kind?.as_str() {
+        "openai-compatible" => {
+            let endpoint = required(
+                r,
+                "endpoint",
+                "the API base URL, e.g. \"https://api.openai.com/v1\"",
+            );
+            check_endpoint(r, &endpoint, &join(path, "endpoint"));
+            ProviderKind::OpenAiCompatible {
+                endpoint,
+                api_key: SecretString::from(
+                    r.string_or_empty(p, path, "apiKey").unwrap_or_default(),
+                ),
+                model: required(r, "model", "a model name, e.g. \"gpt-4o-mini\""),
+            }
+        }
+        "ollama" => {
+            let endpoint = required(
+                r,
+                "endpoint",
+                "the Ollama base URL, e.g. \"http://ollama:11434\"",
+            );
+            check_endpoint(r, &endpoint, &join(path, "endpoint"));
+            ProviderKind::Ollama {
+                endpoint,
+                model: required(r, "model", "a model name, e.g. \"llama3.1:8b\""),
+            }
+        }
+        _ => ProviderKind::Template,
+    };
+    Some(ProviderConfig {
+        name: name?,
+        kind,
+        timeout,
+        max_retries,
+    })
+}
+
+fn check_endpoint(r: &mut Reader, endpoint: &str, path: &str) {
+    if endpoint.is_empty() {
+        return;
+    }
+    match reqwest::Url::parse(endpoint) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+        _ => r.error(
+            path,
+            format!("expected an http:// or https:// URL, found \"{endpoint}\""),
+        ),
+    }
+}
+
+fn check_redis_url(url: &str) -> Result<(), String> {
+    use redis::IntoConnectionInfo;
+    url.into_connection_info().map(|_| ()).map_err(|e| {
+        format!("expected a Redis URL such as \"redis://127.0.0.1:6379\", found \"{url}\" ({e})")
+    })
+}
+
+fn check_replica_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected 1 to 64 letters, digits, '-', '_' or '.', found \"{id}\""
+        ))
+    }
+}
+
+/// `<hostname>-<port>`: unique per container and per port on one host.
+fn default_replica_id(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                .take(48)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "clawgate".into());
+    format!("{host}-{port}")
+}
+
+fn ms(value: Option<u64>, default: u64) -> Duration {
+    Duration::from_millis(value.unwrap_or(default))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(text, "clawgate.json", Path::new("/etc/clawgate"), &|name| {
+            (name == "LLM_API_KEY").then(|| "sk-test".to_string())
+        })
+    }
+
+    #[test]
+    fn the_seed_llm_block_alone_is_a_complete_config() {
+        let seed = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/fixtures/openclaw-llm.json"
+        ))
+        .unwrap_or_default();
+        let config = match parse(&seed) {
+            Ok(c) => c,
+            Err(e) => panic!("seed config rejected: {e}"),
+        };
+        let names: Vec<&str> = config
+            .llm
+            .providers
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["cloud-primary", "local-fallback", "template"]);
+        assert_eq!(
+            config.llm.providers[0].timeout,
+            Duration::from_millis(10_000)
+        );
+        assert_eq!(config.llm.providers[0].max_retries, 2);
+        assert_eq!(
+            config
+                .llm
+                .rate_limiting
+                .as_ref()
+                .map(|r| r.requests_per_minute),
+            Some(60)
+        );
+        assert_eq!(config.conversations.ttl, Duration::from_secs(1_800));
+        assert_eq!(config.redis.down_mode, RedisDownMode::Degrade);
+        assert!(config.webchat.reply_wait >= Duration::from_secs(25));
+        assert_eq!(config.skills.dir, PathBuf::from("/etc/clawgate/skills"));
+    }
+
+    #[test]
+    fn every_error_names_file_path_and_expectation() {
+        let text = r#"{
+            "redis": {"url": "http://nope", "downMode": "panic"},
+            "workers": {"concurrency": 0},
+            "llm": {"providers": [
+                {"name": "a", "type": "openai-compatible", "endpoint": "ftp://x", "model": "m", "timeout": "10s"},
+                {"type": "gpt"},
+                {"name": "a", "type": "ollama", "model": "m", "endpoint": "http://x"}
+            ]},
+            "webchat": {"replyWaitMS": 5}
+        }"#;
+        let errors = match parse(text) {
+            Ok(_) => panic!("accepted a broken config"),
+            Err(e) => e.0,
+        };
+        let rendered: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let expect = [
+            "clawgate.json: redis.url: expected a Redis URL",
+            "clawgate.json: redis.downMode: expected one of \"degrade\", \"reject\", found the string \"panic\"",
+            "clawgate.json: workers.concurrency: expected an integer from 1 to 100000",
+            "clawgate.json: llm.providers[0].timeout: expected an integer from 1 to 600000 (milliseconds), found the string \"10s\"",
+            "clawgate.json: llm.providers[0].endpoint: expected an http:// or https:// URL",
+            "clawgate.json: llm.providers[1].type: expected one of",
+            "clawgate.json: llm.providers[1].name: missing",
+            "clawgate.json: llm.providers[2].name: duplicate provider name \"a\"",
+            "clawgate.json: webchat.replyWaitMS: unknown key (did you mean `replyWaitMs`?)",
+        ];
+        for e in expect {
+            assert!(
+                rendered.iter().any(|r| r.starts_with(e)),
+                "missing error starting with {e:?} in:\n{}",
+                rendered.join("\n")
+            );
+        }
+        assert_eq!(rendered.len(), expect.len(), "{}", rendered.join("\n"));
+    }
+
+    #[test]
+    fn a_missing_variable_is_named() {
+        let errors = match Config::parse(
+            r#"{"llm": {"providers": [{"name": "p", "type": "openai-compatible", "endpoint": "https://x/v1", "model": "m", "apiKey": "${LLM_API_KEY}"}]}}"#,
+            "c.json",
+            Path::new("."),
+            &|_| None,
+        ) {
+            Ok(_) => panic!("accepted a missing variable"),
+            Err(e) => e,
+        };
+        assert_eq!(errors.0.len(), 1);
+        assert_eq!(errors.0[0].path, "llm.providers[0].apiKey");
+        assert!(errors.0[0].message.contains("LLM_API_KEY"));
+    }
+
+    #[test]
+    fn invalid_json_reports_line_and_column() {
+        let errors = match parse("{\n  \"gateway\": ,\n}") {
+            Ok(_) => panic!("accepted invalid JSON"),
+            Err(e) => e,
+        };
+        assert!(errors.to_string().contains("line 2"), "{errors}");
+    }
+
+    #[test]
+    fn overrides_win_and_are_validated() {
+        let config = Config::builtin();
+        let overridden = config
+            .clone()
+            .with_overrides(Overrides {
+                listen: Some("127.0.0.1:20000".parse().unwrap_or(config.gateway.listen)),
+                replica_id: Some("r-2".into()),
+                redis_url: Some("redis://127.0.0.1:7000".into()),
+            })
+            .map_err(|e| e.to_string());
+        let overridden = match overridden {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(overridden.gateway.listen.port(), 20000);
+        assert_eq!(overridden.gateway.replica_id, "r-2");
+        assert_eq!(overridden.redis.url, "redis://127.0.0.1:7000");
+        let bad = config.with_overrides(Overrides {
+            replica_id: Some("bad id{".into()),
+            ..Overrides::default()
+        });
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn without_a_template_provider_one_is_appended() {
+        let config = Config::builtin();
+        assert_eq!(config.llm.providers.len(), 1);
+        assert!(matches!(
+            config.llm.providers[0].kind,
+            ProviderKind::Template
+        ));
+    }
+}

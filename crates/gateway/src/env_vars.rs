@@ -1,0 +1,14 @@
+//! Names of the environment variables clawgate reads, in one place.
+
+/// Path of the config file (`serve --config`).
+pub const CONFIG: &str = "CLAWGATE_CONFIG";
+/// Listen address, overriding `gateway.listen`.
+pub const LISTEN: &str = "CLAWGATE_LISTEN";
+/// Replica id, overriding `gateway.replicaId`.
+pub const REPLICA_ID: &str = "CLAWGATE_REPLICA_ID";
+/// Redis URL, overriding `redis.url`.
+pub const REDIS_URL: &str = "CLAWGATE_REDIS_URL";
+/// Log filter in `tracing` syntax, e.g. `info,clawgate_gateway=debug`.
+pub const LOG: &str = "CLAWGATE_LOG";
+/// Log format: `text` (default on a terminal) or `json`.
+pub const LOG_FORMAT: &str = "CLAWGATE_LOG_FORMAT";

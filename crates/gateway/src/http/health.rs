@@ -1,0 +1,84 @@
+//! Liveness, readiness and metrics endpoints. Liveness never depends on Redis (a replica that
+//! cannot reach Redis still answers in degraded mode and must not be restarted for it);
+//! readiness says whether a load balancer should send traffic here.
+
+use super::AppState;
+use crate::config::RedisDownMode;
+use crate::telemetry;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// `GET /healthz` (and `/livez`): always 200 while the process serves.
+pub async fn healthz(State(app): State<Arc<AppState>>) -> Response {
+    let redis_up = app.link.is_up();
+    let draining = app.draining.load(Ordering::Acquire);
+    let status = if draining {
+        "draining"
+    } else if !redis_up {
+        "degraded"
+    } else {
+        "ok"
+    };
+    Json(json!({
+        "status": status,
+        "uptime_s": app.started.elapsed().as_secs(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "replica_id": app.replica_id,
+        "redis": if redis_up { "up" } else { "down" },
+        "degraded": !redis_up,
+        "redis_down_mode": match app.redis_down_mode {
+            RedisDownMode::Degrade => "degrade",
+            RedisDownMode::Reject => "reject",
+        },
+        "draining": draining,
+        "turns_running": app.pool.running(),
+        "requests_waiting": app.waiters.len(),
+        "skills": app.skills,
+        "providers": app.providers,
+    }))
+    .into_response()
+}
+
+/// `GET /readyz`: 200 when this replica should get traffic, else 503 with what is failing.
+pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    let mut failing = Vec::new();
+    if app.link.watch().borrow().is_none() {
+        failing.push("starting");
+    }
+    if app.draining.load(Ordering::Acquire) {
+        failing.push("draining");
+    }
+    if !app.link.is_up() && app.redis_down_mode == RedisDownMode::Reject {
+        failing.push("redis");
+    }
+    if failing.is_empty() {
+        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "failing": failing})),
+        )
+            .into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    let redis_up = app.link.is_up();
+    metrics::gauge!(telemetry::REDIS_UP).set(if redis_up { 1.0 } else { 0.0 });
+    metrics::gauge!(telemetry::DEGRADED).set(if app.ingress.degraded() { 1.0 } else { 0.0 });
+    let body = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

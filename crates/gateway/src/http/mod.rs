@@ -1,0 +1,74 @@
+//! The HTTP surface of a replica (DESIGN §5): router, shared state, body limits.
+
+pub mod error;
+pub mod health;
+
+use crate::channels::webchat;
+use crate::config::{RedisDownMode, WebchatConfig};
+use crate::ingress::Ingress;
+use crate::replies::ReplyWaiters;
+use crate::state::link::RedisLink;
+use crate::worker::WorkerPool;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use error::ApiError;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Largest request body accepted; larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What handlers share.
+pub struct AppState {
+    /// This replica's id.
+    pub replica_id: String,
+    /// Process start, for `uptime_s`.
+    pub started: Instant,
+    /// Where accepted messages go.
+    pub ingress: Ingress,
+    /// Requests held open for replies.
+    pub waiters: Arc<ReplyWaiters>,
+    /// Redis health.
+    pub link: Arc<RedisLink>,
+    /// Redis-down behaviour, for health answers.
+    pub redis_down_mode: RedisDownMode,
+    /// Web-chat settings.
+    pub webchat: WebchatConfig,
+    /// The worker pool, for health answers.
+    pub pool: Arc<WorkerPool>,
+    /// Loaded skill names, for health answers.
+    pub skills: Vec<String>,
+    /// Provider chain names, for health answers.
+    pub providers: Vec<String>,
+    /// Metrics renderer (absent if another recorder was installed first).
+    pub metrics: Option<PrometheusHandle>,
+    /// Set at SIGTERM: readiness fails so balancers stop sending traffic.
+    pub draining: AtomicBool,
+    /// Cancelled when requests held open must answer now (202) because the server stops.
+    pub release_waiting: CancellationToken,
+}
+
+/// The router of a replica.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/livez", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/v1/webchat/messages", post(webchat::post_message))
+        .route(
+            "/v1/webchat/sessions/{session_id}/messages",
+            get(webchat::history),
+        )
+        .route(
+            "/v1/webchat/sessions/{session_id}/messages/{message_id}",
+            get(webchat::message_status),
+        )
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}

@@ -1,0 +1,4 @@
+//! The durable inbox: the `oc:inbox` stream and its consumer group, as seen by the workers that
+//! consume it (ingress writes to it through [`crate::state::StateStore::accept`]).
+
+pub mod redis;

@@ -1,0 +1,143 @@
+//! Where an accepted message goes: Redis when it answers; the in-process store when it does not
+//! and the replica runs in `degrade` mode; nowhere (503) in `reject` mode, when Redis is full or
+//! while the replica drains in degraded mode (in-process work would die with it).
+
+use crate::config::RedisDownMode;
+use crate::message::InboundMessage;
+use crate::state::link::RedisLink;
+use crate::state::memory::MemoryStore;
+use crate::state::redis::RedisStore;
+use crate::state::{Acceptance, StateError, StateStore};
+use crate::telemetry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Which store holds an accepted message (and so its reply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Durable in Redis, processed by any replica.
+    Redis,
+    /// In this process only (degraded mode).
+    Memory,
+}
+
+/// Why ingress refused a message; every variant means 503 and "retry later".
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    /// Redis is down and the replica is configured to reject, or is draining.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Redis or the in-process queue is full.
+    #[error("{0}")]
+    Full(String),
+    /// Redis answered something unexpected.
+    #[error("state store error: {0}")]
+    Store(String),
+}
+
+/// Routes accepted messages to the right store.
+pub struct Ingress {
+    link: Arc<RedisLink>,
+    redis: Arc<RedisStore>,
+    memory: Arc<MemoryStore>,
+    mode: RedisDownMode,
+    /// Set at SIGTERM: degraded-mode intake stops, Redis intake continues (others process it).
+    draining: AtomicBool,
+}
+
+impl Ingress {
+    /// Ingress over both stores.
+    pub fn new(
+        link: Arc<RedisLink>,
+        redis: Arc<RedisStore>,
+        memory: Arc<MemoryStore>,
+        mode: RedisDownMode,
+    ) -> Ingress {
+        Ingress {
+            link,
+            redis,
+            memory,
+            mode,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Stops degraded-mode intake.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// True while Redis is unreachable and messages are processed in-process.
+    pub fn degraded(&self) -> bool {
+        !self.link.is_up() && self.mode == RedisDownMode::Degrade
+    }
+
+    /// Dedupes and enqueues `msg`; on success the message will be answered.
+    pub async fn accept(&self, msg: &InboundMessage) -> Result<(Acceptance, Origin), IngressError> {
+        let channel = msg.channel.as_str();
+        let result = self.route(msg).await;
+        match &result {
+            Ok((Acceptance::Accepted { .. }, origin)) => {
+                let store = match origin {
+                    Origin::Redis => "redis",
+                    Origin::Memory => "memory",
+                };
+                metrics::counter!(telemetry::MESSAGES_ACCEPTED, "channel" => channel, "store" => store)
+                    .increment(1);
+            }
+            Ok((Acceptance::Duplicate, _)) => {
+                metrics::counter!(telemetry::MESSAGES_DUPLICATE, "channel" => channel).increment(1);
+            }
+            Err(e) => {
+                let reason = match e {
+                    IngressError::Unavailable(_) => "unavailable",
+                    IngressError::Full(_) => "full",
+                    IngressError::Store(_) => "store_error",
+                };
+                metrics::counter!(telemetry::MESSAGES_REJECTED, "channel" => channel, "reason" => reason)
+                    .increment(1);
+            }
+        }
+        result
+    }
+
+    async fn route(&self, msg: &InboundMessage) -> Result<(Acceptance, Origin), IngressError> {
+        if self.link.is_up() {
+            match self.redis.accept(msg).await {
+                Ok(acceptance) => return Ok((acceptance, Origin::Redis)),
+                Err(StateError::Full(reason)) => return Err(IngressError::Full(reason)),
+                Err(StateError::Protocol(reason)) => return Err(IngressError::Store(reason)),
+                Err(StateError::Unavailable(_)) => {}
+            }
+        }
+        match self.mode {
+            RedisDownMode::Reject => Err(IngressError::Unavailable(
+                "Redis is unreachable and this gateway runs with redis.downMode = \"reject\"; retry later".into(),
+            )),
+            RedisDownMode::Degrade if self.draining.load(Ordering::Acquire) => Err(
+                IngressError::Unavailable("this replica is shutting down; retry on another".into()),
+            ),
+            RedisDownMode::Degrade => match self.memory.accept(msg).await {
+                Ok(acceptance) => Ok((acceptance, Origin::Memory)),
+                Err(e) => Err(IngressError::Full(e.to_string())),
+            },
+        }
+    }
+
+    /// The store holding messages of `origin`.
+    pub fn store(&self, origin: Origin) -> &dyn StateStore {
+        match origin {
+            Origin::Redis => &*self.redis,
+            Origin::Memory => &*self.memory,
+        }
+    }
+
+    /// The store to read conversations from now: Redis when it answers, else the in-process one.
+    pub fn current_store(&self) -> (&dyn StateStore, Origin) {
+        if self.link.is_up() {
+            (&*self.redis, Origin::Redis)
+        } else {
+            (&*self.memory, Origin::Memory)
+        }
+    }
+}

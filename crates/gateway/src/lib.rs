@@ -1,0 +1,26 @@
+//! clawgate: a highly available gateway for AI customer-messaging agents.
+//!
+//! A replica accepts customer messages (web chat now; WhatsApp and Telegram next), makes them
+//! durable in Redis before acknowledging them, answers them with workers that any replica may run,
+//! and keeps every conversation in Redis so no customer repeats themselves when a replica dies.
+//! Start at [`server::run`]; DESIGN.md explains the whole path.
+
+pub mod channels;
+pub mod config;
+pub mod env_vars;
+pub mod http;
+pub mod http_client;
+pub mod inbox;
+pub mod ingress;
+pub mod llm;
+pub mod message;
+pub mod replies;
+pub mod retry;
+pub mod server;
+pub mod skills;
+pub mod state;
+pub mod telemetry;
+pub mod worker;
+
+pub use config::Config;
+pub use server::run;

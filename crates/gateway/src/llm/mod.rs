@@ -1,0 +1,131 @@
+//! Language-model providers and the chain that falls back across them.
+//!
+//! A provider turns a [`Prompt`] into answer text or a typed [`ProviderError`]; the chain decides,
+//! from the error's fields and never from its message, whether to retry, fall through or answer.
+
+pub mod chain;
+pub mod ollama;
+pub mod openai;
+pub mod template;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use std::time::Duration;
+
+/// One message of the conversation sent to a model, in the role vocabulary both OpenAI and
+/// Ollama use.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: &'static str,
+    /// The text.
+    pub content: String,
+}
+
+/// What a turn asks the providers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompt {
+    /// System prompt, history and the new message, oldest first.
+    pub messages: Vec<ChatMessage>,
+    /// The skill's canned answer in the customer's language, used by the template provider.
+    pub template_answer: String,
+}
+
+/// Why a provider attempt failed. The chain reads the variant, never the text.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    /// The endpoint could not be reached (refused, DNS, reset).
+    #[error("cannot reach the provider: {0}")]
+    Connect(String),
+    /// No complete answer within the provider's timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// HTTP 429: the provider's rate limit.
+    #[error("rate limited by the provider (HTTP 429)")]
+    RateLimited,
+    /// Any other non-success HTTP status.
+    #[error("HTTP {status} from the provider: {detail}")]
+    Status {
+        /// The status code.
+        status: u16,
+        /// Start of the response body, for the log.
+        detail: String,
+    },
+    /// A success status with a body that holds no answer.
+    #[error("unusable answer from the provider: {0}")]
+    InvalidResponse(String),
+}
+
+impl ProviderError {
+    /// Whether another attempt at the same provider may help: connection errors and 5xx are
+    /// transient; a timeout or a 429 is not retried (it would spend the turn's time on the
+    /// provider that is already slow or saturated) but falls through to the next provider.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProviderError::Connect(_) => true,
+            ProviderError::Status { status, .. } => *status >= 500,
+            ProviderError::Timeout(_)
+            | ProviderError::RateLimited
+            | ProviderError::InvalidResponse(_) => false,
+        }
+    }
+
+    /// The `outcome` label of the provider-call metric.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ProviderError::Connect(_) => "connect_error",
+            ProviderError::Timeout(_) => "timeout",
+            ProviderError::RateLimited => "rate_limited",
+            ProviderError::Status { status, .. } if *status >= 500 => "http_5xx",
+            ProviderError::Status { .. } => "http_4xx",
+            ProviderError::InvalidResponse(_) => "invalid_response",
+        }
+    }
+}
+
+/// A source of answers.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// The configured name, recorded on every answer.
+    fn name(&self) -> &str;
+
+    /// One attempt; the chain bounds it with the provider's timeout.
+    async fn complete(&self, prompt: &Prompt) -> Result<String, ProviderError>;
+}
+
+/// Sends `body` as JSON and returns the parsed JSON answer, mapping transport and status
+/// failures to [`ProviderError`]. Shared by the HTTP providers.
+pub(crate) async fn post_json(
+    request: reqwest::RequestBuilder,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, ProviderError> {
+    let response = request.json(body).send().await.map_err(transport_error)?;
+    let status = response.status();
+    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return Err(ProviderError::RateLimited);
+    }
+    if !status.is_success() {
+        let text = response.text().await.unwrap_or_default();
+        return Err(ProviderError::Status {
+            status: status.as_u16(),
+            detail: text.chars().take(200).collect(),
+        });
+    }
+    response
+        .json()
+        .await
+        .map_err(|e| ProviderError::InvalidResponse(format!("not JSON: {e}")))
+}
+
+fn transport_error(e: reqwest::Error) -> ProviderError {
+    if e.is_timeout() {
+        ProviderError::Timeout(Duration::ZERO)
+    } else {
+        ProviderError::Connect(e.to_string())
+    }
+}
+
+/// Trims a configured endpoint so `{endpoint}/path` never has a double slash.
+pub(crate) fn endpoint_url(endpoint: &str, path: &str) -> String {
+    format!("{}/{path}", endpoint.trim_end_matches('/'))
+}

@@ -1,0 +1,193 @@
+//! The domain vocabulary every other module speaks: channels, conversation keys, inbound messages,
+//! history entries and stored replies.
+//!
+//! Everything here is plain data that is serialised into Redis; changing a field name changes the
+//! wire format shared by replicas of different versions, so fields are only ever added (with
+//! `#[serde(default)]`), never renamed.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The channel a customer wrote on; replies go back on the same channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// The web-chat widget and its HTTP API.
+    Webchat,
+    /// WhatsApp Cloud API webhooks.
+    Whatsapp,
+    /// Telegram Bot API webhooks.
+    Telegram,
+}
+
+impl Channel {
+    /// The name used in Redis keys and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Webchat => "webchat",
+            Channel::Whatsapp => "whatsapp",
+            Channel::Telegram => "telegram",
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identifies one customer's conversation on one channel, e.g. `webchat:abc` or
+/// `whatsapp:31612345678`.
+///
+/// It is the Redis Cluster hash tag of every key of that conversation, so it must never contain
+/// `{` or `}`; constructors of inbound messages validate their ids before building one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConversationKey(String);
+
+impl ConversationKey {
+    /// The conversation of `user` on `channel`.
+    pub fn new(channel: Channel, user: &str) -> Self {
+        ConversationKey(format!("{}:{user}", channel.as_str()))
+    }
+
+    /// The hash-tag content, `channel:user`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ConversationKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A customer message as accepted at ingress, the unit the inbox carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboundMessage {
+    /// Channel the message came from.
+    pub channel: Channel,
+    /// The channel-scoped sender: web-chat session id, WhatsApp `wa_id`, Telegram chat id.
+    pub user: String,
+    /// The platform's message id (web chat: the client's id, unique within its session).
+    pub message_id: String,
+    /// What the customer wrote.
+    pub text: String,
+    /// Milliseconds since the Unix epoch when ingress accepted the message.
+    pub received_at_ms: u64,
+    /// The replica whose HTTP request accepted the message: web-chat replies are published to it.
+    pub ingress_replica: String,
+    /// Language hint from the platform (e.g. Telegram's `language_code`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+}
+
+impl InboundMessage {
+    /// The conversation this message belongs to.
+    pub fn conversation(&self) -> ConversationKey {
+        ConversationKey::new(self.channel, &self.user)
+    }
+
+    /// The id that makes a message unique for dedupe and at-most-once replies.
+    pub fn dedupe_id(&self) -> DedupeId {
+        DedupeId::new(self.channel, &self.user, &self.message_id)
+    }
+}
+
+/// The identity of an inbound message for dedupe (`oc:seen:{…}`) and replies (`oc:replied:{…}`).
+///
+/// Web-chat clients number their own messages, so there the session is part of the id
+/// (`webchat:session:msg`); platform message ids are globally unique (`whatsapp:wamid…`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DedupeId(String);
+
+impl DedupeId {
+    /// The dedupe id of message `message_id` from `user` on `channel`.
+    pub fn new(channel: Channel, user: &str, message_id: &str) -> Self {
+        match channel {
+            Channel::Webchat => DedupeId(format!("webchat:{user}:{message_id}")),
+            other => DedupeId(format!("{}:{message_id}", other.as_str())),
+        }
+    }
+
+    /// The hash-tag content.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Who wrote a history entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The customer.
+    User,
+    /// The agent.
+    Assistant,
+}
+
+/// One message of a conversation's history, one JSON object per element of `oc:conv:{…}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Who wrote it.
+    pub role: Role,
+    /// What was written.
+    pub text: String,
+    /// Milliseconds since the Unix epoch.
+    pub ts: u64,
+    /// The inbound message id this entry belongs to (the assistant entry carries its question's).
+    #[serde(default)]
+    pub message_id: String,
+    /// The skill that handled the turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skill: Option<String>,
+    /// The provider that produced an assistant entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+}
+
+/// The reply produced for one inbound message, kept under `oc:replied:{…}` so that a message is
+/// answered at most once and a repeated request gets the same answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredReply {
+    /// The inbound message id this answers.
+    pub message_id: String,
+    /// The answer text.
+    pub text: String,
+    /// The skill that handled the turn.
+    pub skill: String,
+    /// The provider that produced the text.
+    pub provider: String,
+    /// Milliseconds since the Unix epoch when the reply was committed.
+    pub ts: u64,
+}
+
+/// Milliseconds since the Unix epoch, the timestamp unit of everything stored.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webchat_dedupe_ids_include_the_session_platform_ids_do_not() {
+        assert_eq!(
+            DedupeId::new(Channel::Webchat, "s1", "m1").as_str(),
+            "webchat:s1:m1"
+        );
+        assert_eq!(
+            DedupeId::new(Channel::Whatsapp, "316", "wamid.X").as_str(),
+            "whatsapp:wamid.X"
+        );
+        assert_eq!(
+            ConversationKey::new(Channel::Telegram, "42").as_str(),
+            "telegram:42"
+        );
+    }
+}

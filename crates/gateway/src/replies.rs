@@ -1,0 +1,220 @@
+//! Waking the HTTP requests that wait for a reply (web chat), whichever replica produced it.
+//!
+//! A request registers its message's dedupe id before the message is accepted, so a reply can
+//! never slip between accept and wait. A reply produced on this replica wakes it directly; one
+//! produced elsewhere arrives on this replica's pub/sub channel (`oc:replies:<replica_id>`), which
+//! the commit script publishes to. Waiters also re-read the reply store after a reconnect, when a
+//! publish may have been missed.
+
+use crate::message::{DedupeId, StoredReply};
+use crate::state::keys;
+use crate::state::link::RedisLink;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Requests waiting for replies on this replica.
+#[derive(Default)]
+pub struct ReplyWaiters {
+    /// One watch channel per awaited message; several requests may await the same one (a client
+    /// resending while the first request still waits).
+    waiting: Mutex<HashMap<String, watch::Sender<Option<StoredReply>>>>,
+    /// Bumped when the pub/sub subscription is (re)established: waiters re-read the store.
+    resubscribed: watch::Sender<u64>,
+}
+
+/// A registered wait; dropping it unregisters.
+pub struct Waiter<'a> {
+    waiters: &'a ReplyWaiters,
+    id: String,
+    reply: watch::Receiver<Option<StoredReply>>,
+    resubscribed: watch::Receiver<u64>,
+}
+
+impl ReplyWaiters {
+    /// Registers interest in the reply to `id`.
+    pub fn register(&self, id: &DedupeId) -> Waiter<'_> {
+        let mut waiting = self.lock();
+        let reply = waiting
+            .entry(id.as_str().to_string())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe();
+        Waiter {
+            waiters: self,
+            id: id.as_str().to_string(),
+            reply,
+            resubscribed: self.resubscribed.subscribe(),
+        }
+    }
+
+    /// Hands `reply` to every request waiting for `id`.
+    pub fn notify(&self, id: &DedupeId, reply: &StoredReply) {
+        self.notify_raw(id.as_str(), reply);
+    }
+
+    fn notify_raw(&self, id: &str, reply: &StoredReply) {
+        if let Some(sender) = self.lock().remove(id) {
+            sender.send_replace(Some(reply.clone()));
+        }
+    }
+
+    /// Number of requests waiting now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when no request waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<Option<StoredReply>>>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Listens on this replica's reply channel until `cancel`, resubscribing after every
+    /// disconnect.
+    pub async fn listen(
+        self: Arc<Self>,
+        link: Arc<RedisLink>,
+        replica_id: String,
+        cancel: CancellationToken,
+    ) {
+        let channel = keys::reply_channel(&replica_id);
+        let mut state = link.watch();
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            if !link.is_up() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = state.changed() => continue,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+            let subscribed = async {
+                let mut pubsub = link.client().get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let pubsub = match tokio::time::timeout(link.command_timeout() * 2, subscribed).await {
+                Ok(Ok(pubsub)) => pubsub,
+                _ => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    }
+                }
+            };
+            tracing::debug!(%channel, "listening for replies");
+            self.resubscribed.send_modify(|generation| *generation += 1);
+            let mut messages = pubsub.into_on_message();
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    message = messages.next() => match message {
+                        Some(message) => self.dispatch(message.get_payload_bytes()),
+                        None => break,
+                    },
+                }
+            }
+            tracing::debug!(%channel, "reply subscription lost; resubscribing");
+        }
+    }
+
+    fn dispatch(&self, payload: &[u8]) {
+        #[derive(Deserialize)]
+        struct Published {
+            id: String,
+            reply: StoredReply,
+        }
+        match serde_json::from_slice::<Published>(payload) {
+            Ok(p) => self.notify_raw(&p.id, &p.reply),
+            Err(e) => tracing::warn!(error = %e, "unreadable reply notification"),
+        }
+    }
+}
+
+impl Waiter<'_> {
+    /// Waits until the reply arrives, or until a resubscription means a publish may have been
+    /// missed (`None`: the caller re-reads the store), or until `poll` passes (`None` as well).
+    pub async fn wait(&mut self, poll: Duration) -> Option<StoredReply> {
+        tokio::select! {
+            changed = self.reply.changed() => match changed {
+                Ok(()) => self.reply.borrow().clone(),
+                Err(_) => None,
+            },
+            _ = self.resubscribed.changed() => None,
+            _ = tokio::time::sleep(poll) => None,
+        }
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self.waiters.lock();
+        // Remove the channel when this was its last waiter (the sender is not counted).
+        if waiting
+            .get(&self.id)
+            .is_some_and(|sender| sender.receiver_count() <= 1)
+        {
+            waiting.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Channel;
+
+    fn reply(text: &str) -> StoredReply {
+        StoredReply {
+            message_id: "m".into(),
+            text: text.into(),
+            skill: "general".into(),
+            provider: "template".into(),
+            ts: 0,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_waiter_of_a_message_gets_its_reply_and_is_unregistered() {
+        let waiters = ReplyWaiters::default();
+        let id = DedupeId::new(Channel::Webchat, "s", "m");
+        let mut first = waiters.register(&id);
+        let mut second = waiters.register(&id);
+        waiters.notify(&id, &reply("hi"));
+        assert_eq!(
+            first.wait(Duration::from_secs(1)).await.map(|r| r.text),
+            Some("hi".into())
+        );
+        assert_eq!(
+            second.wait(Duration::from_secs(1)).await.map(|r| r.text),
+            Some("hi".into())
+        );
+        drop((first, second));
+        assert!(waiters.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_times_out_leaves_nothing_behind() {
+        let waiters = ReplyWaiters::default();
+        let id = DedupeId::new(Channel::Webchat, "s", "m");
+        {
+            let mut waiter = waiters.register(&id);
+            assert_eq!(waiter.wait(Duration::from_millis(10)).await, None);
+        }
+        assert!(waiters.is_empty());
+        let published = serde_json::json!({"id": id.as_str(), "reply": reply("late")}).to_string();
+        waiters.dispatch(published.as_bytes());
+        assert!(waiters.is_empty());
+    }
+}

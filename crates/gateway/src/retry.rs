@@ -1,0 +1,25 @@
+//! The one retry policy: exponential backoff with full jitter, so replicas retrying the same
+//! failed provider do not hammer it in lockstep.
+
+use backon::ExponentialBuilder;
+use std::time::Duration;
+
+/// Backoff for up to `max_retries` further attempts: 100 ms doubling to at most 2 s, jittered.
+pub fn backoff(max_retries: u32) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(max_retries as usize)
+        .with_jitter()
+}
+
+/// Backoff for a state write that failed because Redis is unreachable: short first waits (a
+/// blip), growing to 1 s, for up to about 15 s before the turn gives up and leaves its inbox entry
+/// to be claimed again.
+pub fn state_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(1))
+        .with_max_times(20)
+        .with_jitter()
+}

@@ -1,0 +1,165 @@
+//! Wiring and lifecycle of one replica: build the parts from the config, serve, and on shutdown
+//! drain in order (readiness fails, intake stops, running turns finish within the grace period,
+//! held requests are answered, the server closes).
+
+use crate::config::Config;
+use crate::http::{AppState, router};
+use crate::llm::chain::ProviderChain;
+use crate::replies::ReplyWaiters;
+use crate::skills::SkillSet;
+use crate::state::link::RedisLink;
+use crate::state::memory::MemoryStore;
+use crate::state::redis::RedisStore;
+use crate::state::{DEDUPE_TTL, StateError, StoreLimits};
+use crate::worker::WorkerPool;
+use crate::worker::turn::TurnContext;
+use crate::{http_client, ingress::Ingress, telemetry};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The Redis URL could not be used.
+    #[error("Redis: {0}")]
+    Redis(#[from] StateError),
+    /// The outbound HTTP client could not be built (TLS setup).
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs a replica on `listener` until `shutdown` is cancelled, then drains and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let started = Instant::now();
+    let metrics = telemetry::install();
+    let background = CancellationToken::new();
+    let replica_id = config.gateway.replica_id.clone();
+
+    let link = RedisLink::new(&config.redis.url, config.redis.command_timeout)?;
+    tokio::spawn(link.clone().run_health(background.clone()));
+    let limits = StoreLimits {
+        conversation_ttl: config.conversations.ttl,
+        history_limit: config.conversations.history_limit,
+        dedupe_ttl: DEDUPE_TTL,
+        lease_ttl: config.workers.lease_ttl,
+        inbox_max_length: config.workers.inbox_max_length,
+    };
+    let redis = Arc::new(RedisStore::new(link.clone(), limits.clone()));
+    let (memory, memory_queue) = MemoryStore::new(limits, config.workers.memory_queue);
+    let memory = Arc::new(memory);
+
+    let (skills, skill_errors) = SkillSet::load(&config.skills.dir);
+    for error in &skill_errors {
+        tracing::warn!(%error, "skill not loaded");
+    }
+    let chain = ProviderChain::from_config(&config.llm, &http_client::build()?);
+    let skill_names: Vec<String> = skills.names().into_iter().map(str::to_string).collect();
+    let provider_names: Vec<String> = chain.names().into_iter().map(str::to_string).collect();
+
+    let waiters = Arc::new(ReplyWaiters::default());
+    tokio::spawn(
+        waiters
+            .clone()
+            .listen(link.clone(), replica_id.clone(), background.clone()),
+    );
+    let ctx = Arc::new(TurnContext {
+        replica_id: replica_id.clone(),
+        skills,
+        chain,
+        agent: config.agent.clone(),
+        order_wait: config.workers.order_wait,
+        waiters: waiters.clone(),
+    });
+    let pool = WorkerPool::new(
+        ctx,
+        link.clone(),
+        redis.clone(),
+        memory.clone(),
+        config.workers.clone(),
+    );
+    let feeding = pool.start(memory_queue, background.clone());
+
+    let state = Arc::new(AppState {
+        replica_id: replica_id.clone(),
+        started,
+        ingress: Ingress::new(link.clone(), redis, memory, config.redis.down_mode),
+        waiters,
+        link,
+        redis_down_mode: config.redis.down_mode,
+        webchat: config.webchat.clone(),
+        pool: pool.clone(),
+        skills: skill_names.clone(),
+        providers: provider_names.clone(),
+        metrics,
+        draining: AtomicBool::new(false),
+        release_waiting: CancellationToken::new(),
+    });
+    let http_stop = CancellationToken::new();
+    let server = axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(http_stop.clone().cancelled_owned());
+    let mut server = tokio::spawn(async move { server.await });
+    tracing::info!(
+        replica_id = %replica_id,
+        listen = %config.gateway.listen,
+        providers = ?provider_names,
+        skills = ?skill_names,
+        config = %config.source,
+        "clawgate replica serving"
+    );
+
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        ended = &mut server => {
+            background.cancel();
+            return flatten(ended);
+        }
+    }
+
+    state.draining.store(true, Ordering::Release);
+    state.ingress.drain();
+    tracing::info!(
+        running = pool.running(),
+        "draining: readiness fails, intake stopped, finishing running turns"
+    );
+    pool.stop();
+    feeding.wait().await;
+    if pool.drain(config.gateway.shutdown_grace).await {
+        tracing::info!("all turns finished");
+    } else {
+        tracing::warn!(
+            running = pool.running(),
+            "grace period over with turns still running; their inbox entries will be claimed by other replicas"
+        );
+    }
+    state.release_waiting.cancel();
+    http_stop.cancel();
+    let closed = tokio::time::timeout(HTTP_CLOSE_GRACE, &mut server).await;
+    background.cancel();
+    match closed {
+        Ok(ended) => flatten(ended),
+        Err(_) => {
+            tracing::warn!("HTTP connections still open after the drain; closing anyway");
+            Ok(())
+        }
+    }
+}
+
+/// How long held-open requests and the HTTP server get to close after the turns drained.
+const HTTP_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+fn flatten(ended: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), ServeError> {
+    match ended {
+        Ok(result) => Ok(result?),
+        Err(e) => Err(ServeError::Io(std::io::Error::other(e))),
+    }
+}

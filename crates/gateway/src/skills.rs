@@ -1,0 +1,388 @@
+//! Skills: what the agent knows how to do, one folder per skill with a `SKILL.md` (YAML front
+//! matter + markdown instructions), and the routing of a message to one of them.
+//!
+//! This is the basic form: keyword triggers, per-language template answers and the instruction
+//! body. A skill that cannot be read is reported with its file, line and reason and skipped; the
+//! others still load. Hot reload, lookups and escalation build on this module later.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Name of the skill used when nothing else matches.
+pub const GENERAL: &str = "general";
+
+/// One loaded skill.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skill {
+    /// Unique name, stored in the session and on every assistant message.
+    pub name: String,
+    /// One line on what it handles.
+    pub description: String,
+    /// Lower-cased trigger keywords or phrases.
+    pub keywords: Vec<String>,
+    /// Canned answers by language code, used by the template provider.
+    pub templates: BTreeMap<String, String>,
+    /// Instructions appended to the system prompt.
+    pub instructions: String,
+}
+
+impl Skill {
+    /// The canned answer in `language`, else English, else any.
+    pub fn template(&self, language: &str) -> Option<&str> {
+        self.templates
+            .get(language)
+            .or_else(|| self.templates.get("en"))
+            .or_else(|| self.templates.values().next())
+            .map(String::as_str)
+    }
+
+    /// How many of this skill's keywords occur in `text` (lower-cased), as whole words.
+    fn score(&self, text: &str) -> usize {
+        self.keywords
+            .iter()
+            .filter(|k| contains_word(text, k))
+            .count()
+    }
+}
+
+/// A skill that could not be loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SkillError {
+    /// The `SKILL.md` (or folder) concerned.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<u64>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for SkillError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.file.display(), self.reason),
+            None => write!(f, "{}: {}", self.file.display(), self.reason),
+        }
+    }
+}
+
+/// The loaded skills and the general fallback.
+#[derive(Debug, Clone)]
+pub struct SkillSet {
+    skills: Vec<Skill>,
+    general: Skill,
+}
+
+#[derive(Deserialize)]
+struct FrontMatter {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    triggers: Triggers,
+    #[serde(default)]
+    template: Option<Templates>,
+}
+
+#[derive(Deserialize, Default)]
+struct Triggers {
+    #[serde(default)]
+    keywords: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Templates {
+    One(String),
+    ByLanguage(BTreeMap<String, String>),
+}
+
+impl SkillSet {
+    /// Loads every `<dir>/*/SKILL.md`. A missing folder yields only the built-in general skill.
+    pub fn load(dir: &Path) -> (SkillSet, Vec<SkillError>) {
+        let mut errors = Vec::new();
+        let mut skills = Vec::new();
+        let mut folders: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect(),
+            Err(e) => {
+                errors.push(SkillError {
+                    file: dir.to_path_buf(),
+                    line: None,
+                    reason: format!("cannot read the skills folder: {e}"),
+                });
+                Vec::new()
+            }
+        };
+        folders.sort();
+        for folder in folders {
+            let file = folder.join("SKILL.md");
+            let text = match std::fs::read_to_string(&file) {
+                Ok(text) => text,
+                Err(e) => {
+                    errors.push(SkillError {
+                        file,
+                        line: None,
+                        reason: format!("cannot read: {e}"),
+                    });
+                    continue;
+                }
+            };
+            match parse_skill(&text) {
+                Ok(skill) if skills.iter().any(|s: &Skill| s.name == skill.name) => {
+                    errors.push(SkillError {
+                        file,
+                        line: Some(2),
+                        reason: format!("duplicate skill name \"{}\"; skipped", skill.name),
+                    });
+                }
+                Ok(skill) => skills.push(skill),
+                Err((line, reason)) => errors.push(SkillError { file, line, reason }),
+            }
+        }
+        (SkillSet::from_skills(skills), errors)
+    }
+
+    /// A set of `skills`; the one named `general`, if any, becomes the fallback.
+    pub fn from_skills(mut skills: Vec<Skill>) -> SkillSet {
+        let general = match skills.iter().position(|s| s.name == GENERAL) {
+            Some(i) => skills.remove(i),
+            None => builtin_general(),
+        };
+        SkillSet { skills, general }
+    }
+
+    /// Names of all skills, the general one last.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.skills.iter().map(|s| s.name.as_str()).collect();
+        names.push(&self.general.name);
+        names
+    }
+
+    /// The skill for `text`: the best keyword match; on a tie or no match, the conversation's
+    /// active skill when it is among the candidates; otherwise the general skill.
+    pub fn route(&self, text: &str, active_skill: Option<&str>) -> &Skill {
+        let lowered = text.to_lowercase();
+        let scores: Vec<(usize, &Skill)> =
+            self.skills.iter().map(|s| (s.score(&lowered), s)).collect();
+        let best = scores.iter().map(|(score, _)| *score).max().unwrap_or(0);
+        let active = active_skill.and_then(|name| self.get(name));
+        if best == 0 {
+            return active.unwrap_or(&self.general);
+        }
+        let mut tied = scores
+            .iter()
+            .filter(|(score, _)| *score == best)
+            .map(|(_, s)| *s);
+        let first = tied.clone().next().unwrap_or(&self.general);
+        match active {
+            Some(a) if tied.any(|s| s.name == a.name) => a,
+            _ => first,
+        }
+    }
+
+    /// The skill named `name`, including the general one.
+    pub fn get(&self, name: &str) -> Option<&Skill> {
+        if name == self.general.name {
+            return Some(&self.general);
+        }
+        self.skills.iter().find(|s| s.name == name)
+    }
+
+    /// The general skill's canned answer, the answer of last resort.
+    pub fn general_template(&self, language: &str) -> &str {
+        self.general.template(language).unwrap_or(DEFAULT_ANSWER_EN)
+    }
+}
+
+const DEFAULT_ANSWER_EN: &str =
+    "Thank you for your message. We have received it and will get back to you shortly.";
+
+fn builtin_general() -> Skill {
+    let templates = [
+        ("en", DEFAULT_ANSWER_EN),
+        (
+            "nl",
+            "Bedankt voor je bericht. We hebben het ontvangen en komen er zo snel mogelijk op terug.",
+        ),
+        (
+            "de",
+            "Vielen Dank für Ihre Nachricht. Wir haben sie erhalten und melden uns so schnell wie möglich.",
+        ),
+    ];
+    Skill {
+        name: GENERAL.into(),
+        description: "Anything no other skill handles.".into(),
+        keywords: Vec::new(),
+        templates: templates
+            .iter()
+            .map(|(l, t)| (l.to_string(), t.to_string()))
+            .collect(),
+        instructions: String::new(),
+    }
+}
+
+/// Parses a `SKILL.md`; errors carry a 1-based line of the file when known.
+fn parse_skill(text: &str) -> Result<Skill, (Option<u64>, String)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let rest = text
+        .strip_prefix("---\n")
+        .or_else(|| text.strip_prefix("---\r\n"))
+        .ok_or((
+            Some(1),
+            "expected YAML front matter starting with a `---` line".to_string(),
+        ))?;
+    let (yaml, body) = split_front_matter(rest).ok_or((
+        None,
+        "front matter is not closed: expected a `---` line after it".to_string(),
+    ))?;
+    let front: FrontMatter = serde_saphyr::from_str(yaml).map_err(|e| {
+        // The front matter starts on line 2 of the file.
+        let line = e.location().map(|l| l.line() + 1);
+        let reason = e
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("invalid YAML")
+            .to_string();
+        (line, format!("invalid front matter: {reason}"))
+    })?;
+    let name = front.name.trim().to_string();
+    let valid_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+    if !valid_name {
+        return Err((
+            Some(2),
+            format!("`name` must be letters, digits, '-' or '_', found \"{name}\""),
+        ));
+    }
+    let templates = match front.template {
+        None => BTreeMap::new(),
+        Some(Templates::One(t)) => BTreeMap::from([("en".to_string(), t)]),
+        Some(Templates::ByLanguage(map)) => map,
+    };
+    Ok(Skill {
+        name,
+        description: front.description,
+        keywords: front
+            .triggers
+            .keywords
+            .iter()
+            .map(|k| k.trim().to_lowercase())
+            .filter(|k| !k.is_empty())
+            .collect(),
+        templates: templates
+            .into_iter()
+            .map(|(l, t)| (l, t.trim().to_string()))
+            .collect(),
+        instructions: body.trim().to_string(),
+    })
+}
+
+/// Splits `yaml---body` at the first line that is exactly `---`.
+fn split_front_matter(rest: &str) -> Option<(&str, &str)> {
+    let mut offset = 0;
+    for line in rest.split_inclusive('\n') {
+        if line.trim_end() == "---" {
+            return Some((&rest[..offset], &rest[offset + line.len()..]));
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// Whether `needle` occurs in `haystack` with no letter or digit right before or after it.
+fn contains_word(haystack: &str, needle: &str) -> bool {
+    haystack.match_indices(needle).any(|(start, _)| {
+        let before = haystack[..start].chars().next_back();
+        let after = haystack[start + needle.len()..].chars().next();
+        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        let folder = dir.join(name);
+        std::fs::create_dir_all(&folder).unwrap_or_default();
+        std::fs::write(folder.join("SKILL.md"), text).unwrap_or_default();
+    }
+
+    const TRACKING: &str = "---\nname: tracking\ndescription: Parcel status\ntriggers:\n  keywords: [tracking, pakket, \"where is\"]\ntemplate:\n  en: Your parcel status is being checked.\n  nl: We kijken de status van je pakket na.\n---\nUse the tracking number.\n";
+
+    #[test]
+    fn loads_valid_skills_and_reports_broken_ones_with_file_and_line() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        write(dir.path(), "tracking", TRACKING);
+        write(
+            dir.path(),
+            "broken",
+            "---\nname: broken\ntriggers: [unclosed\n---\nbody\n",
+        );
+        write(dir.path(), "nofront", "just text\n");
+        let (set, errors) = SkillSet::load(dir.path());
+        assert_eq!(set.names(), vec!["tracking", "general"]);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        let broken = errors.iter().find(|e| e.file.ends_with("broken/SKILL.md"));
+        assert!(
+            broken.is_some_and(|e| e.line.is_some_and(|l| l >= 3)),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.file.ends_with("nofront/SKILL.md") && e.line == Some(1))
+        );
+        let tracking = set.get("tracking");
+        assert_eq!(
+            tracking.and_then(|s| s.template("nl")),
+            Some("We kijken de status van je pakket na.")
+        );
+        assert_eq!(
+            tracking.and_then(|s| s.template("de")),
+            Some("Your parcel status is being checked.")
+        );
+        assert_eq!(
+            tracking.map(|s| s.instructions.as_str()),
+            Some("Use the tracking number.")
+        );
+    }
+
+    #[test]
+    fn routes_by_keyword_then_active_skill_then_general() {
+        let skill = |name: &str, keywords: &[&str]| Skill {
+            name: name.into(),
+            description: String::new(),
+            keywords: keywords.iter().map(|k| k.to_string()).collect(),
+            templates: BTreeMap::new(),
+            instructions: String::new(),
+        };
+        let set = SkillSet::from_skills(vec![
+            skill("tracking", &["tracking", "pakket"]),
+            skill("complaints", &["complaint", "klacht", "pakket"]),
+        ]);
+        assert_eq!(
+            set.route("Waar is mijn PAKKET? tracking VC1", None).name,
+            "tracking"
+        );
+        assert_eq!(set.route("Ik heb een klacht", None).name, "complaints");
+        // Tie on "pakket": the active skill wins.
+        assert_eq!(set.route("pakket", Some("complaints")).name, "complaints");
+        // No keyword: follow the conversation, else general.
+        assert_eq!(
+            set.route("and tomorrow?", Some("tracking")).name,
+            "tracking"
+        );
+        assert_eq!(set.route("hello", None).name, GENERAL);
+        // Whole words only: "pakketje" is not "pakket".
+        assert_eq!(set.route("pakketje", None).name, GENERAL);
+    }
+}

@@ -1,0 +1,59 @@
+//! Redis key names (DESIGN §2). The part in braces is the Redis Cluster hash tag, so all keys of
+//! one conversation share a slot. Every name is built here and nowhere else.
+
+use crate::message::{ConversationKey, DedupeId};
+
+/// The durable inbox stream of accepted messages.
+pub const INBOX: &str = "oc:inbox";
+/// The consumer group all replicas read the inbox through.
+pub const GROUP: &str = "workers";
+/// Messages that could not be processed, with the reason; kept until an operator re-drives them.
+pub const DEADLETTER: &str = "oc:deadletter";
+/// Version of the inbox entry format, written in every entry's `v` field.
+pub const ENTRY_VERSION: &str = "1";
+
+/// `oc:conv:{channel:user}`: the history list.
+pub fn conversation(c: &ConversationKey) -> String {
+    format!("oc:conv:{{{c}}}")
+}
+
+/// `oc:session:{channel:user}`: the session hash (also holds the ordering counters).
+pub fn session(c: &ConversationKey) -> String {
+    format!("oc:session:{{{c}}}")
+}
+
+/// `oc:lease:{channel:user}`: who runs the conversation's current turn.
+pub fn lease(c: &ConversationKey) -> String {
+    format!("oc:lease:{{{c}}}")
+}
+
+/// `oc:seen:{channel:msg_id}`: dedupe marker.
+pub fn seen(id: &DedupeId) -> String {
+    format!("oc:seen:{{{}}}", id.as_str())
+}
+
+/// `oc:replied:{channel:msg_id}`: the reply produced for a message.
+pub fn replied(id: &DedupeId) -> String {
+    format!("oc:replied:{{{}}}", id.as_str())
+}
+
+/// Pub/sub channel on which a replica hears about replies to requests it holds open.
+pub fn reply_channel(replica_id: &str) -> String {
+    format!("oc:replies:{replica_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Channel;
+
+    #[test]
+    fn keys_follow_the_design_schema() {
+        let c = ConversationKey::new(Channel::Whatsapp, "31612345678");
+        assert_eq!(conversation(&c), "oc:conv:{whatsapp:31612345678}");
+        assert_eq!(session(&c), "oc:session:{whatsapp:31612345678}");
+        let id = DedupeId::new(Channel::Webchat, "s", "m1");
+        assert_eq!(seen(&id), "oc:seen:{webchat:s:m1}");
+        assert_eq!(replied(&id), "oc:replied:{webchat:s:m1}");
+    }
+}

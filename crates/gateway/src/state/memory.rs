@@ -1,0 +1,433 @@
+//! The in-process implementation of [`StateStore`], used while Redis is unreachable (degraded
+//! mode) and in unit tests. Same semantics as Redis (dedupe, numbering, leases, ordering,
+//! at-most-once replies), none of the durability: what it holds is lost when the process exits,
+//! which the seed accepts for conversations touched only during an outage.
+//!
+//! Accepting a message puts it on a bounded in-process queue that this replica's workers drain.
+
+use super::{
+    Acceptance, CommitOutcome, ConversationSnapshot, Session, StateError, StateStore, StoreLimits,
+    TurnCommit, TurnStart, WaitReason,
+};
+use crate::message::{ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply};
+use async_trait::async_trait;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Degraded mode keeps dedupe markers and replies for an hour, not days: they live in this
+/// process's memory and die with it anyway.
+const MEMORY_DEDUPE_TTL: Duration = Duration::from_secs(3_600);
+
+/// A message accepted into the in-process queue, with its place in its conversation.
+#[derive(Debug, Clone)]
+pub struct QueuedMessage {
+    /// The message.
+    pub msg: InboundMessage,
+    /// Its sequence number in the conversation.
+    pub seq: u64,
+}
+
+struct Conversation {
+    history: VecDeque<HistoryEntry>,
+    session: Session,
+    seq_issued: u64,
+    seq_done: u64,
+    expires: Instant,
+}
+
+impl Conversation {
+    fn new(expires: Instant) -> Conversation {
+        Conversation {
+            history: VecDeque::new(),
+            session: Session::default(),
+            seq_issued: 0,
+            seq_done: 0,
+            expires,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    seen: HashMap<String, Instant>,
+    replies: HashMap<String, (StoredReply, Instant)>,
+    conversations: HashMap<ConversationKey, Conversation>,
+    leases: HashMap<ConversationKey, (String, Instant)>,
+}
+
+impl Inner {
+    /// The live conversation (a fresh one when absent or expired).
+    fn conversation(&mut self, key: &ConversationKey, now: Instant) -> &mut Conversation {
+        let conversation = self
+            .conversations
+            .entry(key.clone())
+            .or_insert_with(|| Conversation::new(now));
+        if conversation.expires <= now {
+            *conversation = Conversation::new(now);
+        }
+        conversation
+    }
+
+    fn live_reply(&self, id: &str, now: Instant) -> Option<StoredReply> {
+        self.replies
+            .get(id)
+            .filter(|(_, expires)| *expires > now)
+            .map(|(reply, _)| reply.clone())
+    }
+
+    fn release(&mut self, key: &ConversationKey, holder: &str) {
+        if self.leases.get(key).is_some_and(|(h, _)| h == holder) {
+            self.leases.remove(key);
+        }
+    }
+}
+
+/// In-process conversation state.
+pub struct MemoryStore {
+    /// All state behind one lock; critical sections are short and never await.
+    inner: Mutex<Inner>,
+    /// Where accepted messages go; bounded, so a long outage cannot exhaust memory.
+    queue: mpsc::Sender<QueuedMessage>,
+    /// TTLs and bounds.
+    limits: StoreLimits,
+}
+
+impl MemoryStore {
+    /// A store whose accepted messages arrive on the returned receiver (capacity `queue`).
+    pub fn new(limits: StoreLimits, queue: usize) -> (MemoryStore, mpsc::Receiver<QueuedMessage>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let store = MemoryStore {
+            inner: Mutex::new(Inner::default()),
+            queue: tx,
+            limits,
+        };
+        (store, rx)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A poisoned lock only means another task panicked mid-update; the maps stay usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops expired entries; called periodically so a long outage does not grow memory without
+    /// bound.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.seen.retain(|_, expires| *expires > now);
+        inner.replies.retain(|_, (_, expires)| *expires > now);
+        inner.conversations.retain(|_, c| c.expires > now);
+        inner.leases.retain(|_, (_, expires)| *expires > now);
+    }
+
+    fn dedupe_ttl(&self) -> Duration {
+        self.limits.dedupe_ttl.min(MEMORY_DEDUPE_TTL)
+    }
+}
+
+#[async_trait]
+impl StateStore for MemoryStore {
+    async fn accept(&self, msg: &InboundMessage) -> Result<Acceptance, StateError> {
+        let now = Instant::now();
+        let id = msg.dedupe_id();
+        let mut inner = self.lock();
+        if inner.seen.get(id.as_str()).is_some_and(|e| *e > now) {
+            return Ok(Acceptance::Duplicate);
+        }
+        let permit = self.queue.try_reserve().map_err(|_| {
+            StateError::Full("the in-process queue of degraded mode is full".into())
+        })?;
+        inner
+            .seen
+            .insert(id.as_str().to_string(), now + self.dedupe_ttl());
+        let conversation = inner.conversation(&msg.conversation(), now);
+        conversation.seq_issued += 1;
+        conversation.expires = now + self.limits.conversation_ttl;
+        let seq = conversation.seq_issued;
+        permit.send(QueuedMessage {
+            msg: msg.clone(),
+            seq,
+        });
+        Ok(Acceptance::Accepted { seq })
+    }
+
+    async fn begin_turn(
+        &self,
+        msg: &InboundMessage,
+        seq: u64,
+        holder: &str,
+        skip_order_check: bool,
+    ) -> Result<TurnStart, StateError> {
+        let now = Instant::now();
+        let key = msg.conversation();
+        let mut inner = self.lock();
+        if let Some(reply) = inner.live_reply(msg.dedupe_id().as_str(), now) {
+            return Ok(TurnStart::Replied(reply));
+        }
+        if inner
+            .leases
+            .get(&key)
+            .is_some_and(|(h, expires)| h != holder && *expires > now)
+        {
+            return Ok(TurnStart::Wait(WaitReason::Lease));
+        }
+        let conversation = inner.conversation(&key, now);
+        if !skip_order_check && conversation.seq_done + 1 < seq && conversation.seq_issued >= seq {
+            return Ok(TurnStart::Wait(WaitReason::Order));
+        }
+        let snapshot = ConversationSnapshot {
+            history: conversation.history.iter().cloned().collect(),
+            session: conversation.session.clone(),
+        };
+        inner
+            .leases
+            .insert(key, (holder.to_string(), now + self.limits.lease_ttl));
+        Ok(TurnStart::Ready(snapshot))
+    }
+
+    async fn commit_turn(&self, commit: &TurnCommit<'_>) -> Result<CommitOutcome, StateError> {
+        let now = Instant::now();
+        let key = commit.msg.conversation();
+        let id = commit.msg.dedupe_id();
+        let dedupe_ttl = self.dedupe_ttl();
+        let mut inner = self.lock();
+        if let Some(existing) = inner.live_reply(id.as_str(), now) {
+            inner.release(&key, commit.holder);
+            return Ok(CommitOutcome::AlreadyReplied(existing));
+        }
+        inner.replies.insert(
+            id.as_str().to_string(),
+            (commit.reply.clone(), now + dedupe_ttl),
+        );
+        let limit = self.limits.history_limit;
+        let conversation = inner.conversation(&key, now);
+        conversation.history.push_back(commit.user.clone());
+        conversation.history.push_back(commit.assistant.clone());
+        while conversation.history.len() > limit {
+            conversation.history.pop_front();
+        }
+        conversation.seq_done = conversation.seq_done.max(commit.seq);
+        conversation.expires = now + self.limits.conversation_ttl;
+        let pairs = commit.session.iter().map(|(f, v)| (*f, v.clone()));
+        let updates = Session::from_pairs(pairs);
+        let session = &mut conversation.session;
+        session.active_skill = updates.active_skill.or(session.active_skill.take());
+        session.language = updates.language.or(session.language.take());
+        session.last_message_at = updates.last_message_at.or(session.last_message_at);
+        inner.release(&key, commit.holder);
+        Ok(CommitOutcome::Committed)
+    }
+
+    async fn skip_turn(
+        &self,
+        conversation: &ConversationKey,
+        seq: u64,
+        holder: &str,
+    ) -> Result<(), StateError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let c = inner.conversation(conversation, now);
+        c.seq_done = c.seq_done.max(seq);
+        inner.release(conversation, holder);
+        Ok(())
+    }
+
+    async fn renew_leases(&self, leases: &[(ConversationKey, String)]) -> Result<(), StateError> {
+        let expires = Instant::now() + self.limits.lease_ttl;
+        let mut inner = self.lock();
+        for (key, holder) in leases {
+            if let Some((h, e)) = inner.leases.get_mut(key)
+                && h == holder
+            {
+                *e = expires;
+            }
+        }
+        Ok(())
+    }
+
+    async fn release_lease(
+        &self,
+        conversation: &ConversationKey,
+        holder: &str,
+    ) -> Result<(), StateError> {
+        self.lock().release(conversation, holder);
+        Ok(())
+    }
+
+    async fn reply(&self, id: &DedupeId) -> Result<Option<StoredReply>, StateError> {
+        Ok(self.lock().live_reply(id.as_str(), Instant::now()))
+    }
+
+    async fn seen(&self, id: &DedupeId) -> Result<bool, StateError> {
+        let now = Instant::now();
+        Ok(self.lock().seen.get(id.as_str()).is_some_and(|e| *e > now))
+    }
+
+    async fn history(
+        &self,
+        conversation: &ConversationKey,
+    ) -> Result<Vec<HistoryEntry>, StateError> {
+        let now = Instant::now();
+        Ok(self
+            .lock()
+            .conversations
+            .get(conversation)
+            .filter(|c| c.expires > now)
+            .map(|c| c.history.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Channel, Role, now_ms};
+
+    fn limits() -> StoreLimits {
+        StoreLimits {
+            conversation_ttl: Duration::from_secs(60),
+            history_limit: 4,
+            dedupe_ttl: Duration::from_secs(60),
+            lease_ttl: Duration::from_secs(5),
+            inbox_max_length: 100,
+        }
+    }
+
+    fn message(id: &str) -> InboundMessage {
+        InboundMessage {
+            channel: Channel::Webchat,
+            user: "s1".into(),
+            message_id: id.into(),
+            text: format!("text {id}"),
+            received_at_ms: now_ms(),
+            ingress_replica: "r1".into(),
+            language: None,
+        }
+    }
+
+    fn commit<'a>(msg: &'a InboundMessage, seq: u64, holder: &'a str) -> TurnCommit<'a> {
+        let entry = |role, text: &str| HistoryEntry {
+            role,
+            text: text.into(),
+            ts: now_ms(),
+            message_id: msg.message_id.clone(),
+            skill: None,
+            provider: None,
+        };
+        TurnCommit {
+            msg,
+            seq,
+            holder,
+            user: entry(Role::User, &msg.text),
+            assistant: entry(Role::Assistant, "answer"),
+            reply: StoredReply {
+                message_id: msg.message_id.clone(),
+                text: format!("answer to {}", msg.message_id),
+                skill: "general".into(),
+                provider: "template".into(),
+                ts: now_ms(),
+            },
+            session: vec![("active_skill", "general".into())],
+            notify_channel: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_not_queued_and_sequence_numbers_count_up() {
+        let (store, mut rx) = MemoryStore::new(limits(), 10);
+        assert_eq!(
+            store.accept(&message("m1")).await.ok(),
+            Some(Acceptance::Accepted { seq: 1 })
+        );
+        assert_eq!(
+            store.accept(&message("m1")).await.ok(),
+            Some(Acceptance::Duplicate)
+        );
+        assert_eq!(
+            store.accept(&message("m2")).await.ok(),
+            Some(Acceptance::Accepted { seq: 2 })
+        );
+        assert_eq!(rx.recv().await.map(|q| q.seq), Some(1));
+        assert_eq!(rx.recv().await.map(|q| q.seq), Some(2));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_without_marking_the_message_seen() {
+        let (store, _rx) = MemoryStore::new(limits(), 1);
+        assert!(store.accept(&message("m1")).await.is_ok());
+        assert!(matches!(
+            store.accept(&message("m2")).await,
+            Err(StateError::Full(_))
+        ));
+        assert!(!store.seen(&message("m2").dedupe_id()).await.unwrap_or(true));
+    }
+
+    #[tokio::test]
+    async fn the_second_message_waits_for_the_first_and_replies_are_at_most_once() {
+        let (store, _rx) = MemoryStore::new(limits(), 10);
+        let (m1, m2) = (message("m1"), message("m2"));
+        for m in [&m1, &m2] {
+            assert!(store.accept(m).await.is_ok());
+        }
+        assert_eq!(
+            store.begin_turn(&m2, 2, "w2", false).await.ok(),
+            Some(TurnStart::Wait(WaitReason::Order))
+        );
+        assert!(matches!(
+            store.begin_turn(&m1, 1, "w1", false).await,
+            Ok(TurnStart::Ready(_))
+        ));
+        assert_eq!(
+            store.begin_turn(&m2, 2, "w2", false).await.ok(),
+            Some(TurnStart::Wait(WaitReason::Lease))
+        );
+        assert_eq!(
+            store.commit_turn(&commit(&m1, 1, "w1")).await.ok(),
+            Some(CommitOutcome::Committed)
+        );
+        // A second worker that ran the same message loses: the first reply stays on record.
+        assert!(matches!(
+            store.commit_turn(&commit(&m1, 1, "w3")).await,
+            Ok(CommitOutcome::AlreadyReplied(_))
+        ));
+        match store.begin_turn(&m2, 2, "w2", false).await {
+            Ok(TurnStart::Ready(snapshot)) => {
+                assert_eq!(snapshot.history.len(), 2);
+                assert_eq!(snapshot.session.active_skill.as_deref(), Some("general"));
+            }
+            other => panic!("m2 should be ready, got {other:?}"),
+        }
+        assert!(matches!(
+            store.begin_turn(&m1, 1, "w9", false).await,
+            Ok(TurnStart::Replied(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn history_is_capped_oldest_first() {
+        let (store, _rx) = MemoryStore::new(limits(), 10);
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            let m = message(id);
+            assert!(store.accept(&m).await.is_ok());
+            assert!(matches!(
+                store.begin_turn(&m, i as u64 + 1, "w", false).await,
+                Ok(TurnStart::Ready(_))
+            ));
+            assert!(
+                store
+                    .commit_turn(&commit(&m, i as u64 + 1, "w"))
+                    .await
+                    .is_ok()
+            );
+        }
+        let history = store
+            .history(&message("x").conversation())
+            .await
+            .unwrap_or_default();
+        let ids: Vec<&str> = history.iter().map(|e| e.message_id.as_str()).collect();
+        assert_eq!(ids, vec!["b", "b", "c", "c"]);
+    }
+}

@@ -1,0 +1,208 @@
+//! Conversation state: the `StateStore` trait and its two implementations, Redis (the normal,
+//! shared, durable store) and memory (the degraded-mode store used while Redis is unreachable).
+//!
+//! Every operation the turn pipeline needs is one call here and one round trip (one Lua script)
+//! in Redis: accept (dedupe + number + enqueue), begin a turn (lease + order + history), commit a
+//! turn (reply record + history + session + release + publish). Nothing is ever written by
+//! read-modify-write from a replica, so two replicas can never overwrite each other.
+
+pub mod keys;
+pub mod link;
+pub mod memory;
+pub mod redis;
+
+use crate::message::{ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply};
+use async_trait::async_trait;
+use std::time::Duration;
+
+/// Why a state operation failed; decides between degrading, 503 and retrying.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StateError {
+    /// The store cannot be reached (connection refused, dropped, timed out): degrade or retry.
+    #[error("state store unreachable: {0}")]
+    Unavailable(String),
+    /// The store refuses writes (Redis `maxmemory` with `noeviction`, inbox or queue full):
+    /// answer 503 so the platform retries later; nothing was accepted.
+    #[error("state store full: {0}")]
+    Full(String),
+    /// The store answered something this version cannot read (a bug or a foreign writer).
+    #[error("unexpected answer from the state store: {0}")]
+    Protocol(String),
+}
+
+impl StateError {
+    /// True when the store is unreachable, as opposed to reachable but refusing.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StateError::Unavailable(_))
+    }
+}
+
+/// What ingress learned when it offered a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acceptance {
+    /// Durably queued; `seq` is its position in its conversation (1-based).
+    Accepted {
+        /// Position in the conversation, given atomically with the dedupe marker.
+        seq: u64,
+    },
+    /// Seen before (a platform retry, a client resend); nothing was queued.
+    Duplicate,
+}
+
+/// A conversation's session hash (`oc:session:{…}`), the parts the pipeline reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Session {
+    /// The skill of the previous turn, used to route ambiguous follow-ups.
+    pub active_skill: Option<String>,
+    /// The customer's language, once known.
+    pub language: Option<String>,
+    /// Milliseconds since the epoch of the last committed turn.
+    pub last_message_at: Option<u64>,
+}
+
+impl Session {
+    /// Builds a session from hash field/value pairs; unknown fields (sequence counters, later
+    /// additions) are ignored.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> Session {
+        let mut session = Session::default();
+        for (field, value) in pairs {
+            match field {
+                "active_skill" => session.active_skill = Some(value),
+                "language" => session.language = Some(value),
+                "last_message_at" => session.last_message_at = value.parse().ok(),
+                _ => {}
+            }
+        }
+        session
+    }
+}
+
+/// History and session as loaded at the start of a turn.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConversationSnapshot {
+    /// Oldest first, at most the configured history limit.
+    pub history: Vec<HistoryEntry>,
+    /// The session hash.
+    pub session: Session,
+}
+
+/// Why a turn cannot start yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitReason {
+    /// Another worker holds the conversation's lease (its turn is running).
+    Lease,
+    /// An earlier message of the conversation has not been answered and nobody is running it.
+    Order,
+}
+
+/// The answer to "may this message's turn start now?".
+#[derive(Debug, Clone, PartialEq)]
+pub enum TurnStart {
+    /// The lease is ours; here is the conversation.
+    Ready(ConversationSnapshot),
+    /// The message was already answered (an entry claimed twice); this is the answer.
+    Replied(StoredReply),
+    /// Not yet; try again shortly.
+    Wait(WaitReason),
+}
+
+/// Everything a committed turn writes, in one atomic step.
+#[derive(Debug, Clone)]
+pub struct TurnCommit<'a> {
+    /// The message being answered.
+    pub msg: &'a InboundMessage,
+    /// Its sequence number in the conversation.
+    pub seq: u64,
+    /// The lease holder token of this turn.
+    pub holder: &'a str,
+    /// The customer's history entry.
+    pub user: HistoryEntry,
+    /// The agent's history entry.
+    pub assistant: HistoryEntry,
+    /// The reply record (at-most-once).
+    pub reply: StoredReply,
+    /// Session fields to set.
+    pub session: Vec<(&'static str, String)>,
+    /// Pub/sub channel of the replica waiting for this reply, when it is not this one.
+    pub notify_channel: Option<String>,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommitOutcome {
+    /// This turn's reply is the one on record.
+    Committed,
+    /// Another worker committed first (an entry claimed twice); its reply is the one on record
+    /// and this turn's result is discarded.
+    AlreadyReplied(StoredReply),
+}
+
+/// Lifetimes and bounds the stores enforce.
+#[derive(Debug, Clone)]
+pub struct StoreLimits {
+    /// Conversation and session lifetime, refreshed on every turn.
+    pub conversation_ttl: Duration,
+    /// History entries kept per conversation.
+    pub history_limit: usize,
+    /// How long dedupe markers and reply records live (platforms retry for days).
+    pub dedupe_ttl: Duration,
+    /// Lifetime of a conversation lease between renewals.
+    pub lease_ttl: Duration,
+    /// Inbox length above which ingress refuses.
+    pub inbox_max_length: u64,
+}
+
+/// WhatsApp retries an unacknowledged webhook for up to 7 days; keep markers a day longer.
+pub const DEDUPE_TTL: Duration = Duration::from_secs(8 * 86_400);
+
+/// The operations the turn pipeline and ingress need from conversation state.
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Dedupes, numbers and enqueues `msg` in one atomic step; `Accepted` means durable (Redis)
+    /// or queued in-process (memory).
+    async fn accept(&self, msg: &InboundMessage) -> Result<Acceptance, StateError>;
+
+    /// Tries to start the turn of message `seq`: not yet answered, lease free, predecessors done
+    /// (unless `skip_order_check`). On `Ready` the lease is held by `holder`.
+    async fn begin_turn(
+        &self,
+        msg: &InboundMessage,
+        seq: u64,
+        holder: &str,
+        skip_order_check: bool,
+    ) -> Result<TurnStart, StateError>;
+
+    /// Records the turn atomically; at most one commit per message id wins.
+    async fn commit_turn(&self, commit: &TurnCommit<'_>) -> Result<CommitOutcome, StateError>;
+
+    /// Marks message `seq` as done without a reply (it went to the dead-letter stream), so later
+    /// messages of the conversation are not held up, and releases the lease if `holder` has it.
+    async fn skip_turn(
+        &self,
+        conversation: &ConversationKey,
+        seq: u64,
+        holder: &str,
+    ) -> Result<(), StateError>;
+
+    /// Extends the leases in `leases` that are still held by the given holders.
+    async fn renew_leases(&self, leases: &[(ConversationKey, String)]) -> Result<(), StateError>;
+
+    /// Releases a lease if `holder` still has it.
+    async fn release_lease(
+        &self,
+        conversation: &ConversationKey,
+        holder: &str,
+    ) -> Result<(), StateError>;
+
+    /// The reply on record for a message, if any.
+    async fn reply(&self, id: &DedupeId) -> Result<Option<StoredReply>, StateError>;
+
+    /// Whether a message id was accepted (dedupe marker present).
+    async fn seen(&self, id: &DedupeId) -> Result<bool, StateError>;
+
+    /// A conversation's history, oldest first.
+    async fn history(
+        &self,
+        conversation: &ConversationKey,
+    ) -> Result<Vec<HistoryEntry>, StateError>;
+}

@@ -1,0 +1,288 @@
+//! The Redis implementation of [`StateStore`]: every operation is one Lua script, so each is
+//! atomic and costs one round trip.
+//!
+//! The scripts touch keys of more than one hash-tag slot (the inbox, a message's dedupe key, a
+//! conversation's keys), which a single Redis or a Sentinel-managed primary runs atomically. A
+//! Redis Cluster deployment needs the inbox sharded per slot; that is not built yet.
+
+use super::link::{RedisLink, classify};
+use super::{
+    Acceptance, CommitOutcome, ConversationSnapshot, Session, StateError, StateStore, StoreLimits,
+    TurnCommit, TurnStart, WaitReason, keys,
+};
+use crate::message::{ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply};
+use async_trait::async_trait;
+use redis::{FromRedisValue, Script, ScriptInvocation, Value};
+use std::sync::{Arc, LazyLock};
+
+static ACCEPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/accept.lua")));
+static BEGIN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/begin.lua")));
+static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/commit.lua")));
+static SKIP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/skip.lua")));
+static RENEW: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/renew_leases.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/release_lease.lua")));
+
+/// Conversation state in Redis, shared by all replicas.
+pub struct RedisStore {
+    /// The shared connection and its health.
+    link: Arc<RedisLink>,
+    /// TTLs and bounds.
+    limits: StoreLimits,
+}
+
+impl RedisStore {
+    /// A store over `link`.
+    pub fn new(link: Arc<RedisLink>, limits: StoreLimits) -> RedisStore {
+        RedisStore { link, limits }
+    }
+
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, StateError> {
+        let mut conn = self.link.connection()?;
+        invocation.invoke_async(&mut conn).await.map_err(|e| {
+            let error = classify(&e);
+            self.link.report(&error);
+            error
+        })
+    }
+
+    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StateError> {
+        let mut conn = self.link.connection()?;
+        cmd.query_async(&mut conn).await.map_err(|e| {
+            let error = classify(&e);
+            self.link.report(&error);
+            error
+        })
+    }
+}
+
+fn secs(d: std::time::Duration) -> u64 {
+    d.as_secs().max(1)
+}
+
+fn text(value: &Value) -> Option<String> {
+    redis::from_redis_value_ref::<String>(value).ok()
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StateError> {
+    serde_json::to_string(value).map_err(|e| StateError::Protocol(format!("cannot encode: {e}")))
+}
+
+fn parse_reply(json: &str) -> Result<StoredReply, StateError> {
+    serde_json::from_str(json)
+        .map_err(|e| StateError::Protocol(format!("unreadable reply record: {e}")))
+}
+
+/// Parses history elements, skipping (and logging) any that this version cannot read rather than
+/// failing the customer's turn.
+fn parse_history(values: &[Value]) -> Vec<HistoryEntry> {
+    values
+        .iter()
+        .filter_map(|v| {
+            let raw = text(v)?;
+            match serde_json::from_str(&raw) {
+                Ok(entry) => Some(entry),
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping unreadable history entry");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+fn parse_session(values: &[Value]) -> Session {
+    let strings: Vec<String> = values.iter().filter_map(text).collect();
+    Session::from_pairs(
+        strings
+            .chunks_exact(2)
+            .map(|pair| (pair[0].as_str(), pair[1].clone())),
+    )
+}
+
+#[async_trait]
+impl StateStore for RedisStore {
+    async fn accept(&self, msg: &InboundMessage) -> Result<Acceptance, StateError> {
+        let json = to_json(msg)?;
+        let conversation = msg.conversation();
+        let result: i64 = self
+            .invoke(
+                ACCEPT
+                    .key(keys::seen(&msg.dedupe_id()))
+                    .key(keys::session(&conversation))
+                    .key(keys::INBOX)
+                    .arg(secs(self.limits.dedupe_ttl))
+                    .arg(secs(self.limits.conversation_ttl))
+                    .arg(self.limits.inbox_max_length)
+                    .arg(keys::ENTRY_VERSION)
+                    .arg(json),
+            )
+            .await?;
+        match result {
+            0 => Ok(Acceptance::Duplicate),
+            seq if seq > 0 => Ok(Acceptance::Accepted { seq: seq as u64 }),
+            _ => Err(StateError::Full(format!(
+                "the inbox holds {} messages or more",
+                self.limits.inbox_max_length
+            ))),
+        }
+    }
+
+    async fn begin_turn(
+        &self,
+        msg: &InboundMessage,
+        seq: u64,
+        holder: &str,
+        skip_order_check: bool,
+    ) -> Result<TurnStart, StateError> {
+        let conversation = msg.conversation();
+        let reply: Vec<Value> = self
+            .invoke(
+                BEGIN
+                    .key(keys::replied(&msg.dedupe_id()))
+                    .key(keys::session(&conversation))
+                    .key(keys::lease(&conversation))
+                    .key(keys::conversation(&conversation))
+                    .arg(seq)
+                    .arg(holder)
+                    .arg(self.limits.lease_ttl.as_millis() as u64)
+                    .arg(if skip_order_check { "1" } else { "0" }),
+            )
+            .await?;
+        let status = reply.first().and_then(text).unwrap_or_default();
+        match (status.as_str(), reply.get(1), reply.get(2)) {
+            ("replied", Some(json), _) => Ok(TurnStart::Replied(parse_reply(
+                &text(json).unwrap_or_default(),
+            )?)),
+            ("wait", Some(reason), _) => Ok(TurnStart::Wait(
+                if text(reason).as_deref() == Some("order") {
+                    WaitReason::Order
+                } else {
+                    WaitReason::Lease
+                },
+            )),
+            ("ready", Some(Value::Array(history)), Some(Value::Array(session))) => {
+                Ok(TurnStart::Ready(ConversationSnapshot {
+                    history: parse_history(history),
+                    session: parse_session(session),
+                }))
+            }
+            ("ready", _, _) => Ok(TurnStart::Ready(ConversationSnapshot::default())),
+            _ => Err(StateError::Protocol(format!(
+                "begin script answered {reply:?}"
+            ))),
+        }
+    }
+
+    async fn commit_turn(&self, commit: &TurnCommit<'_>) -> Result<CommitOutcome, StateError> {
+        let conversation = commit.msg.conversation();
+        let reply_json = to_json(&commit.reply)?;
+        let payload = match &commit.notify_channel {
+            Some(_) => serde_json::json!({
+                "id": commit.msg.dedupe_id().as_str(),
+                "reply": &commit.reply,
+            })
+            .to_string(),
+            None => String::new(),
+        };
+        let mut invocation = COMMIT.prepare_invoke();
+        invocation
+            .key(keys::replied(&commit.msg.dedupe_id()))
+            .key(keys::conversation(&conversation))
+            .key(keys::session(&conversation))
+            .key(keys::lease(&conversation))
+            .arg(&reply_json)
+            .arg(secs(self.limits.dedupe_ttl))
+            .arg(to_json(&commit.user)?)
+            .arg(to_json(&commit.assistant)?)
+            .arg(self.limits.history_limit)
+            .arg(secs(self.limits.conversation_ttl))
+            .arg(commit.seq)
+            .arg(commit.holder)
+            .arg(commit.notify_channel.as_deref().unwrap_or(""))
+            .arg(payload);
+        for (field, value) in &commit.session {
+            invocation.arg(*field).arg(value);
+        }
+        let result: Vec<Value> = self.invoke(&invocation).await?;
+        match (result.first(), result.get(1)) {
+            (Some(Value::Int(1)), _) => Ok(CommitOutcome::Committed),
+            (Some(Value::Int(0)), Some(existing)) => Ok(CommitOutcome::AlreadyReplied(
+                parse_reply(&text(existing).unwrap_or_default())?,
+            )),
+            _ => Err(StateError::Protocol(format!(
+                "commit script answered {result:?}"
+            ))),
+        }
+    }
+
+    async fn skip_turn(
+        &self,
+        conversation: &ConversationKey,
+        seq: u64,
+        holder: &str,
+    ) -> Result<(), StateError> {
+        let _: i64 = self
+            .invoke(
+                SKIP.key(keys::session(conversation))
+                    .key(keys::lease(conversation))
+                    .arg(seq)
+                    .arg(holder)
+                    .arg(secs(self.limits.conversation_ttl)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn renew_leases(&self, leases: &[(ConversationKey, String)]) -> Result<(), StateError> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = RENEW.prepare_invoke();
+        invocation.arg(self.limits.lease_ttl.as_millis() as u64);
+        for (conversation, holder) in leases {
+            invocation.key(keys::lease(conversation)).arg(holder);
+        }
+        let _: i64 = self.invoke(&invocation).await?;
+        Ok(())
+    }
+
+    async fn release_lease(
+        &self,
+        conversation: &ConversationKey,
+        holder: &str,
+    ) -> Result<(), StateError> {
+        let _: i64 = self
+            .invoke(RELEASE.key(keys::lease(conversation)).arg(holder))
+            .await?;
+        Ok(())
+    }
+
+    async fn reply(&self, id: &DedupeId) -> Result<Option<StoredReply>, StateError> {
+        let json: Option<String> = self.query(redis::cmd("GET").arg(keys::replied(id))).await?;
+        json.map(|j| parse_reply(&j)).transpose()
+    }
+
+    async fn seen(&self, id: &DedupeId) -> Result<bool, StateError> {
+        self.query(redis::cmd("EXISTS").arg(keys::seen(id))).await
+    }
+
+    async fn history(
+        &self,
+        conversation: &ConversationKey,
+    ) -> Result<Vec<HistoryEntry>, StateError> {
+        let values: Vec<Value> = self
+            .query(
+                redis::cmd("LRANGE")
+                    .arg(keys::conversation(conversation))
+                    .arg(0)
+                    .arg(-1),
+            )
+            .await?;
+        Ok(parse_history(&values))
+    }
+}

@@ -1,0 +1,35 @@
+-- Commits a turn: the reply record (at most one per message id), both history entries (appended,
+-- capped, TTL refreshed), the session, the ordering watermark, the lease release and the wake-up
+-- of the replica holding the web-chat request. One step, so no reader ever sees half a turn.
+-- KEYS[1] oc:replied:{id}   KEYS[2] oc:conv:{conv}   KEYS[3] oc:session:{conv}   KEYS[4] oc:lease:{conv}
+-- ARGV[1] reply JSON   ARGV[2] reply ttl (s)   ARGV[3] user entry JSON   ARGV[4] assistant entry JSON
+-- ARGV[5] history limit   ARGV[6] conversation ttl (s)   ARGV[7] seq   ARGV[8] holder token
+-- ARGV[9] pub/sub channel ('' = none)   ARGV[10] pub/sub payload   ARGV[11..] session field, value, ...
+-- Returns {1} when committed, {0, existing reply JSON} when another turn committed first.
+local function release()
+  if redis.call('GET', KEYS[4]) == ARGV[8] then
+    redis.call('DEL', KEYS[4])
+  end
+end
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  release()
+  return {0, existing}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('RPUSH', KEYS[2], ARGV[3], ARGV[4])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[5]), -1)
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+local done = tonumber(redis.call('HGET', KEYS[3], 'seq_done')) or 0
+if tonumber(ARGV[7]) > done then
+  redis.call('HSET', KEYS[3], 'seq_done', ARGV[7])
+end
+for i = 11, #ARGV, 2 do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+release()
+if ARGV[9] ~= '' then
+  redis.call('PUBLISH', ARGV[9], ARGV[10])
+end
+return {1}

@@ -1,0 +1,116 @@
+//! Metric names, their help texts and histogram buckets, in one place; and the Prometheus
+//! recorder. Code elsewhere records through the `metrics` macros with these constants only.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+/// Messages durably accepted at ingress, by `channel` and `store` (`redis` | `memory`).
+pub const MESSAGES_ACCEPTED: &str = "clawgate_messages_accepted_total";
+/// Inbound messages recognised as duplicates (platform retries, client resends), by `channel`.
+pub const MESSAGES_DUPLICATE: &str = "clawgate_messages_duplicate_total";
+/// Messages refused at ingress (503), by `channel` and `reason`.
+pub const MESSAGES_REJECTED: &str = "clawgate_messages_rejected_total";
+/// Replies committed, by `channel` and `provider`.
+pub const MESSAGES_REPLIED: &str = "clawgate_messages_replied_total";
+/// Messages that could not be answered (dead-lettered), by `channel` and `reason`.
+pub const MESSAGES_FAILED: &str = "clawgate_messages_failed_total";
+/// Turns whose result was discarded because another worker had answered the message already.
+pub const TURNS_DISCARDED: &str = "clawgate_turns_discarded_total";
+/// Time from acceptance to committed reply, seconds.
+pub const TURN_DURATION: &str = "clawgate_turn_duration_seconds";
+/// Turns running now.
+pub const TURNS_IN_FLIGHT: &str = "clawgate_turns_in_flight";
+/// Provider attempts, by `provider` and `outcome` (`ok`, `timeout`, `connect_error`, `http_5xx`,
+/// `http_4xx`, `rate_limited`, `invalid_response`).
+pub const PROVIDER_CALLS: &str = "clawgate_provider_calls_total";
+/// Provider attempt latency, seconds, by `provider`.
+pub const PROVIDER_LATENCY: &str = "clawgate_provider_latency_seconds";
+/// Turns answered by a provider other than the first of the chain, by `provider`.
+pub const PROVIDER_FALLBACKS: &str = "clawgate_provider_fallbacks_total";
+/// Inbox entries not yet delivered to any worker (sampled).
+pub const INBOX_LAG: &str = "clawgate_inbox_lag";
+/// Inbox entries delivered but not yet acknowledged (sampled).
+pub const INBOX_PENDING: &str = "clawgate_inbox_pending";
+/// Entries taken over from replicas presumed dead.
+pub const INBOX_CLAIMED: &str = "clawgate_inbox_claimed_total";
+/// 1 while Redis answers.
+pub const REDIS_UP: &str = "clawgate_redis_up";
+/// 1 while the replica serves from in-process state.
+pub const DEGRADED: &str = "clawgate_degraded";
+
+/// Turn and provider latency buckets, seconds: from a cached answer to a slow local model.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once) and returns its handle for `/metrics`.
+pub fn install() -> Option<PrometheusHandle> {
+    if let Some(handle) = HANDLE.get() {
+        return Some(handle.clone());
+    }
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(TURN_DURATION.into()), LATENCY_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(PROVIDER_LATENCY.into()), LATENCY_BUCKETS)
+        });
+    let handle = match builder.and_then(|b| b.install_recorder()) {
+        Ok(handle) => handle,
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
+            return None;
+        }
+    };
+    describe();
+    Some(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(MESSAGES_ACCEPTED, "Messages durably accepted at ingress.");
+    describe_counter!(
+        MESSAGES_DUPLICATE,
+        "Inbound messages recognised as duplicates."
+    );
+    describe_counter!(MESSAGES_REJECTED, "Messages refused at ingress with 503.");
+    describe_counter!(MESSAGES_REPLIED, "Replies committed.");
+    describe_counter!(
+        MESSAGES_FAILED,
+        "Messages that could not be answered (dead-lettered)."
+    );
+    describe_counter!(
+        TURNS_DISCARDED,
+        "Turn results discarded because the message was already answered."
+    );
+    describe_histogram!(
+        TURN_DURATION,
+        metrics::Unit::Seconds,
+        "Time from acceptance to committed reply."
+    );
+    describe_gauge!(TURNS_IN_FLIGHT, "Turns running now.");
+    describe_counter!(PROVIDER_CALLS, "Provider attempts by outcome.");
+    describe_histogram!(
+        PROVIDER_LATENCY,
+        metrics::Unit::Seconds,
+        "Provider attempt latency."
+    );
+    describe_counter!(
+        PROVIDER_FALLBACKS,
+        "Turns answered by a provider other than the first."
+    );
+    describe_gauge!(INBOX_LAG, "Inbox entries not yet delivered to a worker.");
+    describe_gauge!(
+        INBOX_PENDING,
+        "Inbox entries delivered but not acknowledged."
+    );
+    describe_counter!(
+        INBOX_CLAIMED,
+        "Inbox entries taken over from replicas presumed dead."
+    );
+    describe_gauge!(REDIS_UP, "1 while Redis answers.");
+    describe_gauge!(
+        DEGRADED,
+        "1 while the replica serves from in-process state."
+    );
+}

@@ -1,0 +1,468 @@
+//! The worker pool: feeds turns from the Redis inbox (new entries and entries abandoned by dead
+//! replicas) and from the in-process queue of degraded mode, with bounded concurrency, and keeps
+//! what it holds alive (entry idle times, conversation leases) while turns run.
+//!
+//! Two bounds: `slots` caps turns running at once (the configured concurrency); `held` caps
+//! entries this replica holds, running or waiting for their conversation, so a replica never
+//! hoards work that another replica could do.
+
+pub mod turn;
+
+use crate::config::WorkersConfig;
+use crate::inbox::redis::{InboxEntry, RedisInbox};
+use crate::message::{ConversationKey, InboundMessage};
+use crate::state::link::RedisLink;
+use crate::state::memory::{MemoryStore, QueuedMessage};
+use crate::state::redis::RedisStore;
+use crate::state::{StateError, StateStore};
+use crate::{retry, telemetry};
+use backon::Retryable;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use turn::{TurnContext, TurnError};
+
+/// How long one `XREADGROUP` blocks; also the longest a stop request waits for the read loop.
+const READ_BLOCK: Duration = Duration::from_millis(500);
+/// Most entries read or claimed in one command.
+const BATCH: usize = 32;
+
+/// A message to answer and its place in its conversation.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The message.
+    pub msg: InboundMessage,
+    /// Its sequence number in the conversation.
+    pub seq: u64,
+}
+
+/// Conversation leases held by running turns, renewed by the heartbeat.
+#[derive(Default)]
+pub struct LeaseRegistry {
+    leases: Mutex<HashMap<String, ConversationKey>>,
+}
+
+impl LeaseRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ConversationKey>> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that `holder` holds the lease of `conversation`.
+    pub fn hold(&self, holder: &str, conversation: ConversationKey) {
+        self.lock().insert(holder.to_string(), conversation);
+    }
+
+    /// Forgets `holder`'s lease.
+    pub fn release(&self, holder: &str) {
+        self.lock().remove(holder);
+    }
+
+    fn snapshot(&self) -> Vec<(ConversationKey, String)> {
+        self.lock()
+            .iter()
+            .map(|(holder, conversation)| (conversation.clone(), holder.clone()))
+            .collect()
+    }
+}
+
+/// The replica's workers.
+pub struct WorkerPool {
+    ctx: Arc<TurnContext>,
+    link: Arc<RedisLink>,
+    redis: Arc<RedisStore>,
+    memory: Arc<MemoryStore>,
+    inbox: RedisInbox,
+    config: WorkersConfig,
+    /// Turns running at once.
+    slots: Arc<Semaphore>,
+    /// Redis entries held at once, running or waiting.
+    held: Arc<Semaphore>,
+    /// Ids of the Redis entries held, refreshed by the heartbeat.
+    held_entries: Mutex<HashSet<String>>,
+    redis_leases: LeaseRegistry,
+    memory_leases: LeaseRegistry,
+    /// Every turn, so shutdown can wait for them.
+    turns: TaskTracker,
+    /// Cancelled when the replica stops taking work: the loops end, waiting turns give up.
+    stop: CancellationToken,
+}
+
+impl WorkerPool {
+    /// A pool over the given stores.
+    pub fn new(
+        ctx: Arc<TurnContext>,
+        link: Arc<RedisLink>,
+        redis: Arc<RedisStore>,
+        memory: Arc<MemoryStore>,
+        config: WorkersConfig,
+    ) -> Arc<WorkerPool> {
+        let inbox = RedisInbox::new(link.clone(), &ctx.replica_id);
+        Arc::new(WorkerPool {
+            slots: Arc::new(Semaphore::new(config.concurrency)),
+            held: Arc::new(Semaphore::new(config.concurrency * 2)),
+            ctx,
+            link,
+            redis,
+            memory,
+            inbox,
+            config,
+            held_entries: Mutex::new(HashSet::new()),
+            redis_leases: LeaseRegistry::default(),
+            memory_leases: LeaseRegistry::default(),
+            turns: TaskTracker::new(),
+            stop: CancellationToken::new(),
+        })
+    }
+
+    /// Starts the feeding loops; `shutdown` ends the background upkeep (after the drain).
+    pub fn start(
+        self: &Arc<Self>,
+        memory_queue: mpsc::Receiver<QueuedMessage>,
+        shutdown: CancellationToken,
+    ) -> TaskTracker {
+        let stop = self.stop.clone();
+        let loops = TaskTracker::new();
+        loops.spawn(self.clone().read_loop(stop.clone()));
+        loops.spawn(self.clone().claim_loop(stop.clone()));
+        loops.spawn(self.clone().memory_loop(memory_queue, stop));
+        tokio::spawn(self.clone().heartbeat_loop(shutdown.clone()));
+        tokio::spawn(self.clone().stats_loop(shutdown));
+        loops.close();
+        loops
+    }
+
+    /// Stops taking new work: the feeding loops end (the returned tracker of [`Self::start`]
+    /// completes) and turns still waiting for their conversation give up.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits up to `grace` for running turns; true when all finished.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.turns.close();
+        tokio::time::timeout(grace, self.turns.wait()).await.is_ok()
+    }
+
+    /// Turns running now.
+    pub fn running(&self) -> usize {
+        self.config.concurrency - self.slots.available_permits()
+    }
+
+    fn hold(&self, id: &str) -> bool {
+        self.held_entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string())
+    }
+
+    fn unhold(&self, id: &str) {
+        self.held_entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    async fn read_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut link_state = self.link.watch();
+        let mut conn = None;
+        let mut group_ready = false;
+        while !stop.is_cancelled() {
+            if !self.link.is_up() {
+                conn = None;
+                group_ready = false;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = link_state.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+            if !group_ready {
+                match self.inbox.ensure_group().await {
+                    Ok(()) => group_ready = true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot create the inbox consumer group");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+            }
+            let permits = tokio::select! {
+                _ = stop.cancelled() => return,
+                permits = self.permits() => permits,
+            };
+            let Some((held, slot)) = permits else { return };
+            let c = match &mut conn {
+                Some(c) => c,
+                None => match self.inbox.read_connection(READ_BLOCK).await {
+                    Ok(c) => conn.insert(c),
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                },
+            };
+            let extra = self
+                .slots
+                .available_permits()
+                .min(self.held.available_permits())
+                .min(BATCH - 1);
+            match self.inbox.read(c, 1 + extra, READ_BLOCK).await {
+                Ok(entries) => self.start_entries(entries, Some((held, slot))).await,
+                Err(e) => {
+                    conn = None;
+                    if !e.is_unavailable() {
+                        tracing::warn!(error = %e, "reading the inbox failed");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    async fn claim_loop(self: Arc<Self>, stop: CancellationToken) {
+        let interval =
+            (self.config.claim_idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            if !self.link.is_up() {
+                continue;
+            }
+            let room = self
+                .slots
+                .available_permits()
+                .min(self.held.available_permits())
+                .min(BATCH);
+            if room == 0 {
+                continue;
+            }
+            match self
+                .inbox
+                .claim_abandoned(self.config.claim_idle, room)
+                .await
+            {
+                Ok(entries) => {
+                    let (ours, theirs): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| {
+                        self.held_entries
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .contains(&e.id)
+                    });
+                    if !ours.is_empty() {
+                        tracing::debug!(
+                            count = ours.len(),
+                            "re-took entries this replica is already working on"
+                        );
+                    }
+                    if !theirs.is_empty() {
+                        tracing::info!(
+                            count = theirs.len(),
+                            "took over inbox entries left by an unresponsive replica"
+                        );
+                        metrics::counter!(telemetry::INBOX_CLAIMED).increment(theirs.len() as u64);
+                    }
+                    self.start_entries(theirs, None).await;
+                }
+                Err(e) if !e.is_unavailable() => {
+                    tracing::warn!(error = %e, "claiming abandoned inbox entries failed");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// One held-entry permit and one turn slot, waiting for both.
+    async fn permits(&self) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let held = self.held.clone().acquire_owned().await.ok()?;
+        let slot = self.slots.clone().acquire_owned().await.ok()?;
+        Some((held, slot))
+    }
+
+    async fn start_entries(
+        self: &Arc<Self>,
+        entries: Vec<InboxEntry>,
+        mut first: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    ) {
+        for entry in entries {
+            let permits = match first.take() {
+                Some(p) => Some(p),
+                None => self.permits().await,
+            };
+            let Some((held, slot)) = permits else { return };
+            if !self.hold(&entry.id) {
+                continue;
+            }
+            let pool = self.clone();
+            self.turns.spawn(async move {
+                let _held = held;
+                metrics::gauge!(telemetry::TURNS_IN_FLIGHT).increment(1.0);
+                pool.process_entry(&entry, slot).await;
+                metrics::gauge!(telemetry::TURNS_IN_FLIGHT).decrement(1.0);
+                pool.unhold(&entry.id);
+            });
+        }
+    }
+
+    async fn process_entry(&self, entry: &InboxEntry, slot: OwnedSemaphorePermit) {
+        let (msg, seq) = match &entry.content {
+            Ok(content) => content.clone(),
+            Err(reason) => {
+                self.dead_letter(entry, "", reason, None).await;
+                return;
+            }
+        };
+        if entry.deliveries > self.config.max_deliveries {
+            let raw = serde_json::to_string(&msg).unwrap_or_default();
+            let reason = format!(
+                "delivered {} times without completing (limit {})",
+                entry.deliveries, self.config.max_deliveries
+            );
+            self.dead_letter(entry, &raw, &reason, Some((&msg, seq)))
+                .await;
+            return;
+        }
+        let job = Job { msg, seq };
+        match turn::run(
+            &self.ctx,
+            &*self.redis,
+            &self.redis_leases,
+            &job,
+            &self.slots,
+            slot,
+            Some(&self.stop),
+        )
+        .await
+        {
+            Ok(_) => {
+                let acked = (|| self.inbox.ack(&entry.id))
+                    .retry(retry::state_backoff())
+                    .when(StateError::is_unavailable)
+                    .await;
+                if let Err(e) = acked {
+                    // The reply is on record; whoever claims the entry finds it and just acks.
+                    tracing::warn!(entry = %entry.id, error = %e, "could not acknowledge a finished entry");
+                }
+            }
+            Err(TurnError::Stopped) => {}
+            Err(e) => {
+                tracing::warn!(entry = %entry.id, error = %e, "turn failed; the entry stays pending and will be retried");
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        entry: &InboxEntry,
+        raw: &str,
+        reason: &str,
+        job: Option<(&InboundMessage, u64)>,
+    ) {
+        tracing::error!(entry = %entry.id, reason, "moving inbox entry to the dead-letter stream");
+        let channel = job.map(|(m, _)| m.channel.as_str()).unwrap_or("unknown");
+        metrics::counter!(telemetry::MESSAGES_FAILED, "channel" => channel, "reason" => "dead_letter").increment(1);
+        if let Err(e) = self.inbox.dead_letter(entry, raw, reason).await {
+            tracing::warn!(entry = %entry.id, error = %e, "dead-lettering failed; the entry stays pending");
+            return;
+        }
+        if let Some((msg, seq)) = job
+            && let Err(e) = self.redis.skip_turn(&msg.conversation(), seq, "").await
+        {
+            tracing::warn!(error = %e, "could not release the conversation after dead-lettering");
+        }
+    }
+
+    async fn memory_loop(
+        self: Arc<Self>,
+        mut queue: mpsc::Receiver<QueuedMessage>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let queued = tokio::select! {
+                biased;
+                queued = queue.recv() => queued,
+                _ = stop.cancelled() => {
+                    // Degraded-mode messages exist only here: finish those already accepted.
+                    queue.close();
+                    queue.recv().await
+                }
+            };
+            let Some(QueuedMessage { msg, seq }) = queued else {
+                return;
+            };
+            let Ok(slot) = self.slots.clone().acquire_owned().await else {
+                return;
+            };
+            let pool = self.clone();
+            self.turns.spawn(async move {
+                metrics::gauge!(telemetry::TURNS_IN_FLIGHT).increment(1.0);
+                let job = Job { msg, seq };
+                let result = turn::run(
+                    &pool.ctx,
+                    &*pool.memory,
+                    &pool.memory_leases,
+                    &job,
+                    &pool.slots,
+                    slot,
+                    None,
+                )
+                .await;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "degraded-mode turn failed");
+                }
+                metrics::gauge!(telemetry::TURNS_IN_FLIGHT).decrement(1.0);
+            });
+        }
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let interval = (self.config.claim_idle / 3).max(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let ids: Vec<String> = self
+                .held_entries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            if self.link.is_up() {
+                if let Err(e) = self.inbox.refresh(&ids).await {
+                    tracing::debug!(error = %e, "refreshing held inbox entries failed");
+                }
+                if let Err(e) = self.redis.renew_leases(&self.redis_leases.snapshot()).await {
+                    tracing::debug!(error = %e, "renewing conversation leases failed");
+                }
+            }
+            let _ = self
+                .memory
+                .renew_leases(&self.memory_leases.snapshot())
+                .await;
+        }
+    }
+
+    async fn stats_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            self.memory.sweep();
+            if self.link.is_up()
+                && let Ok(stats) = self.inbox.stats().await
+            {
+                metrics::gauge!(telemetry::INBOX_PENDING).set(stats.pending as f64);
+                metrics::gauge!(telemetry::INBOX_LAG)
+                    .set(stats.length.saturating_sub(stats.pending) as f64);
+            }
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! One conversation turn: wait for the conversation's turn, load it, route to a skill, ask the
+//! provider chain, commit atomically, wake whoever waits for the reply.
+//!
+//! The turn never acknowledges its inbox entry itself; it reports how it ended and the pool acks.
+//! Its invariants: at most one reply per message id (the commit decides), turns of one
+//! conversation in arrival order (the begin step decides), and no permit held while waiting.
+
+use crate::config::AgentConfig;
+use crate::llm::chain::ProviderChain;
+use crate::llm::{ChatMessage, Prompt};
+use crate::message::{HistoryEntry, InboundMessage, Role, StoredReply, now_ms};
+use crate::replies::ReplyWaiters;
+use crate::skills::{Skill, SkillSet};
+use crate::state::{
+    CommitOutcome, ConversationSnapshot, StateError, StateStore, TurnCommit, TurnStart, WaitReason,
+    keys,
+};
+use crate::{retry, telemetry};
+use backon::Retryable;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::{Job, LeaseRegistry};
+
+/// First and longest pause between two attempts to start a turn that must wait.
+const WAIT_MIN: Duration = Duration::from_millis(5);
+const WAIT_MAX: Duration = Duration::from_millis(100);
+
+/// What every turn of this replica shares.
+pub struct TurnContext {
+    /// This replica's id: lease holder prefix and reply-channel owner.
+    pub replica_id: String,
+    /// The skills to route to.
+    pub skills: SkillSet,
+    /// The providers to ask.
+    pub chain: ProviderChain,
+    /// System prompt and default language.
+    pub agent: AgentConfig,
+    /// How long a message waits for an unprocessed predecessor before going ahead anyway.
+    pub order_wait: Duration,
+    /// Web-chat requests held open on this replica.
+    pub waiters: Arc<ReplyWaiters>,
+}
+
+/// How a turn ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TurnEnd {
+    /// This turn's reply was committed.
+    Replied(StoredReply),
+    /// The message had been answered by another turn (an entry claimed twice); nothing new.
+    AlreadyAnswered(StoredReply),
+}
+
+/// Why a turn stopped without an answer; its entry stays pending and will be claimed again.
+#[derive(Debug, thiserror::Error)]
+pub enum TurnError {
+    /// The state store failed and retries did not help.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The replica is shutting down; another replica will take the entry.
+    #[error("stopped while waiting for the conversation's earlier turn")]
+    Stopped,
+}
+
+/// Runs the turn of `job`. `permit` is a worker slot; it is given back while the turn waits for
+/// its conversation and taken again before it proceeds. `stop` lets a waiting turn give up at
+/// shutdown (its entry is then claimed by another replica).
+pub async fn run(
+    ctx: &TurnContext,
+    store: &dyn StateStore,
+    leases: &LeaseRegistry,
+    job: &Job,
+    slots: &Arc<Semaphore>,
+    permit: OwnedSemaphorePermit,
+    stop: Option<&CancellationToken>,
+) -> Result<TurnEnd, TurnError> {
+    let (msg, seq) = (&job.msg, job.seq);
+    let holder = format!("{}/{:016x}", ctx.replica_id, rand::random::<u64>());
+    let mut permit = Some(permit);
+    let mut delay = WAIT_MIN;
+    let mut waited_for_order = Duration::ZERO;
+    let snapshot = loop {
+        let skip_order_check = waited_for_order >= ctx.order_wait;
+        let start = (|| store.begin_turn(msg, seq, &holder, skip_order_check))
+            .retry(retry::state_backoff())
+            .when(StateError::is_unavailable)
+            .await?;
+        match start {
+            TurnStart::Ready(snapshot) => {
+                if skip_order_check {
+                    tracing::warn!(conversation = %msg.conversation(), seq, "an earlier message of the conversation was never processed; answering this one without it");
+                }
+                break snapshot;
+            }
+            TurnStart::Replied(reply) => {
+                deliver(ctx, msg, &reply);
+                return Ok(TurnEnd::AlreadyAnswered(reply));
+            }
+            TurnStart::Wait(reason) => {
+                if stop.is_some_and(CancellationToken::is_cancelled) {
+                    return Err(TurnError::Stopped);
+                }
+                drop(permit.take());
+                tokio::time::sleep(delay).await;
+                if reason == WaitReason::Order {
+                    waited_for_order += delay;
+                }
+                delay = (delay * 2).min(WAIT_MAX);
+                permit = Some(
+                    slots
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| TurnError::Stopped)?,
+                );
+            }
+        }
+    };
+    let _slot = permit;
+    let conversation = msg.conversation();
+    leases.hold(&holder, conversation.clone());
+    let result = answer(ctx, store, msg, seq, &holder, snapshot).await;
+    leases.release(&holder);
+    if result.is_err() {
+        // Best effort: a lease left behind expires by itself.
+        let _ = store.release_lease(&conversation, &holder).await;
+    }
+    result
+}
+
+async fn answer(
+    ctx: &TurnContext,
+    store: &dyn StateStore,
+    msg: &InboundMessage,
+    seq: u64,
+    holder: &str,
+    snapshot: ConversationSnapshot,
+) -> Result<TurnEnd, TurnError> {
+    let skill = ctx
+        .skills
+        .route(&msg.text, snapshot.session.active_skill.as_deref());
+    let language = snapshot
+        .session
+        .language
+        .clone()
+        .or_else(|| msg.language.clone())
+        .unwrap_or_else(|| ctx.agent.default_language.clone());
+    let prompt = build_prompt(ctx, skill, &language, &snapshot.history, msg);
+    let completion = ctx.chain.complete(&prompt).await;
+
+    let now = now_ms();
+    let entry = |role, text: &str, provider: Option<String>| HistoryEntry {
+        role,
+        text: text.to_string(),
+        ts: if role == Role::User {
+            msg.received_at_ms
+        } else {
+            now
+        },
+        message_id: msg.message_id.clone(),
+        skill: Some(skill.name.clone()),
+        provider,
+    };
+    let reply = StoredReply {
+        message_id: msg.message_id.clone(),
+        text: completion.text.clone(),
+        skill: skill.name.clone(),
+        provider: completion.provider.clone(),
+        ts: now,
+    };
+    let commit = TurnCommit {
+        msg,
+        seq,
+        holder,
+        user: entry(Role::User, &msg.text, None),
+        assistant: entry(
+            Role::Assistant,
+            &completion.text,
+            Some(completion.provider.clone()),
+        ),
+        reply: reply.clone(),
+        session: vec![
+            ("active_skill", skill.name.clone()),
+            ("language", language),
+            ("last_message_at", now.to_string()),
+        ],
+        notify_channel: (msg.ingress_replica != ctx.replica_id)
+            .then(|| keys::reply_channel(&msg.ingress_replica)),
+    };
+    let outcome = (|| store.commit_turn(&commit))
+        .retry(retry::state_backoff())
+        .when(StateError::is_unavailable)
+        .await?;
+    match outcome {
+        CommitOutcome::Committed => {
+            let channel = msg.channel.as_str();
+            metrics::counter!(telemetry::MESSAGES_REPLIED, "channel" => channel, "provider" => completion.provider)
+                .increment(1);
+            metrics::histogram!(telemetry::TURN_DURATION)
+                .record(now.saturating_sub(msg.received_at_ms) as f64 / 1000.0);
+            deliver(ctx, msg, &reply);
+            Ok(TurnEnd::Replied(reply))
+        }
+        CommitOutcome::AlreadyReplied(existing) => {
+            metrics::counter!(telemetry::TURNS_DISCARDED).increment(1);
+            tracing::info!(message_id = %msg.message_id, "message was answered by another worker meanwhile; this turn's answer is discarded");
+            deliver(ctx, msg, &existing);
+            Ok(TurnEnd::AlreadyAnswered(existing))
+        }
+    }
+}
+
+/// Wakes a web-chat request held open on this replica; a request held elsewhere was woken by
+/// the commit's publish.
+fn deliver(ctx: &TurnContext, msg: &InboundMessage, reply: &StoredReply) {
+    if msg.ingress_replica == ctx.replica_id {
+        ctx.waiters.notify(&msg.dedupe_id(), reply);
+    }
+}
+
+/// System prompt (agent + language + skill), history, then the new message.
+fn build_prompt(
+    ctx: &TurnContext,
+    skill: &Skill,
+    language: &str,
+    history: &[HistoryEntry],
+    msg: &InboundMessage,
+) -> Prompt {
+    let mut system = format!(
+        "{}\n\nThe customer's language: {language}. Answer in that language.",
+        ctx.agent.system_prompt
+    );
+    if !skill.instructions.is_empty() {
+        system.push_str(&format!(
+            "\n\n## Skill: {}\n{}",
+            skill.name, skill.instructions
+        ));
+    }
+    let mut messages = Vec::with_capacity(history.len() + 2);
+    messages.push(ChatMessage {
+        role: "system",
+        content: system,
+    });
+    messages.extend(history.iter().map(|e| ChatMessage {
+        role: match e.role {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        },
+        content: e.text.clone(),
+    }));
+    messages.push(ChatMessage {
+        role: "user",
+        content: msg.text.clone(),
+    });
+    let template_answer = skill
+        .template(language)
+        .unwrap_or_else(|| ctx.skills.general_template(language))
+        .to_string();
+    Prompt {
+        messages,
+        template_answer,
+    }
+}
