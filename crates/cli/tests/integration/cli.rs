@@ -1,0 +1,182 @@
+//! The command-line contract: `config check` and `mock llm` as acceptance checks run them.
+
+use crate::support::*;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+async fn config_check(file: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let mut command = tokio::process::Command::new(binary());
+    command
+        .args(["config", "check", file])
+        .env_remove("LLM_API_KEY");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().await.expect("run clawgate config check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test]
+async fn config_check_accepts_the_seed_llm_block_unchanged() {
+    let (code, out) = config_check(&fixture("openclaw-llm.json"), &[("LLM_API_KEY", "sk-x")]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("cloud-primary") && out.contains("local-fallback"),
+        "{out}"
+    );
+    assert!(!out.contains("sk-x"), "the API key was printed");
+
+    let (code, out) = config_check(&fixture("openclaw-llm.json"), &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("llm.providers[0].apiKey") && out.contains("LLM_API_KEY"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn config_check_names_file_key_and_expectation_for_every_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("broken.json");
+    let config = json!({
+        "workers": {"claimIdleMs": "soon"},
+        "redis": {"downMode": "maybe"},
+        "llm": {"providers": [{"name": "p", "type": "openai-compatible", "model": "m", "timeout": -1}]}
+    });
+    std::fs::write(&file, config.to_string()).expect("write");
+    let name = file.display().to_string();
+    let (code, out) = config_check(&name, &[]).await;
+    assert_eq!(code, 1, "{out}");
+    for expected in [
+        format!("{name}: workers.claimIdleMs: expected an integer"),
+        format!("{name}: redis.downMode: expected one of \"degrade\", \"reject\""),
+        format!("{name}: llm.providers[0].timeout: expected an integer"),
+        format!("{name}: llm.providers[0].endpoint: missing"),
+    ] {
+        assert!(out.contains(&expected), "missing {expected:?} in:\n{out}");
+    }
+    let (code, out) =
+        config_check(&dir.path().join("absent.json").display().to_string(), &[]).await;
+    assert_eq!(code, 1);
+    assert!(out.contains("absent.json: cannot read the file"), "{out}");
+}
+
+#[tokio::test]
+async fn mock_llm_speaks_openai_and_ollama_and_obeys_control() {
+    let port = free_port();
+    let mut child = tokio::process::Command::new(binary())
+        .args([
+            "mock",
+            "llm",
+            "--port",
+            &port.to_string(),
+            "--latency-ms",
+            "0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn mock llm");
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let chat = json!({"model": "gpt-4o-mini", "messages": [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "second question"}
+    ]});
+    let openai: Value = eventually(Duration::from_secs(10), "the mock LLM to answer", || {
+        let (http, url, chat) = (
+            http.clone(),
+            format!("{base}/v1/chat/completions"),
+            chat.clone(),
+        );
+        async move {
+            http.post(url)
+                .json(&chat)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let text = openai["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        text.contains("user_turns=2") && text.contains("last=\"second question\""),
+        "{openai}"
+    );
+    assert_eq!(openai["object"], "chat.completion");
+
+    let ollama: Value = http
+        .post(format!("{base}/api/chat"))
+        .json(&json!({"model": "llama3.1:8b", "messages": chat["messages"], "stream": false}))
+        .send()
+        .await
+        .expect("ollama chat")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ollama["done"], true);
+    assert!(
+        ollama["message"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .contains("user_turns=2")
+    );
+
+    for (mode, status) in [("error", 500), ("rate_limited", 429), ("ok", 200)] {
+        let control = http
+            .post(format!("{base}/control"))
+            .json(&json!({"mode": mode}))
+            .send()
+            .await
+            .expect("control");
+        assert_eq!(control.status(), 200);
+        let answer = http
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&chat)
+            .send()
+            .await
+            .expect("chat");
+        assert_eq!(answer.status().as_u16(), status, "mode {mode}");
+    }
+    let control = http
+        .post(format!("{base}/control"))
+        .json(&json!({"mode": "hang"}))
+        .send()
+        .await
+        .expect("control");
+    assert_eq!(control.status(), 200);
+    let hung = http
+        .post(format!("{base}/v1/chat/completions"))
+        .timeout(Duration::from_millis(300))
+        .json(&chat)
+        .send()
+        .await;
+    assert!(
+        hung.is_err_and(|e| e.is_timeout()),
+        "a hanging mock answered"
+    );
+    let _ = child.kill().await;
+}

@@ -1,0 +1,13 @@
+//! Integration tests: real redis-server processes, real clawgate replicas, the mock LLM.
+//! One test binary, so the harness is compiled and linked once.
+
+// Test code: a failed setup step should stop the test loudly (see clippy.toml for unit tests).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod cli;
+mod degraded;
+mod providers;
+mod replicas;
+mod shutdown;
+mod spine;
+mod support;

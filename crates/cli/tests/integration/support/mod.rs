@@ -1,0 +1,432 @@
+//! Test harness: real `redis-server` processes and real `clawgate` replicas on free loopback
+//! ports, the in-process mock LLM, and small helpers that read like the scenarios they serve.
+//! Everything started here is stopped by its handle (kill on drop), never by name.
+
+#![allow(dead_code)]
+
+use clawgate_fakes::mock_llm::{MockLlm, Options};
+use serde_json::{Value, json};
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `redis-server` on a free port with its own data directory.
+pub struct TestRedis {
+    pub port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl TestRedis {
+    pub async fn start() -> TestRedis {
+        let mut dir = tempfile::tempdir().expect("temp dir");
+        for _ in 0..5 {
+            let mut redis = TestRedis {
+                port: free_port(),
+                dir,
+                child: None,
+            };
+            if redis.launch().await {
+                return redis;
+            }
+            dir = redis.dir;
+        }
+        panic!("redis-server did not start (is it installed? `apt-get install redis-server`)");
+    }
+
+    async fn launch(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        let Ok(child) = child else { return false };
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(mut conn) = self.connect().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+            {
+                return true;
+            }
+            if let Some(child) = &mut self.child
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn connect(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
+    /// Kills the server (SIGKILL, like a crash) and waits for it to be gone.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts it again on the same port (empty: it runs without persistence).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        assert!(
+            self.launch().await,
+            "redis-server did not restart on port {}",
+            self.port
+        );
+    }
+
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        let mut conn = self.connect().await.expect("connect to test redis");
+        cmd.query_async(&mut conn).await.expect("redis query")
+    }
+}
+
+/// The mock LLM, in process, with the given latency.
+pub async fn mock_llm(latency_ms: u64) -> MockLlm {
+    MockLlm::spawn(Options {
+        latency_ms,
+        ..Options::default()
+    })
+    .await
+    .expect("mock LLM")
+}
+
+/// A provider entry of the `llm` block.
+pub fn openai_provider(name: &str, mock: &MockLlm, timeout_ms: u64, max_retries: u32) -> Value {
+    json!({"name": name, "type": "openai-compatible", "endpoint": mock.openai_endpoint(),
+           "apiKey": "test-key", "model": "gpt-4o-mini", "timeout": timeout_ms, "maxRetries": max_retries})
+}
+
+/// An Ollama provider entry of the `llm` block.
+pub fn ollama_provider(name: &str, mock: &MockLlm, timeout_ms: u64) -> Value {
+    json!({"name": name, "type": "ollama", "endpoint": mock.ollama_endpoint(),
+           "model": "llama3.1:8b", "timeout": timeout_ms, "maxRetries": 0})
+}
+
+/// The repository's example skills.
+pub fn example_skills() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/velocity/skills")
+}
+
+/// A config with fast failure detection for tests and the given providers.
+pub fn test_config(providers: Vec<Value>) -> Value {
+    json!({
+        "workers": {"claimIdleMs": 1000, "leaseTtlMs": 2000, "concurrency": 64},
+        "webchat": {"replyWaitMs": 15000},
+        "gateway": {"shutdownGraceMs": 10000},
+        "redis": {"commandTimeoutMs": 500},
+        "skills": {"dir": example_skills()},
+        "agent": {"defaultLanguage": "en"},
+        "llm": {"providers": providers},
+    })
+}
+
+/// A `clawgate serve` process.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub replica_id: String,
+    child: Option<Child>,
+    dir: TempDir,
+    http: reqwest::Client,
+}
+
+/// How a gateway is started.
+pub struct GatewaySpec {
+    pub config: Value,
+    pub redis_url: String,
+    pub replica_id: String,
+    /// Pass listen address, replica id and Redis URL as environment variables, not flags.
+    pub via_env: bool,
+    /// Wait for `/readyz` 200 (else for `/healthz` 200).
+    pub wait_ready: bool,
+}
+
+impl GatewaySpec {
+    pub fn new(config: Value, redis_url: &str, replica_id: &str) -> GatewaySpec {
+        GatewaySpec {
+            config,
+            redis_url: redis_url.to_string(),
+            replica_id: replica_id.to_string(),
+            via_env: false,
+            wait_ready: true,
+        }
+    }
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_clawgate")
+}
+
+impl Gateway {
+    pub async fn start(config: Value, redis_url: &str, replica_id: &str) -> Gateway {
+        Gateway::spawn(GatewaySpec::new(config, redis_url, replica_id)).await
+    }
+
+    pub async fn spawn(spec: GatewaySpec) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("clawgate.json");
+        std::fs::write(&config_path, spec.config.to_string()).expect("write config");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
+        let mut command = Command::new(binary());
+        command.arg("serve").arg("--config").arg(&config_path);
+        if spec.via_env {
+            command
+                .env("CLAWGATE_LISTEN", addr.to_string())
+                .env("CLAWGATE_REPLICA_ID", &spec.replica_id)
+                .env("CLAWGATE_REDIS_URL", &spec.redis_url);
+        } else {
+            command
+                .args(["--listen", &addr.to_string()])
+                .args(["--replica-id", &spec.replica_id])
+                .args(["--redis-url", &spec.redis_url]);
+        }
+        let child = command
+            .env("CLAWGATE_LOG", "info,clawgate_gateway=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn clawgate");
+        let gateway = Gateway {
+            addr,
+            replica_id: spec.replica_id,
+            child: Some(child),
+            dir,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("http client"),
+        };
+        let path = if spec.wait_ready {
+            "/readyz"
+        } else {
+            "/healthz"
+        };
+        let url = gateway.url(path);
+        let http = gateway.http.clone();
+        eventually(
+            Duration::from_secs(15),
+            &format!("{} to answer {path}", gateway.replica_id),
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let response = http.get(url).send().await.ok()?;
+                    response.status().is_success().then_some(())
+                }
+            },
+        )
+        .await;
+        gateway
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("gateway is running") as i32
+    }
+
+    /// `POST /v1/webchat/messages`; `wait_ms` overrides the reply wait.
+    pub async fn send(
+        &self,
+        session: &str,
+        message_id: &str,
+        text: &str,
+        wait_ms: Option<u64>,
+    ) -> (u16, Value) {
+        let url = match wait_ms {
+            Some(ms) => self.url(&format!("/v1/webchat/messages?wait_ms={ms}")),
+            None => self.url("/v1/webchat/messages"),
+        };
+        let body = json!({"session_id": session, "message_id": message_id, "text": text});
+        self.post(&url, body.to_string()).await
+    }
+
+    pub async fn post(&self, url: &str, body: String) -> (u16, Value) {
+        let response = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("POST");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(self.url(path)).send().await.expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_text(&self, path: &str) -> String {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET")
+            .text()
+            .await
+            .expect("body")
+    }
+
+    /// The reply text of a message once committed, polling the status endpoint.
+    pub async fn reply_of(&self, session: &str, message_id: &str) -> Value {
+        let path = format!("/v1/webchat/sessions/{session}/messages/{message_id}");
+        eventually(
+            Duration::from_secs(30),
+            &format!("a reply to {session}/{message_id}"),
+            || {
+                let path = path.clone();
+                async move {
+                    let (status, body) = self.get(&path).await;
+                    (status == 200).then_some(body["reply"].clone())
+                }
+            },
+        )
+        .await
+    }
+
+    pub async fn history(&self, session: &str) -> Vec<Value> {
+        let (status, body) = self
+            .get(&format!("/v1/webchat/sessions/{session}/messages"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["messages"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn health(&self) -> Value {
+        self.get("/healthz").await.1
+    }
+
+    /// The value of a counter or gauge line in `/metrics`, summed over label sets matching
+    /// `labels` (a substring such as `provider="primary"`).
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        self.get_text("/metrics")
+            .await
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("signal");
+    }
+
+    /// SIGKILL: a crash, nothing is cleaned up.
+    pub async fn kill(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait().await;
+        }
+    }
+
+    pub fn terminate(&self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn exit_code(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let status = tokio::time::timeout(timeout, child.wait())
+            .await
+            .ok()?
+            .ok()?;
+        self.child = None;
+        status.code()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- logs of replica {} ----\n{}",
+                self.replica_id,
+                self.logs()
+            );
+        }
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// The user turns the mock LLM saw, read from its answer (`[mock] user_turns=N last="…"`).
+pub fn user_turns(reply_text: &str) -> usize {
+    reply_text
+        .split("user_turns=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a mock answer: {reply_text}"))
+}
