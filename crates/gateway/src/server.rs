@@ -14,6 +14,7 @@ use crate::state::{DEDUPE_TTL, StateError, StoreLimits};
 use crate::worker::WorkerPool;
 use crate::worker::turn::TurnContext;
 use crate::{http_client, ingress::Ingress, telemetry};
+use axum::serve::ListenerExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -105,7 +106,14 @@ pub async fn run(
         release_waiting: CancellationToken::new(),
     });
     let http_stop = CancellationToken::new();
-    let server = axum::serve(listener, router(state.clone()))
+    // Replies are small and latency matters more than packet count.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    // Convert the routes once: `axum::serve` on a bare Router would rebuild them for every
+    // connection (a few KiB each, held for the connection's life).
+    let app = router(state.clone()).with_state(());
+    let server = axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(http_stop.clone().cancelled_owned());
     let mut server = tokio::spawn(async move { server.await });
     tracing::info!(

@@ -122,8 +122,9 @@ pub async fn post_message(
     Query(query): Query<WaitQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body?;
-    let message = parse_message(&body)?;
+    let message = parse_message(&body?)?;
+    // The body is dropped here: held across the wait, its bytes would pin the connection's 8 KiB
+    // read buffer and make the server allocate another.
     let wait = match query.wait_ms {
         Some(ms) => Duration::from_millis(ms).min(app.webchat.reply_wait),
         None => app.webchat.reply_wait,

@@ -93,12 +93,21 @@ pub trait Provider: Send + Sync {
     async fn complete(&self, prompt: &Prompt) -> Result<String, ProviderError>;
 }
 
-/// Sends `body` as JSON and returns the parsed JSON answer, mapping transport and status
-/// failures to [`ProviderError`]. Shared by the HTTP providers.
-pub(crate) async fn post_json(
+/// The request body both chat APIs accept: serialised straight from the prompt, so no copy of
+/// the conversation is held while the model thinks.
+#[derive(Serialize)]
+pub(crate) struct ChatBody<'a> {
+    pub model: &'a str,
+    pub messages: &'a [ChatMessage],
+    pub stream: bool,
+}
+
+/// Sends `body` as JSON and parses the answer as `T`, mapping transport and status failures to
+/// [`ProviderError`]. Shared by the HTTP providers.
+pub(crate) async fn post_json<T: serde::de::DeserializeOwned>(
     request: reqwest::RequestBuilder,
-    body: &serde_json::Value,
-) -> Result<serde_json::Value, ProviderError> {
+    body: &ChatBody<'_>,
+) -> Result<T, ProviderError> {
     let response = request.json(body).send().await.map_err(transport_error)?;
     let status = response.status();
     if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
@@ -114,7 +123,14 @@ pub(crate) async fn post_json(
     response
         .json()
         .await
-        .map_err(|e| ProviderError::InvalidResponse(format!("not JSON: {e}")))
+        .map_err(|e| ProviderError::InvalidResponse(format!("unexpected answer: {e}")))
+}
+
+/// Non-empty answer text, or the error naming the field that lacked it.
+pub(crate) fn answer_text(content: Option<String>, field: &str) -> Result<String, ProviderError> {
+    content
+        .filter(|c| !c.trim().is_empty())
+        .ok_or_else(|| ProviderError::InvalidResponse(format!("no {field} in the answer")))
 }
 
 fn transport_error(e: reqwest::Error) -> ProviderError {

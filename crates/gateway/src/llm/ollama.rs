@@ -1,8 +1,19 @@
 //! Ollama's native chat API: `POST {endpoint}/api/chat` with `stream: false`.
 
-use super::{Prompt, Provider, ProviderError, endpoint_url, post_json};
+use super::{ChatBody, Prompt, Provider, ProviderError, answer_text, endpoint_url, post_json};
 use async_trait::async_trait;
-use serde_json::json;
+use serde::Deserialize;
+
+/// The parts of an `/api/chat` answer clawgate reads.
+#[derive(Deserialize)]
+struct ChatAnswer {
+    message: Option<Message>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    content: Option<String>,
+}
 
 /// A provider speaking Ollama's `/api/chat`.
 pub struct OllamaProvider {
@@ -31,13 +42,12 @@ impl Provider for OllamaProvider {
     }
 
     async fn complete(&self, prompt: &Prompt) -> Result<String, ProviderError> {
-        let body = json!({"model": self.model, "messages": prompt.messages, "stream": false});
-        let answer = post_json(self.client.post(&self.url), &body).await?;
-        answer
-            .pointer("/message/content")
-            .and_then(|c| c.as_str())
-            .filter(|c| !c.trim().is_empty())
-            .map(str::to_string)
-            .ok_or_else(|| ProviderError::InvalidResponse("no message.content".into()))
+        let body = ChatBody {
+            model: &self.model,
+            messages: &prompt.messages,
+            stream: false,
+        };
+        let answer: ChatAnswer = post_json(self.client.post(&self.url), &body).await?;
+        answer_text(answer.message.and_then(|m| m.content), "message.content")
     }
 }

@@ -1,16 +1,36 @@
 //! OpenAI-compatible chat completions: `POST {endpoint}/chat/completions` with a Bearer key.
 //! Speaks to OpenAI, Azure-style gateways, vLLM, LiteLLM and anything else with that API.
 
-use super::{Prompt, Provider, ProviderError, endpoint_url, post_json};
+use super::{ChatBody, Prompt, Provider, ProviderError, answer_text, endpoint_url, post_json};
 use async_trait::async_trait;
+use reqwest::header::{AUTHORIZATION, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::json;
+use serde::Deserialize;
+
+/// The parts of a chat-completions answer clawgate reads.
+#[derive(Deserialize)]
+struct Completion {
+    #[serde(default)]
+    choices: Vec<Choice>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    message: Message,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    content: Option<String>,
+}
 
 /// A provider speaking the OpenAI chat-completions API.
 pub struct OpenAiProvider {
     name: String,
     url: String,
-    api_key: SecretString,
+    /// `Bearer <key>`, built once and marked sensitive so it never shows in debug output;
+    /// `None` when no key is configured.
+    authorization: Option<HeaderValue>,
     model: String,
     client: reqwest::Client,
 }
@@ -24,10 +44,17 @@ impl OpenAiProvider {
         model: &str,
         client: reqwest::Client,
     ) -> OpenAiProvider {
+        let authorization = Some(api_key.expose_secret())
+            .filter(|key| !key.is_empty())
+            .and_then(|key| HeaderValue::from_str(&format!("Bearer {key}")).ok())
+            .map(|mut value| {
+                value.set_sensitive(true);
+                value
+            });
         OpenAiProvider {
             name: name.to_string(),
             url: endpoint_url(endpoint, "chat/completions"),
-            api_key,
+            authorization,
             model: model.to_string(),
             client,
         }
@@ -42,16 +69,20 @@ impl Provider for OpenAiProvider {
 
     async fn complete(&self, prompt: &Prompt) -> Result<String, ProviderError> {
         let mut request = self.client.post(&self.url);
-        if !self.api_key.expose_secret().is_empty() {
-            request = request.bearer_auth(self.api_key.expose_secret());
+        if let Some(authorization) = &self.authorization {
+            request = request.header(AUTHORIZATION, authorization.clone());
         }
-        let body = json!({"model": self.model, "messages": prompt.messages, "stream": false});
-        let answer = post_json(request, &body).await?;
-        answer
-            .pointer("/choices/0/message/content")
-            .and_then(|c| c.as_str())
-            .filter(|c| !c.trim().is_empty())
-            .map(str::to_string)
-            .ok_or_else(|| ProviderError::InvalidResponse("no choices[0].message.content".into()))
+        let body = ChatBody {
+            model: &self.model,
+            messages: &prompt.messages,
+            stream: false,
+        };
+        let answer: Completion = post_json(request, &body).await?;
+        let content = answer
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message.content);
+        answer_text(content, "choices[0].message.content")
     }
 }

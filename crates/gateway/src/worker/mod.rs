@@ -18,6 +18,7 @@ use crate::state::{StateError, StateStore};
 use crate::{retry, telemetry};
 use backon::Retryable;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -68,6 +69,18 @@ impl LeaseRegistry {
     }
 }
 
+/// A turn counted as running; dropping it uncounts it (also when the turn's task is cancelled).
+struct RunningTurn<'a> {
+    pool: &'a WorkerPool,
+}
+
+impl Drop for RunningTurn<'_> {
+    fn drop(&mut self) {
+        self.pool.running.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!(telemetry::TURNS_IN_FLIGHT).decrement(1.0);
+    }
+}
+
 /// The replica's workers.
 pub struct WorkerPool {
     ctx: Arc<TurnContext>,
@@ -86,6 +99,9 @@ pub struct WorkerPool {
     memory_leases: LeaseRegistry,
     /// Every turn, so shutdown can wait for them.
     turns: TaskTracker,
+    /// Turns running or waiting for their conversation now (the slots also count the read
+    /// loop's reservation, so they cannot tell).
+    running: AtomicUsize,
     /// Cancelled when the replica stops taking work: the loops end, waiting turns give up.
     stop: CancellationToken,
 }
@@ -113,6 +129,7 @@ impl WorkerPool {
             redis_leases: LeaseRegistry::default(),
             memory_leases: LeaseRegistry::default(),
             turns: TaskTracker::new(),
+            running: AtomicUsize::new(0),
             stop: CancellationToken::new(),
         })
     }
@@ -146,9 +163,16 @@ impl WorkerPool {
         tokio::time::timeout(grace, self.turns.wait()).await.is_ok()
     }
 
-    /// Turns running now.
+    /// Turns running now, including those waiting for an earlier turn of their conversation.
     pub fn running(&self) -> usize {
-        self.config.concurrency - self.slots.available_permits()
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Counts a turn in the health answer and the in-flight gauge for as long as it lives.
+    fn track_turn(&self) -> RunningTurn<'_> {
+        self.running.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!(telemetry::TURNS_IN_FLIGHT).increment(1.0);
+        RunningTurn { pool: self }
     }
 
     fn hold(&self, id: &str) -> bool {
@@ -301,9 +325,8 @@ impl WorkerPool {
             let pool = self.clone();
             self.turns.spawn(async move {
                 let _held = held;
-                metrics::gauge!(telemetry::TURNS_IN_FLIGHT).increment(1.0);
+                let _running = pool.track_turn();
                 pool.process_entry(&entry, slot).await;
-                metrics::gauge!(telemetry::TURNS_IN_FLIGHT).decrement(1.0);
                 pool.unhold(&entry.id);
             });
         }
@@ -400,7 +423,7 @@ impl WorkerPool {
             };
             let pool = self.clone();
             self.turns.spawn(async move {
-                metrics::gauge!(telemetry::TURNS_IN_FLIGHT).increment(1.0);
+                let _running = pool.track_turn();
                 let job = Job { msg, seq };
                 let result = turn::run(
                     &pool.ctx,
@@ -415,7 +438,6 @@ impl WorkerPool {
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "degraded-mode turn failed");
                 }
-                metrics::gauge!(telemetry::TURNS_IN_FLIGHT).decrement(1.0);
             });
         }
     }

@@ -147,7 +147,8 @@ async fn answer(
         .clone()
         .or_else(|| msg.language.clone())
         .unwrap_or_else(|| ctx.agent.default_language.clone());
-    let prompt = build_prompt(ctx, skill, &language, &snapshot.history, msg);
+    // The history moves into the prompt: it is not kept twice while the model thinks.
+    let prompt = build_prompt(ctx, skill, &language, snapshot.history, msg);
     let completion = ctx.chain.complete(&prompt).await;
 
     let now = now_ms();
@@ -225,7 +226,7 @@ fn build_prompt(
     ctx: &TurnContext,
     skill: &Skill,
     language: &str,
-    history: &[HistoryEntry],
+    history: Vec<HistoryEntry>,
     msg: &InboundMessage,
 ) -> Prompt {
     let mut system = format!(
@@ -243,12 +244,12 @@ fn build_prompt(
         role: "system",
         content: system,
     });
-    messages.extend(history.iter().map(|e| ChatMessage {
+    messages.extend(history.into_iter().map(|e| ChatMessage {
         role: match e.role {
             Role::User => "user",
             Role::Assistant => "assistant",
         },
-        content: e.text.clone(),
+        content: e.text,
     }));
     messages.push(ChatMessage {
         role: "user",
