@@ -123,6 +123,12 @@ impl ReplyWaiters {
                         Some(message) => self.dispatch(message.get_payload_bytes()),
                         None => break,
                     },
+                    // A silently dead connection never ends the stream: follow the health loop.
+                    _ = state.changed() => {
+                        if !link.is_up() {
+                            break;
+                        }
+                    }
                 }
             }
             tracing::debug!(%channel, "reply subscription lost; resubscribing");

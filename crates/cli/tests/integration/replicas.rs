@@ -173,3 +173,56 @@ async fn an_entry_claimed_twice_is_answered_once() {
     assert_eq!(history.len(), 2, "answered twice: {history:#?}");
     assert_eq!(history[1]["text"], reply["text"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_that_keeps_failing_goes_to_the_dead_letter_stream_without_blocking_the_customer()
+{
+    let redis = TestRedis::start().await;
+    let llm = mock_llm(3000).await;
+    let mut config = test_config(vec![openai_provider("primary", &llm, 10000, 0)]);
+    config["workers"]["maxDeliveries"] = 1.into();
+    let mut a = Gateway::start(config.clone(), &redis.url(), "replica-a").await;
+    assert_eq!(a.send("poison", "m1", "first", Some(0)).await.0, 202);
+    eventually(Duration::from_secs(5), "A to start the turn", || async {
+        (llm.requests() == 1).then_some(())
+    })
+    .await;
+    // The replica dies during the turn: the entry's second delivery exceeds the limit of one.
+    a.kill().await;
+    llm.set_latency(Duration::from_millis(10));
+    let b = Gateway::start(config, &redis.url(), "replica-b").await;
+    let dead: Vec<redis::Value> =
+        eventually(Duration::from_secs(10), "the dead-letter entry", || async {
+            let entries: Vec<redis::Value> = redis
+                .query(redis::cmd("XRANGE").arg("oc:deadletter").arg("-").arg("+"))
+                .await;
+            (!entries.is_empty()).then_some(entries)
+        })
+        .await;
+    let entry = format!("{dead:?}");
+    assert!(entry.contains("delivered 2 times"), "{entry}");
+    assert!(
+        entry.contains("poison"),
+        "the message is not kept in the dead-letter entry: {entry}"
+    );
+    assert_eq!(
+        b.metric("clawgate_messages_failed_total", "dead_letter")
+            .await,
+        1.0
+    );
+    let (status, _) = b.get("/v1/webchat/sessions/poison/messages/m1").await;
+    assert_eq!(
+        status, 202,
+        "a dead-lettered message must not look answered"
+    );
+
+    // The customer's next message is not held up behind the dead one.
+    let (status, body) = b.send("poison", "m2", "second", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        user_turns(body["reply"]["text"].as_str().unwrap_or_default()),
+        1
+    );
+    let inbox: u64 = redis.query(redis::cmd("XLEN").arg("oc:inbox")).await;
+    assert_eq!(inbox, 0);
+}
