@@ -7,14 +7,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_continue_through_a_redis_outage_and_return_to_redis_without_restart() {
-    let mut redis = TestRedis::start().await;
-    let llm = mock_llm(0).await;
-    let gateway = Gateway::start(
-        test_config(vec![openai_provider("primary", &llm, 5000, 0)]),
-        &redis.url(),
-        "r1",
-    )
-    .await;
+    let (mut redis, _llm, gateway) = one_replica(0).await;
     let (status, body) = gateway.send("before", "m1", "hello", None).await;
     assert_eq!(
         (status, body["reply"]["provider"].as_str()),

@@ -5,14 +5,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_running_turns_and_exits_cleanly() {
-    let redis = TestRedis::start().await;
-    let llm = mock_llm(1500).await;
-    let mut gateway = Gateway::start(
-        test_config(vec![openai_provider("primary", &llm, 10000, 0)]),
-        &redis.url(),
-        "draining",
-    )
-    .await;
+    let (redis, llm, mut gateway) = one_replica(1500).await;
     for i in 0..3 {
         let (status, _) = gateway.send(&format!("d{i}"), "m1", "hello", Some(0)).await;
         assert_eq!(status, 202);

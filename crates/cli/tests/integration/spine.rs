@@ -6,14 +6,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_round_trip_is_answered_and_stored_in_redis() {
-    let redis = TestRedis::start().await;
-    let llm = mock_llm(0).await;
-    let gateway = Gateway::start(
-        test_config(vec![openai_provider("primary", &llm, 5000, 0)]),
-        &redis.url(),
-        "r1",
-    )
-    .await;
+    let (redis, _llm, gateway) = one_replica(0).await;
 
     let (status, body) = gateway
         .send("s-1", "m-1", "Waar is mijn pakket? VC482913577NL", None)
@@ -61,14 +54,7 @@ async fn one_round_trip_is_answered_and_stored_in_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_six_message_conversation_keeps_its_context() {
-    let redis = TestRedis::start().await;
-    let llm = mock_llm(0).await;
-    let gateway = Gateway::start(
-        test_config(vec![openai_provider("primary", &llm, 5000, 0)]),
-        &redis.url(),
-        "r1",
-    )
-    .await;
+    let (_redis, _llm, gateway) = one_replica(0).await;
     for turn in 1..=6 {
         let text = format!("message number {turn}");
         let (status, body) = gateway.send("ctx", &format!("m{turn}"), &text, None).await;
@@ -92,14 +78,7 @@ async fn a_six_message_conversation_keeps_its_context() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_message_id_sent_three_times_gets_one_reply() {
-    let redis = TestRedis::start().await;
-    let llm = mock_llm(300).await;
-    let gateway = Gateway::start(
-        test_config(vec![openai_provider("primary", &llm, 5000, 0)]),
-        &redis.url(),
-        "r1",
-    )
-    .await;
+    let (_redis, llm, gateway) = one_replica(300).await;
     // Two resends while the first is still being answered, one after.
     let (a, b) = tokio::join!(gateway.send("dup", "m1", "hello", None), async {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -204,14 +183,7 @@ async fn bad_input_gets_a_clear_error_and_health_endpoints_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_slower_than_the_wait_budget_is_answered_202_then_fetched() {
-    let redis = TestRedis::start().await;
-    let llm = mock_llm(800).await;
-    let gateway = Gateway::start(
-        test_config(vec![openai_provider("primary", &llm, 5000, 0)]),
-        &redis.url(),
-        "r1",
-    )
-    .await;
+    let (_redis, _llm, gateway) = one_replica(800).await;
     let (status, body) = gateway.send("slow", "m1", "hello", Some(100)).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["reply_url"], "/v1/webchat/sessions/slow/messages/m1");

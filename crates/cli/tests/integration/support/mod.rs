@@ -169,6 +169,20 @@ pub fn test_config(providers: Vec<Value>) -> Value {
     })
 }
 
+/// The most common scenario: a Redis, a mock LLM answering after `latency_ms` as the only
+/// provider (`primary`, 10 s timeout), and one replica `r1` on them.
+pub async fn one_replica(latency_ms: u64) -> (TestRedis, MockLlm, Gateway) {
+    let redis = TestRedis::start().await;
+    let llm = mock_llm(latency_ms).await;
+    let gateway = Gateway::start(
+        test_config(vec![openai_provider("primary", &llm, 10_000, 0)]),
+        &redis.url(),
+        "r1",
+    )
+    .await;
+    (redis, llm, gateway)
+}
+
 /// A `clawgate serve` process.
 pub struct Gateway {
     pub addr: SocketAddr,
