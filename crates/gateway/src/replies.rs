@@ -17,12 +17,27 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+/// One awaited message: its channel, how many requests wait on it, and which registration
+/// created it (a waiter only ever removes the channel it joined, not a newer one under the same
+/// id).
+struct Awaited {
+    reply: watch::Sender<Option<StoredReply>>,
+    waiters: usize,
+    generation: u64,
+}
+
+#[derive(Default)]
+struct Registry {
+    awaited: HashMap<String, Awaited>,
+    next_generation: u64,
+}
+
 /// Requests waiting for replies on this replica.
 #[derive(Default)]
 pub struct ReplyWaiters {
-    /// One watch channel per awaited message; several requests may await the same one (a client
+    /// One channel per awaited message; several requests may await the same one (a client
     /// resending while the first request still waits).
-    waiting: Mutex<HashMap<String, watch::Sender<Option<StoredReply>>>>,
+    registry: Mutex<Registry>,
     /// Bumped when the pub/sub subscription is (re)established: waiters re-read the store.
     resubscribed: watch::Sender<u64>,
 }
@@ -31,6 +46,7 @@ pub struct ReplyWaiters {
 pub struct Waiter<'a> {
     waiters: &'a ReplyWaiters,
     id: String,
+    generation: u64,
     reply: watch::Receiver<Option<StoredReply>>,
     resubscribed: watch::Receiver<u64>,
 }
@@ -38,14 +54,23 @@ pub struct Waiter<'a> {
 impl ReplyWaiters {
     /// Registers interest in the reply to `id`.
     pub fn register(&self, id: &DedupeId) -> Waiter<'_> {
-        let mut waiting = self.lock();
-        let reply = waiting
+        let mut registry = self.lock();
+        let generation = registry.next_generation;
+        let awaited = registry
+            .awaited
             .entry(id.as_str().to_string())
-            .or_insert_with(|| watch::channel(None).0)
-            .subscribe();
+            .or_insert_with(|| Awaited {
+                reply: watch::channel(None).0,
+                waiters: 0,
+                generation,
+            });
+        awaited.waiters += 1;
+        let (reply, generation) = (awaited.reply.subscribe(), awaited.generation);
+        registry.next_generation += 1;
         Waiter {
             waiters: self,
             id: id.as_str().to_string(),
+            generation,
             reply,
             resubscribed: self.resubscribed.subscribe(),
         }
@@ -57,14 +82,14 @@ impl ReplyWaiters {
     }
 
     fn notify_raw(&self, id: &str, reply: &StoredReply) {
-        if let Some(sender) = self.lock().remove(id) {
-            sender.send_replace(Some(reply.clone()));
+        if let Some(awaited) = self.lock().awaited.remove(id) {
+            awaited.reply.send_replace(Some(reply.clone()));
         }
     }
 
-    /// Number of requests waiting now.
+    /// Number of messages whose replies are awaited now.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().awaited.len()
     }
 
     /// True when no request waits.
@@ -72,10 +97,8 @@ impl ReplyWaiters {
         self.len() == 0
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<Option<StoredReply>>>> {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Listens on this replica's reply channel until `cancel`, resubscribing after every
@@ -165,13 +188,14 @@ impl Waiter<'_> {
 
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
-        let mut waiting = self.waiters.lock();
-        // Remove the channel when this was its last waiter (the sender is not counted).
-        if waiting
-            .get(&self.id)
-            .is_some_and(|sender| sender.receiver_count() <= 1)
+        let mut registry = self.waiters.lock();
+        if let Some(awaited) = registry.awaited.get_mut(&self.id)
+            && awaited.generation == self.generation
         {
-            waiting.remove(&self.id);
+            awaited.waiters -= 1;
+            if awaited.waiters == 0 {
+                registry.awaited.remove(&self.id);
+            }
         }
     }
 }
@@ -208,6 +232,22 @@ mod tests {
         );
         drop((first, second));
         assert!(waiters.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_waiter_does_not_unregister_a_newer_wait_for_the_same_message() {
+        let waiters = ReplyWaiters::default();
+        let id = DedupeId::new(Channel::Webchat, "s", "m");
+        let first = waiters.register(&id);
+        waiters.notify(&id, &reply("first answer"));
+        // A resend registers while the first request has not finished yet.
+        let mut resend = waiters.register(&id);
+        drop(first);
+        waiters.notify(&id, &reply("again"));
+        assert_eq!(
+            resend.wait(Duration::from_secs(1)).await.map(|r| r.text),
+            Some("again".into())
+        );
     }
 
     #[tokio::test(start_paused = true)]
