@@ -241,10 +241,10 @@ fn read_request(body: &[u8]) -> Result<Seen, String> {
 }
 
 fn answer_text(seen: &Seen) -> String {
+    // The last text verbatim, quotes included: checks look for `last="<text>"` as sent.
     format!(
         "[mock] user_turns={} last=\"{}\"",
-        seen.user_turns,
-        seen.last_user.replace('"', "'")
+        seen.user_turns, seen.last_user
     )
 }
 
@@ -498,7 +498,7 @@ mod tests {
         let seen = read_request(body).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             answer_text(&seen),
-            "[mock] user_turns=2 last=\"where is 'it'?\""
+            "[mock] user_turns=2 last=\"where is \"it\"?\""
         );
         assert!(read_request(b"{}").is_err());
     }
