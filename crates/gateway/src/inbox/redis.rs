@@ -240,7 +240,8 @@ impl RedisInbox {
     /// Moves an entry to `oc:deadletter` with `reason`, then acknowledges it, atomically.
     pub async fn dead_letter(
         &self,
-        entry: &InboxEntry,
+        id: &str,
+        deliveries: u64,
         raw_message: &str,
         reason: &str,
     ) -> Result<(), StateError> {
@@ -255,9 +256,9 @@ impl RedisInbox {
             .arg("reason")
             .arg(reason)
             .arg("entry_id")
-            .arg(&entry.id)
+            .arg(id)
             .arg("deliveries")
-            .arg(entry.deliveries)
+            .arg(deliveries)
             .arg("replica")
             .arg(&self.consumer)
             .arg("ts")
@@ -267,10 +268,10 @@ impl RedisInbox {
             .cmd("XACK")
             .arg(INBOX)
             .arg(GROUP)
-            .arg(&entry.id)
+            .arg(id)
             .cmd("XDEL")
             .arg(INBOX)
-            .arg(&entry.id)
+            .arg(id)
             .query_async(&mut conn)
             .await
             .map_err(|e| self.fail(e))?;

@@ -69,6 +69,13 @@ impl LeaseRegistry {
     }
 }
 
+/// What dead-lettering needs to know about an entry.
+#[derive(Clone, Copy)]
+struct EntryRef<'a> {
+    id: &'a str,
+    deliveries: u64,
+}
+
 /// A turn counted as running; dropping it uncounts it (also when the turn's task is cancelled).
 struct RunningTurn<'a> {
     pool: &'a WorkerPool,
@@ -326,25 +333,37 @@ impl WorkerPool {
             self.turns.spawn(async move {
                 let _held = held;
                 let _running = pool.track_turn();
-                pool.process_entry(&entry, slot).await;
-                pool.unhold(&entry.id);
+                let id = entry.id.clone();
+                pool.process_entry(entry, slot).await;
+                pool.unhold(&id);
             });
         }
     }
 
-    async fn process_entry(&self, entry: &InboxEntry, slot: OwnedSemaphorePermit) {
-        let (msg, seq) = match &entry.content {
-            Ok(content) => content.clone(),
+    /// Runs one entry's turn and acknowledges it; the entry's message moves into the turn (one
+    /// copy per turn, not two).
+    async fn process_entry(&self, entry: InboxEntry, slot: OwnedSemaphorePermit) {
+        let InboxEntry {
+            id,
+            deliveries,
+            content,
+        } = entry;
+        let entry = EntryRef {
+            id: &id,
+            deliveries,
+        };
+        let (msg, seq) = match content {
+            Ok(content) => content,
             Err(reason) => {
-                self.dead_letter(entry, "", reason, None).await;
+                self.dead_letter(entry, "", &reason, None).await;
                 return;
             }
         };
-        if entry.deliveries > self.config.max_deliveries {
+        if deliveries > self.config.max_deliveries {
             let raw = serde_json::to_string(&msg).unwrap_or_default();
             let reason = format!(
-                "delivered {} times without completing (limit {})",
-                entry.deliveries, self.config.max_deliveries
+                "delivered {deliveries} times without completing (limit {})",
+                self.config.max_deliveries
             );
             self.dead_letter(entry, &raw, &reason, Some((&msg, seq)))
                 .await;
@@ -363,7 +382,7 @@ impl WorkerPool {
         .await
         {
             Ok(_) => {
-                let acked = (|| self.inbox.ack(&entry.id))
+                let acked = (|| self.inbox.ack(&id))
                     .retry(retry::state_backoff())
                     .when(StateError::is_unavailable)
                     .await;
@@ -381,7 +400,7 @@ impl WorkerPool {
 
     async fn dead_letter(
         &self,
-        entry: &InboxEntry,
+        entry: EntryRef<'_>,
         raw: &str,
         reason: &str,
         job: Option<(&InboundMessage, u64)>,
@@ -389,7 +408,11 @@ impl WorkerPool {
         tracing::error!(entry = %entry.id, reason, "moving inbox entry to the dead-letter stream");
         let channel = job.map(|(m, _)| m.channel.as_str()).unwrap_or("unknown");
         metrics::counter!(telemetry::MESSAGES_FAILED, "channel" => channel, "reason" => "dead_letter").increment(1);
-        if let Err(e) = self.inbox.dead_letter(entry, raw, reason).await {
+        if let Err(e) = self
+            .inbox
+            .dead_letter(entry.id, entry.deliveries, raw, reason)
+            .await
+        {
             tracing::warn!(entry = %entry.id, error = %e, "dead-lettering failed; the entry stays pending");
             return;
         }
