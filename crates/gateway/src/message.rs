@@ -18,6 +18,8 @@ pub enum Channel {
     Whatsapp,
     /// Telegram Bot API webhooks.
     Telegram,
+    /// The OpenAI-compatible chat-completions endpoint.
+    Api,
 }
 
 impl Channel {
@@ -27,6 +29,7 @@ impl Channel {
             Channel::Webchat => "webchat",
             Channel::Whatsapp => "whatsapp",
             Channel::Telegram => "telegram",
+            Channel::Api => "api",
         }
     }
 }
@@ -81,9 +84,38 @@ pub struct InboundMessage {
     /// Language hint from the platform (e.g. Telegram's `language_code`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
+    /// The business account that received it (WhatsApp `phone_number_id`): replies go out from
+    /// the same number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// For a message the agent cannot read (image, voice note, location, …), its kind; `text`
+    /// then holds the caption or a placeholder. Such messages get the text-only notice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsupported: Option<String>,
 }
 
 impl InboundMessage {
+    /// A text message accepted now by `ingress_replica`; the optional fields start empty.
+    pub fn new(
+        channel: Channel,
+        user: &str,
+        message_id: &str,
+        text: String,
+        ingress_replica: &str,
+    ) -> InboundMessage {
+        InboundMessage {
+            channel,
+            user: user.to_string(),
+            message_id: message_id.to_string(),
+            text,
+            received_at_ms: now_ms(),
+            ingress_replica: ingress_replica.to_string(),
+            language: None,
+            account: None,
+            unsupported: None,
+        }
+    }
+
     /// The conversation this message belongs to.
     pub fn conversation(&self) -> ConversationKey {
         ConversationKey::new(self.channel, &self.user)
@@ -97,7 +129,7 @@ impl InboundMessage {
 
 /// The identity of an inbound message for dedupe (`oc:seen:{…}`) and replies (`oc:replied:{…}`).
 ///
-/// Web-chat clients number their own messages, so there the session is part of the id
+/// Web-chat and API clients number their own messages, so there the session is part of the id
 /// (`webchat:session:msg`); platform message ids are globally unique (`whatsapp:wamid…`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DedupeId(String);
@@ -106,8 +138,12 @@ impl DedupeId {
     /// The dedupe id of message `message_id` from `user` on `channel`.
     pub fn new(channel: Channel, user: &str, message_id: &str) -> Self {
         match channel {
-            Channel::Webchat => DedupeId(format!("webchat:{user}:{message_id}")),
-            other => DedupeId(format!("{}:{message_id}", other.as_str())),
+            Channel::Webchat | Channel::Api => {
+                DedupeId(format!("{}:{user}:{message_id}", channel.as_str()))
+            }
+            Channel::Whatsapp | Channel::Telegram => {
+                DedupeId(format!("{}:{message_id}", channel.as_str()))
+            }
         }
     }
 

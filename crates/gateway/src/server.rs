@@ -2,6 +2,7 @@
 //! drain in order (readiness fails, intake stops, running turns finish within the grace period,
 //! held requests are answered, the server closes).
 
+use crate::channels::egress::Egress;
 use crate::config::Config;
 use crate::http::{AppState, router};
 use crate::llm::chain::ProviderChain;
@@ -63,7 +64,8 @@ pub async fn run(
     for error in &skill_errors {
         tracing::warn!(%error, "skill not loaded");
     }
-    let chain = ProviderChain::from_config(&config.llm, &http_client::build()?);
+    let http = http_client::build()?;
+    let chain = ProviderChain::from_config(&config.llm, &http);
     let skill_names: Vec<String> = skills.names().into_iter().map(str::to_string).collect();
     let provider_names: Vec<String> = chain.names().into_iter().map(str::to_string).collect();
 
@@ -80,6 +82,8 @@ pub async fn run(
         agent: config.agent.clone(),
         order_wait: config.workers.order_wait,
         waiters: waiters.clone(),
+        egress: Egress::from_config(&config.channels, &http),
+        unsupported_reply: config.channels.unsupported_reply.clone(),
     });
     let pool = WorkerPool::new(
         ctx,

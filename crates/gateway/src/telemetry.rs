@@ -33,6 +33,14 @@ pub const INBOX_LAG: &str = "clawgate_inbox_lag";
 pub const INBOX_PENDING: &str = "clawgate_inbox_pending";
 /// Entries taken over from replicas presumed dead.
 pub const INBOX_CLAIMED: &str = "clawgate_inbox_claimed_total";
+/// Reply sends to WhatsApp and Telegram, by `channel` and `outcome` (`sent`, `retryable_error`,
+/// `refused`).
+pub const EGRESS_SENDS: &str = "clawgate_egress_sends_total";
+/// Replies that could not be delivered and went to the dead-letter stream, by `channel`.
+pub const EGRESS_DEAD_LETTERS: &str = "clawgate_egress_dead_letters_total";
+/// Inbound webhook notifications that are not messages (WhatsApp `statuses`, Telegram edits), by
+/// `channel` and `kind`.
+pub const WEBHOOK_EVENTS: &str = "clawgate_webhook_events_total";
 /// 1 while Redis answers.
 pub const REDIS_UP: &str = "clawgate_redis_up";
 /// 1 while the replica serves from in-process state.
@@ -107,6 +115,18 @@ fn describe() {
     describe_counter!(
         INBOX_CLAIMED,
         "Inbox entries taken over from replicas presumed dead."
+    );
+    describe_counter!(
+        EGRESS_SENDS,
+        "Reply sends to messaging platforms by outcome."
+    );
+    describe_counter!(
+        EGRESS_DEAD_LETTERS,
+        "Replies that could not be delivered (dead-lettered)."
+    );
+    describe_counter!(
+        WEBHOOK_EVENTS,
+        "Webhook notifications that are not messages to answer."
     );
     describe_gauge!(REDIS_UP, "1 while Redis answers.");
     describe_gauge!(

@@ -1,4 +1,93 @@
 //! Customer channels: parsing and verifying what comes in, answering on the same channel.
-//! Web chat is built; WhatsApp and Telegram follow the same shape.
+//!
+//! Web chat and the OpenAI-compatible API hold the HTTP request open until the reply is ready
+//! ([`accept_and_wait`]); WhatsApp and Telegram acknowledge the webhook as soon as the messages
+//! are durable, and replies go out through [`egress`].
 
+pub mod egress;
 pub mod webchat;
+
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::message::{InboundMessage, StoredReply};
+use crate::state::Acceptance;
+use std::time::{Duration, Instant};
+
+/// Longest session, user or client message id.
+const MAX_ID_LEN: usize = 128;
+/// How often a request waiting for a reply re-reads the store in case it missed the wake-up
+/// (a duplicate whose original was accepted by another replica is woken there, not here).
+const POLL_FIRST_ACCEPT: Duration = Duration::from_secs(2);
+const POLL_DUPLICATE: Duration = Duration::from_millis(250);
+
+/// How waiting for a reply ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Waited {
+    /// The reply is ready.
+    Replied(StoredReply),
+    /// Not within the wait budget (or the server is stopping); the message is accepted and will
+    /// be answered.
+    Pending,
+}
+
+/// Checks a client-chosen id that becomes part of Redis keys: no `:` (the key separator, unless
+/// `allow_colon` for the last component) and no braces (Redis Cluster hash tags).
+pub fn check_id(what: &str, id: &str, allow_colon: bool) -> Result<(), ApiError> {
+    let valid = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(c, '-' | '_' | '.' | '~' | '@' | '+' | '=')
+                || (allow_colon && c == ':')
+        });
+    if valid {
+        Ok(())
+    } else {
+        let colon = if allow_colon { ", ':'" } else { "" };
+        Err(ApiError::bad_request(format!(
+            "`{what}` must be 1 to {MAX_ID_LEN} characters of letters, digits and - _ . ~ @ + ={colon}"
+        )))
+    }
+}
+
+/// Accepts `msg` (durably, or in-process when degraded) and waits up to `wait` for its reply,
+/// whichever replica produces it. A duplicate gets the reply already on record.
+pub async fn accept_and_wait(
+    app: &AppState,
+    msg: &InboundMessage,
+    wait: Duration,
+) -> Result<Waited, ApiError> {
+    let id = msg.dedupe_id();
+    // Register before accepting so a fast reply cannot slip past.
+    let mut waiter = app.waiters.register(&id);
+    let (acceptance, origin) = app.ingress.accept(msg).await?;
+    let duplicate = acceptance == Acceptance::Duplicate;
+    let store = app.ingress.store(origin);
+    let deadline = Instant::now() + wait;
+    let poll = if duplicate {
+        POLL_DUPLICATE
+    } else {
+        POLL_FIRST_ACCEPT
+    };
+    let mut check_store = duplicate;
+    loop {
+        if check_store {
+            match store.reply(&id).await {
+                Ok(Some(reply)) => return Ok(Waited::Replied(reply)),
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "reply lookup failed while waiting"),
+            }
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Ok(Waited::Pending);
+        }
+        tokio::select! {
+            reply = waiter.wait(poll.min(remaining)) => match reply {
+                Some(reply) => return Ok(Waited::Replied(reply)),
+                None => check_store = true,
+            },
+            _ = app.release_waiting.cancelled() => return Ok(Waited::Pending),
+        }
+    }
+}

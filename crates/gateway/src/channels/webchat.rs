@@ -3,11 +3,11 @@
 //! 202 with where to fetch it. A client resending the same `message_id` gets the same reply and
 //! adds no turn.
 
+use super::{Waited, accept_and_wait, check_id};
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::ingress::Origin;
-use crate::message::{Channel, ConversationKey, DedupeId, InboundMessage, StoredReply, now_ms};
-use crate::state::Acceptance;
+use crate::message::{Channel, ConversationKey, DedupeId, InboundMessage, StoredReply};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -17,16 +17,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Longest accepted message text, bytes.
 const MAX_TEXT_BYTES: usize = 32 * 1024;
-/// Longest session or message id.
-const MAX_ID_LEN: usize = 128;
-/// How often a request waiting for a reply re-reads the store in case it missed the wake-up
-/// (a duplicate whose original was accepted by another replica is woken there, not here).
-const POLL_FIRST_ACCEPT: Duration = Duration::from_secs(2);
-const POLL_DUPLICATE: Duration = Duration::from_millis(250);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,25 +37,6 @@ struct PostMessage {
 pub struct WaitQuery {
     /// Overrides the configured reply wait (capped by it), e.g. `0` to get 202 at once.
     wait_ms: Option<u64>,
-}
-
-/// Session ids become part of Redis keys: no `:` (the key separator) and no braces (hash tags).
-fn check_id(what: &str, id: &str, allow_colon: bool) -> Result<(), ApiError> {
-    let valid = !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id.chars().all(|c| {
-            c.is_ascii_alphanumeric()
-                || matches!(c, '-' | '_' | '.' | '~' | '@' | '+' | '=')
-                || (allow_colon && c == ':')
-        });
-    if valid {
-        Ok(())
-    } else {
-        let colon = if allow_colon { ", ':'" } else { "" };
-        Err(ApiError::bad_request(format!(
-            "`{what}` must be 1 to {MAX_ID_LEN} characters of letters, digits and - _ . ~ @ + ={colon}"
-        )))
-    }
 }
 
 fn parse_message(body: &[u8]) -> Result<PostMessage, ApiError> {
@@ -129,50 +104,18 @@ pub async fn post_message(
         Some(ms) => Duration::from_millis(ms).min(app.webchat.reply_wait),
         None => app.webchat.reply_wait,
     };
-    let inbound = InboundMessage {
-        channel: Channel::Webchat,
-        user: message.session_id.clone(),
-        message_id: message.message_id.clone(),
-        text: message.text,
-        received_at_ms: now_ms(),
-        ingress_replica: app.replica_id.clone(),
-        language: message.language.map(|l| l.to_lowercase()),
-    };
-    let id = inbound.dedupe_id();
-    // Register before accepting so a fast reply cannot slip past.
-    let mut waiter = app.waiters.register(&id);
-    let (acceptance, origin) = app.ingress.accept(&inbound).await?;
-    let duplicate = acceptance == Acceptance::Duplicate;
-    let store = app.ingress.store(origin);
-    let deadline = Instant::now() + wait;
-    let poll = if duplicate {
-        POLL_DUPLICATE
-    } else {
-        POLL_FIRST_ACCEPT
-    };
-    let mut check_store = duplicate;
-    loop {
-        if check_store {
-            match store.reply(&id).await {
-                Ok(Some(reply)) => return Ok(replied(&message.message_id, &reply)),
-                Ok(None) => {}
-                Err(e) => tracing::debug!(error = %e, "reply lookup failed while waiting"),
-            }
-        }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Ok(pending(&message.session_id, &message.message_id));
-        }
-        tokio::select! {
-            reply = waiter.wait(poll.min(remaining)) => match reply {
-                Some(reply) => return Ok(replied(&message.message_id, &reply)),
-                None => check_store = true,
-            },
-            _ = app.release_waiting.cancelled() => {
-                return Ok(pending(&message.session_id, &message.message_id));
-            }
-        }
-    }
+    let mut inbound = InboundMessage::new(
+        Channel::Webchat,
+        &message.session_id,
+        &message.message_id,
+        message.text,
+        &app.replica_id,
+    );
+    inbound.language = message.language.map(|l| l.to_lowercase());
+    Ok(match accept_and_wait(&app, &inbound, wait).await? {
+        Waited::Replied(reply) => replied(&message.message_id, &reply),
+        Waited::Pending => pending(&message.session_id, &message.message_id),
+    })
 }
 
 /// `GET /v1/webchat/sessions/{session_id}/messages`: the conversation's history, oldest first.

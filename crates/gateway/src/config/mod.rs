@@ -37,6 +37,56 @@ pub struct Config {
     pub agent: AgentConfig,
     /// The provider chain (the seed's `llm` block).
     pub llm: LlmConfig,
+    /// Messaging platforms and the OpenAI-compatible API.
+    pub channels: ChannelsConfig,
+}
+
+/// Messaging channels; each is off unless configured.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelsConfig {
+    /// WhatsApp Cloud API.
+    pub whatsapp: Option<WhatsappConfig>,
+    /// Telegram Bot API.
+    pub telegram: Option<TelegramConfig>,
+    /// The OpenAI-compatible chat-completions endpoint.
+    pub api: Option<ApiConfig>,
+    /// Answer to images, voice notes and other non-text messages, by language code.
+    pub unsupported_reply: std::collections::BTreeMap<String, String>,
+}
+
+/// WhatsApp Cloud API credentials and endpoint.
+#[derive(Debug, Clone)]
+pub struct WhatsappConfig {
+    /// Token Meta echoes in the webhook verification handshake.
+    pub verify_token: SecretString,
+    /// App secret: key of the `X-Hub-Signature-256` HMAC.
+    pub app_secret: SecretString,
+    /// Bearer token for the Graph API send endpoint.
+    pub access_token: SecretString,
+    /// Business phone number id replies are sent from (when the webhook does not name one).
+    pub phone_number_id: String,
+    /// Graph API base URL (`https://graph.facebook.com`; a mock in tests).
+    pub api_base: String,
+    /// Graph API version path segment, e.g. `v21.0`.
+    pub api_version: String,
+}
+
+/// Telegram Bot API credentials and endpoint.
+#[derive(Debug, Clone)]
+pub struct TelegramConfig {
+    /// The bot token (`123456:ABC…`), part of every API URL.
+    pub bot_token: SecretString,
+    /// Value Telegram sends in `X-Telegram-Bot-Api-Secret-Token` (set with `setWebhook`).
+    pub secret_token: SecretString,
+    /// Bot API base URL (`https://api.telegram.org`; a mock in tests).
+    pub api_base: String,
+}
+
+/// The OpenAI-compatible API channel.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Bearer token clients must present.
+    pub token: SecretString,
 }
 
 /// Listening address and identity of the replica.
@@ -375,6 +425,7 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
             "skills",
             "agent",
             "llm",
+            "channels",
         ],
     );
     let empty = Object::new();
@@ -531,6 +582,7 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
     };
 
     let llm = read_llm(r, root);
+    let channels = read_channels(r, root);
     Config {
         source: source.to_string(),
         gateway,
@@ -541,6 +593,135 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
         skills,
         agent,
         llm,
+        channels,
+    }
+}
+
+/// Default answer to non-text messages.
+const UNSUPPORTED_REPLY: [(&str, &str); 3] = [
+    (
+        "en",
+        "Sorry, I can only read text messages. Please type your question.",
+    ),
+    (
+        "nl",
+        "Sorry, ik kan alleen tekstberichten lezen. Typ je vraag alsjeblieft.",
+    ),
+    (
+        "de",
+        "Entschuldigung, ich kann nur Textnachrichten lesen. Bitte tippen Sie Ihre Frage.",
+    ),
+];
+
+fn read_channels(r: &mut Reader, root: &Object) -> ChannelsConfig {
+    let empty = Object::new();
+    let c = r
+        .section(
+            root,
+            "",
+            "channels",
+            &["whatsapp", "telegram", "api", "unsupportedReply"],
+        )
+        .unwrap_or(&empty);
+    let p = "channels.whatsapp";
+    let whatsapp = r
+        .section(
+            c,
+            "channels",
+            "whatsapp",
+            &[
+                "verifyToken",
+                "appSecret",
+                "accessToken",
+                "phoneNumberId",
+                "apiBase",
+                "apiVersion",
+            ],
+        )
+        .map(|w| WhatsappConfig {
+            verify_token: required_secret(r, w, p, "verifyToken", "the webhook verify token"),
+            app_secret: required_secret(r, w, p, "appSecret", "the Meta app secret"),
+            access_token: required_secret(r, w, p, "accessToken", "a Graph API access token"),
+            phone_number_id: required_string(
+                r,
+                w,
+                p,
+                "phoneNumberId",
+                "the business phone number id",
+            ),
+            api_base: api_base(r, w, p, "https://graph.facebook.com"),
+            api_version: r
+                .string(w, p, "apiVersion")
+                .unwrap_or_else(|| "v21.0".into()),
+        });
+    let p = "channels.telegram";
+    let telegram = r
+        .section(
+            c,
+            "channels",
+            "telegram",
+            &["botToken", "secretToken", "apiBase"],
+        )
+        .map(|t| TelegramConfig {
+            bot_token: required_secret(r, t, p, "botToken", "the bot token from @BotFather"),
+            secret_token: required_secret(r, t, p, "secretToken", "the webhook secret token"),
+            api_base: api_base(r, t, p, "https://api.telegram.org"),
+        });
+    let api = r
+        .section(c, "channels", "api", &["token"])
+        .map(|a| ApiConfig {
+            token: required_secret(
+                r,
+                a,
+                "channels.api",
+                "token",
+                "the bearer token clients present",
+            ),
+        });
+    let mut unsupported_reply: std::collections::BTreeMap<String, String> = UNSUPPORTED_REPLY
+        .iter()
+        .map(|(l, t)| (l.to_string(), t.to_string()))
+        .collect();
+    if let Some(replies) = r.object(c, "channels", "unsupportedReply") {
+        for language in replies.keys() {
+            if let Some(text) = r.string(replies, "channels.unsupportedReply", language) {
+                unsupported_reply.insert(language.clone(), text);
+            }
+        }
+    }
+    ChannelsConfig {
+        whatsapp,
+        telegram,
+        api,
+        unsupported_reply,
+    }
+}
+
+fn required_string(r: &mut Reader, obj: &Object, prefix: &str, key: &str, what: &str) -> String {
+    let value = r.string(obj, prefix, key);
+    if value.is_none() && obj.get(key).is_none() {
+        r.error(join(prefix, key), format!("missing; expected {what}"));
+    }
+    value.unwrap_or_default()
+}
+
+fn required_secret(
+    r: &mut Reader,
+    obj: &Object,
+    prefix: &str,
+    key: &str,
+    what: &str,
+) -> SecretString {
+    SecretString::from(required_string(r, obj, prefix, key, what))
+}
+
+fn api_base(r: &mut Reader, obj: &Object, prefix: &str, default: &str) -> String {
+    match r.string(obj, prefix, "apiBase") {
+        Some(base) => {
+            check_endpoint(r, &base, &join(prefix, "apiBase"));
+            base.trim_end_matches('/').to_string()
+        }
+        None => default.to_string(),
     }
 }
 
@@ -682,13 +863,7 @@ fn read_provider(r: &mut Reader, p: &Object, path: &str) -> Option<ProviderConfi
         .integer(p, path, "maxRetries", 0, 10, "retries")
         .unwrap_or(0) as u32;
 
-    let required = |r: &mut Reader, key: &str, what: &str| -> String {
-        let value = r.string(p, path, key);
-        if value.is_none() && p.get(key).is_none() {
-            r.error(join(path, key), format!("missing; expected {what}"));
-        }
-        value.unwrap_or_default()
-    };
+    let required = |r: &mut Reader, key: &str, what: &str| required_string(r, p, path, key, what);
     let kind = match kind?.as_str() {
         "openai-compatible" => {
             let endpoint = required(

@@ -60,7 +60,8 @@ impl Reader {
         }
     }
 
-    /// An optional object under `key`; absent or null → `None`, anything else but an object → error.
+    /// An optional object under `key` whose keys are checked against `allowed`; absent or null →
+    /// `None`, anything else but an object → error.
     pub(crate) fn section<'v>(
         &mut self,
         parent: &'v Object,
@@ -68,16 +69,24 @@ impl Reader {
         key: &str,
         allowed: &[&str],
     ) -> Option<&'v Object> {
-        let path = join(prefix, key);
+        let obj = self.object(parent, prefix, key)?;
+        self.check_keys(obj, &join(prefix, key), allowed);
+        Some(obj)
+    }
+
+    /// An optional object under `key` with free-form keys (e.g. language codes).
+    pub(crate) fn object<'v>(
+        &mut self,
+        parent: &'v Object,
+        prefix: &str,
+        key: &str,
+    ) -> Option<&'v Object> {
         match parent.get(key) {
             None | Some(Value::Null) => None,
-            Some(Value::Object(obj)) => {
-                self.check_keys(obj, &path, allowed);
-                Some(obj)
-            }
+            Some(Value::Object(obj)) => Some(obj),
             Some(other) => {
                 self.error(
-                    path,
+                    join(prefix, key),
                     format!("expected an object, found {}", describe(other)),
                 );
                 None

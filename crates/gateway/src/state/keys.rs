@@ -37,6 +37,12 @@ pub fn replied(id: &DedupeId) -> String {
     format!("oc:replied:{{{}}}", id.as_str())
 }
 
+/// `oc:delivered:{channel:msg_id}`: the reply went out on its platform (or was dead-lettered), so
+/// a replica that claims the entry again does not send it twice.
+pub fn delivered(id: &DedupeId) -> String {
+    format!("oc:delivered:{{{}}}", id.as_str())
+}
+
 /// Pub/sub channel on which a replica hears about replies to requests it holds open.
 pub fn reply_channel(replica_id: &str) -> String {
     format!("oc:replies:{replica_id}")

@@ -6,8 +6,8 @@
 //! Accepting a message puts it on a bounded in-process queue that this replica's workers drain.
 
 use super::{
-    Acceptance, CommitOutcome, ConversationSnapshot, Session, StateError, StateStore, StoreLimits,
-    TurnCommit, TurnStart, WaitReason,
+    Acceptance, CommitOutcome, ConversationSnapshot, ReplyDeadLetter, Session, StateError,
+    StateStore, StoreLimits, TurnCommit, TurnStart, WaitReason,
 };
 use crate::message::{ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply};
 use async_trait::async_trait;
@@ -49,8 +49,14 @@ impl Conversation {
     }
 }
 
+/// Undeliverable replies kept in degraded mode (there is no Redis to hold them); bounded, and
+/// each is also logged with its reason.
+const MEMORY_DEAD_LETTERS: usize = 1_000;
+
 #[derive(Default)]
 struct Inner {
+    delivered: HashMap<String, Instant>,
+    dead_letters: VecDeque<String>,
     seen: HashMap<String, Instant>,
     replies: HashMap<String, (StoredReply, Instant)>,
     conversations: HashMap<ConversationKey, Conversation>,
@@ -117,6 +123,7 @@ impl MemoryStore {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.seen.retain(|_, expires| *expires > now);
+        inner.delivered.retain(|_, expires| *expires > now);
         inner.replies.retain(|_, (_, expires)| *expires > now);
         inner.conversations.retain(|_, c| c.expires > now);
         inner.leases.retain(|_, (_, expires)| *expires > now);
@@ -163,15 +170,16 @@ impl StateStore for MemoryStore {
         let now = Instant::now();
         let key = msg.conversation();
         let mut inner = self.lock();
-        if let Some(reply) = inner.live_reply(msg.dedupe_id().as_str(), now) {
-            return Ok(TurnStart::Replied(reply));
-        }
+        // The lease comes first: its holder may be sending this very reply right now.
         if inner
             .leases
             .get(&key)
             .is_some_and(|(h, expires)| h != holder && *expires > now)
         {
             return Ok(TurnStart::Wait(WaitReason::Lease));
+        }
+        if let Some(reply) = inner.live_reply(msg.dedupe_id().as_str(), now) {
+            return Ok(TurnStart::Replied(reply));
         }
         let conversation = inner.conversation(&key, now);
         if !skip_order_check && conversation.seq_done + 1 < seq && conversation.seq_issued >= seq {
@@ -216,7 +224,9 @@ impl StateStore for MemoryStore {
         session.active_skill = updates.active_skill.or(session.active_skill.take());
         session.language = updates.language.or(session.language.take());
         session.last_message_at = updates.last_message_at.or(session.last_message_at);
-        inner.release(&key, commit.holder);
+        if commit.release_lease {
+            inner.release(&key, commit.holder);
+        }
         Ok(CommitOutcome::Committed)
     }
 
@@ -278,6 +288,41 @@ impl StateStore for MemoryStore {
             .map(|c| c.history.iter().cloned().collect())
             .unwrap_or_default())
     }
+
+    async fn delivered(&self, id: &DedupeId) -> Result<bool, StateError> {
+        let now = Instant::now();
+        Ok(self
+            .lock()
+            .delivered
+            .get(id.as_str())
+            .is_some_and(|e| *e > now))
+    }
+
+    async fn mark_delivered(&self, id: &DedupeId, _outcome: &str) -> Result<(), StateError> {
+        let expires = Instant::now() + self.dedupe_ttl();
+        self.lock()
+            .delivered
+            .insert(id.as_str().to_string(), expires);
+        Ok(())
+    }
+
+    async fn dead_letter_reply(&self, letter: &ReplyDeadLetter<'_>) -> Result<(), StateError> {
+        tracing::error!(
+            channel = %letter.msg.channel,
+            to = %letter.msg.user,
+            reason = letter.reason,
+            "reply could not be sent while Redis is down; kept in this process only"
+        );
+        let mut inner = self.lock();
+        if inner.dead_letters.len() == MEMORY_DEAD_LETTERS {
+            inner.dead_letters.pop_front();
+        }
+        inner.dead_letters.push_back(format!(
+            "{} {}: {}",
+            letter.msg.channel, letter.msg.user, letter.reason
+        ));
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -296,15 +341,7 @@ mod tests {
     }
 
     fn message(id: &str) -> InboundMessage {
-        InboundMessage {
-            channel: Channel::Webchat,
-            user: "s1".into(),
-            message_id: id.into(),
-            text: format!("text {id}"),
-            received_at_ms: now_ms(),
-            ingress_replica: "r1".into(),
-            language: None,
-        }
+        InboundMessage::new(Channel::Webchat, "s1", id, format!("text {id}"), "r1")
     }
 
     fn commit<'a>(msg: &'a InboundMessage, seq: u64, holder: &'a str) -> TurnCommit<'a> {
@@ -331,6 +368,7 @@ mod tests {
             },
             session: vec![("active_skill", "general".into())],
             notify_channel: None,
+            release_lease: true,
         }
     }
 
@@ -400,6 +438,13 @@ mod tests {
             }
             other => panic!("m2 should be ready, got {other:?}"),
         }
+        // m1 came back (claimed again): while m2's turn holds the lease it waits (the holder
+        // may be sending a reply), then it finds its reply on record.
+        assert_eq!(
+            store.begin_turn(&m1, 1, "w9", false).await.ok(),
+            Some(TurnStart::Wait(WaitReason::Lease))
+        );
+        assert!(store.release_lease(&m2.conversation(), "w2").await.is_ok());
         assert!(matches!(
             store.begin_turn(&m1, 1, "w9", false).await,
             Ok(TurnStart::Replied(_))

@@ -125,6 +125,22 @@ pub struct TurnCommit<'a> {
     pub session: Vec<(&'static str, String)>,
     /// Pub/sub channel of the replica waiting for this reply, when it is not this one.
     pub notify_channel: Option<String>,
+    /// Release the lease with the commit; false when the reply must still be sent on a platform
+    /// first, so the next turn's reply cannot overtake this one.
+    pub release_lease: bool,
+}
+
+/// A reply that could not be sent, kept in `oc:deadletter` for `clawgate deadletter retry`.
+#[derive(Debug, Clone)]
+pub struct ReplyDeadLetter<'a> {
+    /// The message the reply answers (channel, recipient, account).
+    pub msg: &'a InboundMessage,
+    /// The whole reply text.
+    pub text: &'a str,
+    /// Why it could not be sent.
+    pub reason: &'a str,
+    /// Chunks of a split reply that did go out.
+    pub chunks_sent: usize,
 }
 
 /// What a commit did.
@@ -205,4 +221,14 @@ pub trait StateStore: Send + Sync {
         &self,
         conversation: &ConversationKey,
     ) -> Result<Vec<HistoryEntry>, StateError>;
+
+    /// Whether the reply to a message has been handed to its platform (or dead-lettered).
+    async fn delivered(&self, id: &DedupeId) -> Result<bool, StateError>;
+
+    /// Records that the reply to a message was sent (`outcome` = `sent`) or given up
+    /// (`dead_letter`).
+    async fn mark_delivered(&self, id: &DedupeId, outcome: &str) -> Result<(), StateError>;
+
+    /// Keeps a reply that could not be sent, with the reason, for an operator to re-drive.
+    async fn dead_letter_reply(&self, letter: &ReplyDeadLetter<'_>) -> Result<(), StateError>;
 }

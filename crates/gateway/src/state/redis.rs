@@ -7,8 +7,8 @@
 
 use super::link::{RedisLink, classify};
 use super::{
-    Acceptance, CommitOutcome, ConversationSnapshot, Session, StateError, StateStore, StoreLimits,
-    TurnCommit, TurnStart, WaitReason, keys,
+    Acceptance, CommitOutcome, ConversationSnapshot, ReplyDeadLetter, Session, StateError,
+    StateStore, StoreLimits, TurnCommit, TurnStart, WaitReason, keys,
 };
 use crate::message::{ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply};
 use async_trait::async_trait;
@@ -204,7 +204,8 @@ impl StateStore for RedisStore {
             .arg(commit.seq)
             .arg(commit.holder)
             .arg(commit.notify_channel.as_deref().unwrap_or(""))
-            .arg(payload);
+            .arg(payload)
+            .arg(if commit.release_lease { "1" } else { "0" });
         for (field, value) in &commit.session {
             invocation.arg(*field).arg(value);
         }
@@ -284,5 +285,55 @@ impl StateStore for RedisStore {
             )
             .await?;
         Ok(parse_history(&values))
+    }
+
+    async fn delivered(&self, id: &DedupeId) -> Result<bool, StateError> {
+        self.query(redis::cmd("EXISTS").arg(keys::delivered(id)))
+            .await
+    }
+
+    async fn mark_delivered(&self, id: &DedupeId, outcome: &str) -> Result<(), StateError> {
+        self.query(
+            redis::cmd("SET")
+                .arg(keys::delivered(id))
+                .arg(outcome)
+                .arg("EX")
+                .arg(secs(self.limits.dedupe_ttl)),
+        )
+        .await
+    }
+
+    async fn dead_letter_reply(&self, letter: &ReplyDeadLetter<'_>) -> Result<(), StateError> {
+        let msg = letter.msg;
+        let _: String = self
+            .query(
+                redis::cmd("XADD")
+                    .arg(keys::DEADLETTER)
+                    .arg("*")
+                    .arg("kind")
+                    .arg("outbound")
+                    .arg("reason")
+                    .arg(letter.reason)
+                    .arg("channel")
+                    .arg(msg.channel.as_str())
+                    .arg("to")
+                    .arg(&msg.user)
+                    .arg("account")
+                    .arg(msg.account.as_deref().unwrap_or(""))
+                    .arg("text")
+                    .arg(letter.text)
+                    .arg("message_id")
+                    .arg(&msg.message_id)
+                    .arg("dedupe_id")
+                    .arg(msg.dedupe_id().as_str())
+                    .arg("chunks_sent")
+                    .arg(letter.chunks_sent)
+                    .arg("replica")
+                    .arg(&msg.ingress_replica)
+                    .arg("ts")
+                    .arg(crate::message::now_ms()),
+            )
+            .await?;
+        Ok(())
     }
 }

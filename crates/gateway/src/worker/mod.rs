@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use turn::{TurnContext, TurnError};
+use turn::{TurnContext, TurnEnd, TurnError};
 
 /// How long one `XREADGROUP` blocks; also the longest a stop request waits for the read loop.
 const READ_BLOCK: Duration = Duration::from_millis(500);
@@ -381,7 +381,10 @@ impl WorkerPool {
         )
         .await
         {
-            Ok(_) => {
+            // The worker that won the commit delivers and acknowledges; acking here could lose
+            // the reply if that worker dies before sending it.
+            Ok(TurnEnd::Discarded) => {}
+            Ok(TurnEnd::Replied(_) | TurnEnd::AlreadyAnswered(_)) => {
                 let acked = (|| self.inbox.ack(&id))
                     .retry(retry::state_backoff())
                     .when(StateError::is_unavailable)

@@ -3,20 +3,25 @@
 //!
 //! The turn never acknowledges its inbox entry itself; it reports how it ended and the pool acks.
 //! Its invariants: at most one reply per message id (the commit decides), turns of one
-//! conversation in arrival order (the begin step decides), and no permit held while waiting.
+//! conversation in arrival order (the begin step decides), no permit held while waiting, and a
+//! platform reply sent before the conversation's lease is released (so the next reply cannot
+//! overtake it) and sent at most once by a living replica.
 
+use crate::channels::egress::Egress;
 use crate::config::AgentConfig;
-use crate::llm::chain::ProviderChain;
+use crate::llm::chain::{Completion, ProviderChain};
 use crate::llm::{ChatMessage, Prompt};
-use crate::message::{HistoryEntry, InboundMessage, Role, StoredReply, now_ms};
+use crate::message::{Channel, HistoryEntry, InboundMessage, Role, StoredReply, now_ms};
 use crate::replies::ReplyWaiters;
 use crate::skills::{Skill, SkillSet};
 use crate::state::{
-    CommitOutcome, ConversationSnapshot, StateError, StateStore, TurnCommit, TurnStart, WaitReason,
-    keys,
+    CommitOutcome, ConversationSnapshot, ReplyDeadLetter, StateError, StateStore, TurnCommit,
+    TurnStart, WaitReason, keys,
 };
 use crate::{retry, telemetry};
 use backon::Retryable;
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -42,15 +47,23 @@ pub struct TurnContext {
     pub order_wait: Duration,
     /// Web-chat requests held open on this replica.
     pub waiters: Arc<ReplyWaiters>,
+    /// Senders for WhatsApp and Telegram replies.
+    pub egress: Egress,
+    /// The text-only notice by language, for images, voice notes and other non-text messages.
+    pub unsupported_reply: BTreeMap<String, String>,
 }
 
 /// How a turn ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TurnEnd {
-    /// This turn's reply was committed.
+    /// This turn's reply was committed (and sent, on a platform channel): acknowledge the entry.
     Replied(StoredReply),
-    /// The message had been answered by another turn (an entry claimed twice); nothing new.
+    /// The message had been answered earlier (the entry came back after a crash); its reply is
+    /// now delivered: acknowledge the entry.
     AlreadyAnswered(StoredReply),
+    /// Another worker committed this message's reply while this turn ran (the entry was claimed
+    /// twice); that worker delivers and acknowledges, so this one must do neither.
+    Discarded,
 }
 
 /// Why a turn stopped without an answer; its entry stays pending and will be claimed again.
@@ -83,10 +96,7 @@ pub async fn run(
     let mut waited_for_order = Duration::ZERO;
     let snapshot = loop {
         let skip_order_check = waited_for_order >= ctx.order_wait;
-        let start = (|| store.begin_turn(msg, seq, &holder, skip_order_check))
-            .retry(retry::state_backoff())
-            .when(StateError::is_unavailable)
-            .await?;
+        let start = persist(|| store.begin_turn(msg, seq, &holder, skip_order_check)).await?;
         match start {
             TurnStart::Ready(snapshot) => {
                 if skip_order_check {
@@ -95,7 +105,7 @@ pub async fn run(
                 break snapshot;
             }
             TurnStart::Replied(reply) => {
-                deliver(ctx, msg, &reply);
+                deliver(ctx, store, msg, &reply, false).await?;
                 return Ok(TurnEnd::AlreadyAnswered(reply));
             }
             TurnStart::Wait(reason) => {
@@ -121,13 +131,35 @@ pub async fn run(
     let _slot = permit;
     let conversation = msg.conversation();
     leases.hold(&holder, conversation.clone());
-    let result = answer(ctx, store, msg, seq, &holder, snapshot).await;
+    let result = match answer(ctx, store, msg, seq, &holder, snapshot).await {
+        Ok(TurnEnd::Replied(reply)) => deliver(ctx, store, msg, &reply, true)
+            .await
+            .map(|()| TurnEnd::Replied(reply))
+            .map_err(TurnError::from),
+        other => other,
+    };
     leases.release(&holder);
-    if result.is_err() {
-        // Best effort: a lease left behind expires by itself.
-        let _ = store.release_lease(&conversation, &holder).await;
-    }
+    // Platform replies keep the lease through delivery; web-chat commits released it already.
+    // Best effort: a lease left behind expires by itself.
+    let _ = store.release_lease(&conversation, &holder).await;
     result
+}
+
+/// Runs a state operation, retrying while Redis is unreachable (up to about 15 s).
+async fn persist<T, F, Fut>(operation: F) -> Result<T, StateError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StateError>>,
+{
+    operation
+        .retry(retry::state_backoff())
+        .when(StateError::is_unavailable)
+        .await
+}
+
+/// Whether replies on `channel` leave through a platform API (as opposed to the HTTP response).
+fn sent_by_platform(channel: Channel) -> bool {
+    matches!(channel, Channel::Whatsapp | Channel::Telegram)
 }
 
 async fn answer(
@@ -148,8 +180,23 @@ async fn answer(
         .or_else(|| msg.language.clone())
         .unwrap_or_else(|| ctx.agent.default_language.clone());
     // The history moves into the prompt: it is not kept twice while the model thinks.
-    let prompt = build_prompt(ctx, skill, &language, snapshot.history, msg);
-    let completion = ctx.chain.complete(&prompt).await;
+    let completion = match &msg.unsupported {
+        // An image or voice note: the agent cannot read it, so it says so instead of guessing.
+        Some(_) => Completion {
+            text: ctx
+                .unsupported_reply
+                .get(&language)
+                .or_else(|| ctx.unsupported_reply.get("en"))
+                .cloned()
+                .unwrap_or_else(|| ctx.skills.general_template(&language).to_string()),
+            provider: "text-only-notice".into(),
+        },
+        None => {
+            // The history moves into the prompt: it is not kept twice while the model thinks.
+            let prompt = build_prompt(ctx, skill, &language, snapshot.history, msg);
+            ctx.chain.complete(&prompt).await
+        }
+    };
 
     let now = now_ms();
     let entry = |role, text: &str, provider: Option<String>| HistoryEntry {
@@ -187,13 +234,11 @@ async fn answer(
             ("language", language),
             ("last_message_at", now.to_string()),
         ],
-        notify_channel: (msg.ingress_replica != ctx.replica_id)
+        notify_channel: (!sent_by_platform(msg.channel) && msg.ingress_replica != ctx.replica_id)
             .then(|| keys::reply_channel(&msg.ingress_replica)),
+        release_lease: !sent_by_platform(msg.channel),
     };
-    let outcome = (|| store.commit_turn(&commit))
-        .retry(retry::state_backoff())
-        .when(StateError::is_unavailable)
-        .await?;
+    let outcome = persist(|| store.commit_turn(&commit)).await?;
     match outcome {
         CommitOutcome::Committed => {
             let channel = msg.channel.as_str();
@@ -201,21 +246,64 @@ async fn answer(
                 .increment(1);
             metrics::histogram!(telemetry::TURN_DURATION)
                 .record(now.saturating_sub(msg.received_at_ms) as f64 / 1000.0);
-            deliver(ctx, msg, &reply);
             Ok(TurnEnd::Replied(reply))
         }
         CommitOutcome::AlreadyReplied(existing) => {
             metrics::counter!(telemetry::TURNS_DISCARDED).increment(1);
             tracing::info!(message_id = %msg.message_id, "message was answered by another worker meanwhile; this turn's answer is discarded");
-            deliver(ctx, msg, &existing);
-            Ok(TurnEnd::AlreadyAnswered(existing))
+            if !sent_by_platform(msg.channel) {
+                notify_local(ctx, msg, &existing);
+            }
+            Ok(TurnEnd::Discarded)
         }
     }
 }
 
-/// Wakes a web-chat request held open on this replica; a request held elsewhere was woken by
-/// the commit's publish.
-fn deliver(ctx: &TurnContext, msg: &InboundMessage, reply: &StoredReply) {
+/// Hands the reply to the customer: wakes the web-chat or API request held open on this replica
+/// (a request held elsewhere was woken by the commit's publish), or sends it on WhatsApp or
+/// Telegram. A platform reply that cannot be sent goes to the dead-letter stream with the reason;
+/// either way it is marked delivered, so it is never sent twice nor lost silently. `fresh` says
+/// this turn just committed it (nobody can have sent it yet).
+async fn deliver(
+    ctx: &TurnContext,
+    store: &dyn StateStore,
+    msg: &InboundMessage,
+    reply: &StoredReply,
+    fresh: bool,
+) -> Result<(), StateError> {
+    if !sent_by_platform(msg.channel) {
+        notify_local(ctx, msg, reply);
+        return Ok(());
+    }
+    let id = msg.dedupe_id();
+    if !fresh && persist(|| store.delivered(&id)).await? {
+        return Ok(());
+    }
+    let outcome = match ctx.egress.deliver(msg, &reply.text).await {
+        Ok(()) => "sent",
+        Err(failure) => {
+            tracing::error!(
+                channel = %msg.channel,
+                message_id = %msg.message_id,
+                reason = %failure.reason,
+                "reply could not be sent; moving it to the dead-letter stream"
+            );
+            metrics::counter!(telemetry::EGRESS_DEAD_LETTERS, "channel" => msg.channel.as_str())
+                .increment(1);
+            let letter = ReplyDeadLetter {
+                msg,
+                text: &reply.text,
+                reason: &failure.reason,
+                chunks_sent: failure.chunks_sent,
+            };
+            persist(|| store.dead_letter_reply(&letter)).await?;
+            "dead_letter"
+        }
+    };
+    persist(|| store.mark_delivered(&id, outcome)).await
+}
+
+fn notify_local(ctx: &TurnContext, msg: &InboundMessage, reply: &StoredReply) {
     if msg.ingress_replica == ctx.replica_id {
         ctx.waiters.notify(&msg.dedupe_id(), reply);
     }

@@ -1,16 +1,17 @@
--- Starts the turn of one message if it may run now: not answered yet, the conversation's lease
--- free (or already ours), and every earlier message of the conversation done. Takes the lease
+-- Starts the turn of one message if it may run now: the conversation's lease free (or already
+-- ours), not answered yet, and every earlier message of the conversation done. Takes the lease
 -- and returns history and session in the same step.
 -- KEYS[1] oc:replied:{id}   KEYS[2] oc:session:{conv}   KEYS[3] oc:lease:{conv}   KEYS[4] oc:conv:{conv}
 -- ARGV[1] seq   ARGV[2] holder token   ARGV[3] lease ttl (ms)   ARGV[4] '1' = skip the order check
 -- Returns {'replied', reply JSON} | {'wait', 'lease' | 'order'} | {'ready', history, session pairs}
-local replied = redis.call('GET', KEYS[1])
-if replied then
-  return {'replied', replied}
-end
+-- The lease comes first: the holder may be sending this very reply on its platform right now.
 local holder = redis.call('GET', KEYS[3])
 if holder and holder ~= ARGV[2] then
   return {'wait', 'lease'}
+end
+local replied = redis.call('GET', KEYS[1])
+if replied then
+  return {'replied', replied}
 end
 if ARGV[4] ~= '1' then
   local counters = redis.call('HMGET', KEYS[2], 'seq_issued', 'seq_done')

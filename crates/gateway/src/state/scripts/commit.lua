@@ -4,7 +4,9 @@
 -- KEYS[1] oc:replied:{id}   KEYS[2] oc:conv:{conv}   KEYS[3] oc:session:{conv}   KEYS[4] oc:lease:{conv}
 -- ARGV[1] reply JSON   ARGV[2] reply ttl (s)   ARGV[3] user entry JSON   ARGV[4] assistant entry JSON
 -- ARGV[5] history limit   ARGV[6] conversation ttl (s)   ARGV[7] seq   ARGV[8] holder token
--- ARGV[9] pub/sub channel ('' = none)   ARGV[10] pub/sub payload   ARGV[11..] session field, value, ...
+-- ARGV[9] pub/sub channel ('' = none)   ARGV[10] pub/sub payload
+-- ARGV[11] '1' to release the lease ('0' keeps it until the reply is sent on its platform)
+-- ARGV[12..] session field, value, ...
 -- Returns {1} when committed, {0, existing reply JSON} when another turn committed first.
 local function release()
   if redis.call('GET', KEYS[4]) == ARGV[8] then
@@ -24,11 +26,13 @@ local done = tonumber(redis.call('HGET', KEYS[3], 'seq_done')) or 0
 if tonumber(ARGV[7]) > done then
   redis.call('HSET', KEYS[3], 'seq_done', ARGV[7])
 end
-for i = 11, #ARGV, 2 do
+for i = 12, #ARGV, 2 do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
 end
 redis.call('EXPIRE', KEYS[3], ARGV[6])
-release()
+if ARGV[11] == '1' then
+  release()
+end
 if ARGV[9] ~= '' then
   redis.call('PUBLISH', ARGV[9], ARGV[10])
 end
