@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use clawgate_fakes::mock_llm;
+use clawgate_fakes::{mock_llm, mock_platforms};
 use clawgate_gateway::config::{Config, Overrides, ProviderKind};
 use clawgate_gateway::env_vars;
 use clawgate_gateway::skills::SkillSet;
@@ -94,6 +94,16 @@ enum MockCommand {
         #[arg(long, value_enum, default_value = "ok")]
         mode: MockMode,
     },
+    /// A fake of the WhatsApp Graph API and Telegram Bot API send endpoints that records what
+    /// it is sent (GET /sent, DELETE /sent) and fails on request (POST /control).
+    Platforms {
+        /// Port to listen on.
+        #[arg(long)]
+        port: u16,
+        /// Address to bind.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -131,6 +141,9 @@ fn main() -> ExitCode {
                         mode,
                     },
             } => mock_llm(SocketAddr::new(host, port), latency_ms, jitter_ms, mode).await,
+            Command::Mock {
+                command: MockCommand::Platforms { port, host },
+            } => mock_platforms(SocketAddr::new(host, port)).await,
         }
     });
     match result {
@@ -314,6 +327,19 @@ async fn mock_llm(
     let shutdown = shutdown_signal()?;
     tokio::select! {
         served = mock_llm::serve(listener, options) => served.context("mock LLM server failed")?,
+        _ = shutdown.cancelled() => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn mock_platforms(addr: SocketAddr) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(%addr, "mock platforms listening (WhatsApp: /{{version}}/{{phone}}/messages, Telegram: /bot{{token}}/sendMessage, sent: /sent, control: /control)");
+    let shutdown = shutdown_signal()?;
+    tokio::select! {
+        served = mock_platforms::serve(listener) => served.context("mock platforms server failed")?,
         _ = shutdown.cancelled() => {}
     }
     Ok(ExitCode::SUCCESS)

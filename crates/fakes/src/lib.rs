@@ -2,3 +2,4 @@
 //! real wire formats. Used by `clawgate mock llm`, by the integration tests and by benchmarks.
 
 pub mod mock_llm;
+pub mod mock_platforms;

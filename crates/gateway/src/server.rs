@@ -102,6 +102,7 @@ pub async fn run(
         link,
         redis_down_mode: config.redis.down_mode,
         webchat: config.webchat.clone(),
+        channels: config.channels.clone(),
         pool: pool.clone(),
         skills: skill_names.clone(),
         providers: provider_names.clone(),

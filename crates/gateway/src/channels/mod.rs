@@ -5,7 +5,9 @@
 //! are durable, and replies go out through [`egress`].
 
 pub mod egress;
+pub mod telegram;
 pub mod webchat;
+pub mod whatsapp;
 
 use crate::http::AppState;
 use crate::http::error::ApiError;

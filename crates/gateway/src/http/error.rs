@@ -28,6 +28,15 @@ impl ApiError {
         }
     }
 
+    /// 401: the caller could not prove who it is.
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthorized",
+            message: message.into(),
+        }
+    }
+
     /// 404.
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError {
@@ -60,7 +69,7 @@ impl From<axum::extract::rejection::BytesRejection> for ApiError {
             ApiError {
                 status,
                 code: "payload_too_large",
-                message: "the request body is larger than 64 KiB".into(),
+                message: "the request body is larger than this endpoint accepts (64 KiB for web chat, 1 MiB for webhooks and the API)".into(),
             }
         } else {
             ApiError {

@@ -4,7 +4,8 @@ pub mod error;
 pub mod health;
 
 use crate::channels::webchat;
-use crate::config::{RedisDownMode, WebchatConfig};
+use crate::channels::{telegram, whatsapp};
+use crate::config::{ChannelsConfig, RedisDownMode, WebchatConfig};
 use crate::ingress::Ingress;
 use crate::replies::ReplyWaiters;
 use crate::state::link::RedisLink;
@@ -19,8 +20,11 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Largest request body accepted; larger ones get 413.
+/// Largest web-chat request body; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest webhook or API request body (a WhatsApp batch, a long conversation sent by an OpenAI
+/// client); larger ones get 413.
+pub const MAX_WEBHOOK_BODY_BYTES: usize = 1024 * 1024;
 
 /// What handlers share.
 pub struct AppState {
@@ -38,6 +42,8 @@ pub struct AppState {
     pub redis_down_mode: RedisDownMode,
     /// Web-chat settings.
     pub webchat: WebchatConfig,
+    /// Platform and API channel settings (credentials for verifying webhooks).
+    pub channels: ChannelsConfig,
     /// The worker pool, for health answers.
     pub pool: Arc<WorkerPool>,
     /// Loaded skill names, for health answers.
@@ -67,6 +73,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/webchat/sessions/{session_id}/messages/{message_id}",
             get(webchat::message_status),
+        )
+        .route(
+            "/webhooks/whatsapp",
+            get(whatsapp::verify)
+                .post(whatsapp::receive)
+                .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY_BYTES)),
+        )
+        .route(
+            "/webhooks/telegram",
+            post(telegram::receive).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY_BYTES)),
         )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -1,0 +1,327 @@
+//! A fake of the messaging platforms' send APIs, as one HTTP server: Meta's Graph API
+//! (`POST /{version}/{phone_number_id}/messages`) and Telegram's Bot API
+//! (`POST /bot{token}/sendMessage`), answering in their real formats.
+//!
+//! It records every message it accepted (`GET /sent?channel=&to=` → `[{"channel", "to",
+//! "text"}]` in send order, `DELETE /sent` clears) and can be told to fail:
+//! `POST /control {"fail_next": N, "status": 429 | 500 | 400, "retry_after": S, "error_code": C}`
+//! fails the next N sends (Telegram 429s carry `parameters.retry_after`, WhatsApp errors carry
+//! the Graph `error.code`, e.g. 130429 or 131047); `{"down": true}` fails every send with 500
+//! until `{"down": false}`.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+
+/// One message the fake accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sent {
+    /// `whatsapp` or `telegram`.
+    pub channel: String,
+    /// WhatsApp number as sent, or Telegram chat id as a string.
+    pub to: String,
+    /// The message text.
+    pub text: String,
+}
+
+#[derive(Default)]
+struct Faults {
+    fail_next: u64,
+    status: u16,
+    retry_after: Option<u64>,
+    error_code: Option<i64>,
+    down: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    sent: Mutex<Vec<Sent>>,
+    faults: Mutex<Faults>,
+    attempts: Mutex<u64>,
+}
+
+impl Shared {
+    fn sent(&self) -> std::sync::MutexGuard<'_, Vec<Sent>> {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn faults(&self) -> std::sync::MutexGuard<'_, Faults> {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts an attempt and returns the failure to inject, if any: (status, retry_after, code).
+    fn next_fault(&self) -> Option<(StatusCode, Option<u64>, Option<i64>)> {
+        *self.attempts.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        let mut faults = self.faults();
+        if faults.down {
+            return Some((StatusCode::INTERNAL_SERVER_ERROR, None, None));
+        }
+        if faults.fail_next == 0 {
+            return None;
+        }
+        faults.fail_next -= 1;
+        let status =
+            StatusCode::from_u16(faults.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Some((status, faults.retry_after, faults.error_code))
+    }
+}
+
+/// A running fake, for in-process use.
+#[derive(Clone)]
+pub struct MockPlatforms {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl MockPlatforms {
+    /// Binds `127.0.0.1:0` and serves in the background until the runtime ends.
+    pub async fn spawn() -> std::io::Result<MockPlatforms> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::default());
+        let app = router(shared.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(MockPlatforms { addr, shared })
+    }
+
+    /// Base URL to configure as `apiBase`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Everything sent so far, in order.
+    pub fn sent(&self) -> Vec<Sent> {
+        self.shared.sent().clone()
+    }
+
+    /// Send attempts received so far, failed ones included.
+    pub fn attempts(&self) -> u64 {
+        *self
+            .shared
+            .attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fails the next `n` sends with `status` (and `retry_after` seconds for Telegram 429s).
+    pub fn fail_next(
+        &self,
+        n: u64,
+        status: u16,
+        retry_after: Option<u64>,
+        error_code: Option<i64>,
+    ) {
+        let mut faults = self.shared.faults();
+        faults.fail_next = n;
+        faults.status = status;
+        faults.retry_after = retry_after;
+        faults.error_code = error_code;
+    }
+
+    /// Makes every send fail with 500 (`true`) or work again (`false`).
+    pub fn set_down(&self, down: bool) {
+        self.shared.faults().down = down;
+    }
+}
+
+/// Serves the fake on `listener` until the process ends.
+pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
+    axum::serve(listener, router(Arc::new(Shared::default()))).await
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/{version}/{phone_number_id}/messages", post(whatsapp_send))
+        .route("/{bot}/sendMessage", post(telegram_send))
+        .route("/sent", get(list_sent).delete(clear_sent))
+        .route("/control", post(control))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(shared)
+}
+
+fn graph_error(status: StatusCode, code: i64, message: &str) -> Response {
+    (
+        status,
+        Json(
+            json!({"error": {"message": format!("(#{code}) {message}"), "type": "OAuthException",
+            "code": code, "error_data": {"messaging_product": "whatsapp", "details": message},
+            "fbtrace_id": "MockTrace"}}),
+        ),
+    )
+        .into_response()
+}
+
+async fn whatsapp_send(
+    State(shared): State<Arc<Shared>>,
+    Path((_version, phone_number_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.len() > "Bearer ".len() && v.starts_with("Bearer "));
+    if !authorized {
+        return graph_error(StatusCode::UNAUTHORIZED, 190, "Invalid OAuth access token");
+    }
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (Some(to), Some(text)) = (
+        request["to"].as_str(),
+        request.pointer("/text/body").and_then(Value::as_str),
+    ) else {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            100,
+            "Invalid parameter: expected to and text.body",
+        );
+    };
+    if request["messaging_product"] != "whatsapp" || request["type"] != "text" {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            100,
+            "Invalid parameter: messaging_product/type",
+        );
+    }
+    if let Some((status, _, code)) = shared.next_fault() {
+        let code = code.unwrap_or(if status == StatusCode::TOO_MANY_REQUESTS {
+            130429
+        } else {
+            1
+        });
+        return graph_error(status, code, "mock: injected failure");
+    }
+    let mut sent = shared.sent();
+    sent.push(Sent {
+        channel: "whatsapp".into(),
+        to: to.to_string(),
+        text: text.to_string(),
+    });
+    let wamid = format!("wamid.MOCK{phone_number_id}{:08}", sent.len());
+    Json(
+        json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}],
+        "messages": [{"id": wamid}]}),
+    )
+    .into_response()
+}
+
+async fn telegram_send(
+    State(shared): State<Arc<Shared>>,
+    Path(bot): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let failure = |status: StatusCode, description: &str, retry_after: Option<u64>| {
+        let mut body =
+            json!({"ok": false, "error_code": status.as_u16(), "description": description});
+        if let Some(seconds) = retry_after {
+            body["parameters"] = json!({"retry_after": seconds});
+        }
+        (status, Json(body)).into_response()
+    };
+    if bot.len() <= 3 || !bot.starts_with("bot") {
+        return failure(StatusCode::NOT_FOUND, "Not Found", None);
+    }
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let chat_id = match &request["chat_id"] {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        _ => {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: chat_id is empty",
+                None,
+            );
+        }
+    };
+    let Some(text) = request["text"].as_str() else {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            "Bad Request: message text is empty",
+            None,
+        );
+    };
+    if let Some((status, retry_after, _)) = shared.next_fault() {
+        let description = match retry_after {
+            Some(seconds) => format!("Too Many Requests: retry after {seconds}"),
+            None => "mock: injected failure".to_string(),
+        };
+        return failure(status, &description, retry_after);
+    }
+    let mut sent = shared.sent();
+    sent.push(Sent {
+        channel: "telegram".into(),
+        to: chat_id.clone(),
+        text: text.to_string(),
+    });
+    Json(
+        json!({"ok": true, "result": {"message_id": sent.len(), "date": 0,
+        "chat": {"id": request["chat_id"], "type": "private"}, "text": text}}),
+    )
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct SentQuery {
+    channel: Option<String>,
+    to: Option<String>,
+}
+
+async fn list_sent(State(shared): State<Arc<Shared>>, Query(q): Query<SentQuery>) -> Response {
+    let sent: Vec<Sent> = shared
+        .sent()
+        .iter()
+        .filter(|s| q.channel.as_ref().is_none_or(|c| &s.channel == c))
+        .filter(|s| q.to.as_ref().is_none_or(|t| &s.to == t))
+        .cloned()
+        .collect();
+    Json(sent).into_response()
+}
+
+async fn clear_sent(State(shared): State<Arc<Shared>>) -> Response {
+    shared.sent().clear();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Control {
+    fail_next: Option<u64>,
+    status: Option<u16>,
+    retry_after: Option<u64>,
+    error_code: Option<i64>,
+    down: Option<bool>,
+}
+
+async fn control(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let control: Control = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": format!("expected {{\"fail_next\", \"status\", \"retry_after\", \"error_code\", \"down\"}}: {e}")})),
+            )
+                .into_response();
+        }
+    };
+    let mut faults = shared.faults();
+    if let Some(n) = control.fail_next {
+        faults.fail_next = n;
+        faults.status = control.status.unwrap_or(500);
+        faults.retry_after = control.retry_after;
+        faults.error_code = control.error_code;
+    }
+    if let Some(down) = control.down {
+        faults.down = down;
+    }
+    Json(json!({"fail_next": faults.fail_next, "status": faults.status, "down": faults.down}))
+        .into_response()
+}
