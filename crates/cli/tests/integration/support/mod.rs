@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 use clawgate_fakes::mock_llm::{MockLlm, Options};
+use clawgate_fakes::mock_platforms::{MockPlatforms, Sent};
+use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -149,6 +151,57 @@ pub fn openai_provider(name: &str, mock: &MockLlm, timeout_ms: u64, max_retries:
 pub fn ollama_provider(name: &str, mock: &MockLlm, timeout_ms: u64) -> Value {
     json!({"name": name, "type": "ollama", "endpoint": mock.ollama_endpoint(),
            "model": "llama3.1:8b", "timeout": timeout_ms, "maxRetries": 0})
+}
+
+/// The app secret of the shared WhatsApp fixtures' signature vector.
+pub const WHATSAPP_APP_SECRET: &str = "velocity-test-app-secret";
+pub const WHATSAPP_VERIFY_TOKEN: &str = "velocity-verify";
+pub const TELEGRAM_SECRET: &str = "velocity-telegram-secret";
+pub const API_TOKEN: &str = "velocity-api-token";
+
+/// The mock platforms, in process.
+pub async fn mock_platforms() -> MockPlatforms {
+    MockPlatforms::spawn().await.expect("mock platforms")
+}
+
+/// A `channels` block with WhatsApp, Telegram and the API channel, sending to `platforms`.
+pub fn channels_config(platforms: &MockPlatforms) -> Value {
+    json!({
+        "whatsapp": {"verifyToken": WHATSAPP_VERIFY_TOKEN, "appSecret": WHATSAPP_APP_SECRET,
+                     "accessToken": "test-access-token", "phoneNumberId": "106540352242922",
+                     "apiBase": platforms.base_url(), "apiVersion": "v21.0"},
+        "telegram": {"botToken": "7000000001:TEST-token", "secretToken": TELEGRAM_SECRET,
+                     "apiBase": platforms.base_url()},
+        "api": {"token": API_TOKEN},
+    })
+}
+
+/// A shared fixture file's exact bytes.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+/// `sha256=<hex>` of `body` under `secret`, as Meta signs it.
+pub fn whatsapp_signature(body: &[u8], secret: &str) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Waits until the platforms have received `count` messages, and returns them.
+pub async fn sent_messages(platforms: &MockPlatforms, count: usize) -> Vec<Sent> {
+    eventually(
+        Duration::from_secs(20),
+        &format!("{count} messages sent to the platforms"),
+        || async {
+            let sent = platforms.sent();
+            (sent.len() >= count).then_some(sent)
+        },
+    )
+    .await
 }
 
 /// The repository's example skills.
@@ -306,6 +359,11 @@ impl Gateway {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The config file the replica runs with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("clawgate.json")
+    }
+
     pub fn pid(&self) -> i32 {
         self.child
             .as_ref()
@@ -340,6 +398,46 @@ impl Gateway {
             .expect("POST");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `POST` raw bytes with extra headers.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.body(body).send().await.expect("POST");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A WhatsApp webhook POST signed with the fixtures' app secret.
+    pub async fn whatsapp(&self, body: Vec<u8>) -> (u16, Value) {
+        let signature = whatsapp_signature(&body, WHATSAPP_APP_SECRET);
+        self.post_raw(
+            "/webhooks/whatsapp",
+            body,
+            &[("x-hub-signature-256", &signature)],
+        )
+        .await
+    }
+
+    /// A Telegram webhook POST with the right secret token.
+    pub async fn telegram(&self, body: Vec<u8>) -> (u16, Value) {
+        self.post_raw(
+            "/webhooks/telegram",
+            body,
+            &[("x-telegram-bot-api-secret-token", TELEGRAM_SECRET)],
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
