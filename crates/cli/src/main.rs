@@ -4,9 +4,15 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use clawgate_fakes::{mock_llm, mock_platforms};
+use clawgate_gateway::channels::egress::Egress;
 use clawgate_gateway::config::{Config, Overrides, ProviderKind};
+use clawgate_gateway::deadletter::{DeadLetters, Redriven};
 use clawgate_gateway::env_vars;
+use clawgate_gateway::http_client;
 use clawgate_gateway::skills::SkillSet;
+use clawgate_gateway::state::StoreLimits;
+use clawgate_gateway::state::link::{RedisLink, redact};
+use clawgate_gateway::state::redis::RedisStore;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +48,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Inspect and re-drive messages and replies that could not be processed or sent.
+    Deadletter {
+        #[command(subcommand)]
+        command: DeadletterCommand,
+    },
     /// Run fakes of outside services, for tests and load tests.
     Mock {
         #[command(subcommand)]
@@ -72,6 +83,41 @@ enum ConfigCommand {
         /// The config file.
         file: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum DeadletterCommand {
+    /// List the dead-letter stream, oldest first.
+    List {
+        #[command(flatten)]
+        target: StateArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retry entries: re-send replies, re-queue messages. Removes each entry that succeeds.
+    Retry {
+        #[command(flatten)]
+        target: StateArgs,
+        /// Entry ids (as `list` shows them).
+        #[arg(required_unless_present = "all")]
+        ids: Vec<String>,
+        /// Retry every entry.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+}
+
+/// Which deployment a maintenance command acts on: its config (platform credentials, Redis URL)
+/// and an optional Redis URL override.
+#[derive(clap::Args)]
+struct StateArgs {
+    /// The gateway's config file.
+    #[arg(long, env = env_vars::CONFIG)]
+    config: Option<PathBuf>,
+    /// Redis URL, overriding the config's.
+    #[arg(long, env = env_vars::REDIS_URL)]
+    redis_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -141,6 +187,12 @@ fn main() -> ExitCode {
                         mode,
                     },
             } => mock_llm(SocketAddr::new(host, port), latency_ms, jitter_ms, mode).await,
+            Command::Deadletter {
+                command: DeadletterCommand::List { target, json },
+            } => deadletter_list(target, json).await,
+            Command::Deadletter {
+                command: DeadletterCommand::Retry { target, ids, all },
+            } => deadletter_retry(target, ids, all).await,
             Command::Mock {
                 command: MockCommand::Platforms { port, host },
             } => mock_platforms(SocketAddr::new(host, port)).await,
@@ -257,7 +309,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         format!("{}: ok", file.display()),
         format!("  listen:      {}", config.gateway.listen),
         format!("  replica id:  {}", config.gateway.replica_id),
-        format!("  redis:       {}", redact_url(&config.redis.url)),
+        format!("  redis:       {}", redact(&config.redis.url)),
     ];
     for (i, p) in config.llm.providers.iter().enumerate() {
         let what = match &p.kind {
@@ -292,13 +344,110 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Hides a password in a Redis URL.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}***{}", &url[..scheme + 3], &url[at..])
+/// Connects to the deployment a maintenance command names.
+async fn dead_letters(target: StateArgs) -> anyhow::Result<DeadLetters> {
+    let config = match &target.config {
+        Some(path) => Config::load(path),
+        None => Ok(Config::builtin()),
+    }
+    .and_then(|c| {
+        c.with_overrides(Overrides {
+            redis_url: target.redis_url,
+            ..Overrides::default()
+        })
+    })
+    .map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let link = RedisLink::connect(&config.redis.url, config.redis.command_timeout).await?;
+    let store = RedisStore::new(link.clone(), StoreLimits::from_config(&config));
+    let egress = Egress::from_config(&config.channels, &http_client::build()?);
+    Ok(DeadLetters::new(link, store, egress))
+}
+
+async fn deadletter_list(target: StateArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let letters = dead_letters(target).await?.list().await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&letters)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if letters.is_empty() {
+        writeln!(out, "the dead-letter stream is empty")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<18} {:<9} {:<9} {:<26} {:>9}  reason",
+        "id", "kind", "channel", "to / conversation", "age"
+    )?;
+    let now = clawgate_gateway::message::now_ms();
+    for letter in &letters {
+        let since_ms = letter
+            .id
+            .split('-')
+            .next()
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .unwrap_or(now);
+        writeln!(
+            out,
+            "{:<18} {:<9} {:<9} {:<26} {:>9}  {}",
+            letter.id,
+            letter.kind,
+            letter.channel(),
+            letter.subject(),
+            age(now.saturating_sub(since_ms)),
+            letter.reason
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn deadletter_retry(
+    target: StateArgs,
+    ids: Vec<String>,
+    all: bool,
+) -> anyhow::Result<ExitCode> {
+    let dead = dead_letters(target).await?;
+    let letters = dead.list().await?;
+    let chosen: Vec<_> = letters
+        .iter()
+        .filter(|l| all || ids.contains(&l.id))
+        .collect();
+    let missing: Vec<&String> = ids
+        .iter()
+        .filter(|id| !letters.iter().any(|l| &l.id == *id))
+        .collect();
+    let mut out = std::io::stdout().lock();
+    let mut failed = missing.len();
+    for id in missing {
+        writeln!(out, "{id}: no such entry")?;
+    }
+    for letter in chosen {
+        match dead.retry(letter).await {
+            Ok(Redriven::Sent) => {
+                writeln!(out, "{}: reply sent to {}", letter.id, letter.subject())?
+            }
+            Ok(Redriven::Requeued) => writeln!(out, "{}: message queued again", letter.id)?,
+            Err(reason) => {
+                failed += 1;
+                writeln!(out, "{}: still failing: {reason}", letter.id)?;
+            }
         }
-        _ => url.to_string(),
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `42s`, `5m`, `3h`, `2d`.
+fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod channels;
 pub mod config;
+pub mod deadletter;
 pub mod env_vars;
 pub mod http;
 pub mod http_client;

@@ -11,7 +11,7 @@ use crate::skills::SkillSet;
 use crate::state::link::RedisLink;
 use crate::state::memory::MemoryStore;
 use crate::state::redis::RedisStore;
-use crate::state::{DEDUPE_TTL, StateError, StoreLimits};
+use crate::state::{StateError, StoreLimits};
 use crate::worker::WorkerPool;
 use crate::worker::turn::TurnContext;
 use crate::{http_client, ingress::Ingress, telemetry};
@@ -49,13 +49,7 @@ pub async fn run(
 
     let link = RedisLink::new(&config.redis.url, config.redis.command_timeout)?;
     tokio::spawn(link.clone().run_health(background.clone()));
-    let limits = StoreLimits {
-        conversation_ttl: config.conversations.ttl,
-        history_limit: config.conversations.history_limit,
-        dedupe_ttl: DEDUPE_TTL,
-        lease_ttl: config.workers.lease_ttl,
-        inbox_max_length: config.workers.inbox_max_length,
-    };
+    let limits = StoreLimits::from_config(&config);
     let redis = Arc::new(RedisStore::new(link.clone(), limits.clone()));
     let (memory, memory_queue) = MemoryStore::new(limits, config.workers.memory_queue);
     let memory = Arc::new(memory);

@@ -367,3 +367,68 @@ async fn malformed_webhooks_get_400_with_a_reason_and_oversized_ones_413() {
     let (status, _) = gateway.telegram(huge).await;
     assert_eq!(status, 413);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_the_platform_cannot_take_is_dead_lettered_then_redriven_by_the_cli() {
+    let (redis, _llm, platforms, gateway) = platform_gateway(0).await;
+    platforms.set_down(true);
+    assert_eq!(
+        gateway
+            .whatsapp(whatsapp_text("31612345678", "wamid.DOWN1", "anyone there?"))
+            .await
+            .0,
+        200
+    );
+    eventually(
+        Duration::from_secs(15),
+        "the reply in the dead-letter stream",
+        || async {
+            let length: u64 = redis.query(redis::cmd("XLEN").arg("oc:deadletter")).await;
+            (length == 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        gateway
+            .metric("clawgate_egress_dead_letters_total", "whatsapp")
+            .await,
+        1.0
+    );
+    // The inbox entry is finished: the reply is kept in the dead-letter stream, not retried forever.
+    eventually(Duration::from_secs(5), "the inbox to drain", || async {
+        let length: u64 = redis.query(redis::cmd("XLEN").arg("oc:inbox")).await;
+        (length == 0).then_some(())
+    })
+    .await;
+
+    let config = gateway.config_path().display().to_string();
+    let url = redis.url();
+    let target = ["--config", config.as_str(), "--redis-url", url.as_str()];
+    let (code, listing) = run_cli(&[&["deadletter", "list"][..], &target[..]].concat()).await;
+    assert_eq!(code, 0, "{listing}");
+    for expected in ["outbound", "whatsapp", "31612345678", "HTTP 500"] {
+        assert!(
+            listing.contains(expected),
+            "missing {expected} in:\n{listing}"
+        );
+    }
+    let (code, output) =
+        run_cli(&[&["deadletter", "retry", "--all"][..], &target[..]].concat()).await;
+    assert_eq!(
+        code, 1,
+        "the platform is still down, the retry must fail: {output}"
+    );
+    assert!(output.contains("still failing"), "{output}");
+
+    platforms.set_down(false);
+    let (code, output) =
+        run_cli(&[&["deadletter", "retry", "--all"][..], &target[..]].concat()).await;
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("reply sent to 31612345678"), "{output}");
+    let sent = sent_messages(&platforms, 1).await;
+    assert_eq!(sent[0].text, "[mock] user_turns=1 last=\"anyone there?\"");
+    let length: u64 = redis.query(redis::cmd("XLEN").arg("oc:deadletter")).await;
+    assert_eq!(length, 0);
+    let (_, listing) = run_cli(&[&["deadletter", "list"][..], &target[..]].concat()).await;
+    assert!(listing.contains("empty"), "{listing}");
+}

@@ -93,6 +93,23 @@ impl RedisLink {
         }
     }
 
+    /// A link for a one-off command (the CLI): connects now and fails if Redis does not answer.
+    pub async fn connect(
+        url: &str,
+        command_timeout: Duration,
+    ) -> Result<Arc<RedisLink>, StateError> {
+        let link = RedisLink::new(url, command_timeout)?;
+        link.check_once().await;
+        if link.is_up() {
+            Ok(link)
+        } else {
+            Err(StateError::Unavailable(format!(
+                "Redis at {} does not answer",
+                redact(url)
+            )))
+        }
+    }
+
     /// Pings Redis every half second until `cancel`, (re)connecting as needed.
     pub async fn run_health(self: Arc<Self>, cancel: CancellationToken) {
         loop {
@@ -173,5 +190,15 @@ pub fn classify(e: &redis::RedisError) -> StateError {
             StateError::Unavailable(e.to_string())
         }
         _ => StateError::Protocol(e.to_string()),
+    }
+}
+
+/// A Redis URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
     }
 }

@@ -168,6 +168,19 @@ pub struct StoreLimits {
     pub inbox_max_length: u64,
 }
 
+impl StoreLimits {
+    /// The limits a configuration asks for.
+    pub fn from_config(config: &crate::config::Config) -> StoreLimits {
+        StoreLimits {
+            conversation_ttl: config.conversations.ttl,
+            history_limit: config.conversations.history_limit,
+            dedupe_ttl: DEDUPE_TTL,
+            lease_ttl: config.workers.lease_ttl,
+            inbox_max_length: config.workers.inbox_max_length,
+        }
+    }
+}
+
 /// WhatsApp retries an unacknowledged webhook for up to 7 days; keep markers a day longer.
 pub const DEDUPE_TTL: Duration = Duration::from_secs(8 * 86_400);
 

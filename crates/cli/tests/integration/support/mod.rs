@@ -274,6 +274,22 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_clawgate")
 }
 
+/// Runs `clawgate <args>` to completion: exit code and stdout + stderr.
+pub async fn run_cli(args: &[&str]) -> (i32, String) {
+    let output = Command::new(binary())
+        .args(args)
+        .env_remove("LLM_API_KEY")
+        .output()
+        .await
+        .expect("run clawgate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
 impl Gateway {
     pub async fn start(config: Value, redis_url: &str, replica_id: &str) -> Gateway {
         Gateway::spawn(GatewaySpec::new(config, redis_url, replica_id)).await

@@ -1,0 +1,182 @@
+//! The dead-letter stream (`oc:deadletter`) as an operator sees it: list what could not be
+//! processed or sent, with the reason, and re-drive it once the cause is fixed.
+//!
+//! Two kinds of entries: `inbound` (a message that kept failing to be processed; retrying queues
+//! it again as a new turn at the end of its conversation) and `outbound` (a reply that could not
+//! be sent; retrying sends the stored reply again). A retried entry leaves the stream only when
+//! the retry succeeded.
+
+use crate::channels::egress::Egress;
+use crate::message::{Channel, DedupeId, InboundMessage};
+use crate::state::link::{RedisLink, classify};
+use crate::state::redis::RedisStore;
+use crate::state::{Acceptance, StateError, StateStore, keys};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// One dead-letter entry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    /// Stream entry id (also when it was dead-lettered, in ms).
+    pub id: String,
+    /// `inbound` or `outbound`.
+    pub kind: String,
+    /// Why it is here.
+    pub reason: String,
+    /// Every field of the entry.
+    pub fields: BTreeMap<String, String>,
+}
+
+impl DeadLetter {
+    /// The channel the entry belongs to, when known.
+    pub fn channel(&self) -> String {
+        self.fields
+            .get("channel")
+            .cloned()
+            .or_else(|| {
+                self.inbound_message()
+                    .map(|m| m.channel.as_str().to_string())
+            })
+            .unwrap_or_else(|| "?".into())
+    }
+
+    /// Who it concerns: the reply's recipient, or the message's conversation.
+    pub fn subject(&self) -> String {
+        self.fields
+            .get("to")
+            .cloned()
+            .or_else(|| self.inbound_message().map(|m| m.conversation().to_string()))
+            .unwrap_or_else(|| "?".into())
+    }
+
+    fn inbound_message(&self) -> Option<InboundMessage> {
+        serde_json::from_str(self.fields.get("m")?).ok()
+    }
+}
+
+/// What retrying one entry did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Redriven {
+    /// The reply went out.
+    Sent,
+    /// The message is queued again.
+    Requeued,
+}
+
+/// Reads and re-drives dead letters.
+pub struct DeadLetters {
+    link: Arc<RedisLink>,
+    store: RedisStore,
+    egress: Egress,
+}
+
+impl DeadLetters {
+    /// Over a connected `link`, re-sending through `egress`.
+    pub fn new(link: Arc<RedisLink>, store: RedisStore, egress: Egress) -> DeadLetters {
+        DeadLetters {
+            link,
+            store,
+            egress,
+        }
+    }
+
+    /// Every entry, oldest first.
+    pub async fn list(&self) -> Result<Vec<DeadLetter>, StateError> {
+        let mut conn = self.link.connection()?;
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(keys::DEADLETTER)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(entries
+            .ids
+            .into_iter()
+            .map(|entry| {
+                let fields: BTreeMap<String, String> = entry
+                    .map
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((k.clone(), redis::from_redis_value_ref::<String>(v).ok()?))
+                    })
+                    .collect();
+                DeadLetter {
+                    id: entry.id,
+                    kind: fields
+                        .get("kind")
+                        .cloned()
+                        .unwrap_or_else(|| "inbound".into()),
+                    reason: fields.get("reason").cloned().unwrap_or_default(),
+                    fields,
+                }
+            })
+            .collect())
+    }
+
+    /// Re-drives `letter`; on success it is removed from the stream.
+    pub async fn retry(&self, letter: &DeadLetter) -> Result<Redriven, String> {
+        let outcome = match letter.kind.as_str() {
+            "outbound" => self.resend(letter).await?,
+            _ => self.requeue(letter).await?,
+        };
+        let mut conn = self.link.connection().map_err(|e| e.to_string())?;
+        let _: i64 = redis::cmd("XDEL")
+            .arg(keys::DEADLETTER)
+            .arg(&letter.id)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("retried, but could not remove the entry: {e}"))?;
+        Ok(outcome)
+    }
+
+    async fn resend(&self, letter: &DeadLetter) -> Result<Redriven, String> {
+        let field = |name: &str| letter.fields.get(name).map(String::as_str).unwrap_or("");
+        let channel = match field("channel") {
+            "whatsapp" => Channel::Whatsapp,
+            "telegram" => Channel::Telegram,
+            other => return Err(format!("cannot send replies on channel \"{other}\"")),
+        };
+        let account = Some(field("account")).filter(|a| !a.is_empty());
+        self.egress
+            .send(channel, field("to"), account, field("text"))
+            .await
+            .map_err(|failure| failure.reason)?;
+        if let Some(id) = parse_dedupe(field("dedupe_id")) {
+            self.store
+                .mark_delivered(&id, "sent")
+                .await
+                .map_err(|e| format!("sent, but could not record it: {e}"))?;
+        }
+        Ok(Redriven::Sent)
+    }
+
+    async fn requeue(&self, letter: &DeadLetter) -> Result<Redriven, String> {
+        let msg = letter
+            .inbound_message()
+            .ok_or("the entry holds no readable message (field `m`)")?;
+        // The message was accepted once: forget that, so it is accepted again as a new turn.
+        let mut conn = self.link.connection().map_err(|e| e.to_string())?;
+        let _: i64 = redis::cmd("DEL")
+            .arg(keys::seen(&msg.dedupe_id()))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        match self.store.accept(&msg).await.map_err(|e| e.to_string())? {
+            Acceptance::Accepted { .. } => Ok(Redriven::Requeued),
+            Acceptance::Duplicate => Err("the message was accepted again meanwhile".into()),
+        }
+    }
+}
+
+/// Rebuilds a dedupe id from its stored form (`channel:…`).
+fn parse_dedupe(stored: &str) -> Option<DedupeId> {
+    let (channel, rest) = stored.split_once(':')?;
+    let channel = match channel {
+        "whatsapp" => Channel::Whatsapp,
+        "telegram" => Channel::Telegram,
+        _ => return None,
+    };
+    Some(DedupeId::new(channel, "", rest))
+}
