@@ -4,6 +4,7 @@
 // Test code: a failed setup step should stop the test loudly (see clippy.toml for unit tests).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod api;
 mod channels;
 mod cli;
 mod degraded;

@@ -4,6 +4,7 @@
 //! ([`accept_and_wait`]); WhatsApp and Telegram acknowledge the webhook as soon as the messages
 //! are durable, and replies go out through [`egress`].
 
+pub mod api;
 pub mod egress;
 pub mod telegram;
 pub mod webchat;

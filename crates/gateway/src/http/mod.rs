@@ -4,7 +4,7 @@ pub mod error;
 pub mod health;
 
 use crate::channels::webchat;
-use crate::channels::{telegram, whatsapp};
+use crate::channels::{api, telegram, whatsapp};
 use crate::config::{ChannelsConfig, RedisDownMode, WebchatConfig};
 use crate::ingress::Ingress;
 use crate::replies::ReplyWaiters;
@@ -84,6 +84,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/webhooks/telegram",
             post(telegram::receive).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY_BYTES)),
         )
+        .route(
+            "/v1/chat/completions",
+            post(api::chat_completions).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY_BYTES)),
+        )
+        .route("/v1/models", get(api::models))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
