@@ -30,6 +30,8 @@ use turn::{TurnContext, TurnEnd, TurnError};
 const READ_BLOCK: Duration = Duration::from_millis(500);
 /// Most entries read or claimed in one command.
 const BATCH: usize = 32;
+/// Most entries refreshed or leases renewed in one command.
+const HEARTBEAT_BATCH: usize = 128;
 
 /// A message to answer and its place in its conversation.
 #[derive(Debug, Clone)]
@@ -483,11 +485,17 @@ impl WorkerPool {
                 .cloned()
                 .collect();
             if self.link.is_up() {
-                if let Err(e) = self.inbox.refresh(&ids).await {
-                    tracing::debug!(error = %e, "refreshing held inbox entries failed");
+                // In batches: one command over thousands of keys would block Redis (and every
+                // webhook's acceptance behind it) for milliseconds.
+                for batch in ids.chunks(HEARTBEAT_BATCH) {
+                    if let Err(e) = self.inbox.refresh(batch).await {
+                        tracing::debug!(error = %e, "refreshing held inbox entries failed");
+                    }
                 }
-                if let Err(e) = self.redis.renew_leases(&self.redis_leases.snapshot()).await {
-                    tracing::debug!(error = %e, "renewing conversation leases failed");
+                for batch in self.redis_leases.snapshot().chunks(HEARTBEAT_BATCH) {
+                    if let Err(e) = self.redis.renew_leases(batch).await {
+                        tracing::debug!(error = %e, "renewing conversation leases failed");
+                    }
                 }
             }
             let _ = self

@@ -139,9 +139,11 @@ pub async fn run(
         other => other,
     };
     leases.release(&holder);
-    // Platform replies keep the lease through delivery; web-chat commits released it already.
+    // Platform replies keep the lease through delivery; a web-chat commit released it already.
     // Best effort: a lease left behind expires by itself.
-    let _ = store.release_lease(&conversation, &holder).await;
+    if result.is_err() || sent_by_platform(msg.channel) {
+        let _ = store.release_lease(&conversation, &holder).await;
+    }
     result
 }
 
