@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-fn fixture(name: &str) -> String {
+fn fixture_path(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/fixtures")
         .join(name)
@@ -33,7 +33,11 @@ async fn config_check(file: &str, env: &[(&str, &str)]) -> (i32, String) {
 
 #[tokio::test]
 async fn config_check_accepts_the_seed_llm_block_unchanged() {
-    let (code, out) = config_check(&fixture("openclaw-llm.json"), &[("LLM_API_KEY", "sk-x")]).await;
+    let (code, out) = config_check(
+        &fixture_path("openclaw-llm.json"),
+        &[("LLM_API_KEY", "sk-x")],
+    )
+    .await;
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("cloud-primary") && out.contains("local-fallback"),
@@ -41,7 +45,7 @@ async fn config_check_accepts_the_seed_llm_block_unchanged() {
     );
     assert!(!out.contains("sk-x"), "the API key was printed");
 
-    let (code, out) = config_check(&fixture("openclaw-llm.json"), &[]).await;
+    let (code, out) = config_check(&fixture_path("openclaw-llm.json"), &[]).await;
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("llm.providers[0].apiKey") && out.contains("LLM_API_KEY"),
@@ -178,5 +182,116 @@ async fn mock_llm_speaks_openai_and_ollama_and_obeys_control() {
         hung.is_err_and(|e| e.is_timeout()),
         "a hanging mock answered"
     );
+    let _ = child.kill().await;
+}
+
+#[tokio::test]
+async fn mock_platforms_records_sends_in_order_and_fails_on_request() {
+    let port = free_port();
+    let mut child = tokio::process::Command::new(binary())
+        .args(["mock", "platforms", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn mock platforms");
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let whatsapp = fixture("whatsapp-send-request.json");
+    let sent: reqwest::Response = eventually(
+        Duration::from_secs(10),
+        "the mock platforms to answer",
+        || {
+            let (http, url, body) = (
+                http.clone(),
+                format!("{base}/v21.0/106540352242922/messages"),
+                whatsapp.clone(),
+            );
+            async move {
+                http.post(url)
+                    .bearer_auth("token")
+                    .body(body)
+                    .send()
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await;
+    assert_eq!(sent.status(), 200);
+    let answer: Value = sent.json().await.expect("json");
+    assert!(
+        answer["messages"][0]["id"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("wamid.")
+    );
+    let telegram = http
+        .post(format!("{base}/bot7000000001:TEST/sendMessage"))
+        .body(fixture("telegram-sendmessage-request.json"))
+        .send()
+        .await
+        .expect("telegram");
+    assert_eq!(telegram.json::<Value>().await.expect("json")["ok"], true);
+
+    let all: Value = http
+        .get(format!("{base}/sent"))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        all,
+        json!([
+            {"channel": "whatsapp", "to": "31612345678", "text": "Your package VC482913577NL is out for delivery, expected between 14:00 and 16:00."},
+            {"channel": "telegram", "to": "5123456789", "text": "Pickup for 14 parcels is booked for tomorrow between 09:00 and 12:00."}
+        ])
+    );
+    let only: Value = http
+        .get(format!("{base}/sent?channel=telegram&to=5123456789"))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(only.as_array().map(Vec::len), Some(1));
+
+    let control = http
+        .post(format!("{base}/control"))
+        .json(&json!({"fail_next": 1, "status": 429, "retry_after": 3}))
+        .send()
+        .await
+        .expect("control");
+    assert_eq!(control.status(), 200);
+    let limited = http
+        .post(format!("{base}/bot7000000001:TEST/sendMessage"))
+        .body(fixture("telegram-sendmessage-request.json"))
+        .send()
+        .await
+        .expect("telegram");
+    assert_eq!(limited.status(), 429);
+    assert_eq!(
+        limited.json::<Value>().await.expect("json")["parameters"]["retry_after"],
+        3
+    );
+
+    let cleared = http
+        .delete(format!("{base}/sent"))
+        .send()
+        .await
+        .expect("DELETE");
+    assert!(cleared.status().is_success());
+    let none: Value = http
+        .get(format!("{base}/sent"))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(none, json!([]));
     let _ = child.kill().await;
 }
