@@ -20,29 +20,16 @@
     clippy::panic
 )]
 
+mod common;
 #[path = "../tests/integration/support/mod.rs"]
 mod support;
 
+use common::*;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::*;
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram")
-}
-
-fn ms(h: &Histogram<u64>, quantile: f64) -> f64 {
-    h.value_at_quantile(quantile) as f64 / 1000.0
-}
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -219,12 +206,7 @@ fn bench_config(llm: &clawgate_fakes::mock_llm::MockLlm, concurrency: u64) -> Va
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run());
+    runtime().block_on(run());
 }
 
 async fn run() {
@@ -441,13 +423,6 @@ async fn memory(redis: &TestRedis, inflight: u64, report: &mut Value) {
 }
 
 fn write_report(report: &Value, rate: u64, inflight: u64) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
-    std::fs::create_dir_all(&dir).expect("bench dir");
-    std::fs::write(
-        dir.join("spine.json"),
-        serde_json::to_string_pretty(report).expect("json"),
-    )
-    .expect("write");
     let f = |v: &Value| v.as_f64().unwrap_or(0.0);
     let mut md = String::from("| measure | value |\n| --- | --- |\n");
     if let Some(ready) = report["ready_ms_median"].as_f64() {
@@ -485,6 +460,5 @@ fn write_report(report: &Value, rate: u64, inflight: u64) {
         f(&m["peak_mib"]),
         f(&m["kib_per_conversation"])
     );
-    std::fs::write(dir.join("spine.md"), &md).expect("write");
-    println!("\n{md}");
+    write_results("spine", report, &md);
 }

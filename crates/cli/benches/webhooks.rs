@@ -15,26 +15,17 @@
     clippy::panic
 )]
 
+mod common;
 #[path = "../tests/integration/support/mod.rs"]
 mod support;
 
+use common::*;
 use hdrhistogram::Histogram;
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::*;
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn ms(h: &Histogram<u64>, quantile: f64) -> f64 {
-    h.value_at_quantile(quantile) as f64 / 1000.0
-}
 
 /// One signed notification: a text message from one of 100,000 customers.
 fn signed_webhook(i: u64) -> (Vec<u8>, String) {
@@ -64,9 +55,7 @@ async fn open_loop(url: &str, bodies: Vec<(Vec<u8>, String)>, rate: u64) -> Run 
         .pool_max_idle_per_host(1024)
         .build()
         .expect("client");
-    let latency = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist"),
-    ));
+    let latency = Arc::new(Mutex::new(histogram()));
     let ok = Arc::new(AtomicU64::new(0));
     let sent = bodies.len() as u64;
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
@@ -108,12 +97,7 @@ async fn open_loop(url: &str, bodies: Vec<(Vec<u8>, String)>, rate: u64) -> Run 
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run());
+    runtime().block_on(run());
 }
 
 async fn run() {
@@ -151,17 +135,9 @@ async fn run() {
     );
     let report = json!({"rate": rate, "seconds": seconds, "achieved_per_s": achieved, "ok": run.ok, "sent": run.sent,
         "p50_ms": p50, "p99_ms": p99, "p999_ms": p999, "max_ms": max, "turns_running_at_end": turns, "inbox_at_end": inbox});
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
-    std::fs::create_dir_all(&dir).expect("bench dir");
-    std::fs::write(
-        dir.join("webhooks.json"),
-        serde_json::to_string_pretty(&report).expect("json"),
-    )
-    .expect("write");
     let md = format!(
         "| measure | value |\n| --- | --- |\n| signed WhatsApp webhooks, open loop at {rate}/s, model 1.5 s | {achieved:.0}/s acknowledged ({} of {} with 200), ack p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms |\n",
         run.ok, run.sent
     );
-    std::fs::write(dir.join("webhooks.md"), &md).expect("write");
-    println!("\n{md}");
+    write_results("webhooks", &report, &md);
 }
