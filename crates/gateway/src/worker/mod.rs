@@ -11,12 +11,11 @@ pub mod turn;
 use crate::config::WorkersConfig;
 use crate::inbox::redis::{InboxEntry, RedisInbox};
 use crate::message::{ConversationKey, InboundMessage};
+use crate::state::StateStore;
 use crate::state::link::RedisLink;
 use crate::state::memory::{MemoryStore, QueuedMessage};
 use crate::state::redis::RedisStore;
-use crate::state::{StateError, StateStore};
 use crate::{retry, telemetry};
-use backon::Retryable;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -387,10 +386,7 @@ impl WorkerPool {
             // the reply if that worker dies before sending it.
             Ok(TurnEnd::Discarded) => {}
             Ok(TurnEnd::Replied(_) | TurnEnd::AlreadyAnswered(_)) => {
-                let acked = (|| self.inbox.ack(&id))
-                    .retry(retry::state_backoff())
-                    .when(StateError::is_unavailable)
-                    .await;
+                let acked = retry::while_unavailable(|| self.inbox.ack(&id)).await;
                 if let Err(e) = acked {
                     // The reply is on record; whoever claims the entry finds it and just acks.
                     tracing::warn!(entry = %entry.id, error = %e, "could not acknowledge a finished entry");

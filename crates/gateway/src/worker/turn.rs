@@ -13,15 +13,14 @@ use crate::llm::chain::{Completion, ProviderChain};
 use crate::llm::{ChatMessage, Prompt};
 use crate::message::{Channel, HistoryEntry, InboundMessage, Role, StoredReply, now_ms};
 use crate::replies::ReplyWaiters;
+use crate::retry::while_unavailable;
 use crate::skills::{Skill, SkillSet};
 use crate::state::{
     CommitOutcome, ConversationSnapshot, ReplyDeadLetter, StateError, StateStore, TurnCommit,
     TurnStart, WaitReason, keys,
 };
-use crate::{retry, telemetry};
-use backon::Retryable;
+use crate::telemetry;
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -96,7 +95,8 @@ pub async fn run(
     let mut waited_for_order = Duration::ZERO;
     let snapshot = loop {
         let skip_order_check = waited_for_order >= ctx.order_wait;
-        let start = persist(|| store.begin_turn(msg, seq, &holder, skip_order_check)).await?;
+        let start =
+            while_unavailable(|| store.begin_turn(msg, seq, &holder, skip_order_check)).await?;
         match start {
             TurnStart::Ready(snapshot) => {
                 if skip_order_check {
@@ -147,18 +147,6 @@ pub async fn run(
     result
 }
 
-/// Runs a state operation, retrying while Redis is unreachable (up to about 15 s).
-async fn persist<T, F, Fut>(operation: F) -> Result<T, StateError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StateError>>,
-{
-    operation
-        .retry(retry::state_backoff())
-        .when(StateError::is_unavailable)
-        .await
-}
-
 /// Whether replies on `channel` leave through a platform API (as opposed to the HTTP response).
 fn sent_by_platform(channel: Channel) -> bool {
     matches!(channel, Channel::Whatsapp | Channel::Telegram)
@@ -181,7 +169,6 @@ async fn answer(
         .clone()
         .or_else(|| msg.language.clone())
         .unwrap_or_else(|| ctx.agent.default_language.clone());
-    // The history moves into the prompt: it is not kept twice while the model thinks.
     let completion = match &msg.unsupported {
         // An image or voice note: the agent cannot read it, so it says so instead of guessing.
         Some(_) => Completion {
@@ -240,7 +227,7 @@ async fn answer(
             .then(|| keys::reply_channel(&msg.ingress_replica)),
         release_lease: !sent_by_platform(msg.channel),
     };
-    let outcome = persist(|| store.commit_turn(&commit)).await?;
+    let outcome = while_unavailable(|| store.commit_turn(&commit)).await?;
     match outcome {
         CommitOutcome::Committed => {
             let channel = msg.channel.as_str();
@@ -278,7 +265,7 @@ async fn deliver(
         return Ok(());
     }
     let id = msg.dedupe_id();
-    if !fresh && persist(|| store.delivered(&id)).await? {
+    if !fresh && while_unavailable(|| store.delivered(&id)).await? {
         return Ok(());
     }
     let outcome = match ctx.egress.deliver(msg, &reply.text).await {
@@ -298,11 +285,11 @@ async fn deliver(
                 reason: &failure.reason,
                 chunks_sent: failure.chunks_sent,
             };
-            persist(|| store.dead_letter_reply(&letter)).await?;
+            while_unavailable(|| store.dead_letter_reply(&letter)).await?;
             "dead_letter"
         }
     };
-    persist(|| store.mark_delivered(&id, outcome)).await
+    while_unavailable(|| store.mark_delivered(&id, outcome)).await
 }
 
 fn notify_local(ctx: &TurnContext, msg: &InboundMessage, reply: &StoredReply) {
