@@ -143,12 +143,11 @@ impl DeadLetters {
             .send(channel, field("to"), account, field("text"))
             .await
             .map_err(|failure| failure.reason)?;
-        if let Some(id) = parse_dedupe(field("dedupe_id")) {
-            self.store
-                .mark_delivered(&id, "sent")
-                .await
-                .map_err(|e| format!("sent, but could not record it: {e}"))?;
-        }
+        let id = DedupeId::new(channel, field("to"), field("message_id"));
+        self.store
+            .mark_delivered(&id, "sent")
+            .await
+            .map_err(|e| format!("sent, but could not record it: {e}"))?;
         Ok(Redriven::Sent)
     }
 
@@ -168,15 +167,4 @@ impl DeadLetters {
             Acceptance::Duplicate => Err("the message was accepted again meanwhile".into()),
         }
     }
-}
-
-/// Rebuilds a dedupe id from its stored form (`channel:…`).
-fn parse_dedupe(stored: &str) -> Option<DedupeId> {
-    let (channel, rest) = stored.split_once(':')?;
-    let channel = match channel {
-        "whatsapp" => Channel::Whatsapp,
-        "telegram" => Channel::Telegram,
-        _ => return None,
-    };
-    Some(DedupeId::new(channel, "", rest))
 }

@@ -324,8 +324,6 @@ impl StateStore for RedisStore {
                     .arg(letter.text)
                     .arg("message_id")
                     .arg(&msg.message_id)
-                    .arg("dedupe_id")
-                    .arg(msg.dedupe_id().as_str())
                     .arg("chunks_sent")
                     .arg(letter.chunks_sent)
                     .arg("replica")
