@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use clawgate_fakes::{mock_llm, mock_platforms};
 use clawgate_gateway::channels::egress::Egress;
-use clawgate_gateway::config::{Config, Overrides, ProviderKind};
+use clawgate_gateway::config::{Config, ConfigErrors, Overrides, ProviderKind};
 use clawgate_gateway::deadletter::{DeadLetters, Redriven};
 use clawgate_gateway::env_vars;
 use clawgate_gateway::http_client;
@@ -236,19 +236,22 @@ fn shutdown_signal() -> anyhow::Result<CancellationToken> {
     Ok(token)
 }
 
+/// The config file (or the built-in defaults without one), with command-line overrides applied.
+fn load_config(
+    path: Option<&std::path::Path>,
+    overrides: Overrides,
+) -> Result<Config, ConfigErrors> {
+    path.map_or_else(|| Ok(Config::builtin()), Config::load)?
+        .with_overrides(overrides)
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = match &args.config {
-        Some(path) => Config::load(path),
-        None => Ok(Config::builtin()),
+    let overrides = Overrides {
+        listen: args.listen,
+        replica_id: args.replica_id,
+        redis_url: args.redis_url,
     };
-    let config = config.and_then(|c| {
-        c.with_overrides(Overrides {
-            listen: args.listen,
-            replica_id: args.replica_id,
-            redis_url: args.redis_url,
-        })
-    });
-    let config = match config {
+    let config = match load_config(args.config.as_deref(), overrides) {
         Ok(config) => config,
         Err(errors) => {
             eprintln!("{errors}");
@@ -346,17 +349,12 @@ fn check_config(file: &std::path::Path) -> ExitCode {
 
 /// Connects to the deployment a maintenance command names.
 async fn dead_letters(target: StateArgs) -> anyhow::Result<DeadLetters> {
-    let config = match &target.config {
-        Some(path) => Config::load(path),
-        None => Ok(Config::builtin()),
-    }
-    .and_then(|c| {
-        c.with_overrides(Overrides {
-            redis_url: target.redis_url,
-            ..Overrides::default()
-        })
-    })
-    .map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let overrides = Overrides {
+        redis_url: target.redis_url,
+        ..Overrides::default()
+    };
+    let config = load_config(target.config.as_deref(), overrides)
+        .map_err(|errors| anyhow::anyhow!("{errors}"))?;
     let link = RedisLink::connect(&config.redis.url, config.redis.command_timeout).await?;
     let store = RedisStore::new(link.clone(), StoreLimits::from_config(&config));
     let egress = Egress::from_config(&config.channels, &http_client::build()?);

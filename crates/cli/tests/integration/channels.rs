@@ -404,7 +404,7 @@ async fn a_reply_the_platform_cannot_take_is_dead_lettered_then_redriven_by_the_
     let config = gateway.config_path().display().to_string();
     let url = redis.url();
     let target = ["--config", config.as_str(), "--redis-url", url.as_str()];
-    let (code, listing) = run_cli(&[&["deadletter", "list"][..], &target[..]].concat()).await;
+    let (code, listing) = run_cli(&[&["deadletter", "list"][..], &target[..]].concat(), &[]).await;
     assert_eq!(code, 0, "{listing}");
     for expected in ["outbound", "whatsapp", "31612345678", "HTTP 500"] {
         assert!(
@@ -412,8 +412,11 @@ async fn a_reply_the_platform_cannot_take_is_dead_lettered_then_redriven_by_the_
             "missing {expected} in:\n{listing}"
         );
     }
-    let (code, output) =
-        run_cli(&[&["deadletter", "retry", "--all"][..], &target[..]].concat()).await;
+    let (code, output) = run_cli(
+        &[&["deadletter", "retry", "--all"][..], &target[..]].concat(),
+        &[],
+    )
+    .await;
     assert_eq!(
         code, 1,
         "the platform is still down, the retry must fail: {output}"
@@ -421,14 +424,17 @@ async fn a_reply_the_platform_cannot_take_is_dead_lettered_then_redriven_by_the_
     assert!(output.contains("still failing"), "{output}");
 
     platforms.set_down(false);
-    let (code, output) =
-        run_cli(&[&["deadletter", "retry", "--all"][..], &target[..]].concat()).await;
+    let (code, output) = run_cli(
+        &[&["deadletter", "retry", "--all"][..], &target[..]].concat(),
+        &[],
+    )
+    .await;
     assert_eq!(code, 0, "{output}");
     assert!(output.contains("reply sent to 31612345678"), "{output}");
     let sent = sent_messages(&platforms, 1).await;
     assert_eq!(sent[0].text, "[mock] user_turns=1 last=\"anyone there?\"");
     let length: u64 = redis.query(redis::cmd("XLEN").arg("oc:deadletter")).await;
     assert_eq!(length, 0);
-    let (_, listing) = run_cli(&[&["deadletter", "list"][..], &target[..]].concat()).await;
+    let (_, listing) = run_cli(&[&["deadletter", "list"][..], &target[..]].concat(), &[]).await;
     assert!(listing.contains("empty"), "{listing}");
 }

@@ -15,20 +15,7 @@ fn fixture_path(name: &str) -> String {
 }
 
 async fn config_check(file: &str, env: &[(&str, &str)]) -> (i32, String) {
-    let mut command = tokio::process::Command::new(binary());
-    command
-        .args(["config", "check", file])
-        .env_remove("LLM_API_KEY");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let output = command.output().await.expect("run clawgate config check");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.code().unwrap_or(-1), text)
+    run_cli(&["config", "check", file], env).await
 }
 
 #[tokio::test]

@@ -274,11 +274,13 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_clawgate")
 }
 
-/// Runs `clawgate <args>` to completion: exit code and stdout + stderr.
-pub async fn run_cli(args: &[&str]) -> (i32, String) {
+/// Runs `clawgate <args>` to completion with `env` set (and no `LLM_API_KEY` from the test's own
+/// environment): exit code and stdout + stderr.
+pub async fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let output = Command::new(binary())
         .args(args)
         .env_remove("LLM_API_KEY")
+        .envs(env.iter().copied())
         .output()
         .await
         .expect("run clawgate");
