@@ -225,4 +225,27 @@ async fn an_entry_that_keeps_failing_goes_to_the_dead_letter_stream_without_bloc
     );
     let inbox: u64 = redis.query(redis::cmd("XLEN").arg("oc:inbox")).await;
     assert_eq!(inbox, 0);
+
+    // Once the cause is fixed, the operator re-drives it: it is answered as a new turn.
+    let config = b.config_path().display().to_string();
+    let url = redis.url();
+    let (code, output) = run_cli(
+        &[
+            "deadletter",
+            "retry",
+            "--all",
+            "--config",
+            &config,
+            "--redis-url",
+            &url,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("queued again"), "{output}");
+    let reply = b.reply_of("poison", "m1").await;
+    assert_eq!(user_turns(reply["text"].as_str().unwrap_or_default()), 2);
+    let dead: u64 = redis.query(redis::cmd("XLEN").arg("oc:deadletter")).await;
+    assert_eq!(dead, 0);
 }
