@@ -125,6 +125,17 @@ impl InboundMessage {
     pub fn dedupe_id(&self) -> DedupeId {
         DedupeId::new(self.channel, &self.user, &self.message_id)
     }
+
+    /// The key whose share of a provider's budget this message spends (`requestsPerKey`): the
+    /// channel and the business account it came in on, so one busy account cannot take the
+    /// whole budget from the others.
+    pub fn rate_key(&self) -> String {
+        format!(
+            "{}:{}",
+            self.channel,
+            self.account.as_deref().unwrap_or("default")
+        )
+    }
 }
 
 /// The identity of an inbound message for dedupe (`oc:seen:{…}`) and replies (`oc:replied:{…}`).

@@ -59,7 +59,7 @@ pub async fn run(
         tracing::warn!(%error, "skill not loaded");
     }
     let http = http_client::build()?;
-    let chain = ProviderChain::from_config(&config.llm, &http);
+    let chain = ProviderChain::from_config(&config.llm, &http, Some(link.clone()), &replica_id);
     let skill_names: Vec<String> = skills.names().into_iter().map(str::to_string).collect();
     let provider_names: Vec<String> = chain.names().into_iter().map(str::to_string).collect();
 
@@ -79,6 +79,9 @@ pub async fn run(
         egress: Egress::from_config(&config.channels, &http),
         unsupported_reply: config.channels.unsupported_reply.clone(),
     });
+    let guarded = ctx.clone();
+    let guards_stop = background.clone();
+    tokio::spawn(async move { guarded.chain.run_guards(guards_stop).await });
     let pool = WorkerPool::new(
         ctx,
         link.clone(),

@@ -27,6 +27,19 @@ pub const PROVIDER_CALLS: &str = "clawgate_provider_calls_total";
 pub const PROVIDER_LATENCY: &str = "clawgate_provider_latency_seconds";
 /// Turns answered by a provider other than the first of the chain, by `provider`.
 pub const PROVIDER_FALLBACKS: &str = "clawgate_provider_fallbacks_total";
+/// Providers passed over without being asked, by `provider` and `reason` (`breaker_open`,
+/// `rate_limited` = spilled to the next provider, `deadline` = the turn's deadline was spent).
+pub const PROVIDER_SKIPPED: &str = "clawgate_provider_skipped_total";
+/// Time a call waited for room in its provider's shared budget, seconds, by `provider`.
+pub const PROVIDER_RATE_LIMIT_WAIT: &str = "clawgate_provider_rate_limit_wait_seconds";
+/// 1 while a provider's circuit breaker is open, by `provider`.
+pub const PROVIDER_BREAKER_OPEN: &str = "clawgate_provider_breaker_open";
+/// Breaker state changes reported by this replica, by `provider` and `to` (`open`, `closed`).
+pub const PROVIDER_BREAKER_TRANSITIONS: &str = "clawgate_provider_breaker_transitions_total";
+/// Background probes of open providers, by `provider` and `outcome`.
+pub const PROVIDER_PROBES: &str = "clawgate_provider_probes_total";
+/// Hedged attempts, by `provider` (the slow one) and `winner` (`original`, `hedge`).
+pub const PROVIDER_HEDGES: &str = "clawgate_provider_hedges_total";
 /// Inbox entries not yet delivered to any worker (sampled).
 pub const INBOX_LAG: &str = "clawgate_inbox_lag";
 /// Inbox entries delivered but not yet acknowledged (sampled).
@@ -62,6 +75,12 @@ pub fn install() -> Option<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full(TURN_DURATION.into()), LATENCY_BUCKETS)
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(PROVIDER_LATENCY.into()), LATENCY_BUCKETS)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(PROVIDER_RATE_LIMIT_WAIT.into()),
+                LATENCY_BUCKETS,
+            )
         });
     let handle = match builder.and_then(|b| b.install_recorder()) {
         Ok(handle) => handle,
@@ -107,6 +126,25 @@ fn describe() {
         PROVIDER_FALLBACKS,
         "Turns answered by a provider other than the first."
     );
+    describe_counter!(
+        PROVIDER_SKIPPED,
+        "Providers passed over without being asked, by reason."
+    );
+    describe_histogram!(
+        PROVIDER_RATE_LIMIT_WAIT,
+        metrics::Unit::Seconds,
+        "Time a call waited for room in its provider's shared budget."
+    );
+    describe_gauge!(
+        PROVIDER_BREAKER_OPEN,
+        "1 while a provider's circuit breaker is open."
+    );
+    describe_counter!(
+        PROVIDER_BREAKER_TRANSITIONS,
+        "Circuit breaker state changes reported by this replica."
+    );
+    describe_counter!(PROVIDER_PROBES, "Background probes of open providers.");
+    describe_counter!(PROVIDER_HEDGES, "Hedged provider attempts, by winner.");
     describe_gauge!(INBOX_LAG, "Inbox entries not yet delivered to a worker.");
     describe_gauge!(
         INBOX_PENDING,

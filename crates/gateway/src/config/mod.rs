@@ -181,8 +181,52 @@ pub struct LlmConfig {
     /// Providers in fallback order; a `template` provider is appended when none is listed, so a
     /// turn always gets an answer.
     pub providers: Vec<ProviderConfig>,
-    /// The seed's `rateLimiting` block (validated; enforcement comes with the resilience work).
+    /// The seed's `rateLimiting` block: the budget of every `openai-compatible` provider that has
+    /// no `rateLimiting` of its own.
     pub rate_limiting: Option<RateLimitingConfig>,
+    /// Bound on a turn's whole walk down the chain (attempts, retries, backoff and rate-limit
+    /// waits); the last provider always gets its chance inside it.
+    pub deadline: Duration,
+    /// When a provider is skipped without being asked, and how it is probed back.
+    pub circuit_breaker: BreakerConfig,
+    /// Asking the next provider too when one is slow.
+    pub hedging: HedgingConfig,
+}
+
+/// Circuit-breaker thresholds, shared by every provider of the chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    /// Consecutive failed attempts that open the breaker.
+    pub consecutive_failures: u32,
+    /// Share of failed attempts in the window (0..=1) that opens the breaker…
+    pub failure_ratio: f64,
+    /// …once the window holds at least this many attempts.
+    pub min_calls: u32,
+    /// Length of the failure-ratio window.
+    pub window: Duration,
+    /// Pause between background probes of an open provider (one replica probes at a time).
+    pub probe_interval: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> BreakerConfig {
+        BreakerConfig {
+            consecutive_failures: 5,
+            failure_ratio: 0.5,
+            min_calls: 20,
+            window: Duration::from_secs(30),
+            probe_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Hedged requests: off by default, because a hedge spends a second provider's budget.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HedgingConfig {
+    /// Whether a slow attempt is hedged at all.
+    pub enabled: bool,
+    /// Fixed delay before the hedge; `None` = the provider's observed p95 latency.
+    pub after: Option<Duration>,
 }
 
 /// One provider of the chain.
@@ -196,6 +240,9 @@ pub struct ProviderConfig {
     pub timeout: Duration,
     /// Further attempts after a retryable failure (connect error, 5xx).
     pub max_retries: u32,
+    /// The budget this provider's calls spend: its own `rateLimiting` block, or else the `llm`
+    /// block's for an `openai-compatible` provider; `None` = unlimited (local models, template).
+    pub rate_limit: Option<RateLimitingConfig>,
 }
 
 /// A provider's wire protocol.
@@ -230,6 +277,8 @@ pub struct RateLimitingConfig {
     pub requests_per_key: Option<u64>,
     /// Requests allowed above the steady rate in a burst.
     pub burst_allowed: Option<u64>,
+    /// Longest wait for budget before the turn spills to the next provider instead.
+    pub max_wait: Duration,
 }
 
 /// Values from the command line or environment that take precedence over the file.
@@ -728,7 +777,18 @@ fn api_base(r: &mut Reader, obj: &Object, prefix: &str, default: &str) -> String
 fn read_llm(r: &mut Reader, root: &Object) -> LlmConfig {
     let empty = Object::new();
     let l = r
-        .section(root, "", "llm", &["providers", "rateLimiting"])
+        .section(
+            root,
+            "",
+            "llm",
+            &[
+                "providers",
+                "rateLimiting",
+                "deadlineMs",
+                "circuitBreaker",
+                "hedging",
+            ],
+        )
         .unwrap_or(&empty);
     let mut providers = Vec::new();
     match l.get("providers") {
@@ -781,49 +841,118 @@ fn read_llm(r: &mut Reader, root: &Object) -> LlmConfig {
             kind: ProviderKind::Template,
             timeout: Duration::from_secs(1),
             max_retries: 0,
+            rate_limit: None,
         });
     }
 
-    let rate_limiting = r
-        .section(
-            l,
-            "llm",
-            "rateLimiting",
-            &["requestsPerMinute", "requestsPerKey", "burstAllowed"],
-        )
-        .map(|rl| {
-            let p = "llm.rateLimiting";
-            let requests_per_minute = r.integer(
-                rl,
-                p,
-                "requestsPerMinute",
-                1,
-                10_000_000,
-                "requests per minute",
-            );
-            if requests_per_minute.is_none() && rl.get("requestsPerMinute").is_none() {
-                r.error(
-                    join(p, "requestsPerMinute"),
-                    "missing; expected an integer (requests per minute)",
-                );
+    let rate_limiting = read_rate_limiting(r, l, "llm");
+    for provider in &mut providers {
+        if provider.rate_limit.is_none()
+            && matches!(provider.kind, ProviderKind::OpenAiCompatible { .. })
+        {
+            provider.rate_limit = rate_limiting.clone();
+        }
+    }
+    let defaults = BreakerConfig::default();
+    let circuit_breaker = match r.section(
+        l,
+        "llm",
+        "circuitBreaker",
+        &[
+            "consecutiveFailures",
+            "failureRatio",
+            "minCalls",
+            "windowMs",
+            "probeIntervalMs",
+        ],
+    ) {
+        None => defaults,
+        Some(b) => {
+            let p = "llm.circuitBreaker";
+            BreakerConfig {
+                consecutive_failures: r
+                    .integer(b, p, "consecutiveFailures", 1, 1_000, "failed attempts")
+                    .map_or(defaults.consecutive_failures, |n| n as u32),
+                failure_ratio: r
+                    .number(b, p, "failureRatio", 0.01, 1.0, "share of failed attempts")
+                    .unwrap_or(defaults.failure_ratio),
+                min_calls: r
+                    .integer(b, p, "minCalls", 1, 100_000, "attempts")
+                    .map_or(defaults.min_calls, |n| n as u32),
+                window: r
+                    .integer(b, p, "windowMs", 1_000, 3_600_000, "milliseconds")
+                    .map_or(defaults.window, Duration::from_millis),
+                probe_interval: r
+                    .integer(b, p, "probeIntervalMs", 100, 600_000, "milliseconds")
+                    .map_or(defaults.probe_interval, Duration::from_millis),
             }
-            RateLimitingConfig {
-                requests_per_minute: requests_per_minute.unwrap_or(60),
-                requests_per_key: r.integer(
-                    rl,
-                    p,
-                    "requestsPerKey",
-                    1,
-                    10_000_000,
-                    "requests per minute",
-                ),
-                burst_allowed: r.integer(rl, p, "burstAllowed", 0, 10_000_000, "requests"),
-            }
-        });
+        }
+    };
+    let hedging = match r.section(l, "llm", "hedging", &["enabled", "afterMs"]) {
+        None => HedgingConfig::default(),
+        Some(h) => HedgingConfig {
+            enabled: r.boolean(h, "llm.hedging", "enabled").unwrap_or(false),
+            after: r
+                .integer(h, "llm.hedging", "afterMs", 1, 600_000, "milliseconds")
+                .map(Duration::from_millis),
+        },
+    };
     LlmConfig {
         providers,
         rate_limiting,
+        deadline: ms(
+            r.integer(l, "llm", "deadlineMs", 100, 600_000, "milliseconds"),
+            20_000,
+        ),
+        circuit_breaker,
+        hedging,
     }
+}
+
+/// A `rateLimiting` block under `parent` (the `llm` block or one provider).
+fn read_rate_limiting(r: &mut Reader, parent: &Object, prefix: &str) -> Option<RateLimitingConfig> {
+    let rl = r.section(
+        parent,
+        prefix,
+        "rateLimiting",
+        &[
+            "requestsPerMinute",
+            "requestsPerKey",
+            "burstAllowed",
+            "maxWaitMs",
+        ],
+    )?;
+    let p = join(prefix, "rateLimiting");
+    let requests_per_minute = r.integer(
+        rl,
+        &p,
+        "requestsPerMinute",
+        1,
+        10_000_000,
+        "requests per minute",
+    );
+    if requests_per_minute.is_none() && rl.get("requestsPerMinute").is_none() {
+        r.error(
+            join(&p, "requestsPerMinute"),
+            "missing; expected an integer (requests per minute)",
+        );
+    }
+    Some(RateLimitingConfig {
+        requests_per_minute: requests_per_minute.unwrap_or(60),
+        requests_per_key: r.integer(
+            rl,
+            &p,
+            "requestsPerKey",
+            1,
+            10_000_000,
+            "requests per minute",
+        ),
+        burst_allowed: r.integer(rl, &p, "burstAllowed", 0, 10_000_000, "requests"),
+        max_wait: ms(
+            r.integer(rl, &p, "maxWaitMs", 0, 60_000, "milliseconds"),
+            250,
+        ),
+    })
 }
 
 fn read_provider(r: &mut Reader, p: &Object, path: &str) -> Option<ProviderConfig> {
@@ -838,6 +967,7 @@ fn read_provider(r: &mut Reader, p: &Object, path: &str) -> Option<ProviderConfi
             "model",
             "timeout",
             "maxRetries",
+            "rateLimiting",
         ],
     );
     let name = r.string(p, path, "name");
@@ -894,11 +1024,13 @@ fn read_provider(r: &mut Reader, p: &Object, path: &str) -> Option<ProviderConfi
         }
         _ => ProviderKind::Template,
     };
+    let rate_limit = read_rate_limiting(r, p, path);
     Some(ProviderConfig {
         name: name?,
         kind,
         timeout,
         max_retries,
+        rate_limit,
     })
 }
 

@@ -154,6 +154,27 @@ impl Reader {
         })
     }
 
+    /// An optional `true` / `false`.
+    pub(crate) fn boolean(&mut self, obj: &Object, prefix: &str, key: &str) -> Option<bool> {
+        self.value(obj, prefix, key, "true or false", Value::as_bool)
+    }
+
+    /// An optional number in `min..=max` (fractions allowed); `unit` is named in the error.
+    pub(crate) fn number(
+        &mut self,
+        obj: &Object,
+        prefix: &str,
+        key: &str,
+        min: f64,
+        max: f64,
+        unit: &str,
+    ) -> Option<f64> {
+        let expected = format!("a number from {min} to {max} ({unit})");
+        self.value(obj, prefix, key, &expected, |v| {
+            v.as_f64().filter(|n| (min..=max).contains(n))
+        })
+    }
+
     /// An optional string that must be one of `choices`.
     pub(crate) fn choice(
         &mut self,

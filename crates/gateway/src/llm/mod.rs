@@ -3,9 +3,12 @@
 //! A provider turns a [`Prompt`] into answer text or a typed [`ProviderError`]; the chain decides,
 //! from the error's fields and never from its message, whether to retry, fall through or answer.
 
+pub mod breaker;
 pub mod chain;
+pub mod guard;
 pub mod ollama;
 pub mod openai;
+pub mod ratelimit;
 pub mod template;
 
 use async_trait::async_trait;

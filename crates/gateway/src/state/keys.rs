@@ -43,6 +43,30 @@ pub fn delivered(id: &DedupeId) -> String {
     format!("oc:delivered:{{{}}}", id.as_str())
 }
 
+/// Replicas seen alive, scored by their last heartbeat (ms): the divisor of a rate budget when a
+/// replica must fall back to its local share.
+pub const REPLICAS: &str = "oc:replicas";
+
+/// `oc:breaker:{provider}`: the provider's circuit breaker, shared by all replicas.
+pub fn breaker(provider: &str) -> String {
+    format!("oc:breaker:{{{provider}}}")
+}
+
+/// `oc:breaker:{provider}:probe`: held by the one replica probing an open provider.
+pub fn breaker_probe(provider: &str) -> String {
+    format!("oc:breaker:{{{provider}}}:probe")
+}
+
+/// `oc:rl:{provider}`: the GCRA state of the provider's cluster-wide budget.
+pub fn rate_budget(provider: &str) -> String {
+    format!("oc:rl:{{{provider}}}")
+}
+
+/// `oc:rl:{provider}:key:<key>`: the GCRA state of one key's share of that budget.
+pub fn rate_key_budget(provider: &str, key: &str) -> String {
+    format!("oc:rl:{{{provider}}}:key:{key}")
+}
+
 /// Pub/sub channel on which a replica hears about replies to requests it holds open.
 pub fn reply_channel(replica_id: &str) -> String {
     format!("oc:replies:{replica_id}")

@@ -183,7 +183,7 @@ async fn answer(
         None => {
             // The history moves into the prompt: it is not kept twice while the model thinks.
             let prompt = build_prompt(ctx, skill, &language, snapshot.history, msg);
-            ctx.chain.complete(&prompt).await
+            ctx.chain.complete(&prompt, &msg.rate_key()).await
         }
     };
 
