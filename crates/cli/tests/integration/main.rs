@@ -10,6 +10,7 @@ mod cli;
 mod degraded;
 mod providers;
 mod replicas;
+mod resilience;
 mod shutdown;
 mod spine;
 mod support;

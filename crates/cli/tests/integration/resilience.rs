@@ -1,0 +1,263 @@
+//! The provider chain under failure, across replicas: circuit breakers shared through Redis,
+//! the cluster-wide budget with spillover, and the turn deadline. Providers are `clawgate mock
+//! llm` servers switched at run time; latencies are read from the turns themselves (the
+//! history's timestamps), never from sleeps in the test.
+
+use crate::support::*;
+use clawgate_fakes::mock_llm::{MockLlm, Mode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Milliseconds from a message's acceptance to its committed reply, from the history the turn
+/// wrote (user entry `ts` = accepted, assistant entry `ts` = committed).
+async fn turn_latency_ms(gateway: &Gateway, session: &str) -> u64 {
+    let history = gateway.history(session).await;
+    let ts = |i: usize| history[i]["ts"].as_u64().expect("ts");
+    assert_eq!(history.len(), 2, "one turn expected in {session}");
+    ts(1) - ts(0)
+}
+
+/// A config with a primary, a fallback and the template, and a breaker that opens after three
+/// consecutive failures and probes every 300 ms.
+fn breaker_config(primary: &MockLlm, fallback: &MockLlm) -> Value {
+    let mut config = test_config(vec![
+        openai_provider("primary", primary, 1000, 0),
+        ollama_provider("fallback", fallback, 5000),
+    ]);
+    config["llm"]["circuitBreaker"] = json!({"consecutiveFailures": 3, "probeIntervalMs": 300});
+    config
+}
+
+async fn breaker_state(redis: &TestRedis, provider: &str) -> Option<String> {
+    redis
+        .query(
+            redis::cmd("HGET")
+                .arg(format!("oc:breaker:{{{provider}}}"))
+                .arg("state"),
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_primary_is_skipped_once_its_breaker_opens_and_gets_traffic_back_when_it_recovers()
+ {
+    let redis = TestRedis::start().await;
+    let primary = mock_llm(0).await;
+    let fallback = mock_llm(50).await;
+    let gateway = Gateway::start(breaker_config(&primary, &fallback), &redis.url(), "r1").await;
+    primary.set_mode(Mode::Hang);
+
+    // The first three turns wait out the primary's 1 s timeout, then the fallback answers.
+    for i in 0..3 {
+        let (status, body) = gateway
+            .send(&format!("before-{i}"), "m1", "where is my parcel?", None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["reply"]["provider"], "fallback");
+        assert!(turn_latency_ms(&gateway, &format!("before-{i}")).await >= 1000);
+    }
+    assert_eq!(
+        breaker_state(&redis, "primary").await.as_deref(),
+        Some("open")
+    );
+
+    // Now turns skip the primary: the fallback's own 50 ms plus a small margin, no timeout.
+    for i in 0..5 {
+        let session = format!("after-{i}");
+        let (_, body) = gateway
+            .send(&session, "m1", "where is my parcel?", None)
+            .await;
+        assert_eq!(body["reply"]["provider"], "fallback");
+        let latency = turn_latency_ms(&gateway, &session).await;
+        assert!(
+            latency < 50 + 250,
+            "turn took {latency} ms with the breaker open"
+        );
+    }
+    assert!(
+        gateway
+            .metric(
+                "clawgate_provider_skipped_total",
+                "provider=\"primary\",reason=\"breaker_open\""
+            )
+            .await
+            >= 5.0
+    );
+    assert_eq!(
+        gateway
+            .metric("clawgate_provider_breaker_transitions_total", "to=\"open\"")
+            .await,
+        1.0,
+        "the opening is reported once"
+    );
+
+    // The primary recovers: a background probe closes the breaker and traffic returns to it.
+    primary.set_mode(Mode::Ok);
+    eventually(Duration::from_secs(10), "the breaker to close", || async {
+        (breaker_state(&redis, "primary").await.as_deref() == Some("closed")).then_some(())
+    })
+    .await;
+    let (_, body) = gateway.send("recovered", "m1", "and now?", None).await;
+    assert_eq!(body["reply"]["provider"], "primary");
+    assert!(
+        gateway
+            .metric(
+                "clawgate_provider_probes_total",
+                "provider=\"primary\",outcome=\"ok\""
+            )
+            .await
+            >= 1.0
+    );
+    assert!(gateway.logs().contains("circuit closed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_opened_by_one_replica_spares_the_other_its_timeouts() {
+    let redis = TestRedis::start().await;
+    let primary = mock_llm(0).await;
+    let fallback = mock_llm(20).await;
+    let config = breaker_config(&primary, &fallback);
+    let a = Gateway::start(config.clone(), &redis.url(), "a").await;
+    let b = Gateway::start(config, &redis.url(), "b").await;
+    primary.set_mode(Mode::Hang);
+
+    // Replica A discovers the outage. Web-chat turns run on any replica, so A's worker pool
+    // may hand some to B; the three timeouts are what opens the shared breaker either way.
+    for i in 0..3 {
+        let (_, body) = a.send(&format!("a-{i}"), "m1", "hello", None).await;
+        assert_eq!(body["reply"]["provider"], "fallback");
+    }
+    assert_eq!(
+        breaker_state(&redis, "primary").await.as_deref(),
+        Some("open")
+    );
+    let calls_before = primary.requests();
+
+    // Replica B never waits for the primary again.
+    for i in 0..5 {
+        let session = format!("b-{i}");
+        let (_, body) = b.send(&session, "m1", "hello", None).await;
+        assert_eq!(body["reply"]["provider"], "fallback");
+        let latency = turn_latency_ms(&b, &session).await;
+        assert!(
+            latency < 20 + 250,
+            "turn took {latency} ms with the breaker open"
+        );
+    }
+    // Only probes (at most one per 300 ms cluster-wide) reached the primary meanwhile.
+    let probes = a
+        .metric("clawgate_provider_probes_total", "provider=\"primary\"")
+        .await
+        + b.metric("clawgate_provider_probes_total", "provider=\"primary\"")
+            .await;
+    assert_eq!(primary.requests() - calls_before, probes as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_shorter_than_the_primary_timeout_still_gets_the_template_answer_in_time() {
+    let redis = TestRedis::start().await;
+    let primary = mock_llm(0).await;
+    let fallback = mock_llm(0).await;
+    let mut config = test_config(vec![
+        openai_provider("primary", &primary, 5000, 2),
+        ollama_provider("fallback", &fallback, 5000),
+    ]);
+    config["llm"]["deadlineMs"] = json!(800);
+    let gateway = Gateway::start(config, &redis.url(), "r1").await;
+    primary.set_mode(Mode::Hang);
+    fallback.set_mode(Mode::Hang);
+
+    let (status, body) = gateway
+        .send("late", "m1", "where is my parcel?", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reply"]["provider"], "template");
+    assert!(
+        !body["reply"]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
+    );
+    let latency = turn_latency_ms(&gateway, "late").await;
+    assert!(
+        (780..800 + 150).contains(&latency),
+        "the 800 ms deadline: the turn took {latency} ms"
+    );
+    assert_eq!(
+        primary.requests(),
+        1,
+        "a hang is not retried, and the deadline leaves no room for more"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_budget_and_spill_the_rest_to_the_fallback() {
+    const SECONDS: u64 = 59;
+    const PER_SECOND: u64 = 5;
+    let redis = TestRedis::start().await;
+    let primary = mock_llm(0).await;
+    let fallback = mock_llm(0).await;
+    let mut config = test_config(vec![
+        openai_provider("primary", &primary, 5000, 0),
+        ollama_provider("fallback", &fallback, 5000),
+    ]);
+    config["llm"]["rateLimiting"] = json!({"requestsPerMinute": 60, "burstAllowed": 10});
+    let replicas = [
+        Gateway::start(config.clone(), &redis.url(), "a").await,
+        Gateway::start(config.clone(), &redis.url(), "b").await,
+        Gateway::start(config, &redis.url(), "c").await,
+    ];
+
+    // Saturating load for just under a minute: five new customers a second, spread unevenly
+    // over the replicas (half to the first), so a per-replica split would show.
+    let mut sends = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1000 / PER_SECOND));
+    for i in 0..SECONDS * PER_SECOND {
+        tick.tick().await;
+        let replica = match i % 4 {
+            0 | 1 => 0,
+            2 => 1,
+            _ => 2,
+        };
+        let url = replicas[replica].url("/v1/webchat/messages");
+        let http = reqwest::Client::new();
+        sends.spawn(async move {
+            let body = json!({"session_id": format!("c{i}"), "message_id": "m1", "text": "where is my parcel?"});
+            let response = http.post(&url).json(&body).send().await.expect("send");
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            (status, body["reply"]["provider"].as_str().unwrap_or("").to_string())
+        });
+    }
+    let mut by_provider = std::collections::BTreeMap::<String, u64>::new();
+    while let Some(result) = sends.join_next().await {
+        let (status, provider) = result.expect("send task");
+        assert_eq!(status, 200, "every message is answered");
+        *by_provider.entry(provider).or_default() += 1;
+    }
+    let primary_answers = by_provider.get("primary").copied().unwrap_or(0);
+    let fallback_answers = by_provider.get("fallback").copied().unwrap_or(0);
+    assert_eq!(
+        primary_answers + fallback_answers,
+        SECONDS * PER_SECOND,
+        "no template answers, no failures: {by_provider:?}"
+    );
+    // One budget for the cluster: 60 a minute plus the burst of 10, in total.
+    assert!(
+        primary.requests() <= 60 + 10,
+        "the primary got {} calls",
+        primary.requests()
+    );
+    // And not split per replica: the cluster used (nearly) all of it despite uneven load.
+    assert!(primary_answers >= 60, "{by_provider:?}");
+    let spilled: f64 = futures_util::future::join_all(replicas.iter().map(|r| {
+        r.metric(
+            "clawgate_provider_skipped_total",
+            "provider=\"primary\",reason=\"rate_limited\"",
+        )
+    }))
+    .await
+    .into_iter()
+    .sum();
+    assert_eq!(spilled as u64, fallback_answers);
+}
