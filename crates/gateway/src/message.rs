@@ -208,6 +208,10 @@ pub struct StoredReply {
     pub provider: String,
     /// Milliseconds since the Unix epoch when the reply was committed.
     pub ts: u64,
+    /// Set when this message was answered together with an earlier one of the same customer
+    /// (flood control): that message's id. Its reply went out once, for that message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covered_by: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch, the timestamp unit of everything stored.

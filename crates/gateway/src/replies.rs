@@ -212,6 +212,7 @@ mod tests {
             skill: "general".into(),
             provider: "template".into(),
             ts: 0,
+            covered_by: None,
         }
     }
 

@@ -14,6 +14,8 @@ pub const MESSAGES_REJECTED: &str = "clawgate_messages_rejected_total";
 pub const MESSAGES_REPLIED: &str = "clawgate_messages_replied_total";
 /// Messages that could not be answered (dead-lettered), by `channel` and `reason`.
 pub const MESSAGES_FAILED: &str = "clawgate_messages_failed_total";
+/// Messages answered together with an earlier message of the same customer (flood control).
+pub const MESSAGES_COALESCED: &str = "clawgate_messages_coalesced_total";
 /// Turns whose result was discarded because another worker had answered the message already.
 pub const TURNS_DISCARDED: &str = "clawgate_turns_discarded_total";
 /// Time from acceptance to committed reply, seconds.
@@ -105,6 +107,10 @@ fn describe() {
     describe_counter!(
         MESSAGES_FAILED,
         "Messages that could not be answered (dead-lettered)."
+    );
+    describe_counter!(
+        MESSAGES_COALESCED,
+        "Messages answered together with an earlier message of the same customer."
     );
     describe_counter!(
         TURNS_DISCARDED,

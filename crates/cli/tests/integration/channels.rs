@@ -3,7 +3,6 @@
 use crate::support::*;
 use clawgate_fakes::mock_llm::MockLlm;
 use clawgate_fakes::mock_platforms::MockPlatforms;
-use serde_json::json;
 use std::time::{Duration, Instant};
 
 async fn platform_gateway(latency_ms: u64) -> (TestRedis, MockLlm, MockPlatforms, Gateway) {
@@ -14,17 +13,6 @@ async fn platform_gateway(latency_ms: u64) -> (TestRedis, MockLlm, MockPlatforms
     config["channels"] = channels_config(&platforms);
     let gateway = Gateway::start(config, &redis.url(), "r1").await;
     (redis, llm, platforms, gateway)
-}
-
-/// A WhatsApp notification with one text message.
-fn whatsapp_text(from: &str, wamid: &str, text: &str) -> Vec<u8> {
-    json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{
-        "field": "messages", "value": {"messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "31201234567", "phone_number_id": "106540352242922"},
-        "contacts": [{"profile": {"name": "Test"}, "wa_id": from}],
-        "messages": [{"from": from, "id": wamid, "timestamp": "1764054000", "type": "text", "text": {"body": text}}]}}]}]})
-    .to_string()
-    .into_bytes()
 }
 
 /// Nothing more is sent within a short while (the platforms saw exactly `count`).

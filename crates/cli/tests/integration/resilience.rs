@@ -261,3 +261,104 @@ async fn three_replicas_share_one_budget_and_spill_the_rest_to_the_fallback() {
     .sum();
     assert_eq!(spilled as u64, fallback_answers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_sending_ten_messages_in_a_second_gets_a_few_replies_that_cover_all_ten() {
+    let redis = TestRedis::start().await;
+    let llm = mock_llm(200).await;
+    let gateway = Gateway::start(
+        test_config(vec![openai_provider("primary", &llm, 10_000, 0)]),
+        &redis.url(),
+        "r1",
+    )
+    .await;
+
+    // Ten messages, 100 ms apart; each request returns at once (202) and the replies are
+    // fetched afterwards.
+    for i in 1..=10 {
+        let (status, body) = gateway
+            .send(
+                "panic",
+                &format!("m{i}"),
+                &format!("is my parcel lost? ({i})"),
+                Some(0),
+            )
+            .await;
+        assert!(status == 200 || status == 202, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut replies = Vec::new();
+    for i in 1..=10 {
+        replies.push(gateway.reply_of("panic", &format!("m{i}")).await);
+    }
+    let turns = llm.requests();
+    // Flood control (20 turns a minute, three at once) and coalescing: a handful of turns.
+    assert!(
+        (2..=4).contains(&turns),
+        "{turns} model calls for 10 messages"
+    );
+    let covered = replies
+        .iter()
+        .filter(|r| !r["covered_by"].is_null())
+        .count();
+    assert_eq!(covered as u64, 10 - turns, "{replies:#?}");
+    // The last reply saw all ten messages, in order.
+    let last = replies[9]["text"].as_str().unwrap_or_default();
+    assert_eq!(user_turns(last), 10, "{last}");
+    assert!(last.contains("(10)"), "{last}");
+    // The history holds every message once and one answer per turn.
+    let history = gateway.history("panic").await;
+    let users: Vec<&str> = history
+        .iter()
+        .filter(|e| e["role"] == "user")
+        .map(|e| e["message_id"].as_str().unwrap_or_default())
+        .collect();
+    let expected: Vec<String> = (1..=10).map(|i| format!("m{i}")).collect();
+    assert_eq!(users, expected);
+    assert_eq!(history.len() as u64, 10 + turns);
+    assert_eq!(
+        gateway
+            .metric("clawgate_messages_coalesced_total", "")
+            .await as u64,
+        10 - turns
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whatsapp_customer_flooding_gets_one_message_per_turn_not_one_per_message() {
+    let redis = TestRedis::start().await;
+    let llm = mock_llm(300).await;
+    let platforms = mock_platforms().await;
+    let mut config = test_config(vec![openai_provider("primary", &llm, 10_000, 0)]);
+    config["channels"] = channels_config(&platforms);
+    let gateway = Gateway::start(config, &redis.url(), "r1").await;
+
+    for i in 1..=10 {
+        let (status, body) = gateway
+            .whatsapp(whatsapp_text(
+                "31611111111",
+                &format!("wamid.F{i}"),
+                &format!("hello? ({i})"),
+            ))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Every message is answered: the last reply sent covers the tenth message.
+    let sent = eventually(
+        Duration::from_secs(20),
+        "a reply covering message 10",
+        || async {
+            let sent = platforms.sent();
+            sent.iter()
+                .any(|s| user_turns(&s.text) == 10)
+                .then_some(sent)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let sent_now = platforms.sent();
+    assert_eq!(sent_now.len(), sent.len(), "nothing more is sent");
+    assert_eq!(sent.len() as u64, llm.requests(), "one message per turn");
+    assert!(sent.len() <= 4, "{sent:#?}");
+    assert!(sent.iter().all(|s| s.to == "31611111111"));
+}

@@ -69,12 +69,14 @@ fn parse_message(body: &[u8]) -> Result<PostMessage, ApiError> {
     Ok(message)
 }
 
+/// The reply body; `covered_by` names the earlier message whose turn answered this one too
+/// (flood control), so a widget can show one answer for several messages.
 fn replied(message_id: &str, reply: &StoredReply) -> Response {
-    Json(json!({
-        "message_id": message_id,
-        "reply": {"text": reply.text, "skill": reply.skill, "provider": reply.provider},
-    }))
-    .into_response()
+    let mut body = json!({"text": reply.text, "skill": reply.skill, "provider": reply.provider});
+    if let Some(covered_by) = &reply.covered_by {
+        body["covered_by"] = json!(covered_by);
+    }
+    Json(json!({"message_id": message_id, "reply": body})).into_response()
 }
 
 fn reply_url(session_id: &str, message_id: &str) -> String {

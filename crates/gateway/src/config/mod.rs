@@ -128,6 +128,30 @@ pub struct ConversationsConfig {
     pub ttl: Duration,
     /// Maximum number of history entries kept per conversation (user and assistant each count).
     pub history_limit: usize,
+    /// How one customer's burst of messages is answered.
+    pub flood_control: FloodControlConfig,
+}
+
+/// Flood control: a customer resending in panic must not starve the others.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloodControlConfig {
+    /// Turns one customer gets per minute at the steady rate (a few more at once); what they send
+    /// beyond that waits and is answered together. 0 = off.
+    pub messages_per_minute: u32,
+    /// Messages that arrive while the customer's turn runs are answered together in the next
+    /// turn instead of one reply each.
+    pub coalesce: bool,
+}
+
+impl FloodControlConfig {
+    /// Time between two turns of one customer at the steady rate; zero when off.
+    pub fn turn_interval(&self) -> Duration {
+        if self.messages_per_minute == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(60_000 / u64::from(self.messages_per_minute))
+        }
+    }
 }
 
 /// The worker pool and the durable inbox.
@@ -540,8 +564,36 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
     };
 
     let c = r
-        .section(root, "", "conversations", &["ttlSeconds", "historyLimit"])
+        .section(
+            root,
+            "",
+            "conversations",
+            &["ttlSeconds", "historyLimit", "floodControl"],
+        )
         .unwrap_or(&empty);
+    let fc = r
+        .section(
+            c,
+            "conversations",
+            "floodControl",
+            &["messagesPerMinute", "coalesce"],
+        )
+        .unwrap_or(&empty);
+    let flood_control = FloodControlConfig {
+        messages_per_minute: r
+            .integer(
+                fc,
+                "conversations.floodControl",
+                "messagesPerMinute",
+                0,
+                60_000,
+                "turns per minute, 0 = off",
+            )
+            .unwrap_or(20) as u32,
+        coalesce: r
+            .boolean(fc, "conversations.floodControl", "coalesce")
+            .unwrap_or(true),
+    };
     let conversations = ConversationsConfig {
         ttl: Duration::from_secs(
             r.integer(c, "conversations", "ttlSeconds", 60, 30 * 86_400, "seconds")
@@ -550,6 +602,7 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
         history_limit: r
             .integer(c, "conversations", "historyLimit", 2, 1_000, "messages")
             .unwrap_or(40) as usize,
+        flood_control,
     };
 
     let w = r

@@ -22,6 +22,12 @@ pub fn session(c: &ConversationKey) -> String {
     format!("oc:session:{{{c}}}")
 }
 
+/// `oc:pending:{channel:user}`: accepted messages not yet answered, by sequence number, so a turn
+/// can answer the ones that arrived while the previous turn ran together with its own.
+pub fn pending(c: &ConversationKey) -> String {
+    format!("oc:pending:{{{c}}}")
+}
+
 /// `oc:lease:{channel:user}`: who runs the conversation's current turn.
 pub fn lease(c: &ConversationKey) -> String {
     format!("oc:lease:{{{c}}}")

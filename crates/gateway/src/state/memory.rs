@@ -166,6 +166,7 @@ impl StateStore for MemoryStore {
         seq: u64,
         holder: &str,
         skip_order_check: bool,
+        _take_later: bool,
     ) -> Result<TurnStart, StateError> {
         let now = Instant::now();
         let key = msg.conversation();
@@ -188,6 +189,7 @@ impl StateStore for MemoryStore {
         let snapshot = ConversationSnapshot {
             history: conversation.history.iter().cloned().collect(),
             session: conversation.session.clone(),
+            later: Vec::new(),
         };
         inner
             .leases
@@ -337,6 +339,9 @@ mod tests {
             dedupe_ttl: Duration::from_secs(60),
             lease_ttl: Duration::from_secs(5),
             inbox_max_length: 100,
+            coalesce_max: 0,
+            flood_interval: Duration::ZERO,
+            flood_tolerance: Duration::ZERO,
         }
     }
 
@@ -365,10 +370,12 @@ mod tests {
                 skill: "general".into(),
                 provider: "template".into(),
                 ts: now_ms(),
+                covered_by: None,
             },
             session: vec![("active_skill", "general".into())],
             notify_channel: None,
             release_lease: true,
+            later: Vec::new(),
         }
     }
 
@@ -411,15 +418,15 @@ mod tests {
             assert!(store.accept(m).await.is_ok());
         }
         assert_eq!(
-            store.begin_turn(&m2, 2, "w2", false).await.ok(),
+            store.begin_turn(&m2, 2, "w2", false, false).await.ok(),
             Some(TurnStart::Wait(WaitReason::Order))
         );
         assert!(matches!(
-            store.begin_turn(&m1, 1, "w1", false).await,
+            store.begin_turn(&m1, 1, "w1", false, false).await,
             Ok(TurnStart::Ready(_))
         ));
         assert_eq!(
-            store.begin_turn(&m2, 2, "w2", false).await.ok(),
+            store.begin_turn(&m2, 2, "w2", false, false).await.ok(),
             Some(TurnStart::Wait(WaitReason::Lease))
         );
         assert_eq!(
@@ -431,7 +438,7 @@ mod tests {
             store.commit_turn(&commit(&m1, 1, "w3")).await,
             Ok(CommitOutcome::AlreadyReplied(_))
         ));
-        match store.begin_turn(&m2, 2, "w2", false).await {
+        match store.begin_turn(&m2, 2, "w2", false, false).await {
             Ok(TurnStart::Ready(snapshot)) => {
                 assert_eq!(snapshot.history.len(), 2);
                 assert_eq!(snapshot.session.active_skill.as_deref(), Some("general"));
@@ -441,12 +448,12 @@ mod tests {
         // m1 came back (claimed again): while m2's turn holds the lease it waits (the holder
         // may be sending a reply), then it finds its reply on record.
         assert_eq!(
-            store.begin_turn(&m1, 1, "w9", false).await.ok(),
+            store.begin_turn(&m1, 1, "w9", false, false).await.ok(),
             Some(TurnStart::Wait(WaitReason::Lease))
         );
         assert!(store.release_lease(&m2.conversation(), "w2").await.is_ok());
         assert!(matches!(
-            store.begin_turn(&m1, 1, "w9", false).await,
+            store.begin_turn(&m1, 1, "w9", false, false).await,
             Ok(TurnStart::Replied(_))
         ));
     }
@@ -458,7 +465,7 @@ mod tests {
             let m = message(id);
             assert!(store.accept(&m).await.is_ok());
             assert!(matches!(
-                store.begin_turn(&m, i as u64 + 1, "w", false).await,
+                store.begin_turn(&m, i as u64 + 1, "w", false, false).await,
                 Ok(TurnStart::Ready(_))
             ));
             assert!(

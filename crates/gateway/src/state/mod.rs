@@ -84,6 +84,9 @@ pub struct ConversationSnapshot {
     pub history: Vec<HistoryEntry>,
     /// The session hash.
     pub session: Session,
+    /// Later messages of the customer, with their sequence numbers, that this turn answers too
+    /// (they arrived while the previous turn ran).
+    pub later: Vec<(u64, InboundMessage)>,
 }
 
 /// Why a turn cannot start yet.
@@ -93,6 +96,8 @@ pub enum WaitReason {
     Lease,
     /// An earlier message of the conversation has not been answered and nobody is running it.
     Order,
+    /// The customer's turns come faster than flood control allows; room in this long.
+    Flood(Duration),
 }
 
 /// The answer to "may this message's turn start now?".
@@ -128,6 +133,24 @@ pub struct TurnCommit<'a> {
     /// Release the lease with the commit; false when the reply must still be sent on a platform
     /// first, so the next turn's reply cannot overtake this one.
     pub release_lease: bool,
+    /// Later messages this turn answers too.
+    pub later: Vec<LaterMessage>,
+}
+
+/// A later message answered by an earlier message's turn: its own reply record (the same text,
+/// `covered_by` the turn's message) and history entry.
+#[derive(Debug, Clone)]
+pub struct LaterMessage {
+    /// Its sequence number in the conversation.
+    pub seq: u64,
+    /// Its dedupe id (the key of its reply record).
+    pub id: DedupeId,
+    /// The customer's history entry.
+    pub user: HistoryEntry,
+    /// Its reply record.
+    pub reply: StoredReply,
+    /// Pub/sub channel of the replica holding its web-chat request, when it is not this one.
+    pub notify_channel: Option<String>,
 }
 
 /// A reply that could not be sent, kept in `oc:deadletter` for `clawgate deadletter retry`.
@@ -166,6 +189,12 @@ pub struct StoreLimits {
     pub lease_ttl: Duration,
     /// Inbox length above which ingress refuses.
     pub inbox_max_length: u64,
+    /// Most later messages one turn answers together (0 = every message gets its own turn).
+    pub coalesce_max: usize,
+    /// Flood control: time between two turns of one customer at the steady rate (zero = off).
+    pub flood_interval: Duration,
+    /// Flood control: how far ahead of that rate a customer may run.
+    pub flood_tolerance: Duration,
 }
 
 impl StoreLimits {
@@ -177,9 +206,21 @@ impl StoreLimits {
             dedupe_ttl: DEDUPE_TTL,
             lease_ttl: config.workers.lease_ttl,
             inbox_max_length: config.workers.inbox_max_length,
+            coalesce_max: if config.conversations.flood_control.coalesce {
+                COALESCE_MAX
+            } else {
+                0
+            },
+            flood_interval: config.conversations.flood_control.turn_interval(),
+            flood_tolerance: config.conversations.flood_control.turn_interval() * FLOOD_BURST,
         }
     }
 }
+
+/// Most later messages one turn answers together; more wait for the next turn.
+const COALESCE_MAX: usize = 50;
+/// Turns a customer may take at once above the flood-control rate.
+const FLOOD_BURST: u32 = 2;
 
 /// WhatsApp retries an unacknowledged webhook for up to 7 days; keep markers a day longer.
 pub const DEDUPE_TTL: Duration = Duration::from_secs(8 * 86_400);
@@ -192,13 +233,16 @@ pub trait StateStore: Send + Sync {
     async fn accept(&self, msg: &InboundMessage) -> Result<Acceptance, StateError>;
 
     /// Tries to start the turn of message `seq`: not yet answered, lease free, predecessors done
-    /// (unless `skip_order_check`). On `Ready` the lease is held by `holder`.
+    /// (unless `skip_order_check`), within flood control. On `Ready` the lease is held by
+    /// `holder`; with `take_later` the snapshot also holds the customer's later messages that
+    /// this turn should answer together with its own (when the store keeps them).
     async fn begin_turn(
         &self,
         msg: &InboundMessage,
         seq: u64,
         holder: &str,
         skip_order_check: bool,
+        take_later: bool,
     ) -> Result<TurnStart, StateError>;
 
     /// Records the turn atomically; at most one commit per message id wins.

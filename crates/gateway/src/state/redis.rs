@@ -95,6 +95,21 @@ fn parse_history(values: &[Value]) -> Vec<HistoryEntry> {
         .collect()
 }
 
+/// Parses `seq, message JSON, ...` pairs of later messages, stopping at the first unreadable one
+/// (the ones after it then get turns of their own).
+fn parse_later(values: &[Value]) -> Vec<(u64, InboundMessage)> {
+    let mut later = Vec::new();
+    for pair in values.chunks_exact(2) {
+        let seq = redis::from_redis_value_ref::<u64>(&pair[0]).ok();
+        let msg = text(&pair[1]).and_then(|raw| serde_json::from_str(&raw).ok());
+        match (seq, msg) {
+            (Some(seq), Some(msg)) => later.push((seq, msg)),
+            _ => break,
+        }
+    }
+    later
+}
+
 fn parse_session(values: &[Value]) -> Session {
     let strings: Vec<String> = values.iter().filter_map(text).collect();
     Session::from_pairs(
@@ -115,11 +130,17 @@ impl StateStore for RedisStore {
                     .key(keys::seen(&msg.dedupe_id()))
                     .key(keys::session(&conversation))
                     .key(keys::INBOX)
+                    .key(keys::pending(&conversation))
                     .arg(secs(self.limits.dedupe_ttl))
                     .arg(secs(self.limits.conversation_ttl))
                     .arg(self.limits.inbox_max_length)
                     .arg(keys::ENTRY_VERSION)
-                    .arg(json),
+                    .arg(json)
+                    .arg(if self.limits.coalesce_max > 0 {
+                        "1"
+                    } else {
+                        "0"
+                    }),
             )
             .await?;
         match result {
@@ -138,6 +159,7 @@ impl StateStore for RedisStore {
         seq: u64,
         holder: &str,
         skip_order_check: bool,
+        take_later: bool,
     ) -> Result<TurnStart, StateError> {
         let conversation = msg.conversation();
         let reply: Vec<Value> = self
@@ -147,14 +169,29 @@ impl StateStore for RedisStore {
                     .key(keys::session(&conversation))
                     .key(keys::lease(&conversation))
                     .key(keys::conversation(&conversation))
+                    .key(keys::pending(&conversation))
                     .arg(seq)
                     .arg(holder)
                     .arg(self.limits.lease_ttl.as_millis() as u64)
-                    .arg(if skip_order_check { "1" } else { "0" }),
+                    .arg(if skip_order_check { "1" } else { "0" })
+                    .arg(if take_later {
+                        self.limits.coalesce_max
+                    } else {
+                        0
+                    })
+                    .arg(self.limits.flood_interval.as_millis() as u64)
+                    .arg(self.limits.flood_tolerance.as_millis() as u64),
             )
             .await?;
         let status = reply.first().and_then(text).unwrap_or_default();
         match (status.as_str(), reply.get(1), reply.get(2)) {
+            ("wait", Some(reason), Some(Value::Int(ms)))
+                if text(reason).as_deref() == Some("flood") =>
+            {
+                Ok(TurnStart::Wait(WaitReason::Flood(
+                    std::time::Duration::from_millis((*ms).max(1) as u64),
+                )))
+            }
             ("replied", Some(json), _) => Ok(TurnStart::Replied(parse_reply(
                 &text(json).unwrap_or_default(),
             )?)),
@@ -169,6 +206,10 @@ impl StateStore for RedisStore {
                 Ok(TurnStart::Ready(ConversationSnapshot {
                     history: parse_history(history),
                     session: parse_session(session),
+                    later: match reply.get(3) {
+                        Some(Value::Array(later)) => parse_later(later),
+                        _ => Vec::new(),
+                    },
                 }))
             }
             ("ready", _, _) => Ok(TurnStart::Ready(ConversationSnapshot::default())),
@@ -189,12 +230,32 @@ impl StateStore for RedisStore {
             .to_string(),
             None => String::new(),
         };
+        let mut later = Vec::with_capacity(commit.later.len());
+        for m in &commit.later {
+            let reply = to_json(&m.reply)?;
+            let payload = match &m.notify_channel {
+                Some(_) => serde_json::json!({"id": m.id.as_str(), "reply": &m.reply}).to_string(),
+                None => String::new(),
+            };
+            later.push(serde_json::json!({
+                "seq": m.seq,
+                "entry": to_json(&m.user)?,
+                "reply": reply,
+                "channel": m.notify_channel.as_deref().unwrap_or(""),
+                "payload": payload,
+            }));
+        }
         let mut invocation = COMMIT.prepare_invoke();
         invocation
             .key(keys::replied(&commit.msg.dedupe_id()))
             .key(keys::conversation(&conversation))
             .key(keys::session(&conversation))
             .key(keys::lease(&conversation))
+            .key(keys::pending(&conversation));
+        for m in &commit.later {
+            invocation.key(keys::replied(&m.id));
+        }
+        invocation
             .arg(&reply_json)
             .arg(secs(self.limits.dedupe_ttl))
             .arg(to_json(&commit.user)?)
@@ -205,7 +266,8 @@ impl StateStore for RedisStore {
             .arg(commit.holder)
             .arg(commit.notify_channel.as_deref().unwrap_or(""))
             .arg(payload)
-            .arg(if commit.release_lease { "1" } else { "0" });
+            .arg(if commit.release_lease { "1" } else { "0" })
+            .arg(serde_json::Value::Array(later).to_string());
         for (field, value) in &commit.session {
             invocation.arg(*field).arg(value);
         }

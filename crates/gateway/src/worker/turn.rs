@@ -16,8 +16,8 @@ use crate::replies::ReplyWaiters;
 use crate::retry::while_unavailable;
 use crate::skills::{Skill, SkillSet};
 use crate::state::{
-    CommitOutcome, ConversationSnapshot, ReplyDeadLetter, StateError, StateStore, TurnCommit,
-    TurnStart, WaitReason, keys,
+    CommitOutcome, ConversationSnapshot, LaterMessage, ReplyDeadLetter, StateError, StateStore,
+    TurnCommit, TurnStart, WaitReason, keys,
 };
 use crate::telemetry;
 use std::collections::BTreeMap;
@@ -31,6 +31,8 @@ use super::{Job, LeaseRegistry};
 /// First and longest pause between two attempts to start a turn that must wait.
 const WAIT_MIN: Duration = Duration::from_millis(5);
 const WAIT_MAX: Duration = Duration::from_millis(100);
+/// Longest single pause of a turn held back by flood control (it rechecks, and notices shutdown).
+const FLOOD_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// What every turn of this replica shares.
 pub struct TurnContext {
@@ -93,10 +95,15 @@ pub async fn run(
     let mut permit = Some(permit);
     let mut delay = WAIT_MIN;
     let mut waited_for_order = Duration::ZERO;
+    // A turn that had to wait (the customer's previous turn ran, or flood control held it back)
+    // answers what the customer sent meanwhile together with its own message.
+    let mut waited = false;
     let snapshot = loop {
         let skip_order_check = waited_for_order >= ctx.order_wait;
+        let take_later = waited && msg.unsupported.is_none();
         let start =
-            while_unavailable(|| store.begin_turn(msg, seq, &holder, skip_order_check)).await?;
+            while_unavailable(|| store.begin_turn(msg, seq, &holder, skip_order_check, take_later))
+                .await?;
         match start {
             TurnStart::Ready(snapshot) => {
                 if skip_order_check {
@@ -113,11 +120,19 @@ pub async fn run(
                     return Err(TurnError::Stopped);
                 }
                 drop(permit.take());
-                tokio::time::sleep(delay).await;
-                if reason == WaitReason::Order {
-                    waited_for_order += delay;
+                waited = true;
+                match reason {
+                    WaitReason::Flood(room_in) => {
+                        tokio::time::sleep(room_in.min(FLOOD_PAUSE_MAX)).await;
+                    }
+                    WaitReason::Order | WaitReason::Lease => {
+                        tokio::time::sleep(delay).await;
+                        if reason == WaitReason::Order {
+                            waited_for_order += delay;
+                        }
+                        delay = (delay * 2).min(WAIT_MAX);
+                    }
                 }
-                delay = (delay * 2).min(WAIT_MAX);
                 permit = Some(
                     slots
                         .clone()
@@ -160,9 +175,18 @@ async fn answer(
     holder: &str,
     snapshot: ConversationSnapshot,
 ) -> Result<TurnEnd, TurnError> {
+    let later: Vec<(u64, InboundMessage)> = snapshot.later;
+    let routed_text = if later.is_empty() {
+        msg.text.clone()
+    } else {
+        std::iter::once(msg.text.as_str())
+            .chain(later.iter().map(|(_, m)| m.text.as_str()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     let skill = ctx
         .skills
-        .route(&msg.text, snapshot.session.active_skill.as_deref());
+        .route(&routed_text, snapshot.session.active_skill.as_deref());
     let language = snapshot
         .session
         .language
@@ -182,7 +206,7 @@ async fn answer(
         },
         None => {
             // The history moves into the prompt: it is not kept twice while the model thinks.
-            let prompt = build_prompt(ctx, skill, &language, snapshot.history, msg);
+            let prompt = build_prompt(ctx, skill, &language, snapshot.history, msg, &later);
             ctx.chain.complete(&prompt, &msg.rate_key()).await
         }
     };
@@ -206,7 +230,30 @@ async fn answer(
         skill: skill.name.clone(),
         provider: completion.provider.clone(),
         ts: now,
+        covered_by: None,
     };
+    let later_commits: Vec<LaterMessage> = later
+        .iter()
+        .map(|(later_seq, m)| LaterMessage {
+            seq: *later_seq,
+            id: m.dedupe_id(),
+            user: HistoryEntry {
+                role: Role::User,
+                text: m.text.clone(),
+                ts: m.received_at_ms,
+                message_id: m.message_id.clone(),
+                skill: Some(skill.name.clone()),
+                provider: None,
+            },
+            reply: StoredReply {
+                message_id: m.message_id.clone(),
+                covered_by: Some(msg.message_id.clone()),
+                ..reply.clone()
+            },
+            notify_channel: (!sent_by_platform(m.channel) && m.ingress_replica != ctx.replica_id)
+                .then(|| keys::reply_channel(&m.ingress_replica)),
+        })
+        .collect();
     let commit = TurnCommit {
         msg,
         seq,
@@ -226,6 +273,7 @@ async fn answer(
         notify_channel: (!sent_by_platform(msg.channel) && msg.ingress_replica != ctx.replica_id)
             .then(|| keys::reply_channel(&msg.ingress_replica)),
         release_lease: !sent_by_platform(msg.channel),
+        later: later_commits,
     };
     let outcome = while_unavailable(|| store.commit_turn(&commit)).await?;
     match outcome {
@@ -235,6 +283,16 @@ async fn answer(
                 .increment(1);
             metrics::histogram!(telemetry::TURN_DURATION)
                 .record(now.saturating_sub(msg.received_at_ms) as f64 / 1000.0);
+            if !commit.later.is_empty() {
+                metrics::counter!(telemetry::MESSAGES_COALESCED, "channel" => channel)
+                    .increment(commit.later.len() as u64);
+                tracing::debug!(conversation = %msg.conversation(), answered_together = commit.later.len() + 1, "later messages of the customer answered in this turn");
+            }
+            // Web-chat requests for the later messages held on this replica get the same reply
+            // (the commit published it to the other replicas).
+            for ((_, m), later_commit) in later.iter().zip(&commit.later) {
+                notify_local(ctx, m, &later_commit.reply);
+            }
             Ok(TurnEnd::Replied(reply))
         }
         CommitOutcome::AlreadyReplied(existing) => {
@@ -262,6 +320,10 @@ async fn deliver(
 ) -> Result<(), StateError> {
     if !sent_by_platform(msg.channel) {
         notify_local(ctx, msg, reply);
+        return Ok(());
+    }
+    if reply.covered_by.is_some() {
+        // Answered together with an earlier message: that message's entry sends the reply.
         return Ok(());
     }
     let id = msg.dedupe_id();
@@ -305,6 +367,7 @@ fn build_prompt(
     language: &str,
     history: Vec<HistoryEntry>,
     msg: &InboundMessage,
+    later: &[(u64, InboundMessage)],
 ) -> Prompt {
     let mut system = format!(
         "{}\n\nThe customer's language: {language}. Answer in that language.",
@@ -332,6 +395,10 @@ fn build_prompt(
         role: "user",
         content: msg.text.clone(),
     });
+    messages.extend(later.iter().map(|(_, m)| ChatMessage {
+        role: "user",
+        content: m.text.clone(),
+    }));
     let template_answer = skill
         .template(language)
         .unwrap_or_else(|| ctx.skills.general_template(language))

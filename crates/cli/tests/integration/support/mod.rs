@@ -184,6 +184,17 @@ pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
 }
 
+/// A WhatsApp notification with one text message.
+pub fn whatsapp_text(from: &str, wamid: &str, text: &str) -> Vec<u8> {
+    json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{
+        "field": "messages", "value": {"messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "31201234567", "phone_number_id": "106540352242922"},
+        "contacts": [{"profile": {"name": "Test"}, "wa_id": from}],
+        "messages": [{"from": from, "id": wamid, "timestamp": "1764054000", "type": "text", "text": {"body": text}}]}}]}]})
+    .to_string()
+    .into_bytes()
+}
+
 /// `sha256=<hex>` of `body` under `secret`, as Meta signs it.
 pub fn whatsapp_signature(body: &[u8], secret: &str) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");

@@ -1,8 +1,10 @@
 -- Accepts one inbound message: dedupe, number within its conversation, enqueue. All or nothing,
 -- so a platform retry or an nginx retry of the same webhook can never queue a message twice.
--- KEYS[1] oc:seen:{id}   KEYS[2] oc:session:{conv}   KEYS[3] oc:inbox
+-- KEYS[1] oc:seen:{id}   KEYS[2] oc:session:{conv}   KEYS[3] oc:inbox   KEYS[4] oc:pending:{conv}
 -- ARGV[1] dedupe ttl (s)   ARGV[2] conversation ttl (s)   ARGV[3] inbox max length
 -- ARGV[4] entry format version   ARGV[5] message JSON
+-- ARGV[6] '1' = keep the message in the conversation's pending hash, so a later turn of the same
+-- customer can answer it together with its own message
 -- Returns the message's sequence number (>= 1), 0 for a duplicate, -1 when the inbox is full.
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
@@ -14,4 +16,8 @@ redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 local seq = redis.call('HINCRBY', KEYS[2], 'seq_issued', 1)
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('XADD', KEYS[3], '*', 'v', ARGV[4], 'seq', seq, 'm', ARGV[5])
+if ARGV[6] == '1' then
+  redis.call('HSET', KEYS[4], seq, ARGV[5])
+  redis.call('EXPIRE', KEYS[4], ARGV[2])
+end
 return seq

@@ -2,8 +2,13 @@
 -- ours), not answered yet, and every earlier message of the conversation done. Takes the lease
 -- and returns history and session in the same step.
 -- KEYS[1] oc:replied:{id}   KEYS[2] oc:session:{conv}   KEYS[3] oc:lease:{conv}   KEYS[4] oc:conv:{conv}
+-- KEYS[5] oc:pending:{conv}
 -- ARGV[1] seq   ARGV[2] holder token   ARGV[3] lease ttl (ms)   ARGV[4] '1' = skip the order check
--- Returns {'replied', reply JSON} | {'wait', 'lease' | 'order'} | {'ready', history, session pairs}
+-- ARGV[5] most later messages to take into this turn (0 = answer this one alone)
+-- ARGV[6] flood control: ms between two turns of one customer at the steady rate (0 = off)
+-- ARGV[7] flood control: how far ahead of that rate a customer may run, ms
+-- Returns {'replied', reply JSON} | {'wait', 'lease' | 'order'} | {'wait', 'flood', ms}
+--       | {'ready', history, session pairs, {seq, message JSON, ...} of the later messages taken}
 -- The lease comes first: the holder may be sending this very reply on its platform right now.
 local holder = redis.call('GET', KEYS[3])
 if holder and holder ~= ARGV[2] then
@@ -24,5 +29,32 @@ if ARGV[4] ~= '1' then
     return {'wait', 'order'}
   end
 end
+-- Flood control: a customer's turns follow a GCRA on Redis's clock; a turn that comes too soon
+-- waits, and what the customer sends meanwhile is answered with it.
+local interval = tonumber(ARGV[6])
+if interval > 0 then
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  local tat = math.max(tonumber(redis.call('HGET', KEYS[2], 'turn_tat') or '0'), now)
+  local wait = tat - tonumber(ARGV[7]) - now
+  if wait > 0 then
+    return {'wait', 'flood', wait}
+  end
+  redis.call('HSET', KEYS[2], 'turn_tat', string.format('%.0f', tat + interval))
+end
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
-return {'ready', redis.call('LRANGE', KEYS[4], 0, -1), redis.call('HGETALL', KEYS[2])}
+local taken = {}
+local most = tonumber(ARGV[5])
+if most > 0 then
+  local seq = tonumber(ARGV[1])
+  local issued = tonumber(redis.call('HGET', KEYS[2], 'seq_issued')) or 0
+  for next_seq = seq + 1, math.min(issued, seq + most) do
+    local message = redis.call('HGET', KEYS[5], next_seq)
+    if not message then
+      break
+    end
+    taken[#taken + 1] = next_seq
+    taken[#taken + 1] = message
+  end
+end
+return {'ready', redis.call('LRANGE', KEYS[4], 0, -1), redis.call('HGETALL', KEYS[2]), taken}

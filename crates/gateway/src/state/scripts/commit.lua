@@ -6,7 +6,9 @@
 -- ARGV[5] history limit   ARGV[6] conversation ttl (s)   ARGV[7] seq   ARGV[8] holder token
 -- ARGV[9] pub/sub channel ('' = none)   ARGV[10] pub/sub payload
 -- ARGV[11] '1' to release the lease ('0' keeps it until the reply is sent on its platform)
--- ARGV[12..] session field, value, ...
+-- ARGV[12] later messages answered by this turn, as JSON: [{seq, entry, reply, channel, payload}]
+--          with their reply keys in KEYS[6..] and KEYS[5] = oc:pending:{conv}
+-- ARGV[13..] session field, value, ...
 -- Returns {1} when committed, {0, existing reply JSON} when another turn committed first.
 local function release()
   if redis.call('GET', KEYS[4]) == ARGV[8] then
@@ -19,14 +21,29 @@ if existing then
   return {0, existing}
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('RPUSH', KEYS[2], ARGV[3], ARGV[4])
+redis.call('RPUSH', KEYS[2], ARGV[3])
+local last_seq = tonumber(ARGV[7])
+redis.call('HDEL', KEYS[5], ARGV[7])
+-- Later messages taken into this turn: each gets the reply on record (unless a turn of its own
+-- answered it meanwhile) and its history entry, in order, before the answer.
+for i, later in ipairs(cjson.decode(ARGV[12])) do
+  if redis.call('SET', KEYS[5 + i], later.reply, 'EX', ARGV[2], 'NX') then
+    redis.call('RPUSH', KEYS[2], later.entry)
+    if later.channel ~= '' then
+      redis.call('PUBLISH', later.channel, later.payload)
+    end
+  end
+  redis.call('HDEL', KEYS[5], later.seq)
+  last_seq = math.max(last_seq, later.seq)
+end
+redis.call('RPUSH', KEYS[2], ARGV[4])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[5]), -1)
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 local done = tonumber(redis.call('HGET', KEYS[3], 'seq_done')) or 0
-if tonumber(ARGV[7]) > done then
-  redis.call('HSET', KEYS[3], 'seq_done', ARGV[7])
+if last_seq > done then
+  redis.call('HSET', KEYS[3], 'seq_done', last_seq)
 end
-for i = 12, #ARGV, 2 do
+for i = 13, #ARGV, 2 do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
 end
 redis.call('EXPIRE', KEYS[3], ARGV[6])
