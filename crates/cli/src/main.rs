@@ -324,14 +324,38 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             ProviderKind::Ollama { endpoint, model } => format!("ollama {endpoint} model {model}"),
             ProviderKind::Template => "template".to_string(),
         };
+        let budget = match &p.rate_limit {
+            Some(rl) => format!(
+                ", budget {}/min for the cluster{}{}",
+                rl.requests_per_minute,
+                rl.burst_allowed
+                    .map(|b| format!(" + burst {b}"))
+                    .unwrap_or_default(),
+                rl.requests_per_key
+                    .map(|k| format!(", {k}/min per key"))
+                    .unwrap_or_default()
+            ),
+            None => String::new(),
+        };
         lines.push(format!(
-            "  provider {}:  {} ({what}, timeout {} ms, {} retries)",
+            "  provider {}:  {} ({what}, timeout {} ms, {} retries{budget})",
             i + 1,
             p.name,
             p.timeout.as_millis(),
             p.max_retries
         ));
     }
+    let breaker = &config.llm.circuit_breaker;
+    lines.push(format!(
+        "  chain:       deadline {} ms; breaker opens after {} failures in a row or {:.0}% of {}+ attempts in {} s, probe every {} ms; hedging {}",
+        config.llm.deadline.as_millis(),
+        breaker.consecutive_failures,
+        breaker.failure_ratio * 100.0,
+        breaker.min_calls,
+        breaker.window.as_secs(),
+        breaker.probe_interval.as_millis(),
+        if config.llm.hedging.enabled { "on" } else { "off" }
+    ));
     let (skills, skill_errors) = SkillSet::load(&config.skills.dir);
     lines.push(format!(
         "  skills:      {} from {}",
