@@ -362,3 +362,73 @@ async fn a_whatsapp_customer_flooding_gets_one_message_per_turn_not_one_per_mess
     assert!(sent.len() <= 4, "{sent:#?}");
     assert!(sent.iter().all(|s| s.to == "31611111111"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_cannot_take_the_whole_budget() {
+    let redis = TestRedis::start().await;
+    let primary = mock_llm(0).await;
+    let fallback = mock_llm(0).await;
+    let platforms = mock_platforms().await;
+    let mut config = test_config(vec![
+        openai_provider("primary", &primary, 5000, 0),
+        ollama_provider("fallback", &fallback, 5000),
+    ]);
+    // A large budget of which one key (channel account) may use one a second, three at once;
+    // a call waits at most 50 ms for room (the budget's own 10 ms spacing fits, a key's 1 s not).
+    config["llm"]["rateLimiting"] = json!({"requestsPerMinute": 6000, "requestsPerKey": 60,
+                                           "burstAllowed": 2, "maxWaitMs": 50});
+    config["channels"] = channels_config(&platforms);
+    let gateway = Gateway::start(config, &redis.url(), "r1").await;
+
+    let mut providers = Vec::new();
+    for i in 0..6 {
+        let (status, body) = gateway.send(&format!("k{i}"), "m1", "hello", None).await;
+        assert_eq!(status, 200, "{body}");
+        providers.push(body["reply"]["provider"].as_str().unwrap_or("").to_string());
+    }
+    assert_eq!(
+        providers,
+        [
+            "primary", "primary", "primary", "fallback", "fallback", "fallback"
+        ],
+        "web chat's share: three at once, the rest spilled"
+    );
+    // Another account still has its share of the budget.
+    let (status, _) = gateway
+        .whatsapp(whatsapp_text("31622222222", "wamid.KEY1", "hello"))
+        .await;
+    assert_eq!(status, 200);
+    sent_messages(&platforms, 1).await;
+    assert_eq!(primary.requests(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_a_replica_keeps_to_its_local_share_of_the_budget() {
+    let mut redis = TestRedis::start().await;
+    let primary = mock_llm(0).await;
+    let fallback = mock_llm(0).await;
+    let mut config = test_config(vec![
+        openai_provider("primary", &primary, 5000, 0),
+        ollama_provider("fallback", &fallback, 5000),
+    ]);
+    config["llm"]["rateLimiting"] =
+        json!({"requestsPerMinute": 60, "burstAllowed": 2, "maxWaitMs": 0});
+    let gateway = Gateway::start(config, &redis.url(), "r1").await;
+    redis.stop().await;
+    eventually(Duration::from_secs(10), "degraded mode", || async {
+        (gateway.health().await["degraded"] == true).then_some(())
+    })
+    .await;
+
+    let mut by_provider = std::collections::BTreeMap::<String, u32>::new();
+    for i in 0..6 {
+        let (status, body) = gateway.send(&format!("d{i}"), "m1", "hello", None).await;
+        assert_eq!(status, 200, "{body}");
+        *by_provider
+            .entry(body["reply"]["provider"].as_str().unwrap_or("").to_string())
+            .or_default() += 1;
+    }
+    // The only live replica's share is the whole budget: three at once, the rest spilled.
+    assert_eq!(by_provider.get("primary"), Some(&3), "{by_provider:?}");
+    assert_eq!(by_provider.get("fallback"), Some(&3), "{by_provider:?}");
+}
