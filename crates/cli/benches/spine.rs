@@ -202,6 +202,9 @@ fn bench_config(llm: &clawgate_fakes::mock_llm::MockLlm, concurrency: u64) -> Va
     let mut config = test_config(vec![openai_provider("primary", llm, 30_000, 0)]);
     config["workers"] = json!({"concurrency": concurrency});
     config["webchat"] = json!({"replyWaitMs": 30_000});
+    // The closed loops send one customer's turns back to back, thousands a minute; flood control
+    // would (rightly) hold such a customer back, so it is off here: this measures the spine.
+    config["conversations"] = json!({"floodControl": {"messagesPerMinute": 0}});
     config
 }
 

@@ -10,7 +10,9 @@ use super::{
     Acceptance, CommitOutcome, ConversationSnapshot, ReplyDeadLetter, Session, StateError,
     StateStore, StoreLimits, TurnCommit, TurnStart, WaitReason, keys,
 };
-use crate::message::{ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply};
+use crate::message::{
+    Channel, ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply,
+};
 use async_trait::async_trait;
 use redis::{FromRedisValue, Script, ScriptInvocation, Value};
 use std::sync::{Arc, LazyLock};
@@ -179,7 +181,13 @@ impl StateStore for RedisStore {
                     } else {
                         0
                     })
-                    .arg(self.limits.flood_interval.as_millis() as u64)
+                    .arg(if msg.channel == Channel::Api {
+                        // API callers are services behind a bearer token, not people
+                        // resending in panic: their throughput is theirs to use.
+                        0
+                    } else {
+                        self.limits.flood_interval.as_millis() as u64
+                    })
                     .arg(self.limits.flood_tolerance.as_millis() as u64),
             )
             .await?;
