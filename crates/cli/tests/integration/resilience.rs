@@ -432,3 +432,40 @@ async fn with_redis_down_a_replica_keeps_to_its_local_share_of_the_budget() {
     assert_eq!(by_provider.get("primary"), Some(&3), "{by_provider:?}");
     assert_eq!(by_provider.get("fallback"), Some(&3), "{by_provider:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_hedging_a_slow_primary_is_raced_by_the_fallback_and_the_first_answer_wins() {
+    let redis = TestRedis::start().await;
+    let primary = mock_llm(2_000).await;
+    let fallback = mock_llm(100).await;
+    let mut config = test_config(vec![
+        openai_provider("primary", &primary, 5000, 0),
+        ollama_provider("fallback", &fallback, 5000),
+    ]);
+    config["llm"]["hedging"] = json!({"enabled": true, "afterMs": 200});
+    let gateway = Gateway::start(config, &redis.url(), "r1").await;
+
+    let (status, body) = gateway.send("hedged", "m1", "hello", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reply"]["provider"], "fallback");
+    let latency = turn_latency_ms(&gateway, "hedged").await;
+    assert!(
+        (300..1_000).contains(&latency),
+        "hedge after 200 ms + the fallback's 100 ms, not the primary's 2 s: {latency} ms"
+    );
+    assert_eq!(
+        gateway
+            .metric(
+                "clawgate_provider_hedges_total",
+                "provider=\"primary\",winner=\"hedge\""
+            )
+            .await,
+        1.0
+    );
+
+    // A primary faster than the hedge delay is never raced.
+    primary.set_latency(Duration::from_millis(0));
+    let (_, body) = gateway.send("fast", "m1", "hello", None).await;
+    assert_eq!(body["reply"]["provider"], "primary");
+    assert_eq!(fallback.requests(), 1);
+}
