@@ -3,6 +3,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use clawgate_cluster::supervisor::{self, ClusterSpec};
+use clawgate_cluster::{render, status};
 use clawgate_fakes::{mock_llm, mock_platforms};
 use clawgate_gateway::channels::egress::Egress;
 use clawgate_gateway::config::{Config, ConfigErrors, Overrides, ProviderKind};
@@ -52,6 +54,26 @@ enum Command {
     Deadletter {
         #[command(subcommand)]
         command: DeadletterCommand,
+    },
+    /// Run the reference deployment on this host: Redis, replicas and nginx, supervised.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Print the nginx config for a static deployment of replicas on consecutive ports.
+    NginxConfig {
+        /// Number of replicas.
+        #[arg(long, default_value_t = 3)]
+        replicas: u16,
+        /// What nginx listens on (`listen` directive).
+        #[arg(long, default_value = "80")]
+        listen: String,
+        /// Host the replicas run on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port of the first replica; the others follow.
+        #[arg(long, default_value_t = clawgate_gateway::config::DEFAULT_PORT)]
+        first_port: u16,
     },
     /// Run fakes of outside services, for tests and load tests.
     Mock {
@@ -118,6 +140,47 @@ struct StateArgs {
     /// Redis URL, overriding the config's.
     #[arg(long, env = env_vars::REDIS_URL)]
     redis_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Start Redis (AOF), the replicas and nginx in front of them; restart what exits, take
+    /// unhealthy replicas out of nginx; Ctrl-C or SIGTERM stops everything in reverse order.
+    Up {
+        /// The replicas' config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Number of replicas.
+        #[arg(long, default_value_t = 3)]
+        replicas: u16,
+        /// Where nginx listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Pids, logs, generated configs and Redis's data.
+        #[arg(long, default_value = "clawgate-cluster")]
+        state_dir: PathBuf,
+        /// Use this Redis instead of starting one.
+        #[arg(long)]
+        redis_url: Option<String>,
+        /// Port of the first replica; the others follow.
+        #[arg(long, default_value_t = clawgate_gateway::config::DEFAULT_PORT)]
+        first_port: u16,
+        /// Port of the Redis it starts (0 = any free port).
+        #[arg(long, default_value_t = 0)]
+        redis_port: u16,
+        /// Redis `maxmemory` (it refuses writes beyond it rather than evicting).
+        #[arg(long, default_value = "512mb")]
+        redis_maxmemory: String,
+    },
+    /// Show what runs: replicas (pid, port, health, uptime, turns handled), Redis, nginx.
+    Status {
+        /// The cluster's state directory.
+        #[arg(long, default_value = "clawgate-cluster")]
+        state_dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -196,6 +259,46 @@ fn main() -> ExitCode {
             Command::Mock {
                 command: MockCommand::Platforms { port, host },
             } => mock_platforms(SocketAddr::new(host, port)).await,
+            Command::Cluster {
+                command:
+                    ClusterCommand::Up {
+                        config,
+                        replicas,
+                        listen,
+                        state_dir,
+                        redis_url,
+                        first_port,
+                        redis_port,
+                        redis_maxmemory,
+                    },
+            } => {
+                cluster_up(ClusterSpec {
+                    config,
+                    replicas,
+                    listen,
+                    state_dir,
+                    redis_url,
+                    first_port,
+                    redis_port,
+                    redis_maxmemory,
+                    clawgate: std::env::current_exe().context("locating the clawgate binary")?,
+                    replica_grace: std::time::Duration::from_secs(30),
+                })
+                .await
+            }
+            Command::Cluster {
+                command: ClusterCommand::Status { state_dir, json },
+            } => cluster_status(&state_dir, json).await,
+            Command::NginxConfig {
+                replicas,
+                listen,
+                host,
+                first_port,
+            } => {
+                let conf = render::static_nginx(&listen, &host, first_port, replicas)?;
+                let _ = std::io::stdout().write_all(conf.as_bytes());
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {
@@ -234,6 +337,94 @@ fn shutdown_signal() -> anyhow::Result<CancellationToken> {
         cancel.cancel();
     });
     Ok(token)
+}
+
+async fn cluster_up(mut spec: ClusterSpec) -> anyhow::Result<ExitCode> {
+    // The replicas run from the state directory's point of view: make the config path absolute.
+    spec.config = spec
+        .config
+        .canonicalize()
+        .with_context(|| format!("config file {}", spec.config.display()))?;
+    if let Err(errors) = Config::load(&spec.config) {
+        eprintln!("{errors}");
+        eprintln!("clawgate: the configuration has errors; not starting the cluster");
+        return Ok(ExitCode::FAILURE);
+    }
+    let shutdown = shutdown_signal()?;
+    supervisor::up(spec, shutdown, |state| {
+        let mut out = std::io::stdout();
+        let _ = writeln!(
+            out,
+            "clawgate cluster up: http://{} → {} replicas ({}), Redis {}",
+            state.listen,
+            state.replicas.len(),
+            state
+                .replicas
+                .iter()
+                .map(|r| format!("{} on :{}", r.id, r.port))
+                .collect::<Vec<_>>()
+                .join(", "),
+            redact(&state.redis.url),
+        );
+        let _ = out.flush();
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cluster_status(state_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let report = status::report(state_dir).await.with_context(|| {
+        format!(
+            "no cluster state in {} (is `clawgate cluster up --state-dir {}` running?)",
+            state_dir.display(),
+            state_dir.display()
+        )
+    })?;
+    let mut out = std::io::stdout();
+    if json {
+        let _ = writeln!(out, "{report}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let yes_no = |v: &serde_json::Value| {
+        if v.as_bool() == Some(true) {
+            "yes"
+        } else {
+            "no"
+        }
+    };
+    let _ = writeln!(
+        out,
+        "nginx      pid {}  listening on {}  balancer /healthz {}",
+        report["nginx"]["pid"],
+        report["listen"],
+        yes_no(&report["nginx"]["balancer_healthz"])
+    );
+    let _ = writeln!(
+        out,
+        "redis      up {}  {}  used memory {} bytes  inbox lag {}  pending {}",
+        yes_no(&report["redis"]["up"]),
+        report["redis"]["url"]
+            .as_str()
+            .map(redact)
+            .unwrap_or_default(),
+        report["redis"]["used_memory_bytes"],
+        report["redis"]["inbox_lag"],
+        report["redis"]["inbox_pending"],
+    );
+    for r in report["replicas"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<10} pid {}  port {}  healthy {}  uptime {} s  restarts {}  turns handled {}",
+            r["id"].as_str().unwrap_or_default(),
+            r["pid"],
+            r["port"],
+            yes_no(&r["healthy"]),
+            r["uptime_s"],
+            r["restarts"],
+            r["handled"],
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The config file (or the built-in defaults without one), with command-line overrides applied.

@@ -49,6 +49,12 @@ pub fn delivered(id: &DedupeId) -> String {
     format!("oc:delivered:{{{}}}", id.as_str())
 }
 
+/// `oc:metrics:gateway:{replica_id}`: one replica's counters (`handled`, `running`,
+/// `updated_at`), refreshed every few seconds.
+pub fn replica_metrics(replica_id: &str) -> String {
+    format!("oc:metrics:gateway:{{{replica_id}}}")
+}
+
 /// Replicas seen alive, scored by their last heartbeat (ms): the divisor of a rate budget when a
 /// replica must fall back to its local share.
 pub const REPLICAS: &str = "oc:replicas";

@@ -11,13 +11,13 @@ pub mod turn;
 use crate::config::WorkersConfig;
 use crate::inbox::redis::{InboxEntry, RedisInbox};
 use crate::message::{ConversationKey, InboundMessage};
-use crate::state::StateStore;
 use crate::state::link::RedisLink;
 use crate::state::memory::{MemoryStore, QueuedMessage};
 use crate::state::redis::RedisStore;
+use crate::state::{StateStore, keys};
 use crate::{retry, telemetry};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -110,6 +110,8 @@ pub struct WorkerPool {
     /// Turns running or waiting for their conversation now (the slots also count the read
     /// loop's reservation, so they cannot tell).
     running: AtomicUsize,
+    /// Turns this replica finished with a reply (Redis entries), for `oc:metrics:gateway:{id}`.
+    handled: AtomicU64,
     /// Cancelled when the replica stops taking work: the loops end, waiting turns give up.
     stop: CancellationToken,
 }
@@ -138,6 +140,7 @@ impl WorkerPool {
             memory_leases: LeaseRegistry::default(),
             turns: TaskTracker::new(),
             running: AtomicUsize::new(0),
+            handled: AtomicU64::new(0),
             stop: CancellationToken::new(),
         })
     }
@@ -386,6 +389,7 @@ impl WorkerPool {
             // the reply if that worker dies before sending it.
             Ok(TurnEnd::Discarded) => {}
             Ok(TurnEnd::Replied(_) | TurnEnd::AlreadyAnswered(_)) => {
+                self.handled.fetch_add(1, Ordering::Relaxed);
                 let acked = retry::while_unavailable(|| self.inbox.ack(&id)).await;
                 if let Err(e) = acked {
                     // The reply is on record; whoever claims the entry finds it and just acks.
@@ -501,6 +505,34 @@ impl WorkerPool {
         }
     }
 
+    /// Writes this replica's counters to `oc:metrics:gateway:{replica_id}` for `clawgate cluster
+    /// status`; the hash expires when the replica stops refreshing it.
+    async fn publish_counters(&self) {
+        let Ok(mut conn) = self.link.connection() else {
+            return;
+        };
+        let key = keys::replica_metrics(&self.ctx.replica_id);
+        let result: redis::RedisResult<()> = redis::pipe()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("handled")
+            .arg(self.handled.load(Ordering::Relaxed))
+            .arg("running")
+            .arg(self.running.load(Ordering::Relaxed))
+            .arg("updated_at")
+            .arg(crate::message::now_ms())
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(60)
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = result {
+            self.link.report(&crate::state::link::classify(&e));
+        }
+    }
+
     async fn stats_loop(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
@@ -515,6 +547,7 @@ impl WorkerPool {
                 metrics::gauge!(telemetry::INBOX_LAG)
                     .set(stats.length.saturating_sub(stats.pending) as f64);
             }
+            self.publish_counters().await;
         }
     }
 }

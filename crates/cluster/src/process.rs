@@ -1,0 +1,135 @@
+//! One supervised process: started, restarted with backoff when it exits on its own (Docker's
+//! `restart: always`, without Docker), stopped with a signal and a grace period.
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// First and longest pause before a restart; a process that ran this long healthy starts the
+/// backoff over.
+const RESTART_MIN: Duration = Duration::from_millis(100);
+const RESTART_MAX: Duration = Duration::from_secs(5);
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// What a supervised process reports to the supervisor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The process `name` started with `pid`.
+    Started {
+        /// Process name.
+        name: String,
+        /// Its pid.
+        pid: u32,
+    },
+    /// The process `name` exited on its own (it will be restarted).
+    Exited {
+        /// Process name.
+        name: String,
+        /// How it ended, for the log.
+        status: String,
+    },
+}
+
+/// How to run and stop one process.
+pub struct Spec {
+    /// Name in logs and events (`redis`, `replica-1`, `nginx`).
+    pub name: String,
+    /// Program and arguments.
+    pub program: PathBuf,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Where its stdout and stderr go (appended).
+    pub log: PathBuf,
+    /// The signal that asks it to stop gracefully.
+    pub stop_signal: Signal,
+    /// How long it may take to stop before SIGKILL.
+    pub stop_grace: Duration,
+}
+
+impl Spec {
+    fn spawn(&self) -> std::io::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: a Ctrl-C in the terminal reaches the supervisor only, which
+            // then stops everything in order.
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+    }
+}
+
+/// Runs `spec` until `stop`, restarting it when it exits; reports starts and exits on `events`.
+pub async fn supervise(spec: Spec, events: mpsc::UnboundedSender<Event>, stop: CancellationToken) {
+    let mut backoff = RESTART_MIN;
+    loop {
+        let started = Instant::now();
+        let mut child = match spec.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::error!(process = %spec.name, program = %spec.program.display(), error = %e, "cannot start; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(RESTART_MAX);
+                continue;
+            }
+        };
+        if let Some(pid) = child.id() {
+            let _ = events.send(Event::Started {
+                name: spec.name.clone(),
+                pid,
+            });
+        }
+        tokio::select! {
+            status = child.wait() => {
+                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                tracing::warn!(process = %spec.name, %status, "exited; restarting");
+                let _ = events.send(Event::Exited { name: spec.name.clone(), status });
+            }
+            _ = stop.cancelled() => {
+                stop_child(&spec, &mut child).await;
+                return;
+            }
+        }
+        if started.elapsed() >= STABLE_AFTER {
+            backoff = RESTART_MIN;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(RESTART_MAX);
+    }
+}
+
+/// Asks the child to stop, waits its grace period, then kills it.
+async fn stop_child(spec: &Spec, child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), spec.stop_signal);
+    }
+    match tokio::time::timeout(spec.stop_grace, child.wait()).await {
+        Ok(_) => tracing::info!(process = %spec.name, "stopped"),
+        Err(_) => {
+            tracing::warn!(process = %spec.name, grace = ?spec.stop_grace, "did not stop in time; killing it");
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// Sends `signal` to `pid`; false when no such process exists.
+pub fn signal(pid: u32, signal: Option<Signal>) -> bool {
+    kill(Pid::from_raw(pid as i32), signal).is_ok()
+}

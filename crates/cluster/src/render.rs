@@ -1,0 +1,174 @@
+//! The configuration files the cluster runs with, rendered from templates: nginx (for the
+//! supervised cluster and for static deployments) and Redis.
+
+use minijinja::{Environment, context};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// One upstream server of the nginx config.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Upstream {
+    /// `host:port` of the replica.
+    pub address: String,
+    /// Taken out by the active health check.
+    pub down: bool,
+}
+
+/// Why a template could not be rendered (a bug in a template, never user input).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot render {template}: {source}")]
+pub struct RenderError {
+    template: &'static str,
+    source: minijinja::Error,
+}
+
+fn render(
+    name: &'static str,
+    source: &'static str,
+    ctx: minijinja::Value,
+) -> Result<String, RenderError> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    let fail = |source| RenderError {
+        template: name,
+        source,
+    };
+    env.add_template(name, source).map_err(fail)?;
+    env.get_template(name)
+        .and_then(|t| t.render(ctx))
+        .map_err(fail)
+}
+
+/// The nginx config of the supervised cluster: foreground, pid, logs and temp files under
+/// `state_dir`.
+pub fn cluster_nginx(
+    listen: SocketAddr,
+    upstreams: &[Upstream],
+    state_dir: &Path,
+) -> Result<String, RenderError> {
+    // With every replica marked down nginx would answer 502 to everything; leaving them all in
+    // lets the passive checks and retries do their best.
+    let all_down = upstreams.iter().all(|u| u.down);
+    let upstreams: Vec<Upstream> = upstreams
+        .iter()
+        .map(|u| Upstream {
+            address: u.address.clone(),
+            down: u.down && !all_down,
+        })
+        .collect();
+    render(
+        "nginx.conf",
+        include_str!("templates/nginx.conf.j2"),
+        context! {
+            generator => "cluster up",
+            cluster => true,
+            state_dir => state_dir.display().to_string(),
+            listen => listen.to_string(),
+            replicas => upstreams,
+        },
+    )
+}
+
+/// The nginx config for a static deployment: `replicas` replicas on `host` from `first_port`.
+pub fn static_nginx(
+    listen: &str,
+    host: &str,
+    first_port: u16,
+    replicas: u16,
+) -> Result<String, RenderError> {
+    let upstreams: Vec<Upstream> = (0..replicas)
+        .map(|i| Upstream {
+            address: format!("{host}:{}", first_port.saturating_add(i)),
+            down: false,
+        })
+        .collect();
+    render(
+        "nginx.conf",
+        include_str!("templates/nginx.conf.j2"),
+        context! {
+            generator => "nginx-config",
+            cluster => false,
+            listen => listen,
+            replicas => upstreams,
+        },
+    )
+}
+
+/// The Redis config: AOF every second, no eviction; `port` and `dir` for a supervised
+/// `redis-server` (`None` renders the settings alone, for `deploy/redis.conf`).
+pub fn redis_conf(local: Option<(u16, &Path)>, maxmemory: &str) -> Result<String, RenderError> {
+    render(
+        "redis.conf",
+        include_str!("templates/redis.conf.j2"),
+        context! {
+            generator => if local.is_some() { "cluster up" } else { "deploy" },
+            port => local.map(|(port, _)| port),
+            dir => local.map(|(_, dir)| dir.display().to_string()),
+            maxmemory => maxmemory,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_static_config_balances_least_conn_over_consecutive_ports_and_retries_posts() {
+        let conf = static_nginx("0.0.0.0:8080", "127.0.0.1", 18789, 3).unwrap();
+        for port in [18789, 18790, 18791] {
+            assert!(
+                conf.contains(&format!(
+                    "server 127.0.0.1:{port} max_fails=3 fail_timeout=15s;"
+                )),
+                "{conf}"
+            );
+        }
+        assert!(conf.contains("least_conn;"));
+        assert!(
+            conf.contains("proxy_next_upstream error timeout http_502 http_503 non_idempotent;")
+        );
+        assert!(!conf.contains("daemon off"));
+    }
+
+    #[test]
+    fn a_replica_the_active_check_failed_is_marked_down_unless_all_are() {
+        let dir = Path::new("/tmp/state");
+        let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let up = |address: &str, down| Upstream {
+            address: address.into(),
+            down,
+        };
+        let conf = cluster_nginx(
+            listen,
+            &[up("127.0.0.1:1", false), up("127.0.0.1:2", true)],
+            dir,
+        )
+        .unwrap();
+        assert!(conf.contains("server 127.0.0.1:2 max_fails=3 fail_timeout=15s down;"));
+        assert!(conf.contains("pid /tmp/state/nginx.pid;"));
+        let conf = cluster_nginx(
+            listen,
+            &[up("127.0.0.1:1", true), up("127.0.0.1:2", true)],
+            dir,
+        )
+        .unwrap();
+        assert!(!conf.contains(" down;"), "{conf}");
+    }
+
+    #[test]
+    fn redis_keeps_every_write_and_never_evicts() {
+        let conf = redis_conf(Some((6400, Path::new("/tmp/r"))), "256mb").unwrap();
+        for line in [
+            "port 6400",
+            "dir /tmp/r",
+            "appendonly yes",
+            "appendfsync everysec",
+            "maxmemory-policy noeviction",
+        ] {
+            assert!(conf.lines().any(|l| l == line), "{line} in {conf}");
+        }
+    }
+}

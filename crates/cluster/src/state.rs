@@ -1,0 +1,84 @@
+//! The cluster's state file (`cluster.json` in the state directory): what the supervisor runs,
+//! rewritten on every change, read by `clawgate cluster status`.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The file's name inside the state directory.
+pub const FILE: &str = "cluster.json";
+
+/// What runs, as far as the supervisor knows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// The supervisor's own pid.
+    pub supervisor_pid: u32,
+    /// Where nginx listens.
+    pub listen: String,
+    /// Redis.
+    pub redis: RedisState,
+    /// nginx.
+    pub nginx: ProcessState,
+    /// Replicas, in port order.
+    pub replicas: Vec<ReplicaState>,
+}
+
+/// Redis as the cluster uses it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RedisState {
+    /// The URL replicas use.
+    pub url: String,
+    /// Whether the supervisor runs it (false with `--redis-url`).
+    pub managed: bool,
+    /// Its process, when managed.
+    pub pid: Option<u32>,
+}
+
+/// A supervised process.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessState {
+    /// Current pid; `None` while (re)starting.
+    pub pid: Option<u32>,
+    /// Milliseconds since the Unix epoch when the current process started.
+    pub started_at_ms: u64,
+    /// Times it was restarted after exiting on its own.
+    pub restarts: u32,
+}
+
+/// One replica.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaState {
+    /// Its replica id.
+    pub id: String,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its process.
+    #[serde(flatten)]
+    pub process: ProcessState,
+    /// Passed the last active health check.
+    pub healthy: bool,
+}
+
+impl ClusterState {
+    /// Reads the state file of `state_dir`.
+    pub fn read(state_dir: &Path) -> std::io::Result<ClusterState> {
+        let text = std::fs::read_to_string(state_dir.join(FILE))?;
+        serde_json::from_str(&text)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    /// Writes it atomically (temporary file, then rename), so a reader never sees half of it.
+    pub fn write(&self, state_dir: &Path) -> std::io::Result<()> {
+        let tmp: PathBuf = state_dir.join(format!("{FILE}.tmp"));
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(tmp, state_dir.join(FILE))
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

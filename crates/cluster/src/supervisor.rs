@@ -1,0 +1,409 @@
+//! `clawgate cluster up`: the reference deployment on one host, supervised in the foreground.
+//!
+//! Start order: Redis (unless an external URL is given), the replicas (each waited for until
+//! ready), nginx. Then, every second, each replica's `/readyz` is polled and a failing replica is
+//! marked `down` in nginx's upstream (config rewrite + reload), and put back when it answers
+//! again; a process that exits is restarted with backoff. Stop order is the reverse: nginx stops
+//! taking requests, the replicas drain (SIGTERM), Redis flushes its AOF and exits.
+
+use crate::process::{self, Event, Spec};
+use crate::render::{self, RenderError, Upstream};
+use crate::state::{ClusterState, ProcessState, ReplicaState, now_ms};
+use nix::sys::signal::Signal;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How often replicas are health-checked.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Bound on one health check.
+const HEALTH_TIMEOUT: Duration = Duration::from_millis(800);
+/// How long start-up waits for each part to become ready.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// The replicas' config file.
+    pub config: PathBuf,
+    /// Number of replicas.
+    pub replicas: u16,
+    /// Where nginx listens.
+    pub listen: SocketAddr,
+    /// Where pids, logs, generated configs and Redis's data live.
+    pub state_dir: PathBuf,
+    /// An external Redis; `None` starts one.
+    pub redis_url: Option<String>,
+    /// Port of the first replica; the others follow.
+    pub first_port: u16,
+    /// Port of the Redis this starts (0 = any free port).
+    pub redis_port: u16,
+    /// Redis `maxmemory`.
+    pub redis_maxmemory: String,
+    /// The `clawgate` binary the replicas run.
+    pub clawgate: PathBuf,
+    /// How long a replica may take to drain at stop.
+    pub replica_grace: Duration,
+}
+
+/// Why the cluster could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A program the cluster needs is not installed.
+    #[error("{program} is not installed (looked in PATH, /usr/sbin, /usr/local/sbin): {hint}")]
+    MissingProgram {
+        /// The program.
+        program: &'static str,
+        /// How to install it.
+        hint: &'static str,
+    },
+    /// The state directory or a file in it.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A generated config.
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    /// A part did not become ready in time.
+    #[error(
+        "{0} did not become ready within {START_TIMEOUT:?}; see its log in the state directory"
+    )]
+    NotReady(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
+    move |source| ClusterError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Finds `program` in PATH or the usual sbin directories.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Runs the cluster until `shutdown`; `on_ready` is called once everything answers.
+pub async fn up(
+    spec: ClusterSpec,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(&ClusterState),
+) -> Result<(), ClusterError> {
+    let nginx = find_program("nginx").ok_or(ClusterError::MissingProgram {
+        program: "nginx",
+        hint: "install it (Debian/Ubuntu: apt-get install nginx; Fedora: dnf install nginx; macOS: brew install nginx) and run again",
+    })?;
+    std::fs::create_dir_all(&spec.state_dir).map_err(io(&spec.state_dir))?;
+    let state_dir = spec.state_dir.canonicalize().map_err(io(&spec.state_dir))?;
+    for sub in ["logs", "redis", "nginx-temp"] {
+        let dir = state_dir.join(sub);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    }
+    let logs = state_dir.join("logs");
+    let (events, mut event_rx) = mpsc::unbounded_channel();
+    let http = reqwest::Client::builder()
+        .timeout(HEALTH_TIMEOUT)
+        .no_proxy()
+        .build()
+        .map_err(|e| ClusterError::NotReady(format!("HTTP client: {e}")))?;
+
+    let mut state = ClusterState {
+        supervisor_pid: std::process::id(),
+        listen: spec.listen.to_string(),
+        ..ClusterState::default()
+    };
+
+    // Redis.
+    let redis_stop = CancellationToken::new();
+    let mut redis_task: Option<JoinHandle<()>> = None;
+    state.redis.url = match &spec.redis_url {
+        Some(url) => url.clone(),
+        None => {
+            let program = find_program("redis-server").ok_or(ClusterError::MissingProgram {
+                program: "redis-server",
+                hint: "install it (Debian/Ubuntu: apt-get install redis-server) or pass --redis-url",
+            })?;
+            let port = if spec.redis_port == 0 {
+                free_port().map_err(io(&state_dir))?
+            } else {
+                spec.redis_port
+            };
+            let conf_path = state_dir.join("redis.conf");
+            let conf = render::redis_conf(
+                Some((port, &state_dir.join("redis"))),
+                &spec.redis_maxmemory,
+            )?;
+            std::fs::write(&conf_path, conf).map_err(io(&conf_path))?;
+            state.redis.managed = true;
+            redis_task = Some(tokio::spawn(process::supervise(
+                Spec {
+                    name: "redis".into(),
+                    program,
+                    args: vec![conf_path.display().to_string()],
+                    log: logs.join("redis.log"),
+                    stop_signal: Signal::SIGTERM,
+                    stop_grace: Duration::from_secs(10),
+                },
+                events.clone(),
+                redis_stop.clone(),
+            )));
+            format!("redis://127.0.0.1:{port}")
+        }
+    };
+    wait_for("Redis", || redis_answers(&state.redis.url)).await?;
+
+    // Replicas.
+    let replicas_stop = CancellationToken::new();
+    let mut replica_tasks = Vec::new();
+    for i in 0..spec.replicas {
+        let id = format!("replica-{}", i + 1);
+        let port = spec.first_port.saturating_add(i);
+        state.replicas.push(ReplicaState {
+            id: id.clone(),
+            port,
+            ..ReplicaState::default()
+        });
+        replica_tasks.push(tokio::spawn(process::supervise(
+            Spec {
+                name: id.clone(),
+                program: spec.clawgate.clone(),
+                args: vec![
+                    "serve".into(),
+                    "--config".into(),
+                    spec.config.display().to_string(),
+                    "--listen".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--replica-id".into(),
+                    id.clone(),
+                    "--redis-url".into(),
+                    state.redis.url.clone(),
+                ],
+                log: logs.join(format!("{id}.log")),
+                stop_signal: Signal::SIGTERM,
+                stop_grace: spec.replica_grace,
+            },
+            events.clone(),
+            replicas_stop.clone(),
+        )));
+    }
+    for replica in &state.replicas {
+        let url = format!("http://127.0.0.1:{}/readyz", replica.port);
+        wait_for(&replica.id, || answers(&http, &url)).await?;
+    }
+    for replica in &mut state.replicas {
+        replica.healthy = true;
+    }
+
+    // nginx.
+    let nginx_conf = state_dir.join("nginx.conf");
+    write_nginx(&nginx_conf, &spec, &state, &state_dir)?;
+    let nginx_stop = CancellationToken::new();
+    let nginx_task = tokio::spawn(process::supervise(
+        Spec {
+            name: "nginx".into(),
+            program: nginx,
+            args: vec![
+                "-p".into(),
+                state_dir.display().to_string(),
+                "-c".into(),
+                nginx_conf.display().to_string(),
+                "-e".into(),
+                state_dir.join("nginx-error.log").display().to_string(),
+            ],
+            log: logs.join("nginx.log"),
+            // Graceful: finish the requests in flight, then exit.
+            stop_signal: Signal::SIGQUIT,
+            stop_grace: Duration::from_secs(10),
+        },
+        events.clone(),
+        nginx_stop.clone(),
+    ));
+    let balancer = format!("http://{}/healthz", spec.listen);
+    wait_for("nginx", || answers(&http, &balancer)).await?;
+
+    // Collect the pids reported so far, then announce.
+    while let Ok(event) = event_rx.try_recv() {
+        apply(&mut state, event);
+    }
+    write_state(&state, &state_dir);
+    on_ready(&state);
+
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut marked_down: BTreeSet<String> = BTreeSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(event) = event_rx.recv() => {
+                if let Event::Exited { name, .. } = &event
+                    && let Some(replica) = state.replicas.iter_mut().find(|r| &r.id == name)
+                {
+                    replica.healthy = false;
+                }
+                apply(&mut state, event);
+            }
+            _ = tick.tick() => {
+                let checks = state.replicas.iter().map(|r| {
+                    let url = format!("http://127.0.0.1:{}/readyz", r.port);
+                    let http = http.clone();
+                    async move { answers(&http, &url).await }
+                });
+                let healthy = futures_util::future::join_all(checks).await;
+                for (replica, healthy) in state.replicas.iter_mut().zip(healthy) {
+                    replica.healthy = healthy;
+                }
+            }
+        }
+        let down: BTreeSet<String> = state
+            .replicas
+            .iter()
+            .filter(|r| !r.healthy)
+            .map(|r| r.id.clone())
+            .collect();
+        if down != marked_down {
+            for id in down.difference(&marked_down) {
+                tracing::warn!(replica = %id, "failed its health check; taken out of nginx's upstream");
+            }
+            for id in marked_down.difference(&down) {
+                tracing::info!(replica = %id, "healthy again; back in nginx's upstream");
+            }
+            write_nginx(&nginx_conf, &spec, &state, &state_dir)?;
+            if let Some(pid) = state.nginx.pid {
+                // What `nginx -s reload` does.
+                process::signal(pid, Some(Signal::SIGHUP));
+            }
+            marked_down = down;
+        }
+        write_state(&state, &state_dir);
+    }
+
+    tracing::info!("stopping: nginx, then the replicas (draining), then Redis");
+    nginx_stop.cancel();
+    let _ = nginx_task.await;
+    replicas_stop.cancel();
+    for task in replica_tasks {
+        let _ = task.await;
+    }
+    redis_stop.cancel();
+    if let Some(task) = redis_task {
+        let _ = task.await;
+    }
+    state.nginx.pid = None;
+    state.redis.pid = None;
+    for replica in &mut state.replicas {
+        replica.process.pid = None;
+        replica.healthy = false;
+    }
+    write_state(&state, &state_dir);
+    Ok(())
+}
+
+/// Records a start or an exit in the state.
+fn apply(state: &mut ClusterState, event: Event) {
+    let (name, pid) = match &event {
+        Event::Started { name, pid } => (name.as_str(), Some(*pid)),
+        Event::Exited { name, .. } => (name.as_str(), None),
+    };
+    let process: Option<&mut ProcessState> = match name {
+        "nginx" => Some(&mut state.nginx),
+        "redis" => {
+            state.redis.pid = pid;
+            None
+        }
+        id => state
+            .replicas
+            .iter_mut()
+            .find(|r| r.id == id)
+            .map(|r| &mut r.process),
+    };
+    if let Some(process) = process {
+        match event {
+            Event::Started { pid, .. } => {
+                process.pid = Some(pid);
+                process.started_at_ms = now_ms();
+            }
+            Event::Exited { .. } => {
+                process.pid = None;
+                process.restarts += 1;
+            }
+        }
+    }
+}
+
+fn write_nginx(
+    path: &Path,
+    spec: &ClusterSpec,
+    state: &ClusterState,
+    state_dir: &Path,
+) -> Result<(), ClusterError> {
+    let upstreams: Vec<Upstream> = state
+        .replicas
+        .iter()
+        .map(|r| Upstream {
+            address: format!("127.0.0.1:{}", r.port),
+            down: !r.healthy,
+        })
+        .collect();
+    let conf = render::cluster_nginx(spec.listen, &upstreams, state_dir)?;
+    std::fs::write(path, conf).map_err(io(path))
+}
+
+fn write_state(state: &ClusterState, state_dir: &Path) {
+    if let Err(e) = state.write(state_dir) {
+        tracing::warn!(error = %e, "cannot write the cluster state file");
+    }
+}
+
+async fn wait_for<F, Fut>(what: &str, mut check: F) -> Result<(), ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(ClusterError::NotReady(what.to_string()))
+}
+
+/// `GET url` answered 200.
+pub(crate) async fn answers(http: &reqwest::Client, url: &str) -> bool {
+    http.get(url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Redis at `url` answers PING.
+pub(crate) async fn redis_answers(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let connect = client.get_multiplexed_async_connection();
+    let Ok(Ok(mut conn)) = tokio::time::timeout(HEALTH_TIMEOUT, connect).await else {
+        return false;
+    };
+    let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+    pong.is_ok()
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
