@@ -74,6 +74,10 @@ enum Command {
         /// Port of the first replica; the others follow.
         #[arg(long, default_value_t = clawgate_gateway::config::DEFAULT_PORT)]
         first_port: u16,
+        /// Explicit replica addresses (`host:port`, repeatable), instead of `--replicas` ports
+        /// on `--host`: e.g. one per container in a compose file.
+        #[arg(long = "server")]
+        servers: Vec<String>,
     },
     /// Run fakes of outside services, for tests and load tests.
     Mock {
@@ -294,8 +298,16 @@ fn main() -> ExitCode {
                 listen,
                 host,
                 first_port,
+                servers,
             } => {
-                let conf = render::static_nginx(&listen, &host, first_port, replicas)?;
+                let servers = if servers.is_empty() {
+                    (0..replicas)
+                        .map(|i| format!("{host}:{}", first_port.saturating_add(i)))
+                        .collect()
+                } else {
+                    servers
+                };
+                let conf = render::static_nginx(&listen, &servers)?;
                 let _ = std::io::stdout().write_all(conf.as_bytes());
                 Ok(ExitCode::SUCCESS)
             }

@@ -31,6 +31,7 @@ fn render(
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
+    env.set_keep_trailing_newline(true);
     let fail = |source| RenderError {
         template: name,
         source,
@@ -71,16 +72,12 @@ pub fn cluster_nginx(
     )
 }
 
-/// The nginx config for a static deployment: `replicas` replicas on `host` from `first_port`.
-pub fn static_nginx(
-    listen: &str,
-    host: &str,
-    first_port: u16,
-    replicas: u16,
-) -> Result<String, RenderError> {
-    let upstreams: Vec<Upstream> = (0..replicas)
-        .map(|i| Upstream {
-            address: format!("{host}:{}", first_port.saturating_add(i)),
+/// The nginx config for a static deployment in front of `servers` (`host:port` each).
+pub fn static_nginx(listen: &str, servers: &[String]) -> Result<String, RenderError> {
+    let upstreams: Vec<Upstream> = servers
+        .iter()
+        .map(|address| Upstream {
+            address: address.clone(),
             down: false,
         })
         .collect();
@@ -97,13 +94,12 @@ pub fn static_nginx(
 }
 
 /// The Redis config: AOF every second, no eviction; `port` and `dir` for a supervised
-/// `redis-server` (`None` renders the settings alone, for `deploy/redis.conf`).
+/// `redis-server` (`None` renders the settings alone: `deploy/redis.conf` with 512mb).
 pub fn redis_conf(local: Option<(u16, &Path)>, maxmemory: &str) -> Result<String, RenderError> {
     render(
         "redis.conf",
         include_str!("templates/redis.conf.j2"),
         context! {
-            generator => if local.is_some() { "cluster up" } else { "deploy" },
             port => local.map(|(port, _)| port),
             dir => local.map(|(_, dir)| dir.display().to_string()),
             maxmemory => maxmemory,
@@ -117,7 +113,8 @@ mod tests {
 
     #[test]
     fn the_static_config_balances_least_conn_over_consecutive_ports_and_retries_posts() {
-        let conf = static_nginx("0.0.0.0:8080", "127.0.0.1", 18789, 3).unwrap();
+        let servers: Vec<String> = (18789..18792).map(|p| format!("127.0.0.1:{p}")).collect();
+        let conf = static_nginx("0.0.0.0:8080", &servers).unwrap();
         for port in [18789, 18790, 18791] {
             assert!(
                 conf.contains(&format!(

@@ -7,6 +7,7 @@
 mod api;
 mod channels;
 mod cli;
+mod cluster;
 mod degraded;
 mod providers;
 mod replicas;

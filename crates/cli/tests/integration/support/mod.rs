@@ -4,7 +4,8 @@
 
 #![allow(dead_code)]
 
-use clawgate_fakes::mock_llm::{MockLlm, Options};
+pub use clawgate_fakes::mock_llm::MockLlm;
+use clawgate_fakes::mock_llm::Options;
 use clawgate_fakes::mock_platforms::{MockPlatforms, Sent};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
@@ -589,4 +590,190 @@ pub fn user_turns(reply_text: &str) -> usize {
         .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("not a mock answer: {reply_text}"))
+}
+
+/// The first of `count` consecutive ports that were free a moment ago on 127.0.0.1.
+pub fn free_port_range(count: u16) -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..200 {
+        // Spread over 20000..60000 so concurrent tests (and test processes) pick different ranges.
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mixed = seed
+            .wrapping_add(std::process::id().wrapping_mul(7919))
+            .wrapping_add(n.wrapping_mul(104_729));
+        let base = 20_000 + (mixed % 40_000) as u16;
+        if (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {count} consecutive free ports on 127.0.0.1");
+}
+
+/// A `clawgate cluster up` process: Redis, replicas and nginx, stopped (SIGTERM, in order) when
+/// dropped.
+pub struct TestCluster {
+    child: Option<Child>,
+    /// Where nginx listens.
+    pub listen: SocketAddr,
+    /// The cluster's state directory.
+    pub state_dir: PathBuf,
+    _dir: TempDir,
+    http: reqwest::Client,
+}
+
+impl TestCluster {
+    /// Starts `replicas` replicas with `config` and waits until nginx answers.
+    pub async fn start(config: Value, replicas: u16) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("clawgate.json");
+        std::fs::write(&config_path, config.to_string()).expect("write config");
+        let state_dir = dir.path().join("state");
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let first_port = free_port_range(replicas);
+        let log = std::fs::File::create(dir.path().join("cluster.log")).expect("log file");
+        let child = Command::new(binary())
+            .args(["cluster", "up", "--config"])
+            .arg(&config_path)
+            .args([
+                "--replicas",
+                &replicas.to_string(),
+                "--listen",
+                &listen.to_string(),
+            ])
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(["--first-port", &first_port.to_string()])
+            .env_remove("LLM_API_KEY")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn clawgate cluster up");
+        let cluster = TestCluster {
+            child: Some(child),
+            listen,
+            state_dir,
+            _dir: dir,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("client"),
+        };
+        // The supervisor announces itself once every part answers and its state file is written.
+        let log_path = cluster._dir.path().join("cluster.log");
+        eventually(
+            Duration::from_secs(60),
+            "`clawgate cluster up` to announce itself",
+            || {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                async move { log.contains("clawgate cluster up: http://").then_some(()) }
+            },
+        )
+        .await;
+        cluster
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    /// `POST /v1/webchat/messages` through nginx.
+    pub async fn send(&self, session: &str, message_id: &str, text: &str) -> (u16, Value) {
+        let body = json!({"session_id": session, "message_id": message_id, "text": text});
+        match self
+            .http
+            .post(self.url("/v1/webchat/messages"))
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (status, response.json().await.unwrap_or(Value::Null))
+            }
+            Err(e) => (0, json!({"error": e.to_string()})),
+        }
+    }
+
+    /// `clawgate cluster status --json`.
+    pub async fn status(&self) -> Value {
+        let state_dir = self.state_dir.display().to_string();
+        let (code, out) = run_cli(
+            &["cluster", "status", "--state-dir", &state_dir, "--json"],
+            &[],
+        )
+        .await;
+        assert_eq!(code, 0, "{out}");
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
+    /// The Redis the cluster runs.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        let state: Value = serde_json::from_str(
+            &std::fs::read_to_string(self.state_dir.join("cluster.json")).expect("state file"),
+        )
+        .expect("state json");
+        let url = state["redis"]["url"]
+            .as_str()
+            .expect("redis url")
+            .to_string();
+        redis::Client::open(url)
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
+    }
+
+    /// The logs of the supervisor and of every part.
+    pub fn logs(&self) -> String {
+        let mut text =
+            std::fs::read_to_string(self._dir.path().join("cluster.log")).unwrap_or_default();
+        if let Ok(entries) = std::fs::read_dir(self.state_dir.join("logs")) {
+            for entry in entries.flatten() {
+                text.push_str(&format!("\n--- {}\n", entry.path().display()));
+                text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        text
+    }
+
+    /// SIGTERM to the supervisor, then wait for it (it stops everything in order).
+    pub async fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|s| s.code())
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        // Bounded: the supervisor stops nginx, the replicas and Redis, then exits.
+        for _ in 0..600 {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.start_kill();
+    }
 }
