@@ -176,6 +176,15 @@ enum ClusterCommand {
         #[arg(long, default_value = "512mb")]
         redis_maxmemory: String,
     },
+    /// Add or drain replicas of a running cluster without dropping a message: new ones join
+    /// nginx's upstream once ready; leaving ones are taken out of it first, then drained.
+    Scale {
+        /// The replica count wanted (at least 1).
+        replicas: u16,
+        /// The cluster's state directory.
+        #[arg(long, default_value = "clawgate-cluster")]
+        state_dir: PathBuf,
+    },
     /// Show what runs: replicas (pid, port, health, uptime, turns handled), Redis, nginx.
     Status {
         /// The cluster's state directory.
@@ -293,6 +302,13 @@ fn main() -> ExitCode {
             Command::Cluster {
                 command: ClusterCommand::Status { state_dir, json },
             } => cluster_status(&state_dir, json).await,
+            Command::Cluster {
+                command:
+                    ClusterCommand::Scale {
+                        replicas,
+                        state_dir,
+                    },
+            } => cluster_scale(&state_dir, replicas).await,
             Command::NginxConfig {
                 replicas,
                 listen,
@@ -382,6 +398,34 @@ async fn cluster_up(mut spec: ClusterSpec) -> anyhow::Result<ExitCode> {
     })
     .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn cluster_scale(state_dir: &std::path::Path, replicas: u16) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(replicas >= 1, "a cluster needs at least one replica");
+    status::report(state_dir)
+        .await
+        .with_context(|| format!("no running cluster in {}", state_dir.display()))?;
+    let file = state_dir.join(supervisor::DESIRED_REPLICAS);
+    std::fs::write(&file, replicas.to_string())
+        .with_context(|| format!("writing {}", file.display()))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let report = status::report(state_dir).await?;
+        let listed = report["replicas"].as_array().cloned().unwrap_or_default();
+        let healthy = listed.iter().filter(|r| r["healthy"] == true).count();
+        if listed.len() == usize::from(replicas) && healthy == listed.len() {
+            let _ = writeln!(std::io::stdout(), "{replicas} replicas, all healthy");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!(
+                "clawgate: asked for {replicas} replicas; after 60 s there are {} ({healthy} healthy)",
+                listed.len()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 async fn cluster_status(state_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {

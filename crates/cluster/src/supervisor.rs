@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Bound on one health check.
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(800);
+/// The file in the state directory through which `clawgate cluster scale` asks for a replica
+/// count.
+pub const DESIRED_REPLICAS: &str = "desired-replicas";
 /// How long start-up waits for each part to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -165,38 +168,11 @@ pub async fn up(
     wait_for("Redis", || redis_answers(&state.redis.url)).await?;
 
     // Replicas.
-    let replicas_stop = CancellationToken::new();
-    let mut replica_tasks = Vec::new();
-    for i in 0..spec.replicas {
-        let id = format!("replica-{}", i + 1);
-        let port = spec.first_port.saturating_add(i);
-        state.replicas.push(ReplicaState {
-            id: id.clone(),
-            port,
-            ..ReplicaState::default()
-        });
-        replica_tasks.push(tokio::spawn(process::supervise(
-            Spec {
-                name: id.clone(),
-                program: spec.clawgate.clone(),
-                args: vec![
-                    "serve".into(),
-                    "--config".into(),
-                    spec.config.display().to_string(),
-                    "--listen".into(),
-                    format!("127.0.0.1:{port}"),
-                    "--replica-id".into(),
-                    id.clone(),
-                    "--redis-url".into(),
-                    state.redis.url.clone(),
-                ],
-                log: logs.join(format!("{id}.log")),
-                stop_signal: Signal::SIGTERM,
-                stop_grace: spec.replica_grace,
-            },
-            events.clone(),
-            replicas_stop.clone(),
-        )));
+    let mut running = Vec::new();
+    for index in 0..spec.replicas {
+        let (replica, handle) = start_replica(&spec, index, &state.redis.url, &logs, &events);
+        state.replicas.push(replica);
+        running.push(handle);
     }
     for replica in &state.replicas {
         let url = format!("http://127.0.0.1:{}/readyz", replica.port);
@@ -243,6 +219,9 @@ pub async fn up(
     let mut tick = tokio::time::interval(HEALTH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut marked_down: BTreeSet<String> = BTreeSet::new();
+    let desired_file = state_dir.join(DESIRED_REPLICAS);
+    let _ = std::fs::remove_file(&desired_file);
+    let mut draining: Vec<JoinHandle<()>> = Vec::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -263,6 +242,40 @@ pub async fn up(
                 let healthy = futures_util::future::join_all(checks).await;
                 for (replica, healthy) in state.replicas.iter_mut().zip(healthy) {
                     replica.healthy = healthy;
+                }
+                // `clawgate cluster scale N` leaves the wanted count here.
+                let desired = std::fs::read_to_string(&desired_file)
+                    .ok()
+                    .and_then(|text| text.trim().parse::<u16>().ok());
+                if let Some(desired) = desired {
+                    while state.replicas.len() < usize::from(desired) {
+                        let index = state.replicas.len() as u16;
+                        let (replica, handle) =
+                            start_replica(&spec, index, &state.redis.url, &logs, &events);
+                        tracing::info!(replica = %replica.id, port = replica.port, "scaling up");
+                        state.replicas.push(replica);
+                        running.push(handle);
+                    }
+                    if state.replicas.len() > usize::from(desired.max(1)) {
+                        // Out of nginx's upstream first, so no new request reaches it; then
+                        // SIGTERM: it finishes what it holds and exits.
+                        let mut leaving = Vec::new();
+                        while state.replicas.len() > usize::from(desired.max(1)) {
+                            if let (Some(replica), Some(handle)) = (state.replicas.pop(), running.pop()) {
+                                leaving.push((replica.id, handle));
+                            }
+                        }
+                        write_nginx(&nginx_conf, &spec, &state, &state_dir)?;
+                        if let Some(pid) = state.nginx.pid {
+                            process::signal(pid, Some(Signal::SIGHUP));
+                        }
+                        for (id, handle) in leaving {
+                            tracing::info!(replica = %id, "scaling down: out of the upstream, draining");
+                            marked_down.remove(&id);
+                            handle.stop.cancel();
+                            draining.push(handle.task);
+                        }
+                    }
                 }
             }
         }
@@ -292,8 +305,10 @@ pub async fn up(
     tracing::info!("stopping: nginx, then the replicas (draining), then Redis");
     nginx_stop.cancel();
     let _ = nginx_task.await;
-    replicas_stop.cancel();
-    for task in replica_tasks {
+    for handle in &running {
+        handle.stop.cancel();
+    }
+    for task in running.into_iter().map(|h| h.task).chain(draining) {
         let _ = task.await;
     }
     redis_stop.cancel();
@@ -308,6 +323,54 @@ pub async fn up(
     }
     write_state(&state, &state_dir);
     Ok(())
+}
+
+/// A running replica's supervisor task and the token that stops it.
+struct ReplicaHandle {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Starts supervising replica number `index` (0-based): id `replica-{index+1}`, port
+/// `first_port + index`.
+fn start_replica(
+    spec: &ClusterSpec,
+    index: u16,
+    redis_url: &str,
+    logs: &Path,
+    events: &mpsc::UnboundedSender<Event>,
+) -> (ReplicaState, ReplicaHandle) {
+    let id = format!("replica-{}", index + 1);
+    let port = spec.first_port.saturating_add(index);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(process::supervise(
+        Spec {
+            name: id.clone(),
+            program: spec.clawgate.clone(),
+            args: vec![
+                "serve".into(),
+                "--config".into(),
+                spec.config.display().to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--replica-id".into(),
+                id.clone(),
+                "--redis-url".into(),
+                redis_url.to_string(),
+            ],
+            log: logs.join(format!("{id}.log")),
+            stop_signal: Signal::SIGTERM,
+            stop_grace: spec.replica_grace,
+        },
+        events.clone(),
+        stop.clone(),
+    ));
+    let replica = ReplicaState {
+        id,
+        port,
+        ..ReplicaState::default()
+    };
+    (replica, ReplicaHandle { stop, task })
 }
 
 /// Records a start or an exit in the state.

@@ -3,8 +3,9 @@
 
 use crate::support::*;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
 
 fn cluster_config(llm: &MockLlm) -> Value {
     let mut config = test_config(vec![openai_provider("primary", llm, 10_000, 0)]);
@@ -58,77 +59,77 @@ async fn cluster_up_serves_through_nginx_reports_its_parts_and_stops_them_all() 
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_killed_under_load_loses_nothing_and_is_back_within_two_seconds() {
-    const CUSTOMERS: usize = 30;
-    const TURNS: usize = 6;
-    let llm = mock_llm(100).await;
-    let cluster = std::sync::Arc::new(TestCluster::start(cluster_config(&llm), 3).await);
+/// One customer's session and, per message, its number, the HTTP status and the reply.
+type Conversation = (String, Vec<(usize, u16, Value)>);
 
-    // Steady load: 30 customers writing 6 messages each, one after the other's reply.
-    let mut driver = tokio::task::JoinSet::new();
-    for c in 0..CUSTOMERS {
+/// Customers writing `turns` messages each through nginx, each after the previous reply and a
+/// short pause: the steady load the failure scenarios run under.
+fn load(
+    cluster: &Arc<TestCluster>,
+    prefix: &str,
+    customers: usize,
+    turns: usize,
+) -> JoinSet<Conversation> {
+    let mut set = JoinSet::new();
+    for c in 0..customers {
         let cluster = cluster.clone();
-        driver.spawn(async move {
+        let session = format!("{prefix}{c}");
+        set.spawn(async move {
             let mut results = Vec::new();
-            for t in 1..=TURNS {
+            for t in 1..=turns {
                 let (status, body) = cluster
-                    .send(&format!("c{c}"), &format!("m{t}"), &format!("message {t}"))
+                    .converse(&session, &format!("m{t}"), &format!("message {t}"))
                     .await;
                 results.push((t, status, body));
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            (c, results)
+            (session, results)
         });
     }
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let report = cluster.status().await;
-    let victim = &report["replicas"][1];
-    let (victim_pid, victim_port) = (
-        victim["pid"].as_i64().expect("pid"),
-        victim["port"].as_u64().expect("port"),
-    );
-    let killed = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(victim_pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill");
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
-    let ready = format!("http://127.0.0.1:{victim_port}/readyz");
-    eventually(
-        Duration::from_secs(10),
-        "the killed replica to serve again",
-        || async {
-            let ok = http.get(&ready).send().await.ok()?.status().is_success();
-            ok.then_some(())
-        },
-    )
-    .await;
-    let recovered = killed.elapsed();
+    set
+}
 
-    let mut errors = Vec::new();
-    let mut answered = 0;
-    while let Some(result) = driver.join_next().await {
-        let (c, results) = result.expect("customer");
+/// What a scenario's load saw.
+#[derive(Debug, Default)]
+struct Tally {
+    sent: usize,
+    answered: usize,
+    /// Non-200 answers the clients saw.
+    errors: Vec<String>,
+    /// Replies that did not see the conversation's earlier messages.
+    wrong_context: Vec<String>,
+    /// Conversations whose history does not hold each message and answer exactly once, in order.
+    not_exactly_once: Vec<String>,
+}
+
+async fn tally(cluster: &TestCluster, mut set: JoinSet<Conversation>) -> Tally {
+    let mut tally = Tally::default();
+    let mut sessions = Vec::new();
+    while let Some(result) = set.join_next().await {
+        let (session, results) = result.expect("customer");
+        let turns = results.len();
         for (t, status, body) in results {
-            let turns = user_turns(body["reply"]["text"].as_str().unwrap_or_default());
-            if status != 200 || turns != t {
-                errors.push(format!("c{c} m{t}: {status} {body}"));
-            } else {
-                answered += 1;
+            tally.sent += 1;
+            if status != 200 {
+                tally
+                    .errors
+                    .push(format!("{session} m{t}: {status} {body}"));
+                continue;
+            }
+            tally.answered += 1;
+            let seen = user_turns(body["reply"]["text"].as_str().unwrap_or_default());
+            if seen != t {
+                tally
+                    .wrong_context
+                    .push(format!("{session} m{t}: saw {seen} turns"));
             }
         }
+        sessions.push((session, turns));
     }
-    // Exactly once: every conversation holds each message once and one answer to it, in order.
     let mut redis = cluster.redis().await;
-    let mut duplicated = 0;
-    for c in 0..CUSTOMERS {
+    for (session, turns) in sessions {
         let entries: Vec<String> = redis::cmd("LRANGE")
-            .arg(format!("oc:conv:{{webchat:c{c}}}"))
+            .arg(format!("oc:conv:{{webchat:{session}}}"))
             .arg(0)
             .arg(-1)
             .query_async(&mut redis)
@@ -145,38 +146,214 @@ async fn a_replica_killed_under_load_loses_nothing_and_is_back_within_two_second
                 )
             })
             .collect();
-        let expected: Vec<String> = (1..=TURNS)
+        let expected: Vec<String> = (1..=turns)
             .flat_map(|t| [format!("user:m{t}"), format!("assistant:m{t}")])
             .collect();
         if ids != expected {
-            duplicated += 1;
-            errors.push(format!("c{c} history: {ids:?}"));
+            tally.not_exactly_once.push(format!("{session}: {ids:?}"));
         }
     }
-    let report = cluster.status().await;
-    let restarts: BTreeMap<String, u64> = report["replicas"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            (
-                r["id"].as_str().unwrap_or("").to_string(),
-                r["restarts"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect();
-    println!(
-        "replica crash: sent {}, answered {answered}, errors {}, duplicated {duplicated}, back and serving {recovered:?} after SIGKILL",
-        CUSTOMERS * TURNS,
-        errors.len()
-    );
-    assert!(errors.is_empty(), "{errors:#?}\n{}", cluster.logs());
-    assert_eq!(answered, CUSTOMERS * TURNS);
+    tally
+}
+
+fn signal(pid: i64, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).expect("signal");
+}
+
+/// Waits until replica `index` answers `/readyz` with a pid other than `old_pid`; how long it took.
+async fn back_again(cluster: &TestCluster, index: usize, old_pid: i64) -> Duration {
+    let started = Instant::now();
+    eventually(
+        Duration::from_secs(20),
+        "the replica to serve again",
+        || async {
+            let report = cluster.status().await;
+            let replica = &report["replicas"][index];
+            (replica["healthy"] == true && replica["pid"].as_i64() != Some(old_pid)).then_some(())
+        },
+    )
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_under_load_loses_nothing_and_is_back_within_two_seconds() {
+    let llm = mock_llm(100).await;
+    let cluster = Arc::new(TestCluster::start(cluster_config(&llm), 3).await);
+    let set = load(&cluster, "crash", 30, 6);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let victim = cluster.status().await["replicas"][1]["pid"]
+        .as_i64()
+        .expect("pid");
+    signal(victim, nix::sys::signal::Signal::SIGKILL);
+    let recovered = back_again(&cluster, 1, victim).await;
+    let tally = tally(&cluster, set).await;
+    println!("replica crash: {tally:?}, back and serving {recovered:?} after SIGKILL");
+    assert!(tally.errors.is_empty(), "{tally:#?}\n{}", cluster.logs());
+    assert!(tally.wrong_context.is_empty(), "{tally:#?}");
+    assert!(tally.not_exactly_once.is_empty(), "{tally:#?}");
+    assert_eq!(tally.answered, 30 * 6);
     assert!(
         recovered < Duration::from_secs(2),
         "back after {recovered:?}"
     );
-    assert_eq!(restarts.values().sum::<u64>(), 1, "{report}");
+    let report = cluster.status().await;
+    assert_eq!(report["replicas"][1]["restarts"], 1, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_loses_nothing() {
+    let llm = mock_llm(100).await;
+    let cluster = Arc::new(TestCluster::start(cluster_config(&llm), 3).await);
+    let set = load(&cluster, "roll", 20, 12);
+    for index in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pid = cluster.status().await["replicas"][index]["pid"]
+            .as_i64()
+            .expect("pid");
+        signal(pid, nix::sys::signal::Signal::SIGTERM);
+        back_again(&cluster, index, pid).await;
+    }
+    let tally = tally(&cluster, set).await;
+    println!("rolling restart: {tally:?}");
+    assert!(tally.errors.is_empty(), "{tally:#?}\n{}", cluster.logs());
+    assert!(tally.wrong_context.is_empty(), "{tally:#?}");
+    assert!(tally.not_exactly_once.is_empty(), "{tally:#?}");
+    assert_eq!(tally.answered, 20 * 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_crash_under_load_keeps_answers_coming_and_the_aof_restores_what_was_written() {
+    let llm = mock_llm(50).await;
+    let cluster = Arc::new(TestCluster::start(cluster_config(&llm), 3).await);
+    // A conversation written well before the crash (AOF fsync is every second).
+    for t in 1..=2 {
+        let (status, _) = cluster.converse("before", &format!("m{t}"), "hello").await;
+        assert_eq!(status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let set = load(&cluster, "redis", 20, 8);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let redis_pid = cluster.status().await["redis"]["pid"]
+        .as_i64()
+        .expect("redis pid");
+    let crashed = Instant::now();
+    signal(redis_pid, nix::sys::signal::Signal::SIGKILL);
+    eventually(Duration::from_secs(20), "Redis to be back", || async {
+        let report = cluster.status().await;
+        (report["redis"]["up"] == true && report["redis"]["pid"].as_i64() != Some(redis_pid))
+            .then_some(())
+    })
+    .await;
+    let redis_back = crashed.elapsed();
+    // Every replica notices and goes back to Redis by itself.
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let ports: Vec<u64> = cluster.status().await["replicas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["port"].as_u64())
+        .collect();
+    eventually(
+        Duration::from_secs(20),
+        "every replica back on Redis",
+        || async {
+            for port in &ports {
+                let health: Value = http
+                    .get(format!("http://127.0.0.1:{port}/healthz"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                if health["degraded"] != false {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    let replicas_back = crashed.elapsed();
+    let mut answered = 0;
+    let mut errors = Vec::new();
+    let mut set = set;
+    while let Some(result) = set.join_next().await {
+        let (session, results) = result.expect("customer");
+        for (t, status, body) in results {
+            if status == 200 {
+                answered += 1;
+            } else {
+                errors.push(format!("{session} m{t}: {status} {body}"));
+            }
+        }
+    }
+    println!(
+        "redis crash: sent {}, answered {answered}, errors {}, Redis back after {redis_back:?}, every replica back on it after {replicas_back:?}",
+        20 * 8,
+        errors.len()
+    );
+    // Answers continue through the outage (degraded mode), none refused.
+    assert!(errors.is_empty(), "{errors:#?}\n{}", cluster.logs());
+    // The AOF brought back the conversation written before the crash, and it goes on.
+    let (status, body) = cluster.converse("before", "m3", "still there?").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        user_turns(body["reply"]["text"].as_str().unwrap_or_default()),
+        3,
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_full_stop_and_start_a_conversation_continues_with_its_context() {
+    let llm = mock_llm(0).await;
+    let mut cluster = TestCluster::start(cluster_config(&llm), 2).await;
+    for t in 1..=2 {
+        let (status, _) = cluster.converse("long", &format!("m{t}"), "hello").await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(cluster.stop().await, Some(0), "{}", cluster.logs());
+    let cluster = TestCluster::start_in(cluster.into_dir(), cluster_config(&llm), 2).await;
+    let (status, body) = cluster.converse("long", "m3", "I'm back").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        user_turns(body["reply"]["text"].as_str().unwrap_or_default()),
+        3,
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_up_and_down_under_load_loses_nothing() {
+    let llm = mock_llm(50).await;
+    let cluster = Arc::new(TestCluster::start(cluster_config(&llm), 1).await);
+    let set = load(&cluster, "scale", 20, 10);
+    let state_dir = cluster.state_dir.display().to_string();
+    let (code, out) = run_cli(&["cluster", "scale", "3", "--state-dir", &state_dir], &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        cluster.status().await["replicas"].as_array().map(Vec::len),
+        Some(3)
+    );
+    let (code, out) = run_cli(&["cluster", "scale", "1", "--state-dir", &state_dir], &[]).await;
+    assert_eq!(code, 0, "{out}");
+    let tally = tally(&cluster, set).await;
+    println!("scale 1 → 3 → 1: {tally:?}");
+    assert!(tally.errors.is_empty(), "{tally:#?}\n{}", cluster.logs());
+    assert!(tally.wrong_context.is_empty(), "{tally:#?}");
+    assert!(tally.not_exactly_once.is_empty(), "{tally:#?}");
+    let report = cluster.status().await;
+    assert_eq!(
+        report["replicas"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -627,12 +627,17 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `replicas` replicas with `config` and waits until nginx answers.
     pub async fn start(config: Value, replicas: u16) -> TestCluster {
-        let dir = tempfile::tempdir().expect("temp dir");
+        TestCluster::start_in(tempfile::tempdir().expect("temp dir"), config, replicas).await
+    }
+
+    /// The same in `dir`, whose `state` directory may hold an earlier run's Redis data.
+    pub async fn start_in(dir: TempDir, config: Value, replicas: u16) -> TestCluster {
         let config_path = dir.path().join("clawgate.json");
         std::fs::write(&config_path, config.to_string()).expect("write config");
         let state_dir = dir.path().join("state");
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let first_port = free_port_range(replicas);
+        // Room to scale up to 5 replicas.
+        let first_port = free_port_range(replicas.max(5));
         let log = std::fs::File::create(dir.path().join("cluster.log")).expect("log file");
         let child = Command::new(binary())
             .args(["cluster", "up", "--config"])
@@ -695,6 +700,38 @@ impl TestCluster {
             }
             Err(e) => (0, json!({"error": e.to_string()})),
         }
+    }
+
+    /// A message through nginx and its reply: a `202` (the reply was not ready within the wait,
+    /// or the replica holding the request drained) is followed by fetching the reply. The status
+    /// is the first non-2xx seen, or 200.
+    pub async fn converse(&self, session: &str, message_id: &str, text: &str) -> (u16, Value) {
+        let (status, body) = self.send(session, message_id, text).await;
+        if status != 202 {
+            return (status, body);
+        }
+        let url = self.url(&format!(
+            "/v1/webchat/sessions/{session}/messages/{message_id}"
+        ));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(response) = self.http.get(&url).send().await {
+                let status = response.status().as_u16();
+                if status == 200 {
+                    return (200, response.json().await.unwrap_or(Value::Null));
+                }
+                if status != 202 && status != 404 {
+                    return (status, Value::Null);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (202, json!({"error": "no reply within 60 s"}))
+    }
+
+    /// Gives the temporary directory back (after [`TestCluster::stop`]), to start again in it.
+    pub fn into_dir(mut self) -> TempDir {
+        std::mem::replace(&mut self._dir, tempfile::tempdir().expect("temp dir"))
     }
 
     /// `clawgate cluster status --json`.
