@@ -20,6 +20,10 @@ pub struct ClusterState {
     pub nginx: ProcessState,
     /// Replicas, in port order.
     pub replicas: Vec<ReplicaState>,
+    /// Replicas nginx's running configuration has marked `down` (updated once a reload took
+    /// effect).
+    #[serde(default)]
+    pub upstream_down: Vec<String>,
 }
 
 /// Redis as the cluster uses it.

@@ -267,7 +267,7 @@ pub async fn up(
                         }
                         write_nginx(&nginx_conf, &spec, &state, &state_dir)?;
                         if let Some(pid) = state.nginx.pid {
-                            process::signal(pid, Some(Signal::SIGHUP));
+                            reload_nginx(pid).await;
                         }
                         for (id, handle) in leaving {
                             tracing::info!(replica = %id, "scaling down: out of the upstream, draining");
@@ -294,9 +294,9 @@ pub async fn up(
             }
             write_nginx(&nginx_conf, &spec, &state, &state_dir)?;
             if let Some(pid) = state.nginx.pid {
-                // What `nginx -s reload` does.
-                process::signal(pid, Some(Signal::SIGHUP));
+                reload_nginx(pid).await;
             }
+            state.upstream_down = down.iter().cloned().collect();
             marked_down = down;
         }
         write_state(&state, &state_dir);
@@ -323,6 +323,42 @@ pub async fn up(
     }
     write_state(&state, &state_dir);
     Ok(())
+}
+
+/// What `nginx -s reload` does (SIGHUP to the master), then waits until the reload took
+/// effect: a new worker runs and every old one has stopped accepting (its title says "shutting
+/// down") or is gone. Until then an old worker may still take a connection and route it with
+/// the old upstream list.
+async fn reload_nginx(master: u32) {
+    let workers = || {
+        std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .ok()
+            .map(|text| {
+                text.split_whitespace()
+                    .map(str::to_string)
+                    .collect::<BTreeSet<String>>()
+            })
+    };
+    let still_accepting = |pid: &String| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|title| !String::from_utf8_lossy(&title).contains("shutting down"))
+    };
+    let before = workers();
+    process::signal(master, Some(Signal::SIGHUP));
+    let Some(before) = before else {
+        // No way to see the workers here: give the reload a moment.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < deadline {
+        let renewed = workers().is_some_and(|now| now.difference(&before).next().is_some());
+        if renewed && !before.iter().any(still_accepting) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::warn!("nginx did not finish a reload within 2 s; see nginx-error.log");
 }
 
 /// A running replica's supervisor task and the token that stops it.

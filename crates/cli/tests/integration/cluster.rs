@@ -480,3 +480,192 @@ async fn the_deploy_files_are_what_the_generators_write_and_pass_their_linters()
     assert!(compose.matches("restart: always").count() >= 4);
     assert!(deploy_file("Dockerfile").contains("FROM debian:bookworm-slim"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_llm_outage_is_answered_by_the_fallback_within_the_deadline() {
+    let primary = mock_llm(0).await;
+    let fallback = mock_llm(50).await;
+    let mut config = test_config(vec![
+        openai_provider("primary", &primary, 2_000, 2),
+        ollama_provider("fallback", &fallback, 5_000),
+    ]);
+    config["conversations"] = json!({"floodControl": {"messagesPerMinute": 0}});
+    config["llm"]["deadlineMs"] = json!(4_000);
+    let cluster = Arc::new(TestCluster::start(config, 3).await);
+    primary.set_mode(clawgate_fakes::mock_llm::Mode::Hang);
+    let started = Instant::now();
+    let tally = tally(&cluster, load(&cluster, "llm", 20, 3)).await;
+    println!("LLM outage: {tally:?} in {:?}", started.elapsed());
+    assert!(tally.errors.is_empty(), "{tally:#?}");
+    assert!(tally.wrong_context.is_empty(), "{tally:#?}");
+    assert!(tally.not_exactly_once.is_empty(), "{tally:#?}");
+    // Every turn answered by the fallback, none waited past the 4 s deadline.
+    let mut redis = cluster.redis().await;
+    for c in 0..20 {
+        let entries: Vec<String> = redis::cmd("LRANGE")
+            .arg(format!("oc:conv:{{webchat:llm{c}}}"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut redis)
+            .await
+            .expect("history");
+        let entries: Vec<Value> = entries
+            .iter()
+            .filter_map(|e| serde_json::from_str(e).ok())
+            .collect();
+        for pair in entries.chunks_exact(2) {
+            assert_eq!(pair[1]["provider"], "fallback", "{pair:?}");
+            let took = pair[1]["ts"].as_u64().unwrap_or(0) - pair[0]["ts"].as_u64().unwrap_or(0);
+            assert!(took <= 4_000 + 200, "a turn took {took} ms: {pair:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_replica_is_taken_out_of_nginx_and_put_back_when_it_answers() {
+    let llm = mock_llm(0).await;
+    let cluster = TestCluster::start(cluster_config(&llm), 3).await;
+    let report = cluster.status().await;
+    let (pid, port) = (
+        report["replicas"][1]["pid"].as_i64().expect("pid"),
+        report["replicas"][1]["port"].as_u64().expect("port"),
+    );
+    let nginx_conf = cluster.state_dir.join("nginx.conf");
+    let marked_down = format!("server 127.0.0.1:{port} max_fails=3 fail_timeout=15s down;");
+    let state_file = cluster.state_dir.join("cluster.json");
+    let upstream_down = || {
+        let state: Value =
+            serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap_or_default())
+                .unwrap_or(Value::Null);
+        state["upstream_down"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    signal(pid, nix::sys::signal::Signal::SIGSTOP);
+    let frozen = Instant::now();
+    // Marked down in the config, and nginx reloaded with it.
+    eventually(
+        Duration::from_secs(10),
+        "the frozen replica marked down",
+        || async {
+            let conf = std::fs::read_to_string(&nginx_conf).unwrap_or_default();
+            (conf.contains(&marked_down) && upstream_down() == vec![json!("replica-2")])
+                .then_some(())
+        },
+    )
+    .await;
+    let detected = frozen.elapsed();
+    // Traffic goes to the others meanwhile.
+    let mut slow = Vec::new();
+    for i in 0..30 {
+        let sent = Instant::now();
+        let (status, body) = cluster.converse(&format!("f{i}"), "m1", "hello").await;
+        if status != 200 || sent.elapsed() > Duration::from_secs(2) {
+            slow.push(format!("f{i}: {status} after {:?}: {body}", sent.elapsed()));
+        }
+    }
+    signal(pid, nix::sys::signal::Signal::SIGCONT);
+    let thawed = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the replica back in the upstream",
+        || async {
+            let conf = std::fs::read_to_string(&nginx_conf).unwrap_or_default();
+            (!conf.contains(" down;") && upstream_down().is_empty()).then_some(())
+        },
+    )
+    .await;
+    println!(
+        "frozen replica: out of nginx {detected:?} after SIGSTOP, back {:?} after SIGCONT",
+        thawed.elapsed()
+    );
+    assert!(slow.is_empty(), "{slow:#?}\n{}", cluster.logs());
+    assert!(detected < Duration::from_secs(3), "{detected:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_llm_pile_up_keeps_webhooks_acknowledged_fast_and_sheds_readiness() {
+    const CUSTOMERS: usize = 1_000;
+    let llm = mock_llm(30_000).await;
+    let platforms = mock_platforms().await;
+    let mut config = test_config(vec![openai_provider("primary", &llm, 60_000, 0)]);
+    config["channels"] = channels_config(&platforms);
+    config["workers"]["concurrency"] = json!(64);
+    config["workers"]["readyMaxLag"] = json!(200);
+    config["gateway"] = json!({"shutdownGraceMs": 500});
+    let cluster = Arc::new(TestCluster::start(config, 3).await);
+
+    // The 08:17 surge: a thousand customers write within two seconds; the model takes 30 s.
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let url = cluster.url("/webhooks/whatsapp");
+    let mut acks = JoinSet::new();
+    for i in 0..CUSTOMERS {
+        let body = whatsapp_text(
+            &format!("3161{i:07}"),
+            &format!("wamid.SURGE{i}"),
+            "waar is mijn pakket?",
+        );
+        let signature = whatsapp_signature(&body, WHATSAPP_APP_SECRET);
+        let (http, url) = (http.clone(), url.clone());
+        acks.spawn(async move {
+            let sent = Instant::now();
+            let status = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("x-hub-signature-256", signature)
+                .body(body)
+                .send()
+                .await
+                .map_or(0, |r| r.status().as_u16());
+            (status, sent.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut latencies = Vec::new();
+    while let Some(result) = acks.join_next().await {
+        let (status, latency) = result.expect("ack");
+        assert_eq!(status, 200, "every webhook acknowledged");
+        latencies.push(latency);
+    }
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+
+    // Readiness says the cluster is behind once the sampled lag passes 200.
+    let report = cluster.status().await;
+    let port = report["replicas"][0]["port"].as_u64().expect("port");
+    let readyz = format!("http://127.0.0.1:{port}/readyz");
+    let shed: Value = eventually(Duration::from_secs(10), "/readyz to shed", || async {
+        let response = http.get(&readyz).send().await.ok()?;
+        (response.status().as_u16() == 503).then_some(())?;
+        response.json().await.ok()
+    })
+    .await;
+    assert!(shed["failing"].to_string().contains("overloaded"), "{shed}");
+
+    let mut rss_mib = Vec::new();
+    for replica in cluster.status().await["replicas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        assert_eq!(replica["restarts"], 0, "nothing crashed: {replica}");
+        let pid = replica["pid"].as_i64().expect("pid");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS");
+        rss_mib.push(kib / 1024);
+    }
+    let lag = cluster.status().await["redis"]["inbox_lag"].clone();
+    println!(
+        "slow LLM pile-up: {CUSTOMERS} webhooks, all 200, ack p99 {p99:?}, inbox lag {lag}, replica RSS {rss_mib:?} MiB, readiness {shed}"
+    );
+    assert!(p99 < Duration::from_millis(500), "ack p99 {p99:?}");
+    assert!(rss_mib.iter().all(|&mib| mib < 200), "{rss_mib:?}");
+}

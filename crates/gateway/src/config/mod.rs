@@ -171,6 +171,9 @@ pub struct WorkersConfig {
     pub order_wait: Duration,
     /// Inbox length above which ingress answers 503 (back-pressure instead of unbounded growth).
     pub inbox_max_length: u64,
+    /// Inbox entries waiting for a worker above which `/readyz` says `overloaded` (the seed's
+    /// load shedding signal); `None` = half of `inbox_max_length`.
+    pub ready_max_lag: Option<u64>,
     /// Capacity of the in-process queue used while Redis is down.
     pub memory_queue: usize,
 }
@@ -617,6 +620,7 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
                 "leaseTtlMs",
                 "orderWaitMs",
                 "inboxMaxLength",
+                "readyMaxLag",
                 "memoryQueue",
             ],
         )
@@ -643,6 +647,7 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
         inbox_max_length: r
             .integer(w, "workers", "inboxMaxLength", 1, 100_000_000, "entries")
             .unwrap_or(100_000),
+        ready_max_lag: r.integer(w, "workers", "readyMaxLag", 1, 100_000_000, "entries"),
         memory_queue: r
             .integer(w, "workers", "memoryQueue", 1, 10_000_000, "messages")
             .unwrap_or(10_000) as usize,

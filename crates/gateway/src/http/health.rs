@@ -56,6 +56,9 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     if !app.link.is_up() && app.redis_down_mode == RedisDownMode::Reject {
         failing.push("redis");
     }
+    if app.pool.overloaded() {
+        failing.push("overloaded");
+    }
     if failing.is_empty() {
         (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
     } else {

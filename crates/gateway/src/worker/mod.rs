@@ -89,6 +89,9 @@ impl Drop for RunningTurn<'_> {
     }
 }
 
+/// How often the inbox is sampled and the replica's counters published.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The replica's workers.
 pub struct WorkerPool {
     ctx: Arc<TurnContext>,
@@ -110,6 +113,8 @@ pub struct WorkerPool {
     /// Turns running or waiting for their conversation now (the slots also count the read
     /// loop's reservation, so they cannot tell).
     running: AtomicUsize,
+    /// Inbox entries waiting for any worker, cluster-wide, at the last sample.
+    lag: AtomicU64,
     /// Turns this replica finished with a reply (Redis entries), for `oc:metrics:gateway:{id}`.
     handled: AtomicU64,
     /// Cancelled when the replica stops taking work: the loops end, waiting turns give up.
@@ -141,6 +146,7 @@ impl WorkerPool {
             turns: TaskTracker::new(),
             running: AtomicUsize::new(0),
             handled: AtomicU64::new(0),
+            lag: AtomicU64::new(0),
             stop: CancellationToken::new(),
         })
     }
@@ -172,6 +178,16 @@ impl WorkerPool {
     pub async fn drain(&self, grace: Duration) -> bool {
         self.turns.close();
         tokio::time::timeout(grace, self.turns.wait()).await.is_ok()
+    }
+
+    /// Whether the inbox holds more entries waiting for a worker than readiness allows: the
+    /// cluster is behind, and the balancer should hear so.
+    pub fn overloaded(&self) -> bool {
+        let limit = self
+            .config
+            .ready_max_lag
+            .unwrap_or(self.config.inbox_max_length / 2);
+        self.lag.load(Ordering::Relaxed) > limit
     }
 
     /// Turns running now, including those waiting for an earlier turn of their conversation.
@@ -533,19 +549,22 @@ impl WorkerPool {
         }
     }
 
+    /// Samples the inbox (lag, pending: metrics and readiness) and publishes this replica's
+    /// counters every [`STATS_INTERVAL`].
     async fn stats_loop(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = tokio::time::sleep(STATS_INTERVAL) => {}
             }
             self.memory.sweep();
             if self.link.is_up()
                 && let Ok(stats) = self.inbox.stats().await
             {
                 metrics::gauge!(telemetry::INBOX_PENDING).set(stats.pending as f64);
-                metrics::gauge!(telemetry::INBOX_LAG)
-                    .set(stats.length.saturating_sub(stats.pending) as f64);
+                let lag = stats.length.saturating_sub(stats.pending);
+                self.lag.store(lag, Ordering::Relaxed);
+                metrics::gauge!(telemetry::INBOX_LAG).set(lag as f64);
             }
             self.publish_counters().await;
         }

@@ -767,6 +767,9 @@ impl TestCluster {
     pub fn logs(&self) -> String {
         let mut text =
             std::fs::read_to_string(self._dir.path().join("cluster.log")).unwrap_or_default();
+        let nginx_errors = self.state_dir.join("nginx-error.log");
+        text.push_str(&format!("\n--- {}\n", nginx_errors.display()));
+        text.push_str(&std::fs::read_to_string(nginx_errors).unwrap_or_default());
         if let Ok(entries) = std::fs::read_dir(self.state_dir.join("logs")) {
             for entry in entries.flatten() {
                 text.push_str(&format!("\n--- {}\n", entry.path().display()));
@@ -804,8 +807,9 @@ impl Drop for TestCluster {
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
-        // Bounded: the supervisor stops nginx, the replicas and Redis, then exits.
-        for _ in 0..600 {
+        // Bounded: the supervisor stops nginx, the replicas (30 s grace each) and Redis, then
+        // exits.
+        for _ in 0..1_400 {
             if matches!(child.try_wait(), Ok(Some(_))) {
                 return;
             }
