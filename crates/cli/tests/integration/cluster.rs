@@ -669,3 +669,58 @@ async fn a_slow_llm_pile_up_keeps_webhooks_acknowledged_fast_and_sheds_readiness
     assert!(p99 < Duration::from_millis(500), "ack p99 {p99:?}");
     assert!(rss_mib.iter().all(|&mib| mib < 200), "{rss_mib:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_entries_accepted_before_a_redis_crash_are_answered_after_it() {
+    const CUSTOMERS: usize = 20;
+    let llm = mock_llm(2_000).await;
+    let platforms = mock_platforms().await;
+    let mut config = test_config(vec![openai_provider("primary", &llm, 10_000, 0)]);
+    config["channels"] = channels_config(&platforms);
+    // Few slots, so most messages wait in the inbox when Redis dies.
+    config["workers"]["concurrency"] = json!(2);
+    let cluster = TestCluster::start(config, 3).await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    for i in 0..CUSTOMERS {
+        let body = whatsapp_text(&format!("3162{i:07}"), &format!("wamid.AOF{i}"), "hallo?");
+        let signature = whatsapp_signature(&body, WHATSAPP_APP_SECRET);
+        let status = http
+            .post(cluster.url("/webhooks/whatsapp"))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", signature)
+            .body(body)
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16());
+        assert_eq!(status, 200);
+    }
+    // Past the AOF's one-second fsync, then the crash.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let report = cluster.status().await;
+    let waiting = report["redis"]["inbox_lag"].as_u64().unwrap_or(0);
+    let redis_pid = report["redis"]["pid"].as_i64().expect("redis pid");
+    signal(redis_pid, nix::sys::signal::Signal::SIGKILL);
+
+    // Every customer gets exactly one reply, those still queued at the crash included.
+    let sent = sent_messages(&platforms, CUSTOMERS).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let sent_now = platforms.sent();
+    let mut recipients: Vec<&str> = sent_now.iter().map(|s| s.to.as_str()).collect();
+    recipients.sort();
+    recipients.dedup();
+    println!(
+        "redis crash with {waiting} messages queued: {} replies to {} customers",
+        sent_now.len(),
+        recipients.len()
+    );
+    assert!(
+        waiting > 0,
+        "the test needs messages still queued at the crash"
+    );
+    assert_eq!(sent.len(), CUSTOMERS, "{sent:#?}");
+    assert_eq!(sent_now.len(), CUSTOMERS, "no reply twice: {sent_now:#?}");
+    assert_eq!(recipients.len(), CUSTOMERS);
+}
