@@ -126,18 +126,11 @@ async fn tally(cluster: &TestCluster, mut set: JoinSet<Conversation>) -> Tally {
         }
         sessions.push((session, turns));
     }
-    let mut redis = cluster.redis().await;
     for (session, turns) in sessions {
-        let entries: Vec<String> = redis::cmd("LRANGE")
-            .arg(format!("oc:conv:{{webchat:{session}}}"))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut redis)
+        let ids: Vec<String> = cluster
+            .history(&session)
             .await
-            .expect("history");
-        let ids: Vec<String> = entries
             .iter()
-            .filter_map(|e| serde_json::from_str::<Value>(e).ok())
             .map(|e| {
                 format!(
                     "{}:{}",
@@ -500,19 +493,8 @@ async fn an_llm_outage_is_answered_by_the_fallback_within_the_deadline() {
     assert!(tally.wrong_context.is_empty(), "{tally:#?}");
     assert!(tally.not_exactly_once.is_empty(), "{tally:#?}");
     // Every turn answered by the fallback, none waited past the 4 s deadline.
-    let mut redis = cluster.redis().await;
     for c in 0..20 {
-        let entries: Vec<String> = redis::cmd("LRANGE")
-            .arg(format!("oc:conv:{{webchat:llm{c}}}"))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut redis)
-            .await
-            .expect("history");
-        let entries: Vec<Value> = entries
-            .iter()
-            .filter_map(|e| serde_json::from_str(e).ok())
-            .collect();
+        let entries = cluster.history(&format!("llm{c}")).await;
         for pair in entries.chunks_exact(2) {
             assert_eq!(pair[1]["provider"], "fallback", "{pair:?}");
             let took = pair[1]["ts"].as_u64().unwrap_or(0) - pair[0]["ts"].as_u64().unwrap_or(0);
@@ -601,26 +583,18 @@ async fn a_slow_llm_pile_up_keeps_webhooks_acknowledged_fast_and_sheds_readiness
         .no_proxy()
         .build()
         .expect("client");
-    let url = cluster.url("/webhooks/whatsapp");
     let mut acks = JoinSet::new();
     for i in 0..CUSTOMERS {
-        let body = whatsapp_text(
-            &format!("3161{i:07}"),
-            &format!("wamid.SURGE{i}"),
-            "waar is mijn pakket?",
-        );
-        let signature = whatsapp_signature(&body, WHATSAPP_APP_SECRET);
-        let (http, url) = (http.clone(), url.clone());
+        let cluster = cluster.clone();
         acks.spawn(async move {
             let sent = Instant::now();
-            let status = http
-                .post(&url)
-                .header("content-type", "application/json")
-                .header("x-hub-signature-256", signature)
-                .body(body)
-                .send()
-                .await
-                .map_or(0, |r| r.status().as_u16());
+            let status = cluster
+                .whatsapp(
+                    &format!("3161{i:07}"),
+                    &format!("wamid.SURGE{i}"),
+                    "waar is mijn pakket?",
+                )
+                .await;
             (status, sent.elapsed())
         });
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -680,21 +654,10 @@ async fn inbox_entries_accepted_before_a_redis_crash_are_answered_after_it() {
     // Few slots, so most messages wait in the inbox when Redis dies.
     config["workers"]["concurrency"] = json!(2);
     let cluster = TestCluster::start(config, 3).await;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
     for i in 0..CUSTOMERS {
-        let body = whatsapp_text(&format!("3162{i:07}"), &format!("wamid.AOF{i}"), "hallo?");
-        let signature = whatsapp_signature(&body, WHATSAPP_APP_SECRET);
-        let status = http
-            .post(cluster.url("/webhooks/whatsapp"))
-            .header("content-type", "application/json")
-            .header("x-hub-signature-256", signature)
-            .body(body)
-            .send()
-            .await
-            .map_or(0, |r| r.status().as_u16());
+        let status = cluster
+            .whatsapp(&format!("3162{i:07}"), &format!("wamid.AOF{i}"), "hallo?")
+            .await;
         assert_eq!(status, 200);
     }
     // Past the AOF's one-second fsync, then the crash.

@@ -729,6 +729,35 @@ impl TestCluster {
         (202, json!({"error": "no reply within 60 s"}))
     }
 
+    /// A signed WhatsApp notification with one text message, through nginx; the HTTP status.
+    pub async fn whatsapp(&self, from: &str, wamid: &str, text: &str) -> u16 {
+        let body = whatsapp_text(from, wamid, text);
+        let signature = whatsapp_signature(&body, WHATSAPP_APP_SECRET);
+        self.http
+            .post(self.url("/webhooks/whatsapp"))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", signature)
+            .body(body)
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16())
+    }
+
+    /// A web-chat conversation's history as stored in the cluster's Redis, oldest first.
+    pub async fn history(&self, session: &str) -> Vec<Value> {
+        let entries: Vec<String> = redis::cmd("LRANGE")
+            .arg(format!("oc:conv:{{webchat:{session}}}"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.redis().await)
+            .await
+            .expect("history");
+        entries
+            .iter()
+            .filter_map(|e| serde_json::from_str(e).ok())
+            .collect()
+    }
+
     /// Gives the temporary directory back (after [`TestCluster::stop`]), to start again in it.
     pub fn into_dir(mut self) -> TempDir {
         std::mem::replace(&mut self._dir, tempfile::tempdir().expect("temp dir"))
