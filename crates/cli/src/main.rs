@@ -150,32 +150,7 @@ struct StateArgs {
 enum ClusterCommand {
     /// Start Redis (AOF), the replicas and nginx in front of them; restart what exits, take
     /// unhealthy replicas out of nginx; Ctrl-C or SIGTERM stops everything in reverse order.
-    Up {
-        /// The replicas' config file.
-        #[arg(long)]
-        config: PathBuf,
-        /// Number of replicas.
-        #[arg(long, default_value_t = 3)]
-        replicas: u16,
-        /// Where nginx listens.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Pids, logs, generated configs and Redis's data.
-        #[arg(long, default_value = "clawgate-cluster")]
-        state_dir: PathBuf,
-        /// Use this Redis instead of starting one.
-        #[arg(long)]
-        redis_url: Option<String>,
-        /// Port of the first replica; the others follow.
-        #[arg(long, default_value_t = clawgate_gateway::config::DEFAULT_PORT)]
-        first_port: u16,
-        /// Port of the Redis it starts (0 = any free port).
-        #[arg(long, default_value_t = 0)]
-        redis_port: u16,
-        /// Redis `maxmemory` (it refuses writes beyond it rather than evicting).
-        #[arg(long, default_value = "512mb")]
-        redis_maxmemory: String,
-    },
+    Up(UpArgs),
     /// Add or drain replicas of a running cluster without dropping a message: new ones join
     /// nginx's upstream once ready; leaving ones are taken out of it first, then drained.
     Scale {
@@ -194,6 +169,34 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// The replicas' config file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Number of replicas.
+    #[arg(long, default_value_t = 3)]
+    replicas: u16,
+    /// Where nginx listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Pids, logs, generated configs and Redis's data.
+    #[arg(long, default_value = "clawgate-cluster")]
+    state_dir: PathBuf,
+    /// Use this Redis instead of starting one.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Port of the first replica; the others follow.
+    #[arg(long, default_value_t = clawgate_gateway::config::DEFAULT_PORT)]
+    first_port: u16,
+    /// Port of the Redis it starts (0 = any free port).
+    #[arg(long, default_value_t = 0)]
+    redis_port: u16,
+    /// Redis `maxmemory` (it refuses writes beyond it rather than evicting).
+    #[arg(long, default_value = "512mb")]
+    redis_maxmemory: String,
 }
 
 #[derive(Subcommand)]
@@ -273,27 +276,17 @@ fn main() -> ExitCode {
                 command: MockCommand::Platforms { port, host },
             } => mock_platforms(SocketAddr::new(host, port)).await,
             Command::Cluster {
-                command:
-                    ClusterCommand::Up {
-                        config,
-                        replicas,
-                        listen,
-                        state_dir,
-                        redis_url,
-                        first_port,
-                        redis_port,
-                        redis_maxmemory,
-                    },
+                command: ClusterCommand::Up(args),
             } => {
                 cluster_up(ClusterSpec {
-                    config,
-                    replicas,
-                    listen,
-                    state_dir,
-                    redis_url,
-                    first_port,
-                    redis_port,
-                    redis_maxmemory,
+                    config: args.config,
+                    replicas: args.replicas,
+                    listen: args.listen,
+                    state_dir: args.state_dir,
+                    redis_url: args.redis_url,
+                    first_port: args.first_port,
+                    redis_port: args.redis_port,
+                    redis_maxmemory: args.redis_maxmemory,
                     clawgate: std::env::current_exe().context("locating the clawgate binary")?,
                     replica_grace: std::time::Duration::from_secs(30),
                 })
