@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use clawgate_cluster::supervisor::{self, ClusterSpec};
 use clawgate_cluster::{render, status};
-use clawgate_fakes::{mock_llm, mock_platforms};
+use clawgate_fakes::{mock_llm, mock_platforms, mock_tracking};
 use clawgate_gateway::channels::egress::Egress;
 use clawgate_gateway::config::{Config, ConfigErrors, Overrides, ProviderKind};
 use clawgate_gateway::deadletter::{DeadLetters, Redriven};
@@ -229,6 +229,20 @@ enum MockCommand {
         #[arg(long, default_value = "127.0.0.1")]
         host: std::net::IpAddr,
     },
+    /// A fake parcel-tracking API: `GET /packages/{tracking_number}` answers the package from
+    /// the data file, or 404 (`POST /control {"hang": true}` makes it hang).
+    Tracking {
+        /// Port to listen on.
+        #[arg(long)]
+        port: u16,
+        /// Address to bind.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// Packages: a JSON array of `{tracking_number, status, eta_window, postal_code,
+        /// weekend_delivery}`.
+        #[arg(long)]
+        data: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -275,6 +289,9 @@ fn main() -> ExitCode {
             Command::Mock {
                 command: MockCommand::Platforms { port, host },
             } => mock_platforms(SocketAddr::new(host, port)).await,
+            Command::Mock {
+                command: MockCommand::Tracking { port, host, data },
+            } => mock_tracking(SocketAddr::new(host, port), &data).await,
             Command::Cluster {
                 command: ClusterCommand::Up(args),
             } => {
@@ -738,6 +755,20 @@ async fn mock_llm(
     let shutdown = shutdown_signal()?;
     tokio::select! {
         served = mock_llm::serve(listener, options) => served.context("mock LLM server failed")?,
+        _ = shutdown.cancelled() => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn mock_tracking(addr: SocketAddr, data: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let packages = mock_tracking::load_packages(data)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(%addr, packages = packages.len(), "mock tracking API listening (GET /packages/{{tracking_number}}, control: /control)");
+    let shutdown = shutdown_signal()?;
+    tokio::select! {
+        served = mock_tracking::serve(listener, packages) => served.context("mock tracking server failed")?,
         _ = shutdown.cancelled() => {}
     }
     Ok(ExitCode::SUCCESS)

@@ -3,3 +3,4 @@
 
 pub mod mock_llm;
 pub mod mock_platforms;
+pub mod mock_tracking;

@@ -14,6 +14,7 @@ pub mod http_client;
 pub mod inbox;
 pub mod ingress;
 pub mod llm;
+pub mod lookup;
 pub mod message;
 pub mod replies;
 pub mod retry;

@@ -54,9 +54,17 @@ pub async fn run(
     let (memory, memory_queue) = MemoryStore::new(limits, config.workers.memory_queue);
     let memory = Arc::new(memory);
 
-    let (skills, skill_errors) = SkillSet::load(&config.skills.dir);
+    let (mut skills, skill_errors) = SkillSet::load(&config.skills.dir);
     for error in &skill_errors {
         tracing::warn!(%error, "skill not loaded");
+    }
+    for (skill, url) in &config.skills.lookup_urls {
+        if !skills.set_lookup_url(skill, url) {
+            tracing::warn!(
+                skill,
+                "skills.lookupUrls names a skill that is not loaded or has no lookup"
+            );
+        }
     }
     let http = http_client::build()?;
     let chain = ProviderChain::from_config(&config.llm, &http, Some(link.clone()), &replica_id);
@@ -77,6 +85,7 @@ pub async fn run(
         order_wait: config.workers.order_wait,
         waiters: waiters.clone(),
         egress: Egress::from_config(&config.channels, &http),
+        http: http.clone(),
         unsupported_reply: config.channels.unsupported_reply.clone(),
     });
     let guarded = ctx.clone();

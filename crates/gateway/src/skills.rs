@@ -5,16 +5,19 @@
 //! body. A skill that cannot be read is reported with its file, line and reason and skipped; the
 //! others still load. Hot reload, lookups and escalation build on this module later.
 
+use crate::lookup::Lookup;
+use regex::Regex;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Name of the skill used when nothing else matches.
 pub const GENERAL: &str = "general";
 
 /// One loaded skill.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Skill {
     /// Unique name, stored in the session and on every assistant message.
     pub name: String,
@@ -26,6 +29,20 @@ pub struct Skill {
     pub templates: BTreeMap<String, String>,
     /// Instructions appended to the system prompt.
     pub instructions: String,
+    /// Regular expressions (e.g. a tracking-number format); one match outranks any number of
+    /// keywords.
+    pub patterns: Vec<Regex>,
+    /// The data lookup, when the skill declares one.
+    pub lookup: Option<Lookup>,
+}
+
+impl PartialEq for Skill {
+    fn eq(&self, other: &Skill) -> bool {
+        self.name == other.name
+            && self.keywords == other.keywords
+            && self.templates == other.templates
+            && self.instructions == other.instructions
+    }
 }
 
 impl Skill {
@@ -38,12 +55,16 @@ impl Skill {
             .map(String::as_str)
     }
 
-    /// How many of this skill's keywords occur in `text` (lower-cased), as whole words.
-    fn score(&self, text: &str) -> usize {
-        self.keywords
+    /// How many of this skill's keywords occur in `lowered` (the lower-cased message), as whole
+    /// words, plus 100 per pattern matching the message as written.
+    fn score(&self, text: &str, lowered: &str) -> usize {
+        let keywords = self
+            .keywords
             .iter()
-            .filter(|k| contains_word(text, k))
-            .count()
+            .filter(|k| contains_word(lowered, k))
+            .count();
+        let patterns = self.patterns.iter().filter(|p| p.is_match(text)).count();
+        keywords + 100 * patterns
     }
 }
 
@@ -83,12 +104,30 @@ struct FrontMatter {
     triggers: Triggers,
     #[serde(default)]
     template: Option<Templates>,
+    #[serde(default)]
+    lookup: Option<LookupSpec>,
 }
 
 #[derive(Deserialize, Default)]
 struct Triggers {
     #[serde(default)]
     keywords: Vec<String>,
+    #[serde(default)]
+    patterns: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LookupSpec {
+    url: String,
+    #[serde(default)]
+    extract: BTreeMap<String, String>,
+    #[serde(default, rename = "timeoutMs")]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    fields: Vec<String>,
+    #[serde(default)]
+    answers: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -167,8 +206,11 @@ impl SkillSet {
     /// active skill when it is among the candidates; otherwise the general skill.
     pub fn route(&self, text: &str, active_skill: Option<&str>) -> &Skill {
         let lowered = text.to_lowercase();
-        let scores: Vec<(usize, &Skill)> =
-            self.skills.iter().map(|s| (s.score(&lowered), s)).collect();
+        let scores: Vec<(usize, &Skill)> = self
+            .skills
+            .iter()
+            .map(|s| (s.score(text, &lowered), s))
+            .collect();
         let best = scores.iter().map(|(score, _)| *score).max().unwrap_or(0);
         let active = active_skill.and_then(|name| self.get(name));
         if best == 0 {
@@ -191,6 +233,23 @@ impl SkillSet {
             return Some(&self.general);
         }
         self.skills.iter().find(|s| s.name == name)
+    }
+
+    /// Points skill `name`'s lookup at `url` (the deployment's `skills.lookupUrls`); false when
+    /// no loaded skill of that name has a lookup.
+    pub fn set_lookup_url(&mut self, name: &str, url: &str) -> bool {
+        let skill = if name == self.general.name {
+            Some(&mut self.general)
+        } else {
+            self.skills.iter_mut().find(|s| s.name == name)
+        };
+        match skill.and_then(|s| s.lookup.as_mut()) {
+            Some(lookup) => {
+                lookup.url = url.to_string();
+                true
+            }
+            None => false,
+        }
     }
 
     /// The general skill's canned answer, the answer of last resort.
@@ -223,6 +282,8 @@ fn builtin_general() -> Skill {
             .map(|(l, t)| (l.to_string(), t.to_string()))
             .collect(),
         instructions: String::new(),
+        patterns: Vec::new(),
+        lookup: None,
     }
 }
 
@@ -267,7 +328,74 @@ fn parse_skill(text: &str) -> Result<Skill, (Option<u64>, String)> {
         Some(Templates::One(t)) => BTreeMap::from([("en".to_string(), t)]),
         Some(Templates::ByLanguage(map)) => map,
     };
+    let regex = |what: &str, source: &str| {
+        Regex::new(source).map_err(|e| {
+            (
+                None,
+                format!(
+                    "{what} is not a valid regular expression: {}",
+                    e.to_string().lines().last().unwrap_or("invalid")
+                ),
+            )
+        })
+    };
+    let patterns = front
+        .triggers
+        .patterns
+        .iter()
+        .map(|p| regex(&format!("triggers.patterns \"{p}\""), p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let lookup = match front.lookup {
+        None => None,
+        Some(spec) => {
+            if !spec.url.starts_with("http://") && !spec.url.starts_with("https://") {
+                return Err((
+                    None,
+                    format!(
+                        "lookup.url must be an http:// or https:// URL, found \"{}\"",
+                        spec.url
+                    ),
+                ));
+            }
+            for outcome in spec.answers.keys() {
+                if !["found", "not_found", "unavailable"].contains(&outcome.as_str()) {
+                    return Err((
+                        None,
+                        format!(
+                            "lookup.answers.{outcome}: expected found, not_found or unavailable"
+                        ),
+                    ));
+                }
+            }
+            let extract = spec
+                .extract
+                .iter()
+                .map(|(name, p)| Ok((name.clone(), regex(&format!("lookup.extract.{name}"), p)?)))
+                .collect::<Result<Vec<_>, (Option<u64>, String)>>()?;
+            Some(Lookup {
+                url: spec.url,
+                extract,
+                timeout: Duration::from_millis(spec.timeout_ms.unwrap_or(2_000)),
+                fields: spec.fields,
+                answers: spec
+                    .answers
+                    .into_iter()
+                    .map(|(k, by_language)| {
+                        (
+                            k,
+                            by_language
+                                .into_iter()
+                                .map(|(l, t)| (l, t.trim().to_string()))
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            })
+        }
+    };
     Ok(Skill {
+        patterns,
+        lookup,
         name,
         description: front.description,
         keywords: front
@@ -364,6 +492,8 @@ mod tests {
             keywords: keywords.iter().map(|k| k.to_string()).collect(),
             templates: BTreeMap::new(),
             instructions: String::new(),
+            patterns: Vec::new(),
+            lookup: None,
         };
         let set = SkillSet::from_skills(vec![
             skill("tracking", &["tracking", "pakket"]),
@@ -384,5 +514,58 @@ mod tests {
         assert_eq!(set.route("hello", None).name, GENERAL);
         // Whole words only: "pakketje" is not "pakket".
         assert_eq!(set.route("pakketje", None).name, GENERAL);
+    }
+
+    const WITH_LOOKUP: &str = "---\nname: tracking\ntriggers:\n  keywords: [pakket]\n  patterns: ['\\bVC\\d{9}[A-Z]{2}\\b']\nlookup:\n  url: http://t/packages/{n}\n  extract:\n    n: '(VC\\d{9}[A-Z]{2})'\n  fields: [status]\n  answers:\n    found:\n      en: '{n} is {status}'\n---\nbody\n";
+
+    #[test]
+    fn a_pattern_match_outranks_keywords_and_the_lookup_is_loaded() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        write(dir.path(), "tracking", WITH_LOOKUP);
+        write(
+            dir.path(),
+            "complaints",
+            "---\nname: complaints\ntriggers:\n  keywords: [kapot, boos, schade]\n---\nbody\n",
+        );
+        let (set, errors) = SkillSet::load(dir.path());
+        assert!(errors.is_empty(), "{errors:?}");
+        // Three complaint keywords, but a tracking number: the tracking skill.
+        let routed = set.route("kapot, boos, schade! VC482913577NL", None);
+        assert_eq!(routed.name, "tracking");
+        let lookup = routed.lookup.as_ref().unwrap_or_else(|| panic!("lookup"));
+        assert_eq!(lookup.url, "http://t/packages/{n}");
+        assert_eq!(lookup.timeout, Duration::from_secs(2));
+        assert_eq!(set.route("kapot en boos", None).name, "complaints");
+    }
+
+    #[test]
+    fn an_invalid_pattern_or_lookup_is_reported_and_skipped() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        write(
+            dir.path(),
+            "badregex",
+            "---\nname: badregex\ntriggers:\n  patterns: ['(unclosed']\n---\nbody\n",
+        );
+        write(
+            dir.path(),
+            "badlookup",
+            "---\nname: badlookup\nlookup:\n  url: ftp://x\n---\nbody\n",
+        );
+        let (set, errors) = SkillSet::load(dir.path());
+        assert_eq!(set.names(), vec![GENERAL]);
+        let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("badregex/SKILL.md")
+                    && r.contains("not a valid regular expression")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("badlookup/SKILL.md") && r.contains("lookup.url")),
+            "{reasons:?}"
+        );
     }
 }

@@ -13,5 +13,6 @@ mod providers;
 mod replicas;
 mod resilience;
 mod shutdown;
+mod skills;
 mod spine;
 mod support;

@@ -191,6 +191,9 @@ pub struct SkillsConfig {
     /// Folder holding one sub-folder per skill, each with a `SKILL.md`; relative paths are
     /// resolved against the config file's folder.
     pub dir: PathBuf,
+    /// Lookup URL per skill name, replacing the one in its `SKILL.md` (so a deployment points
+    /// the tracking skill at its own tracking API, with `${VAR}`).
+    pub lookup_urls: std::collections::BTreeMap<String, String>,
 }
 
 /// What the agent is told about itself.
@@ -663,7 +666,28 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
         ),
     };
 
-    let s = r.section(root, "", "skills", &["dir"]).unwrap_or(&empty);
+    let s = r
+        .section(root, "", "skills", &["dir", "lookupUrls"])
+        .unwrap_or(&empty);
+    let mut lookup_urls = std::collections::BTreeMap::new();
+    if let Some(urls) = r.object(s, "skills", "lookupUrls") {
+        for (skill, url) in urls {
+            let path = format!("skills.lookupUrls.{skill}");
+            match url.as_str() {
+                Some(url) => {
+                    check_endpoint(r, url, &path);
+                    lookup_urls.insert(skill.clone(), url.to_string());
+                }
+                None => r.error(
+                    path,
+                    format!(
+                        "expected a URL string with {{placeholders}}, found {}",
+                        reader::describe(url)
+                    ),
+                ),
+            }
+        }
+    }
     let dir = PathBuf::from(
         r.string(s, "skills", "dir")
             .unwrap_or_else(|| "skills".into()),
@@ -674,6 +698,7 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
         } else {
             base_dir.join(dir)
         },
+        lookup_urls,
     };
 
     let a = r

@@ -11,6 +11,7 @@ use crate::channels::egress::Egress;
 use crate::config::AgentConfig;
 use crate::llm::chain::{Completion, ProviderChain};
 use crate::llm::{ChatMessage, Prompt};
+use crate::lookup;
 use crate::message::{Channel, HistoryEntry, InboundMessage, Role, StoredReply, now_ms};
 use crate::replies::ReplyWaiters;
 use crate::retry::while_unavailable;
@@ -50,6 +51,8 @@ pub struct TurnContext {
     pub waiters: Arc<ReplyWaiters>,
     /// Senders for WhatsApp and Telegram replies.
     pub egress: Egress,
+    /// The outbound HTTP client, for skills' lookups.
+    pub http: reqwest::Client,
     /// The text-only notice by language, for images, voice notes and other non-text messages.
     pub unsupported_reply: BTreeMap<String, String>,
 }
@@ -205,8 +208,29 @@ async fn answer(
             provider: "text-only-notice".into(),
         },
         None => {
+            let lookup = match &skill.lookup {
+                Some(lookup) => {
+                    let outcome = lookup.run(&ctx.http, &routed_text).await;
+                    if let lookup::Outcome::Unavailable(_, reason) = &outcome {
+                        tracing::warn!(skill = %skill.name, %reason, "skill lookup unavailable; the answer says so");
+                    }
+                    Some((lookup, outcome))
+                }
+                None => None,
+            };
             // The history moves into the prompt: it is not kept twice while the model thinks.
-            let prompt = build_prompt(ctx, skill, &language, snapshot.history, msg, &later);
+            let mut prompt = build_prompt(ctx, skill, &language, snapshot.history, msg, &later);
+            if let Some((lookup, outcome)) = &lookup {
+                if let (Some(context), Some(system)) =
+                    (lookup::context(outcome), prompt.messages.first_mut())
+                {
+                    system.content.push_str("\n\n");
+                    system.content.push_str(&context);
+                }
+                if let Some(answer) = lookup.answer(outcome, &language) {
+                    prompt.template_answer = answer;
+                }
+            }
             ctx.chain.complete(&prompt, &msg.rate_key()).await
         }
     };

@@ -1,0 +1,127 @@
+//! Skills with data lookups, end to end: the VeloCity tracking skill against the mock tracking
+//! API, with no model at all (the template provider answers from the lookup).
+
+use crate::support::*;
+use clawgate_fakes::mock_tracking::{MockTracking, load_packages};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+fn packages_fixture() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/packages.json")
+}
+
+/// A replica with the example skills, no model (template only) and the tracking lookup pointed
+/// at `tracking`.
+async fn tracking_gateway(tracking: &MockTracking) -> (TestRedis, Gateway) {
+    let redis = TestRedis::start().await;
+    let mut config = test_config(vec![]);
+    config["agent"]["defaultLanguage"] = json!("nl");
+    config["skills"]["lookupUrls"] =
+        json!({"tracking": format!("{}/packages/{{tracking_number}}", tracking.base_url())});
+    let gateway = Gateway::start(config, &redis.url(), "r1").await;
+    (redis, gateway)
+}
+
+fn package(number: &str) -> Value {
+    load_packages(&packages_fixture())
+        .expect("fixture")
+        .into_iter()
+        .find(|p| p["tracking_number"] == number)
+        .expect("package in the fixture")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracking_inquiry_gets_the_real_status_with_no_model_at_all() {
+    let tracking = MockTracking::spawn(load_packages(&packages_fixture()).expect("fixture"))
+        .await
+        .expect("mock tracking");
+    let (_redis, gateway) = tracking_gateway(&tracking).await;
+    for number in ["VC482913577NL", "VC100200300BE"] {
+        let expected = package(number);
+        let (status, body) = gateway
+            .send(number, "m1", &format!("Hoi, waar blijft {number}?"), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let reply = &body["reply"];
+        assert_eq!(reply["skill"], "tracking");
+        assert_eq!(reply["provider"], "template");
+        let text = reply["text"].as_str().unwrap_or_default();
+        for field in ["status", "eta_window"] {
+            let value = expected[field].as_str().expect("field");
+            assert!(text.contains(value), "{field} {value:?} not in {text:?}");
+        }
+    }
+    assert_eq!(tracking.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_number_is_said_to_be_unknown_and_no_number_is_asked_for() {
+    let tracking = MockTracking::spawn(load_packages(&packages_fixture()).expect("fixture"))
+        .await
+        .expect("mock tracking");
+    let (_redis, gateway) = tracking_gateway(&tracking).await;
+    let (_, body) = gateway
+        .send("unknown", "m1", "waar is VC999999999NL?", None)
+        .await;
+    let text = body["reply"]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("VC999999999NL") && text.contains("geen pakket"),
+        "{text}"
+    );
+    let (_, body) = gateway
+        .send("nonumber", "m1", "waar is mijn pakket?", None)
+        .await;
+    let text = body["reply"]["text"].as_str().unwrap_or_default();
+    assert!(text.contains("trackingnummer"), "{text}");
+    assert_eq!(tracking.requests(), 1, "no number, no lookup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_that_times_out_gets_an_honest_unavailable_answer_never_a_status() {
+    let tracking = MockTracking::spawn(load_packages(&packages_fixture()).expect("fixture"))
+        .await
+        .expect("mock tracking");
+    let (_redis, gateway) = tracking_gateway(&tracking).await;
+    tracking.set_hang(true);
+    let started = Instant::now();
+    let (status, body) = gateway
+        .send("hang", "m1", "waar is VC482913577NL?", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let text = body["reply"]["text"].as_str().unwrap_or_default();
+    assert!(text.contains("niet op te vragen"), "{text}");
+    assert!(!text.contains("out for delivery"), "{text}");
+    // The skill's 2 s lookup timeout, not more.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clawgate_mock_tracking_serves_the_data_file() {
+    let port = free_port();
+    let fixture = packages_fixture();
+    let mut child = tokio::process::Command::new(binary())
+        .args(["mock", "tracking", "--port", &port.to_string(), "--data"])
+        .arg(&fixture)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/packages/VC482913577NL");
+    let body: Value = eventually(Duration::from_secs(10), "the mock to answer", || async {
+        let response = http.get(&url).send().await.ok()?;
+        response.json().await.ok()
+    })
+    .await;
+    assert_eq!(body, package("VC482913577NL"));
+    let missing = http
+        .get(format!("http://127.0.0.1:{port}/packages/VC000000000XX"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(missing.status().as_u16(), 404);
+    let _ = child.kill().await;
+}
