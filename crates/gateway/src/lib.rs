@@ -13,6 +13,7 @@ pub mod http;
 pub mod http_client;
 pub mod inbox;
 pub mod ingress;
+pub mod language;
 pub mod llm;
 pub mod lookup;
 pub mod message;

@@ -86,6 +86,7 @@ pub async fn run(
         waiters: waiters.clone(),
         egress: Egress::from_config(&config.channels, &http),
         http: http.clone(),
+        languages: crate::language::LanguageDetector::new(&config.agent.languages),
         unsupported_reply: config.channels.unsupported_reply.clone(),
     });
     let guarded = ctx.clone();

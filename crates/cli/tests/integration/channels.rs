@@ -227,10 +227,11 @@ async fn telegram_messages_are_answered_in_their_chat_edits_are_not_and_photos_g
     let (status, _) = gateway.telegram(fixture("telegram-photo.json")).await;
     assert_eq!(status, 200);
     let sent = sent_messages(&platforms, 2).await;
-    // Lena's Telegram is in German: the notice is too, and no model was asked to read a photo.
+    // Lena's Telegram is set to German but she writes English: the conversation goes on in the
+    // language she writes, and no model was asked to read a photo.
     assert_eq!(
         sent[1].text,
-        "Entschuldigung, ich kann nur Textnachrichten lesen. Bitte tippen Sie Ihre Frage."
+        "Sorry, I can only read text messages. Please type your question."
     );
     assert_no_more_sent(&platforms, 2).await;
     assert_eq!(

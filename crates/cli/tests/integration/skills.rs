@@ -125,3 +125,50 @@ async fn clawgate_mock_tracking_serves_the_data_file() {
     assert_eq!(missing.status().as_u16(), 404);
     let _ = child.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_is_answered_in_the_language_they_write_and_it_sticks() {
+    let tracking = MockTracking::spawn(load_packages(&packages_fixture()).expect("fixture"))
+        .await
+        .expect("mock tracking");
+    let (_redis, gateway) = tracking_gateway(&tracking).await;
+    // The deployment's default is Dutch; this customer writes English.
+    let (_, body) = gateway
+        .send(
+            "en-customer",
+            "m1",
+            "Hello, where is my parcel please?",
+            None,
+        )
+        .await;
+    let text = body["reply"]["text"].as_str().unwrap_or_default();
+    assert!(text.starts_with("Thanks!"), "{text}");
+    // A bare tracking number says nothing about the language: the conversation's stays.
+    let (_, body) = gateway
+        .send("en-customer", "m2", "VC482913577NL", None)
+        .await;
+    let text = body["reply"]["text"].as_str().unwrap_or_default();
+    assert!(text.starts_with("Your parcel VC482913577NL"), "{text}");
+    // German from another customer.
+    let (_, body) = gateway
+        .send(
+            "de-customer",
+            "m1",
+            "Hallo, wo ist mein Paket VC100200300BE? Ich warte schon seit Tagen.",
+            None,
+        )
+        .await;
+    let text = body["reply"]["text"].as_str().unwrap_or_default();
+    assert!(text.starts_with("Ihr Paket"), "{text}");
+    // A Dutch message gets Dutch.
+    let (_, body) = gateway
+        .send(
+            "nl-customer",
+            "m1",
+            "Waar is mijn pakket VC482913577NL?",
+            None,
+        )
+        .await;
+    let text = body["reply"]["text"].as_str().unwrap_or_default();
+    assert!(text.starts_with("Je pakket"), "{text}");
+}

@@ -203,6 +203,9 @@ pub struct AgentConfig {
     pub system_prompt: String,
     /// Language used when a conversation's language is not known.
     pub default_language: String,
+    /// Languages the deployment serves (ISO 639-1): the ones a customer's language is detected
+    /// among.
+    pub languages: Vec<String>,
 }
 
 /// The provider chain, as in the seed's `llm` block.
@@ -702,15 +705,44 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
     };
 
     let a = r
-        .section(root, "", "agent", &["systemPrompt", "defaultLanguage"])
+        .section(
+            root,
+            "",
+            "agent",
+            &["systemPrompt", "defaultLanguage", "languages"],
+        )
         .unwrap_or(&empty);
+    let default_language = r
+        .string(a, "agent", "defaultLanguage")
+        .unwrap_or_else(|| "en".into());
+    let languages = r
+        .value(
+            a,
+            "agent",
+            "languages",
+            "an array of language codes such as [\"nl\", \"en\", \"de\"]",
+            |v| {
+                v.as_array()?
+                    .iter()
+                    .map(|l| l.as_str().map(str::to_string))
+                    .collect::<Option<Vec<String>>>()
+            },
+        )
+        .unwrap_or_else(|| {
+            let mut languages = vec![default_language.clone()];
+            for l in ["en", "nl", "de"] {
+                if !languages.iter().any(|x| x == l) {
+                    languages.push(l.to_string());
+                }
+            }
+            languages
+        });
     let agent = AgentConfig {
         system_prompt: r
             .string(a, "agent", "systemPrompt")
             .unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.into()),
-        default_language: r
-            .string(a, "agent", "defaultLanguage")
-            .unwrap_or_else(|| "en".into()),
+        default_language,
+        languages,
     };
 
     let llm = read_llm(r, root);

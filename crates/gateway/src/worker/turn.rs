@@ -9,6 +9,7 @@
 
 use crate::channels::egress::Egress;
 use crate::config::AgentConfig;
+use crate::language::LanguageDetector;
 use crate::llm::chain::{Completion, ProviderChain};
 use crate::llm::{ChatMessage, Prompt};
 use crate::lookup;
@@ -53,6 +54,8 @@ pub struct TurnContext {
     pub egress: Egress,
     /// The outbound HTTP client, for skills' lookups.
     pub http: reqwest::Client,
+    /// Tells which served language a customer writes in.
+    pub languages: LanguageDetector,
     /// The text-only notice by language, for images, voice notes and other non-text messages.
     pub unsupported_reply: BTreeMap<String, String>,
 }
@@ -190,11 +193,16 @@ async fn answer(
     let skill = ctx
         .skills
         .route(&routed_text, snapshot.session.active_skill.as_deref());
-    let language = snapshot
+    // Once known, a conversation keeps its language; until then, what the customer writes says
+    // most, the platform's locale next; the default is used but not remembered.
+    let known_language = snapshot
         .session
         .language
         .clone()
-        .or_else(|| msg.language.clone())
+        .or_else(|| ctx.languages.detect(&routed_text))
+        .or_else(|| msg.language.clone());
+    let language = known_language
+        .clone()
         .unwrap_or_else(|| ctx.agent.default_language.clone());
     let completion = match &msg.unsupported {
         // An image or voice note: the agent cannot read it, so it says so instead of guessing.
@@ -289,11 +297,14 @@ async fn answer(
             Some(completion.provider.clone()),
         ),
         reply: reply.clone(),
-        session: vec![
-            ("active_skill", skill.name.clone()),
-            ("language", language),
-            ("last_message_at", now.to_string()),
-        ],
+        session: [
+            Some(("active_skill", skill.name.clone())),
+            known_language.map(|l| ("language", l)),
+            Some(("last_message_at", now.to_string())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
         notify_channel: (!sent_by_platform(msg.channel) && msg.ingress_replica != ctx.replica_id)
             .then(|| keys::reply_channel(&msg.ingress_replica)),
         release_lease: !sent_by_platform(msg.channel),
