@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::http::{AppState, router};
 use crate::llm::chain::ProviderChain;
 use crate::replies::ReplyWaiters;
-use crate::skills::SkillSet;
+use crate::skills::SkillLibrary;
 use crate::state::link::RedisLink;
 use crate::state::memory::MemoryStore;
 use crate::state::redis::RedisStore;
@@ -54,21 +54,23 @@ pub async fn run(
     let (memory, memory_queue) = MemoryStore::new(limits, config.workers.memory_queue);
     let memory = Arc::new(memory);
 
-    let (mut skills, skill_errors) = SkillSet::load(&config.skills.dir);
-    for error in &skill_errors {
-        tracing::warn!(%error, "skill not loaded");
-    }
-    for (skill, url) in &config.skills.lookup_urls {
-        if !skills.set_lookup_url(skill, url) {
-            tracing::warn!(
-                skill,
-                "skills.lookupUrls names a skill that is not loaded or has no lookup"
-            );
-        }
-    }
+    let skills = Arc::new(SkillLibrary::load(
+        &config.skills.dir,
+        config.skills.lookup_urls.clone(),
+    ));
+    tokio::spawn(
+        skills
+            .clone()
+            .watch(config.skills.reload_interval, background.clone()),
+    );
     let http = http_client::build()?;
     let chain = ProviderChain::from_config(&config.llm, &http, Some(link.clone()), &replica_id);
-    let skill_names: Vec<String> = skills.names().into_iter().map(str::to_string).collect();
+    let skill_names: Vec<String> = skills
+        .current()
+        .names()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
     let provider_names: Vec<String> = chain.names().into_iter().map(str::to_string).collect();
 
     let waiters = Arc::new(ReplyWaiters::default());
@@ -79,7 +81,7 @@ pub async fn run(
     );
     let ctx = Arc::new(TurnContext {
         replica_id: replica_id.clone(),
-        skills,
+        skills: skills.clone(),
         chain,
         agent: config.agent.clone(),
         order_wait: config.workers.order_wait,
@@ -111,7 +113,7 @@ pub async fn run(
         webchat: config.webchat.clone(),
         channels: config.channels.clone(),
         pool: pool.clone(),
-        skills: skill_names.clone(),
+        skills,
         providers: provider_names.clone(),
         metrics,
         draining: AtomicBool::new(false),

@@ -6,12 +6,15 @@
 //! others still load. Hot reload, lookups and escalation build on this module later.
 
 use crate::lookup::Lookup;
+use arc_swap::ArcSwap;
 use regex::Regex;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Name of the skill used when nothing else matches.
 pub const GENERAL: &str = "general";
@@ -34,6 +37,8 @@ pub struct Skill {
     pub patterns: Vec<Regex>,
     /// The data lookup, when the skill declares one.
     pub lookup: Option<Lookup>,
+    /// The `SKILL.md` it came from (none for the built-in general skill).
+    pub source: Option<PathBuf>,
 }
 
 impl PartialEq for Skill {
@@ -179,7 +184,10 @@ impl SkillSet {
                         reason: format!("duplicate skill name \"{}\"; skipped", skill.name),
                     });
                 }
-                Ok(skill) => skills.push(skill),
+                Ok(skill) => skills.push(Skill {
+                    source: Some(file),
+                    ..skill
+                }),
                 Err((line, reason)) => errors.push(SkillError { file, line, reason }),
             }
         }
@@ -284,7 +292,137 @@ fn builtin_general() -> Skill {
         instructions: String::new(),
         patterns: Vec::new(),
         lookup: None,
+        source: None,
     }
+}
+
+/// The skills a replica answers with, reloaded from disk while it runs: a changed `SKILL.md`
+/// takes effect within a poll interval, and one that no longer parses leaves its last good
+/// version active (reported in `/healthz`). Nothing is ever written to the skills folder, so a
+/// read-only mount works.
+pub struct SkillLibrary {
+    /// The skills folder.
+    dir: PathBuf,
+    /// The deployment's lookup URLs by skill name, applied after every load.
+    lookup_urls: BTreeMap<String, String>,
+    /// What turns route with; swapped whole on reload.
+    current: ArcSwap<SkillSet>,
+    /// Problems of the last load, as `file:line: reason`.
+    errors: ArcSwap<Vec<String>>,
+    /// Paths, sizes and modification times of the `SKILL.md` files at the last load.
+    fingerprint: Mutex<Vec<(PathBuf, u64, Option<std::time::SystemTime>)>>,
+}
+
+impl SkillLibrary {
+    /// Loads `dir` and applies `lookup_urls`; problems are logged and kept for `/healthz`.
+    pub fn load(dir: &Path, lookup_urls: BTreeMap<String, String>) -> SkillLibrary {
+        let library = SkillLibrary {
+            dir: dir.to_path_buf(),
+            lookup_urls,
+            current: ArcSwap::from_pointee(SkillSet::from_skills(Vec::new())),
+            errors: ArcSwap::from_pointee(Vec::new()),
+            fingerprint: Mutex::new(Vec::new()),
+        };
+        library.reload();
+        library
+    }
+
+    /// The skills to route with now.
+    pub fn current(&self) -> Arc<SkillSet> {
+        self.current.load_full()
+    }
+
+    /// Problems found by the last load.
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.load().as_ref().clone()
+    }
+
+    /// Reloads when a `SKILL.md` was added, removed or changed since the last load; true when
+    /// it reloaded.
+    pub fn reload_if_changed(&self) -> bool {
+        let now = fingerprint(&self.dir);
+        let changed = {
+            let last = self
+                .fingerprint
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *last != now
+        };
+        if changed {
+            self.reload();
+        }
+        changed
+    }
+
+    /// Polls the folder every `interval` until `cancel`.
+    pub async fn watch(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let library = self.clone();
+            // File reads are blocking; keep them off the async workers.
+            let _ = tokio::task::spawn_blocking(move || library.reload_if_changed()).await;
+        }
+    }
+
+    fn reload(&self) {
+        let fingerprint_before = fingerprint(&self.dir);
+        let (mut set, errors) = SkillSet::load(&self.dir);
+        let previous = self.current.load_full();
+        // A skill whose file no longer parses keeps its last good version.
+        let mut kept = Vec::new();
+        for error in &errors {
+            if let Some(old) = previous
+                .skills
+                .iter()
+                .find(|s| s.source.as_deref() == Some(error.file.as_path()))
+                && set.get(&old.name).is_none()
+            {
+                kept.push(old.name.clone());
+                set.skills.push(old.clone());
+            }
+        }
+        for (skill, url) in &self.lookup_urls {
+            if !set.set_lookup_url(skill, url) {
+                tracing::warn!(
+                    skill,
+                    "skills.lookupUrls names a skill that is not loaded or has no lookup"
+                );
+            }
+        }
+        for error in &errors {
+            tracing::warn!(%error, "skill not loaded");
+        }
+        if !kept.is_empty() {
+            tracing::warn!(skills = ?kept, "kept the last good version of skills whose files no longer load");
+        }
+        tracing::info!(skills = ?set.names(), "skills loaded");
+        self.current.store(Arc::new(set));
+        self.errors
+            .store(Arc::new(errors.iter().map(ToString::to_string).collect()));
+        *self
+            .fingerprint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fingerprint_before;
+    }
+}
+
+/// Path, size and modification time of every `<dir>/*/SKILL.md`, sorted.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("SKILL.md"))
+        .filter_map(|file| {
+            let meta = std::fs::metadata(&file).ok()?;
+            Some((file, meta.len(), meta.modified().ok()))
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 /// Parses a `SKILL.md`; errors carry a 1-based line of the file when known.
@@ -396,6 +534,7 @@ fn parse_skill(text: &str) -> Result<Skill, (Option<u64>, String)> {
     Ok(Skill {
         patterns,
         lookup,
+        source: None,
         name,
         description: front.description,
         keywords: front
@@ -494,6 +633,7 @@ mod tests {
             instructions: String::new(),
             patterns: Vec::new(),
             lookup: None,
+            source: None,
         };
         let set = SkillSet::from_skills(vec![
             skill("tracking", &["tracking", "pakket"]),

@@ -172,3 +172,81 @@ async fn a_customer_is_answered_in_the_language_they_write_and_it_sticks() {
     let text = body["reply"]["text"].as_str().unwrap_or_default();
     assert!(text.starts_with("Je pakket"), "{text}");
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_skill_takes_effect_without_restart_and_a_broken_one_keeps_its_last_good_version()
+{
+    let skills = tempfile::tempdir().expect("dir");
+    copy_dir(&example_skills(), skills.path());
+    let redis = TestRedis::start().await;
+    let mut config = test_config(vec![]);
+    config["agent"]["defaultLanguage"] = json!("nl");
+    config["skills"] = json!({"dir": skills.path(), "reloadIntervalMs": 200});
+    let gateway = Gateway::start(config, &redis.url(), "r1").await;
+    let reply = |session: String| {
+        let gateway = &gateway;
+        async move {
+            let (_, body) = gateway
+                .send(&session, "m1", "waar is mijn pakket", None)
+                .await;
+            body["reply"]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+    assert!(reply("before".into()).await.contains("trackingnummer"));
+
+    // Edit the running replica's tracking skill.
+    let file = skills.path().join("tracking/SKILL.md");
+    let original = std::fs::read_to_string(&file).expect("read");
+    let edited = original.replace("Bedankt! We zoeken", "NIEUW: we zoeken");
+    assert_ne!(edited, original);
+    std::fs::write(&file, &edited).expect("write");
+    let mut n = 0;
+    eventually(
+        Duration::from_secs(10),
+        "the edited skill to answer",
+        || {
+            n += 1;
+            let session = format!("edited-{n}");
+            let reply = &reply;
+            async move { reply(session).await.starts_with("NIEUW").then_some(()) }
+        },
+    )
+    .await;
+
+    // Break it: the last good version stays, and /healthz says what is wrong.
+    std::fs::write(&file, "---\nname: tracking\ntriggers: [unclosed\n---\n").expect("write");
+    eventually(
+        Duration::from_secs(10),
+        "the broken skill reported",
+        || async {
+            let health = gateway.health().await;
+            health["skill_errors"]
+                .to_string()
+                .contains("tracking/SKILL.md")
+                .then_some(())
+        },
+    )
+    .await;
+    let text = reply("after-break".into()).await;
+    assert!(text.starts_with("NIEUW"), "{text}");
+    assert!(
+        gateway.health().await["skills"]
+            .to_string()
+            .contains("tracking")
+    );
+}

@@ -194,6 +194,8 @@ pub struct SkillsConfig {
     /// Lookup URL per skill name, replacing the one in its `SKILL.md` (so a deployment points
     /// the tracking skill at its own tracking API, with `${VAR}`).
     pub lookup_urls: std::collections::BTreeMap<String, String>,
+    /// How often the skills folder is checked for changed `SKILL.md` files.
+    pub reload_interval: Duration,
 }
 
 /// What the agent is told about itself.
@@ -670,7 +672,12 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
     };
 
     let s = r
-        .section(root, "", "skills", &["dir", "lookupUrls"])
+        .section(
+            root,
+            "",
+            "skills",
+            &["dir", "lookupUrls", "reloadIntervalMs"],
+        )
         .unwrap_or(&empty);
     let mut lookup_urls = std::collections::BTreeMap::new();
     if let Some(urls) = r.object(s, "skills", "lookupUrls") {
@@ -702,6 +709,17 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
             base_dir.join(dir)
         },
         lookup_urls,
+        reload_interval: ms(
+            r.integer(
+                s,
+                "skills",
+                "reloadIntervalMs",
+                100,
+                3_600_000,
+                "milliseconds",
+            ),
+            1_000,
+        ),
     };
 
     let a = r

@@ -38,7 +38,8 @@ pub async fn healthz(State(app): State<Arc<AppState>>) -> Response {
         "draining": draining,
         "turns_running": app.pool.running(),
         "requests_waiting": app.waiters.len(),
-        "skills": app.skills,
+        "skills": app.skills.current().names(),
+        "skill_errors": app.skills.errors(),
         "providers": app.providers,
     }))
     .into_response()

@@ -47,7 +47,7 @@ pub struct AppState {
     /// The worker pool, for health answers.
     pub pool: Arc<WorkerPool>,
     /// Loaded skill names, for health answers.
-    pub skills: Vec<String>,
+    pub skills: Arc<crate::skills::SkillLibrary>,
     /// Provider chain names, for health answers.
     pub providers: Vec<String>,
     /// Metrics renderer (absent if another recorder was installed first).

@@ -16,7 +16,7 @@ use crate::lookup;
 use crate::message::{Channel, HistoryEntry, InboundMessage, Role, StoredReply, now_ms};
 use crate::replies::ReplyWaiters;
 use crate::retry::while_unavailable;
-use crate::skills::{Skill, SkillSet};
+use crate::skills::{Skill, SkillLibrary, SkillSet};
 use crate::state::{
     CommitOutcome, ConversationSnapshot, LaterMessage, ReplyDeadLetter, StateError, StateStore,
     TurnCommit, TurnStart, WaitReason, keys,
@@ -40,8 +40,8 @@ const FLOOD_PAUSE_MAX: Duration = Duration::from_secs(1);
 pub struct TurnContext {
     /// This replica's id: lease holder prefix and reply-channel owner.
     pub replica_id: String,
-    /// The skills to route to.
-    pub skills: SkillSet,
+    /// The skills to route to, reloaded while the replica runs.
+    pub skills: Arc<SkillLibrary>,
     /// The providers to ask.
     pub chain: ProviderChain,
     /// System prompt and default language.
@@ -190,9 +190,9 @@ async fn answer(
             .collect::<Vec<_>>()
             .join("\n")
     };
-    let skill = ctx
-        .skills
-        .route(&routed_text, snapshot.session.active_skill.as_deref());
+    // One snapshot of the skills for the whole turn, whatever a reload does meanwhile.
+    let skills = ctx.skills.current();
+    let skill = skills.route(&routed_text, snapshot.session.active_skill.as_deref());
     // Once known, a conversation keeps its language; until then, what the customer writes says
     // most, the platform's locale next; the default is used but not remembered.
     let known_language = snapshot
@@ -212,7 +212,7 @@ async fn answer(
                 .get(&language)
                 .or_else(|| ctx.unsupported_reply.get("en"))
                 .cloned()
-                .unwrap_or_else(|| ctx.skills.general_template(&language).to_string()),
+                .unwrap_or_else(|| skills.general_template(&language).to_string()),
             provider: "text-only-notice".into(),
         },
         None => {
@@ -227,7 +227,15 @@ async fn answer(
                 None => None,
             };
             // The history moves into the prompt: it is not kept twice while the model thinks.
-            let mut prompt = build_prompt(ctx, skill, &language, snapshot.history, msg, &later);
+            let mut prompt = build_prompt(
+                ctx,
+                &skills,
+                skill,
+                &language,
+                snapshot.history,
+                msg,
+                &later,
+            );
             if let Some((lookup, outcome)) = &lookup {
                 if let (Some(context), Some(system)) =
                     (lookup::context(outcome), prompt.messages.first_mut())
@@ -398,6 +406,7 @@ fn notify_local(ctx: &TurnContext, msg: &InboundMessage, reply: &StoredReply) {
 /// System prompt (agent + language + skill), history, then the new message.
 fn build_prompt(
     ctx: &TurnContext,
+    skills: &SkillSet,
     skill: &Skill,
     language: &str,
     history: Vec<HistoryEntry>,
@@ -436,7 +445,7 @@ fn build_prompt(
     }));
     let template_answer = skill
         .template(language)
-        .unwrap_or_else(|| ctx.skills.general_template(language))
+        .unwrap_or_else(|| skills.general_template(language))
         .to_string();
     Prompt {
         messages,
