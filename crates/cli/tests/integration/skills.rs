@@ -22,6 +22,16 @@ async fn tracking_gateway(tracking: &MockTracking) -> (TestRedis, Gateway) {
     (redis, gateway)
 }
 
+/// The text of the reply to one web-chat message.
+async fn reply_text(gateway: &Gateway, session: &str, message_id: &str, text: &str) -> String {
+    let (status, body) = gateway.send(session, message_id, text, None).await;
+    assert_eq!(status, 200, "{body}");
+    body["reply"]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn package(number: &str) -> Value {
     load_packages(&packages_fixture())
         .expect("fixture")
@@ -60,18 +70,12 @@ async fn an_unknown_number_is_said_to_be_unknown_and_no_number_is_asked_for() {
         .await
         .expect("mock tracking");
     let (_redis, gateway) = tracking_gateway(&tracking).await;
-    let (_, body) = gateway
-        .send("unknown", "m1", "waar is VC999999999NL?", None)
-        .await;
-    let text = body["reply"]["text"].as_str().unwrap_or_default();
+    let text = reply_text(&gateway, "unknown", "m1", "waar is VC999999999NL?").await;
     assert!(
         text.contains("VC999999999NL") && text.contains("geen pakket"),
         "{text}"
     );
-    let (_, body) = gateway
-        .send("nonumber", "m1", "waar is mijn pakket?", None)
-        .await;
-    let text = body["reply"]["text"].as_str().unwrap_or_default();
+    let text = reply_text(&gateway, "nonumber", "m1", "waar is mijn pakket?").await;
     assert!(text.contains("trackingnummer"), "{text}");
     assert_eq!(tracking.requests(), 1, "no number, no lookup");
 }
@@ -133,43 +137,34 @@ async fn a_customer_is_answered_in_the_language_they_write_and_it_sticks() {
         .expect("mock tracking");
     let (_redis, gateway) = tracking_gateway(&tracking).await;
     // The deployment's default is Dutch; this customer writes English.
-    let (_, body) = gateway
-        .send(
-            "en-customer",
-            "m1",
-            "Hello, where is my parcel please?",
-            None,
-        )
-        .await;
-    let text = body["reply"]["text"].as_str().unwrap_or_default();
+    let text = reply_text(
+        &gateway,
+        "en-customer",
+        "m1",
+        "Hello, where is my parcel please?",
+    )
+    .await;
     assert!(text.starts_with("Thanks!"), "{text}");
     // A bare tracking number says nothing about the language: the conversation's stays.
-    let (_, body) = gateway
-        .send("en-customer", "m2", "VC482913577NL", None)
-        .await;
-    let text = body["reply"]["text"].as_str().unwrap_or_default();
+    let text = reply_text(&gateway, "en-customer", "m2", "VC482913577NL").await;
     assert!(text.starts_with("Your parcel VC482913577NL"), "{text}");
     // German from another customer.
-    let (_, body) = gateway
-        .send(
-            "de-customer",
-            "m1",
-            "Hallo, wo ist mein Paket VC100200300BE? Ich warte schon seit Tagen.",
-            None,
-        )
-        .await;
-    let text = body["reply"]["text"].as_str().unwrap_or_default();
+    let text = reply_text(
+        &gateway,
+        "de-customer",
+        "m1",
+        "Hallo, wo ist mein Paket VC100200300BE? Ich warte schon seit Tagen.",
+    )
+    .await;
     assert!(text.starts_with("Ihr Paket"), "{text}");
     // A Dutch message gets Dutch.
-    let (_, body) = gateway
-        .send(
-            "nl-customer",
-            "m1",
-            "Waar is mijn pakket VC482913577NL?",
-            None,
-        )
-        .await;
-    let text = body["reply"]["text"].as_str().unwrap_or_default();
+    let text = reply_text(
+        &gateway,
+        "nl-customer",
+        "m1",
+        "Waar is mijn pakket VC482913577NL?",
+    )
+    .await;
     assert!(text.starts_with("Je pakket"), "{text}");
 }
 
