@@ -74,6 +74,15 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StateError> {
     serde_json::to_string(value).map_err(|e| StateError::Protocol(format!("cannot encode: {e}")))
 }
 
+/// What the commit publishes to the replica holding a web-chat request (read by
+/// `ReplyWaiters::listen`); empty when nobody elsewhere waits.
+fn notify_payload(channel: Option<&String>, id: &DedupeId, reply: &StoredReply) -> String {
+    match channel {
+        Some(_) => serde_json::json!({"id": id.as_str(), "reply": reply}).to_string(),
+        None => String::new(),
+    }
+}
+
 fn parse_reply(json: &str) -> Result<StoredReply, StateError> {
     serde_json::from_str(json)
         .map_err(|e| StateError::Protocol(format!("unreadable reply record: {e}")))
@@ -230,21 +239,15 @@ impl StateStore for RedisStore {
     async fn commit_turn(&self, commit: &TurnCommit<'_>) -> Result<CommitOutcome, StateError> {
         let conversation = commit.msg.conversation();
         let reply_json = to_json(&commit.reply)?;
-        let payload = match &commit.notify_channel {
-            Some(_) => serde_json::json!({
-                "id": commit.msg.dedupe_id().as_str(),
-                "reply": &commit.reply,
-            })
-            .to_string(),
-            None => String::new(),
-        };
+        let payload = notify_payload(
+            commit.notify_channel.as_ref(),
+            &commit.msg.dedupe_id(),
+            &commit.reply,
+        );
         let mut later = Vec::with_capacity(commit.later.len());
         for m in &commit.later {
             let reply = to_json(&m.reply)?;
-            let payload = match &m.notify_channel {
-                Some(_) => serde_json::json!({"id": m.id.as_str(), "reply": &m.reply}).to_string(),
-                None => String::new(),
-            };
+            let payload = notify_payload(m.notify_channel.as_ref(), &m.id, &m.reply);
             later.push(serde_json::json!({
                 "seq": m.seq,
                 "entry": to_json(&m.user)?,
