@@ -2,8 +2,9 @@
 //! Redis), with the counters the replicas publish in Redis.
 
 use crate::process;
-use crate::state::{ClusterState, now_ms};
-use crate::supervisor::{answers, redis_answers};
+use crate::state::ClusterState;
+use crate::supervisor::{answers, redis_connection};
+use clawgate_gateway::message::now_ms;
 use clawgate_gateway::state::keys;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -19,11 +20,14 @@ pub async fn report(state_dir: &Path) -> std::io::Result<Value> {
         .build()
         .map_err(std::io::Error::other)?;
     let alive = |pid: Option<u32>| pid.filter(|pid| process::signal(*pid, None));
-    let redis_up = redis_answers(&state.redis.url).await;
-    let counters = if redis_up {
-        redis_counters(&state).await
-    } else {
-        RedisCounters::default()
+    let connection = redis_connection(&state.redis.url).await;
+    let redis_up = connection.is_some();
+    let counters = match connection {
+        Some(conn) => redis_counters(conn, &state).await,
+        None => RedisCounters {
+            handled: vec![None; state.replicas.len()],
+            ..RedisCounters::default()
+        },
     };
     let mut replicas = Vec::new();
     for (replica, handled) in state.replicas.iter().zip(&counters.handled) {
@@ -73,16 +77,13 @@ struct RedisCounters {
     handled: Vec<Option<u64>>,
 }
 
-async fn redis_counters(state: &ClusterState) -> RedisCounters {
+async fn redis_counters(
+    mut conn: redis::aio::MultiplexedConnection,
+    state: &ClusterState,
+) -> RedisCounters {
     let mut counters = RedisCounters {
         handled: vec![None; state.replicas.len()],
         ..RedisCounters::default()
-    };
-    let Ok(client) = redis::Client::open(state.redis.url.as_str()) else {
-        return counters;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        return counters;
     };
     let info: redis::RedisResult<String> = redis::cmd("INFO")
         .arg("memory")

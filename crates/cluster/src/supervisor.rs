@@ -8,7 +8,8 @@
 
 use crate::process::{self, Event, Spec};
 use crate::render::{self, RenderError, Upstream};
-use crate::state::{ClusterState, ProcessState, ReplicaState, now_ms};
+use crate::state::{ClusterState, ProcessState, ReplicaState};
+use clawgate_gateway::message::now_ms;
 use nix::sys::signal::Signal;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -183,8 +184,8 @@ pub async fn up(
     }
 
     // nginx.
-    let nginx_conf = state_dir.join("nginx.conf");
-    write_nginx(&nginx_conf, &spec, &state, &state_dir)?;
+    let nginx_conf = nginx_conf_path(&state_dir);
+    write_nginx(&spec, &state, &state_dir)?;
     let nginx_stop = CancellationToken::new();
     let nginx_task = tokio::spawn(process::supervise(
         Spec {
@@ -265,10 +266,7 @@ pub async fn up(
                                 leaving.push((replica.id, handle));
                             }
                         }
-                        write_nginx(&nginx_conf, &spec, &state, &state_dir)?;
-                        if let Some(pid) = state.nginx.pid {
-                            reload_nginx(pid).await;
-                        }
+                        update_nginx(&spec, &state, &state_dir).await?;
                         for (id, handle) in leaving {
                             tracing::info!(replica = %id, "scaling down: out of the upstream, draining");
                             marked_down.remove(&id);
@@ -292,10 +290,7 @@ pub async fn up(
             for id in marked_down.difference(&down) {
                 tracing::info!(replica = %id, "healthy again; back in nginx's upstream");
             }
-            write_nginx(&nginx_conf, &spec, &state, &state_dir)?;
-            if let Some(pid) = state.nginx.pid {
-                reload_nginx(pid).await;
-            }
+            update_nginx(&spec, &state, &state_dir).await?;
             state.upstream_down = down.iter().cloned().collect();
             marked_down = down;
         }
@@ -441,12 +436,26 @@ fn apply(state: &mut ClusterState, event: Event) {
     }
 }
 
-fn write_nginx(
-    path: &Path,
+/// Rewrites nginx's config from the replicas' health and reloads the running nginx with it.
+async fn update_nginx(
     spec: &ClusterSpec,
     state: &ClusterState,
     state_dir: &Path,
 ) -> Result<(), ClusterError> {
+    write_nginx(spec, state, state_dir)?;
+    if let Some(pid) = state.nginx.pid {
+        reload_nginx(pid).await;
+    }
+    Ok(())
+}
+
+/// `<state-dir>/nginx.conf`: one upstream server per replica, `down` when unhealthy.
+fn write_nginx(
+    spec: &ClusterSpec,
+    state: &ClusterState,
+    state_dir: &Path,
+) -> Result<(), ClusterError> {
+    let path = nginx_conf_path(state_dir);
     let upstreams: Vec<Upstream> = state
         .replicas
         .iter()
@@ -456,7 +465,11 @@ fn write_nginx(
         })
         .collect();
     let conf = render::cluster_nginx(spec.listen, &upstreams, state_dir)?;
-    std::fs::write(path, conf).map_err(io(path))
+    std::fs::write(&path, conf).map_err(io(&path))
+}
+
+fn nginx_conf_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("nginx.conf")
 }
 
 fn write_state(state: &ClusterState, state_dir: &Path) {
@@ -490,15 +503,19 @@ pub(crate) async fn answers(http: &reqwest::Client, url: &str) -> bool {
 
 /// Redis at `url` answers PING.
 pub(crate) async fn redis_answers(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
-        return false;
-    };
+    redis_connection(url).await.is_some()
+}
+
+/// A connection to the Redis at `url`, once it answered PING.
+pub(crate) async fn redis_connection(url: &str) -> Option<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url).ok()?;
     let connect = client.get_multiplexed_async_connection();
-    let Ok(Ok(mut conn)) = tokio::time::timeout(HEALTH_TIMEOUT, connect).await else {
-        return false;
-    };
+    let mut conn = tokio::time::timeout(HEALTH_TIMEOUT, connect)
+        .await
+        .ok()?
+        .ok()?;
     let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
-    pong.is_ok()
+    pong.ok().map(|_| conn)
 }
 
 fn free_port() -> std::io::Result<u16> {
