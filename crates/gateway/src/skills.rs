@@ -310,8 +310,11 @@ pub struct SkillLibrary {
     /// Problems of the last load, as `file:line: reason`.
     errors: ArcSwap<Vec<String>>,
     /// Paths, sizes and modification times of the `SKILL.md` files at the last load.
-    fingerprint: Mutex<Vec<(PathBuf, u64, Option<std::time::SystemTime>)>>,
+    fingerprint: Mutex<Fingerprint>,
 }
+
+/// Path, size and modification time of every `SKILL.md`, sorted.
+type Fingerprint = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
 
 impl SkillLibrary {
     /// Loads `dir` and applies `lookup_urls`; problems are logged and kept for `/healthz`.
@@ -323,7 +326,7 @@ impl SkillLibrary {
             errors: ArcSwap::from_pointee(Vec::new()),
             fingerprint: Mutex::new(Vec::new()),
         };
-        library.reload();
+        library.reload(fingerprint(dir));
         library
     }
 
@@ -349,7 +352,7 @@ impl SkillLibrary {
             *last != now
         };
         if changed {
-            self.reload();
+            self.reload(now);
         }
         changed
     }
@@ -367,8 +370,9 @@ impl SkillLibrary {
         }
     }
 
-    fn reload(&self) {
-        let fingerprint_before = fingerprint(&self.dir);
+    /// Loads the folder; `seen` is its fingerprint taken before reading, so a change made during
+    /// the load is picked up by the next poll.
+    fn reload(&self, seen: Fingerprint) {
         let (mut set, errors) = SkillSet::load(&self.dir);
         let previous = self.current.load_full();
         // A skill whose file no longer parses keeps its last good version.
@@ -405,12 +409,12 @@ impl SkillLibrary {
         *self
             .fingerprint
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = fingerprint_before;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = seen;
     }
 }
 
-/// Path, size and modification time of every `<dir>/*/SKILL.md`, sorted.
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+/// The [`Fingerprint`] of `<dir>/*/SKILL.md`.
+fn fingerprint(dir: &Path) -> Fingerprint {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
