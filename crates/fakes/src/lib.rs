@@ -4,3 +4,24 @@
 pub mod mock_llm;
 pub mod mock_platforms;
 pub mod mock_tracking;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// Parses a fake's `POST /control` body, or answers 400 saying which fields it takes
+/// (`expected`), so a typo in a test's fault injection fails loudly.
+pub(crate) fn control_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    expected: &str,
+) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(
+            (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({"error": format!("expected {expected}: {e}")})),
+            )
+                .into_response(),
+        )
+    })
+}

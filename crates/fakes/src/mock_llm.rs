@@ -414,15 +414,12 @@ fn behaviour_json(b: &Behaviour) -> Value {
 }
 
 async fn control(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
-    let control: Control = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({"error": format!("expected {{\"mode\": \"ok\"|\"error\"|\"rate_limited\"|\"hang\"|\"slow\", \"latency_ms\", \"jitter_ms\", \"slow_ms\", \"fail_next\"}}: {e}")})),
-            )
-                .into_response();
-        }
+    let control: Control = match crate::control_body(
+        &body,
+        r#"{"mode": "ok"|"error"|"rate_limited"|"hang"|"slow", "latency_ms", "jitter_ms", "slow_ms", "fail_next"}"#,
+    ) {
+        Ok(control) => control,
+        Err(refused) => return *refused,
     };
     let mut b = shared.behaviour();
     if let Some(mode) = control.mode {

@@ -302,15 +302,12 @@ struct Control {
 }
 
 async fn control(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
-    let control: Control = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({"error": format!("expected {{\"fail_next\", \"status\", \"retry_after\", \"error_code\", \"down\"}}: {e}")})),
-            )
-                .into_response();
-        }
+    let control: Control = match crate::control_body(
+        &body,
+        r#"{"fail_next", "status", "retry_after", "error_code", "down"}"#,
+    ) {
+        Ok(control) => control,
+        Err(refused) => return *refused,
     };
     let mut faults = shared.faults();
     if let Some(n) = control.fail_next {

@@ -141,7 +141,11 @@ struct Control {
     status: Option<u16>,
 }
 
-async fn control(State(shared): State<Arc<Shared>>, Json(control): Json<Control>) -> Response {
+async fn control(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let control: Control = match crate::control_body(&body, r#"{"hang", "status"}"#) {
+        Ok(control) => control,
+        Err(refused) => return *refused,
+    };
     if let Some(hang) = control.hang {
         shared.hang.store(hang, Ordering::SeqCst);
     }
