@@ -1,6 +1,8 @@
 //! A fake parcel-tracking API for the VeloCity example: `GET /packages/{tracking_number}` answers
-//! the package's JSON object from a data file, or 404. `POST /control` makes it hang or fail, so
-//! a skill's lookup can be tested against a slow or broken backend.
+//! the package's JSON object from a data file, or 404; `GET /areas/{postal_code}` answers what is
+//! known of a delivery area (country, weekend delivery) from the same packages, or 404.
+//! `POST /control` makes it hang or fail, so a skill's lookup can be tested against a slow or
+//! broken backend.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -18,6 +20,8 @@ use tokio::net::TcpListener;
 /// The packages by tracking number, and the injected behaviour.
 struct Shared {
     packages: HashMap<String, Value>,
+    /// Delivery areas by normalised postal code (upper case, no spaces).
+    areas: HashMap<String, Value>,
     /// Never answer while set.
     hang: AtomicBool,
     /// Answer with this status instead of the package while non-zero.
@@ -88,6 +92,7 @@ impl MockTracking {
 
 fn shared(packages: Vec<Value>) -> Arc<Shared> {
     Arc::new(Shared {
+        areas: areas(&packages),
         packages: packages
             .into_iter()
             .filter_map(|p| Some((p["tracking_number"].as_str()?.to_string(), p)))
@@ -106,12 +111,28 @@ pub async fn serve(listener: TcpListener, packages: Vec<Value>) -> std::io::Resu
 async fn run(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
     let app = Router::new()
         .route("/packages/{tracking_number}", get(package))
+        .route("/areas/{postal_code}", get(area))
         .route("/control", post(control))
         .with_state(shared);
     axum::serve(listener, app).await
 }
 
 async fn package(State(shared): State<Arc<Shared>>, Path(number): Path<String>) -> Response {
+    answer(
+        &shared,
+        shared.packages.get(&number),
+        "unknown tracking number",
+    )
+    .await
+}
+
+async fn area(State(shared): State<Arc<Shared>>, Path(postal_code): Path<String>) -> Response {
+    let area = shared.areas.get(&normalise_postal_code(&postal_code));
+    answer(&shared, area, "unknown postal code").await
+}
+
+/// The found object, or 404 with `missing`; hangs or fails first when told to.
+async fn answer(shared: &Shared, found: Option<&Value>, missing: &str) -> Response {
     shared.requests.fetch_add(1, Ordering::SeqCst);
     if shared.hang.load(Ordering::SeqCst) {
         std::future::pending::<()>().await;
@@ -121,14 +142,44 @@ async fn package(State(shared): State<Arc<Shared>>, Path(number): Path<String>) 
         let status = StatusCode::from_u16(fail).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return (status, Json(json!({"error": "injected failure"}))).into_response();
     }
-    match shared.packages.get(&number) {
-        Some(package) => Json(package.clone()).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(json!({"error": "unknown tracking number"})),
-        )
-            .into_response(),
+    match found {
+        Some(object) => Json(object.clone()).into_response(),
+        None => (StatusCode::NOT_FOUND, Json(json!({"error": missing}))).into_response(),
     }
+}
+
+/// `1012 ab` and `1012AB` are the same postal code.
+fn normalise_postal_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_uppercase)
+        .collect()
+}
+
+/// The delivery areas the packages reveal: for each postal code, its country (NL: four digits
+/// and two letters, BE: four digits, DE: five digits) and whether weekend delivery is offered
+/// there (any package to it with `weekend_delivery`).
+fn areas(packages: &[Value]) -> HashMap<String, Value> {
+    let mut areas: HashMap<String, Value> = HashMap::new();
+    for package in packages {
+        let Some(code) = package["postal_code"].as_str() else {
+            continue;
+        };
+        let weekend = package["weekend_delivery"].as_bool().unwrap_or(false);
+        let key = normalise_postal_code(code);
+        let country = match (key.len(), key.chars().all(|c| c.is_ascii_digit())) {
+            (4, true) => "BE",
+            (5, true) => "DE",
+            _ => "NL",
+        };
+        let area = areas.entry(key).or_insert_with(
+            || json!({"postal_code": code, "country": country, "weekend_delivery": false}),
+        );
+        if weekend {
+            area["weekend_delivery"] = Value::Bool(true);
+        }
+    }
+    areas
 }
 
 /// `POST /control` body.

@@ -21,9 +21,54 @@ pub struct Lookup {
     /// Fields of the JSON answer the skill uses (all top-level strings, numbers and booleans
     /// when empty).
     pub fields: Vec<String>,
-    /// Answers of the template provider by outcome (`found`, `not_found`, `unavailable`), each by
-    /// language, with `{name}` placeholders for extracted values and fields.
-    pub answers: BTreeMap<String, BTreeMap<String, String>>,
+    /// Answers of the template provider, each for an outcome (`found`, `not_found`,
+    /// `unavailable`) and by language, with `{name}` placeholders for extracted values and fields.
+    pub answers: Vec<Answer>,
+}
+
+/// One of a lookup's canned answers. Written `found` in the skill, or `found if FIELD=VALUE` for
+/// an answer that applies only when the looked-up field has that value (e.g. weekend delivery
+/// offered or not), which outranks the plain one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// `found`, `not_found` or `unavailable`.
+    pub outcome: String,
+    /// The field and the value it must have, when conditional.
+    pub condition: Option<(String, String)>,
+    /// The text by language code.
+    pub by_language: BTreeMap<String, String>,
+}
+
+impl Answer {
+    /// Reads a key of `lookup.answers` (`found` or `found if field=value`).
+    pub fn parse_key(key: &str) -> Result<(String, Option<(String, String)>), String> {
+        let (outcome, condition) = match key.split_once(" if ") {
+            Some((outcome, condition)) => {
+                let (field, value) = condition.split_once('=').ok_or_else(|| {
+                    format!("lookup.answers.\"{key}\": expected `OUTCOME if FIELD=VALUE`")
+                })?;
+                (
+                    outcome.trim(),
+                    Some((field.trim().to_string(), value.trim().to_string())),
+                )
+            }
+            None => (key.trim(), None),
+        };
+        if !["found", "not_found", "unavailable"].contains(&outcome) {
+            return Err(format!(
+                "lookup.answers.\"{key}\": expected found, not_found or unavailable"
+            ));
+        }
+        Ok((outcome.to_string(), condition))
+    }
+
+    fn applies(&self, outcome: &str, values: &BTreeMap<String, String>) -> bool {
+        self.outcome == outcome
+            && self
+                .condition
+                .as_ref()
+                .is_none_or(|(field, value)| values.get(field) == Some(value))
+    }
 }
 
 /// How a lookup went.
@@ -122,12 +167,17 @@ impl Lookup {
     /// The template provider's answer for `outcome` in `language` (else English, else any),
     /// placeholders filled; `None` when the skill has none for this outcome.
     pub fn answer(&self, outcome: &Outcome, language: &str) -> Option<String> {
-        let by_language = self.answers.get(outcome.key()?)?;
+        let (key, values) = (outcome.key()?, outcome.values()?);
+        let applying = || self.answers.iter().filter(|a| a.applies(key, values));
+        let by_language = &applying()
+            .find(|a| a.condition.is_some())
+            .or_else(|| applying().next())?
+            .by_language;
         let template = by_language
             .get(language)
             .or_else(|| by_language.get("en"))
             .or_else(|| by_language.values().next())?;
-        Some(fill(template, outcome.values()?, |v| v.to_string()))
+        Some(fill(template, values, |v| v.to_string()))
     }
 }
 
@@ -147,7 +197,7 @@ pub fn context(outcome: &Outcome) -> Option<String> {
             describe(values)
         )),
         Outcome::NotFound(values) => Some(format!(
-            "The lookup found nothing for {}. Say so and ask the customer to check the number.",
+            "The lookup found nothing for {}. Say so and ask the customer to check what they gave.",
             describe(values)
         )),
         Outcome::Unavailable(values, _) => Some(format!(
@@ -197,11 +247,52 @@ mod tests {
             )],
             timeout: Duration::from_millis(200),
             fields: vec!["status".into()],
-            answers: BTreeMap::from([(
-                "found".to_string(),
-                BTreeMap::from([("en".to_string(), "{tracking_number}: {status}".to_string())]),
-            )]),
+            answers: vec![
+                Answer {
+                    outcome: "found".into(),
+                    condition: None,
+                    by_language: BTreeMap::from([(
+                        "en".to_string(),
+                        "{tracking_number}: {status}".to_string(),
+                    )]),
+                },
+                Answer {
+                    outcome: "found".into(),
+                    condition: Some(("status".into(), "lost".into())),
+                    by_language: BTreeMap::from([(
+                        "en".to_string(),
+                        "{tracking_number} is lost; a colleague will call you".to_string(),
+                    )]),
+                },
+            ],
         }
+    }
+
+    #[test]
+    fn a_conditional_answer_outranks_the_plain_one_when_its_field_has_the_value() {
+        let found = |status: &str| {
+            Outcome::Found(BTreeMap::from([
+                ("tracking_number".to_string(), "VC1".to_string()),
+                ("status".to_string(), status.to_string()),
+            ]))
+        };
+        assert_eq!(
+            lookup().answer(&found("lost"), "en").as_deref(),
+            Some("VC1 is lost; a colleague will call you")
+        );
+        assert_eq!(
+            lookup().answer(&found("sorting"), "en").as_deref(),
+            Some("VC1: sorting")
+        );
+        assert_eq!(
+            Answer::parse_key("found if weekend_delivery = true"),
+            Ok((
+                "found".to_string(),
+                Some(("weekend_delivery".to_string(), "true".to_string()))
+            ))
+        );
+        assert!(Answer::parse_key("found if weekend").is_err());
+        assert!(Answer::parse_key("maybe").is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! body. A skill that cannot be read is reported with its file, line and reason and skipped; the
 //! others still load. Hot reload, lookups and escalation build on this module later.
 
-use crate::lookup::Lookup;
+use crate::lookup::{Answer, Lookup};
 use arc_swap::ArcSwap;
 use regex::Regex;
 use serde::Deserialize;
@@ -499,15 +499,17 @@ fn parse_skill(text: &str) -> Result<Skill, (Option<u64>, String)> {
                     ),
                 ));
             }
-            for outcome in spec.answers.keys() {
-                if !["found", "not_found", "unavailable"].contains(&outcome.as_str()) {
-                    return Err((
-                        None,
-                        format!(
-                            "lookup.answers.{outcome}: expected found, not_found or unavailable"
-                        ),
-                    ));
-                }
+            let mut answers = Vec::with_capacity(spec.answers.len());
+            for (key, by_language) in spec.answers {
+                let (outcome, condition) = Answer::parse_key(&key).map_err(|e| (None, e))?;
+                answers.push(Answer {
+                    outcome,
+                    condition,
+                    by_language: by_language
+                        .into_iter()
+                        .map(|(l, t)| (l, t.trim().to_string()))
+                        .collect(),
+                });
             }
             let extract = spec
                 .extract
@@ -519,19 +521,7 @@ fn parse_skill(text: &str) -> Result<Skill, (Option<u64>, String)> {
                 extract,
                 timeout: Duration::from_millis(spec.timeout_ms.unwrap_or(2_000)),
                 fields: spec.fields,
-                answers: spec
-                    .answers
-                    .into_iter()
-                    .map(|(k, by_language)| {
-                        (
-                            k,
-                            by_language
-                                .into_iter()
-                                .map(|(l, t)| (l, t.trim().to_string()))
-                                .collect(),
-                        )
-                    })
-                    .collect(),
+                answers,
             })
         }
     };

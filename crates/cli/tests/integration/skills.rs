@@ -16,8 +16,10 @@ async fn tracking_gateway(tracking: &MockTracking) -> (TestRedis, Gateway) {
     let redis = TestRedis::start().await;
     let mut config = test_config(vec![]);
     config["agent"]["defaultLanguage"] = json!("nl");
-    config["skills"]["lookupUrls"] =
-        json!({"tracking": format!("{}/packages/{{tracking_number}}", tracking.base_url())});
+    config["skills"]["lookupUrls"] = json!({
+        "tracking": format!("{}/packages/{{tracking_number}}", tracking.base_url()),
+        "estimates": format!("{}/areas/{{postal_code}}", tracking.base_url()),
+    });
     let gateway = Gateway::start(config, &redis.url(), "r1").await;
     (redis, gateway)
 }
@@ -62,6 +64,47 @@ async fn a_tracking_inquiry_gets_the_real_status_with_no_model_at_all() {
         }
     }
     assert_eq!(tracking.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weekend_delivery_question_with_a_postal_code_gets_the_estimates_answer_for_that_area() {
+    let tracking = MockTracking::spawn(load_packages(&packages_fixture()).expect("fixture"))
+        .await
+        .expect("mock tracking");
+    let (_redis, gateway) = tracking_gateway(&tracking).await;
+    // 1012 AB (Amsterdam) has Saturday delivery in the data set; 50667 (Köln) and 2000
+    // (Antwerpen) do not.
+    let (status, body) = gateway
+        .send(
+            "nl-weekend",
+            "m1",
+            "Bezorgen jullie zaterdag ook in 1012 AB?",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reply"]["skill"], "estimates");
+    assert_eq!(body["reply"]["provider"], "template");
+    let text = body["reply"]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("1012 AB") && text.contains("ook op zaterdag"),
+        "{text}"
+    );
+    let text = reply_text(
+        &gateway,
+        "de-weekend",
+        "m1",
+        "Do you deliver on Saturday in 50667? My parcel is coming this week.",
+    )
+    .await;
+    assert!(
+        text.contains("50667") && text.contains("do not deliver at weekends"),
+        "{text}"
+    );
+    // Without a postal code there is nothing to look up: the skill asks for it.
+    let text = reply_text(&gateway, "no-code", "m1", "Bezorgen jullie op zaterdag?").await;
+    assert!(text.contains("postcode"), "{text}");
+    assert_eq!(tracking.requests(), 2, "no postal code, no lookup");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,6 +170,18 @@ async fn clawgate_mock_tracking_serves_the_data_file() {
         .await
         .expect("GET");
     assert_eq!(missing.status().as_u16(), 404);
+    let area: Value = http
+        .get(format!("http://127.0.0.1:{port}/areas/1012ab"))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        area,
+        json!({"postal_code": "1012 AB", "country": "NL", "weekend_delivery": true})
+    );
     let _ = child.kill().await;
 }
 
