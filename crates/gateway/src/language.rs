@@ -227,7 +227,7 @@ impl LanguageDetector {
                 (hits, *code)
             })
             .collect();
-        votes.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        votes.sort_unstable_by_key(|v| std::cmp::Reverse(v.0));
         match votes.as_slice() {
             [(best, code), rest @ ..] if *best >= 2 && rest.iter().all(|(n, _)| n < best) => {
                 Some(code)
