@@ -5,16 +5,18 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use clawgate_cluster::supervisor::{self, ClusterSpec};
 use clawgate_cluster::{render, status};
-use clawgate_fakes::{mock_llm, mock_platforms, mock_tracking};
+use clawgate_fakes::{mock_dispatcher, mock_llm, mock_platforms, mock_tracking};
 use clawgate_gateway::channels::egress::Egress;
 use clawgate_gateway::config::{Config, ConfigErrors, Overrides, ProviderKind};
 use clawgate_gateway::deadletter::{DeadLetters, Redriven};
 use clawgate_gateway::env_vars;
+use clawgate_gateway::escalation::{self, Dispatcher};
 use clawgate_gateway::http_client;
 use clawgate_gateway::skills::SkillSet;
 use clawgate_gateway::state::StoreLimits;
 use clawgate_gateway::state::link::{RedisLink, redact};
 use clawgate_gateway::state::redis::RedisStore;
+use clawgate_gateway::state::{Resolution, StateStore};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,6 +56,11 @@ enum Command {
     Deadletter {
         #[command(subcommand)]
         command: DeadletterCommand,
+    },
+    /// The dispatcher's side of conversations handed over to a person.
+    Escalations {
+        #[command(subcommand)]
+        command: EscalationsCommand,
     },
     /// Run the reference deployment on this host: Redis, replicas and nginx, supervised.
     Cluster {
@@ -131,6 +138,38 @@ enum DeadletterCommand {
         /// Retry every entry.
         #[arg(long, conflicts_with = "ids")]
         all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum EscalationsCommand {
+    /// List the conversations waiting for a person, oldest first.
+    List {
+        #[command(flatten)]
+        target: StateArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a conversation's latest escalation with its summary and transcript.
+    Show {
+        #[command(flatten)]
+        target: StateArgs,
+        /// The conversation (`whatsapp:31612345678`) or the escalation's reference (`ESC-…`).
+        conversation: String,
+    },
+    /// End a hand-over: the bot answers the conversation again.
+    Resolve {
+        #[command(flatten)]
+        target: StateArgs,
+        /// The conversation (`whatsapp:31612345678`) or the escalation's reference (`ESC-…`).
+        conversation: String,
+        /// Who resolved it (recorded on the escalation).
+        #[arg(long, default_value = "dispatcher")]
+        by: String,
+        /// What was done (recorded on the escalation).
+        #[arg(long, default_value = "")]
+        note: String,
     },
 }
 
@@ -229,6 +268,16 @@ enum MockCommand {
         #[arg(long, default_value = "127.0.0.1")]
         host: std::net::IpAddr,
     },
+    /// A fake dispatcher webhook: records the escalation events it receives (GET /events) and
+    /// fails on request (POST /control).
+    Dispatcher {
+        /// Port to listen on.
+        #[arg(long)]
+        port: u16,
+        /// Address to bind.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+    },
     /// A fake parcel-tracking API: `GET /packages/{tracking_number}` answers the package from
     /// the data file, or 404 (`POST /control {"hang": true}` makes it hang).
     Tracking {
@@ -286,9 +335,13 @@ fn main() -> ExitCode {
             Command::Deadletter {
                 command: DeadletterCommand::Retry { target, ids, all },
             } => deadletter_retry(target, ids, all).await,
+            Command::Escalations { command } => escalations(command).await,
             Command::Mock {
                 command: MockCommand::Platforms { port, host },
             } => mock_platforms(SocketAddr::new(host, port)).await,
+            Command::Mock {
+                command: MockCommand::Dispatcher { port, host },
+            } => mock_dispatcher(SocketAddr::new(host, port)).await,
             Command::Mock {
                 command: MockCommand::Tracking { port, host, data },
             } => mock_tracking(SocketAddr::new(host, port), &data).await,
@@ -613,6 +666,30 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         breaker.probe_interval.as_millis(),
         if config.llm.hedging.enabled { "on" } else { "off" }
     ));
+    let escalation = &config.escalation;
+    lines.push(format!(
+        "  escalation:  {}; API {}",
+        match &escalation.webhook_url {
+            // Only scheme and host: a webhook URL's path or query may hold a token.
+            Some(url) => format!(
+                "dispatcher webhook {}/… ({} attempts, {} ms each{})",
+                url.split('/').take(3).collect::<Vec<_>>().join("/"),
+                escalation.max_attempts,
+                escalation.timeout.as_millis(),
+                if escalation.webhook_secret.is_some() {
+                    ", signed"
+                } else {
+                    ""
+                }
+            ),
+            None => "no dispatcher webhook (escalations are recorded only)".into(),
+        },
+        if escalation.api_token.is_some() {
+            "on (/v1/escalations)"
+        } else {
+            "off"
+        }
+    ));
     let (skills, skill_errors) = SkillSet::load(&config.skills.dir);
     lines.push(format!(
         "  skills:      {} from {}",
@@ -628,8 +705,10 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Connects to the deployment a maintenance command names.
-async fn dead_letters(target: StateArgs) -> anyhow::Result<DeadLetters> {
+/// The deployment a maintenance command names: its config and a connected store.
+async fn deployment(
+    target: StateArgs,
+) -> anyhow::Result<(Config, std::sync::Arc<RedisLink>, RedisStore)> {
     let overrides = Overrides {
         redis_url: target.redis_url,
         ..Overrides::default()
@@ -638,8 +717,109 @@ async fn dead_letters(target: StateArgs) -> anyhow::Result<DeadLetters> {
         .map_err(|errors| anyhow::anyhow!("{errors}"))?;
     let link = RedisLink::connect(&config.redis.url, config.redis.command_timeout).await?;
     let store = RedisStore::new(link.clone(), StoreLimits::from_config(&config));
-    let egress = Egress::from_config(&config.channels, &http_client::build()?);
-    Ok(DeadLetters::new(link, store, egress))
+    Ok((config, link, store))
+}
+
+/// Connects to the deployment a maintenance command names.
+async fn dead_letters(target: StateArgs) -> anyhow::Result<DeadLetters> {
+    let (config, link, store) = deployment(target).await?;
+    let http = http_client::build()?;
+    let egress = Egress::from_config(&config.channels, &http);
+    let dispatcher = Dispatcher::new(&config.escalation, &http);
+    Ok(DeadLetters::new(link, store, egress, dispatcher))
+}
+
+async fn escalations(command: EscalationsCommand) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        EscalationsCommand::List { target, json } => {
+            let (_, _, store) = deployment(target).await?;
+            let pending = store.escalations().await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&pending)?)?;
+            } else if pending.is_empty() {
+                writeln!(out, "no conversation is waiting for a person")?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<13} {:<28} {:<11} {:>6}  {:<9} reason",
+                    "reference", "conversation", "skill", "age", "notified"
+                )?;
+                let now = clawgate_gateway::message::now_ms();
+                for e in &pending {
+                    writeln!(
+                        out,
+                        "{:<13} {:<28} {:<11} {:>6}  {:<9} {}",
+                        e.reference,
+                        e.conversation,
+                        e.skill,
+                        age(now.saturating_sub(e.created_at)),
+                        if e.notified { "yes" } else { "no" },
+                        e.reason
+                    )?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        EscalationsCommand::Show {
+            target,
+            conversation,
+        } => {
+            let (_, _, store) = deployment(target).await?;
+            let found = match escalation::conversation_of(&store, &conversation).await? {
+                Some(key) => store.escalation(&key).await?,
+                None => None,
+            };
+            match found {
+                Some(e) => {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&e)?)?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("clawgate: no escalation for {conversation}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        EscalationsCommand::Resolve {
+            target,
+            conversation,
+            by,
+            note,
+        } => {
+            let (_, _, store) = deployment(target).await?;
+            let Some(key) = escalation::conversation_of(&store, &conversation).await? else {
+                eprintln!(
+                    "clawgate: no pending escalation for {conversation} (give channel:user or an ESC- reference)"
+                );
+                return Ok(ExitCode::FAILURE);
+            };
+            match store.resolve_escalation(&key, &by, &note).await? {
+                Resolution::Resolved(e) => {
+                    writeln!(
+                        out,
+                        "{} ({}): resolved; the bot answers this conversation again",
+                        e.reference, e.conversation
+                    )?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Resolution::AlreadyResolved(e) => {
+                    writeln!(
+                        out,
+                        "{} ({}): already resolved by {}",
+                        e.reference,
+                        e.conversation,
+                        e.resolved_by.as_deref().unwrap_or("?")
+                    )?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Resolution::Unknown => {
+                    eprintln!("clawgate: {key} has no escalation");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
 }
 
 async fn deadletter_list(target: StateArgs, json: bool) -> anyhow::Result<ExitCode> {
@@ -706,6 +886,11 @@ async fn deadletter_retry(
                 writeln!(out, "{}: reply sent to {}", letter.id, letter.subject())?
             }
             Ok(Redriven::Requeued) => writeln!(out, "{}: message queued again", letter.id)?,
+            Ok(Redriven::Dispatched) => writeln!(
+                out,
+                "{}: escalation event delivered to the dispatcher",
+                letter.id
+            )?,
             Err(reason) => {
                 failed += 1;
                 writeln!(out, "{}: still failing: {reason}", letter.id)?;
@@ -782,6 +967,19 @@ async fn mock_platforms(addr: SocketAddr) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown_signal()?;
     tokio::select! {
         served = mock_platforms::serve(listener) => served.context("mock platforms server failed")?,
+        _ = shutdown.cancelled() => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn mock_dispatcher(addr: SocketAddr) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(%addr, "mock dispatcher listening (webhook: POST /events, received: GET /events, control: /control)");
+    let shutdown = shutdown_signal()?;
+    tokio::select! {
+        served = mock_dispatcher::serve(listener) => served.context("mock dispatcher server failed")?,
         _ = shutdown.cancelled() => {}
     }
     Ok(ExitCode::SUCCESS)

@@ -1,12 +1,14 @@
 //! The dead-letter stream (`oc:deadletter`) as an operator sees it: list what could not be
 //! processed or sent, with the reason, and re-drive it once the cause is fixed.
 //!
-//! Two kinds of entries: `inbound` (a message that kept failing to be processed; retrying queues
-//! it again as a new turn at the end of its conversation) and `outbound` (a reply that could not
-//! be sent; retrying sends the stored reply again). A retried entry leaves the stream only when
+//! Three kinds of entries: `inbound` (a message that kept failing to be processed; retrying queues
+//! it again as a new turn at the end of its conversation), `outbound` (a reply that could not
+//! be sent; retrying sends the stored reply again) and `escalation` (a dispatcher-webhook event
+//! that was not delivered; retrying posts it again with its idempotency key). A retried entry leaves the stream only when
 //! the retry succeeded.
 
 use crate::channels::egress::Egress;
+use crate::escalation::{Dispatcher, NotDelivered};
 use crate::message::{Channel, DedupeId, InboundMessage};
 use crate::state::link::{RedisLink, classify};
 use crate::state::redis::RedisStore;
@@ -45,6 +47,7 @@ impl DeadLetter {
     pub fn subject(&self) -> String {
         self.fields
             .get("to")
+            .or_else(|| self.fields.get("conversation"))
             .cloned()
             .or_else(|| self.inbound_message().map(|m| m.conversation().to_string()))
             .unwrap_or_else(|| "?".into())
@@ -62,6 +65,8 @@ pub enum Redriven {
     Sent,
     /// The message is queued again.
     Requeued,
+    /// The dispatcher took the escalation event.
+    Dispatched,
 }
 
 /// Reads and re-drives dead letters.
@@ -69,15 +74,23 @@ pub struct DeadLetters {
     link: Arc<RedisLink>,
     store: RedisStore,
     egress: Egress,
+    dispatcher: Dispatcher,
 }
 
 impl DeadLetters {
-    /// Over a connected `link`, re-sending through `egress`.
-    pub fn new(link: Arc<RedisLink>, store: RedisStore, egress: Egress) -> DeadLetters {
+    /// Over a connected `link`, re-sending replies through `egress` and escalation events to
+    /// `dispatcher`.
+    pub fn new(
+        link: Arc<RedisLink>,
+        store: RedisStore,
+        egress: Egress,
+        dispatcher: Dispatcher,
+    ) -> DeadLetters {
         DeadLetters {
             link,
             store,
             egress,
+            dispatcher,
         }
     }
 
@@ -119,6 +132,7 @@ impl DeadLetters {
     pub async fn retry(&self, letter: &DeadLetter) -> Result<Redriven, String> {
         let outcome = match letter.kind.as_str() {
             "outbound" => self.resend(letter).await?,
+            "escalation" => self.redispatch(letter).await?,
             _ => self.requeue(letter).await?,
         };
         let mut conn = self.link.connection().map_err(|e| e.to_string())?;
@@ -149,6 +163,27 @@ impl DeadLetters {
             .await
             .map_err(|e| format!("sent, but could not record it: {e}"))?;
         Ok(Redriven::Sent)
+    }
+
+    async fn redispatch(&self, letter: &DeadLetter) -> Result<Redriven, String> {
+        let event: serde_json::Value = letter
+            .fields
+            .get("event")
+            .and_then(|e| serde_json::from_str(e).ok())
+            .ok_or("the entry holds no readable event (field `event`)")?;
+        let key = letter
+            .fields
+            .get("idempotency_key")
+            .or_else(|| letter.fields.get("reference"))
+            .map(String::as_str)
+            .unwrap_or("");
+        match self.dispatcher.send(&event, key).await {
+            Ok(()) => Ok(Redriven::Dispatched),
+            Err(NotDelivered::NotConfigured) => {
+                Err("no dispatcher webhook is configured (escalation.webhookUrl)".into())
+            }
+            Err(NotDelivered::Failed(reason)) => Err(reason),
+        }
     }
 
     async fn requeue(&self, letter: &DeadLetter) -> Result<Redriven, String> {

@@ -9,6 +9,7 @@ pub mod channels;
 pub mod config;
 pub mod deadletter;
 pub mod env_vars;
+pub mod escalation;
 pub mod http;
 pub mod http_client;
 pub mod inbox;

@@ -173,10 +173,7 @@ impl Lookup {
             .find(|a| a.condition.is_some())
             .or_else(|| applying().next())?
             .by_language;
-        let template = by_language
-            .get(language)
-            .or_else(|| by_language.get("en"))
-            .or_else(|| by_language.values().next())?;
+        let template = crate::skills::by_language(by_language, language)?;
         Some(fill(template, values, |v| v.to_string()))
     }
 }

@@ -58,6 +58,22 @@ impl ConversationKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Reads `channel:user` as an operator types it; `None` for an unknown channel, an empty
+    /// user, or braces (which would break the hash tag).
+    pub fn parse(text: &str) -> Option<ConversationKey> {
+        let (channel, user) = text.split_once(':')?;
+        let channel = [
+            Channel::Webchat,
+            Channel::Whatsapp,
+            Channel::Telegram,
+            Channel::Api,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == channel)?;
+        (!user.is_empty() && !user.contains(['{', '}']))
+            .then(|| ConversationKey::new(channel, user))
+    }
 }
 
 impl fmt::Display for ConversationKey {

@@ -90,6 +90,7 @@ pub async fn run(
         http: http.clone(),
         languages: crate::language::LanguageDetector::new(&config.agent.languages),
         unsupported_reply: config.channels.unsupported_reply.clone(),
+        dispatcher: crate::escalation::Dispatcher::new(&config.escalation, &http),
     });
     let guarded = ctx.clone();
     let guards_stop = background.clone();
@@ -112,6 +113,7 @@ pub async fn run(
         redis_down_mode: config.redis.down_mode,
         webchat: config.webchat.clone(),
         channels: config.channels.clone(),
+        escalation_token: config.escalation.api_token.clone(),
         pool: pool.clone(),
         skills,
         providers: provider_names.clone(),

@@ -37,6 +37,11 @@ pub struct Skill {
     pub patterns: Vec<Regex>,
     /// The data lookup, when the skill declares one.
     pub lookup: Option<Lookup>,
+    /// When and how this skill hands a conversation to a person.
+    pub escalate: Option<Escalate>,
+    /// Among skills whose triggers match, the highest priority wins whatever the others score
+    /// (a damaged parcel with a tracking number is a complaint, not a tracking question).
+    pub priority: i64,
     /// The `SKILL.md` it came from (none for the built-in general skill).
     pub source: Option<PathBuf>,
 }
@@ -53,11 +58,7 @@ impl PartialEq for Skill {
 impl Skill {
     /// The canned answer in `language`, else English, else any.
     pub fn template(&self, language: &str) -> Option<&str> {
-        self.templates
-            .get(language)
-            .or_else(|| self.templates.get("en"))
-            .or_else(|| self.templates.values().next())
-            .map(String::as_str)
+        by_language(&self.templates, language)
     }
 
     /// How many of this skill's keywords occur in `lowered` (the lower-cased message), as whole
@@ -71,6 +72,48 @@ impl Skill {
         let patterns = self.patterns.iter().filter(|p| p.is_match(text)).count();
         keywords + 100 * patterns
     }
+}
+
+/// A skill's `escalate` rule: which messages hand the conversation to a person, and what the
+/// customer is told then and while the person has it.
+#[derive(Debug, Clone)]
+pub struct Escalate {
+    /// Lower-cased words or phrases that escalate; with no keywords and no patterns, every
+    /// message routed to the skill does.
+    pub keywords: Vec<String>,
+    /// Regular expressions that escalate.
+    pub patterns: Vec<Regex>,
+    /// What the customer is told when the conversation is handed over, by language
+    /// (`{reference}` is the escalation's reference).
+    pub answer: BTreeMap<String, String>,
+    /// What the customer is told about each message while the hand-over is pending, by language.
+    pub pending: BTreeMap<String, String>,
+}
+
+impl Escalate {
+    /// Why `text` escalates, when it does.
+    pub fn reason(&self, text: &str) -> Option<String> {
+        if self.keywords.is_empty() && self.patterns.is_empty() {
+            return Some("every message of this skill escalates".into());
+        }
+        let lowered = text.to_lowercase();
+        if let Some(k) = self.keywords.iter().find(|k| contains_word(&lowered, k)) {
+            return Some(format!("keyword \"{k}\""));
+        }
+        self.patterns
+            .iter()
+            .find(|p| p.is_match(text))
+            .map(|p| format!("pattern \"{}\"", p.as_str()))
+    }
+}
+
+/// The text for `language` in a per-language map, else English, else any.
+pub fn by_language<'a>(texts: &'a BTreeMap<String, String>, language: &str) -> Option<&'a str> {
+    texts
+        .get(language)
+        .or_else(|| texts.get("en"))
+        .or_else(|| texts.values().next())
+        .map(String::as_str)
 }
 
 /// A skill that could not be loaded.
@@ -111,6 +154,23 @@ struct FrontMatter {
     template: Option<Templates>,
     #[serde(default)]
     lookup: Option<LookupSpec>,
+    #[serde(default)]
+    escalate: Option<EscalateSpec>,
+    #[serde(default)]
+    priority: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EscalateSpec {
+    #[serde(default)]
+    keywords: Vec<String>,
+    #[serde(default)]
+    patterns: Vec<String>,
+    #[serde(default)]
+    answer: BTreeMap<String, String>,
+    #[serde(default)]
+    pending: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -210,20 +270,22 @@ impl SkillSet {
         names
     }
 
-    /// The skill for `text`: the best keyword match; on a tie or no match, the conversation's
-    /// active skill when it is among the candidates; otherwise the general skill.
+    /// The skill for `text`: among the skills whose triggers match, those of the highest
+    /// priority, then the best match; on a tie or no match, the conversation's active skill when
+    /// it is among the candidates; otherwise the general skill.
     pub fn route(&self, text: &str, active_skill: Option<&str>) -> &Skill {
         let lowered = text.to_lowercase();
-        let scores: Vec<(usize, &Skill)> = self
+        let scores: Vec<((i64, usize), &Skill)> = self
             .skills
             .iter()
             .map(|s| (s.score(text, &lowered), s))
+            .filter(|(score, _)| *score > 0)
+            .map(|(score, s)| ((s.priority, score), s))
             .collect();
-        let best = scores.iter().map(|(score, _)| *score).max().unwrap_or(0);
         let active = active_skill.and_then(|name| self.get(name));
-        if best == 0 {
+        let Some(best) = scores.iter().map(|(score, _)| *score).max() else {
             return active.unwrap_or(&self.general);
-        }
+        };
         let mut tied = scores
             .iter()
             .filter(|(score, _)| *score == best)
@@ -292,6 +354,8 @@ fn builtin_general() -> Skill {
         instructions: String::new(),
         patterns: Vec::new(),
         lookup: None,
+        escalate: None,
+        priority: 0,
         source: None,
     }
 }
@@ -505,10 +569,7 @@ fn parse_skill(text: &str) -> Result<Skill, (Option<u64>, String)> {
                 answers.push(Answer {
                     outcome,
                     condition,
-                    by_language: by_language
-                        .into_iter()
-                        .map(|(l, t)| (l, t.trim().to_string()))
-                        .collect(),
+                    by_language: trimmed(by_language),
                 });
             }
             let extract = spec
@@ -525,25 +586,48 @@ fn parse_skill(text: &str) -> Result<Skill, (Option<u64>, String)> {
             })
         }
     };
+    let escalate = match front.escalate {
+        None => None,
+        Some(spec) => Some(Escalate {
+            keywords: lowered_keywords(&spec.keywords),
+            patterns: spec
+                .patterns
+                .iter()
+                .map(|p| regex(&format!("escalate.patterns \"{p}\""), p))
+                .collect::<Result<Vec<_>, _>>()?,
+            answer: trimmed(spec.answer),
+            pending: trimmed(spec.pending),
+        }),
+    };
     Ok(Skill {
         patterns,
         lookup,
+        escalate,
+        priority: front.priority,
         source: None,
         name,
         description: front.description,
-        keywords: front
-            .triggers
-            .keywords
-            .iter()
-            .map(|k| k.trim().to_lowercase())
-            .filter(|k| !k.is_empty())
-            .collect(),
-        templates: templates
-            .into_iter()
-            .map(|(l, t)| (l, t.trim().to_string()))
-            .collect(),
+        keywords: lowered_keywords(&front.triggers.keywords),
+        templates: trimmed(templates),
         instructions: body.trim().to_string(),
     })
+}
+
+/// Keywords as matched: trimmed, lower-cased, empty ones dropped.
+fn lowered_keywords(keywords: &[String]) -> Vec<String> {
+    keywords
+        .iter()
+        .map(|k| k.trim().to_lowercase())
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
+/// Per-language texts with surrounding whitespace removed.
+fn trimmed(texts: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    texts
+        .into_iter()
+        .map(|(l, t)| (l, t.trim().to_string()))
+        .collect()
 }
 
 /// Splits `yaml---body` at the first line that is exactly `---`.
@@ -627,6 +711,8 @@ mod tests {
             instructions: String::new(),
             patterns: Vec::new(),
             lookup: None,
+            escalate: None,
+            priority: 0,
             source: None,
         };
         let set = SkillSet::from_skills(vec![
@@ -670,6 +756,30 @@ mod tests {
         assert_eq!(lookup.url, "http://t/packages/{n}");
         assert_eq!(lookup.timeout, Duration::from_secs(2));
         assert_eq!(set.route("kapot en boos", None).name, "complaints");
+    }
+
+    #[test]
+    fn a_higher_priority_skill_wins_any_match_and_its_escalate_rule_is_loaded() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        write(dir.path(), "tracking", WITH_LOOKUP);
+        write(
+            dir.path(),
+            "complaints",
+            "---\nname: complaints\npriority: 10\ntriggers:\n  keywords: [kapot]\nescalate:\n  keywords: [kapot]\n  patterns: ['(?i)refund']\n  answer:\n    en: 'Ref {reference}'\n---\nbody\n",
+        );
+        let (set, errors) = SkillSet::load(dir.path());
+        assert!(errors.is_empty(), "{errors:?}");
+        // A tracking number and one complaint word: the complaint outranks.
+        let routed = set.route("VC482913577NL kapot!", None);
+        assert_eq!(routed.name, "complaints");
+        assert_eq!(set.route("waar is VC482913577NL", None).name, "tracking");
+        let rule = routed.escalate.as_ref().unwrap_or_else(|| panic!("rule"));
+        assert_eq!(
+            rule.reason("alles KAPOT").as_deref(),
+            Some("keyword \"kapot\"")
+        );
+        assert!(rule.reason("I want a Refund").is_some());
+        assert_eq!(rule.reason("thanks"), None);
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub const EGRESS_DEAD_LETTERS: &str = "clawgate_egress_dead_letters_total";
 /// Inbound webhook notifications that are not messages (WhatsApp `statuses`, Telegram edits), by
 /// `channel` and `kind`.
 pub const WEBHOOK_EVENTS: &str = "clawgate_webhook_events_total";
+/// Dispatcher webhook events, by `event` (`escalation.created`, `escalation.message`) and
+/// `outcome` (`sent`, `not_configured`, `dead_letter`).
+pub const ESCALATION_EVENTS: &str = "clawgate_escalation_events_total";
 /// 1 while Redis answers.
 pub const REDIS_UP: &str = "clawgate_redis_up";
 /// 1 while the replica serves from in-process state.

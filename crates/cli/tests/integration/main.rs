@@ -9,6 +9,7 @@ mod channels;
 mod cli;
 mod cluster;
 mod degraded;
+mod escalation;
 mod providers;
 mod replicas;
 mod resilience;

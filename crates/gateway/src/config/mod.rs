@@ -39,6 +39,28 @@ pub struct Config {
     pub llm: LlmConfig,
     /// Messaging platforms and the OpenAI-compatible API.
     pub channels: ChannelsConfig,
+    /// Handing conversations to a person: the dispatcher webhook and the escalations API.
+    pub escalation: EscalationConfig,
+}
+
+/// Where escalated conversations go and who may resolve them.
+#[derive(Debug, Clone)]
+pub struct EscalationConfig {
+    /// The dispatcher's webhook; none = escalations are only recorded (listed by
+    /// `clawgate escalations list` and the API).
+    pub webhook_url: Option<String>,
+    /// Key of the `X-Clawgate-Signature-256` HMAC over each webhook body, so the dispatcher can
+    /// tell the call came from this gateway.
+    pub webhook_secret: Option<SecretString>,
+    /// Bound on one webhook call.
+    pub timeout: Duration,
+    /// Webhook calls per event before it goes to the dead-letter stream.
+    pub max_attempts: u32,
+    /// Bearer token of `/v1/escalations`; none = the endpoint is off.
+    pub api_token: Option<SecretString>,
+    /// How long a pending escalation keeps the conversation's session (and so the hand-over)
+    /// alive without messages; also how long resolved escalations stay readable.
+    pub retention: Duration,
 }
 
 /// Messaging channels; each is off unless configured.
@@ -510,6 +532,7 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
             "agent",
             "llm",
             "channels",
+            "escalation",
         ],
     );
     let empty = Object::new();
@@ -765,6 +788,7 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
 
     let llm = read_llm(r, root);
     let channels = read_channels(r, root);
+    let escalation = read_escalation(r, root);
     Config {
         source: source.to_string(),
         gateway,
@@ -776,6 +800,49 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
         agent,
         llm,
         channels,
+        escalation,
+    }
+}
+
+fn read_escalation(r: &mut Reader, root: &Object) -> EscalationConfig {
+    let empty = Object::new();
+    let p = "escalation";
+    let e = r
+        .section(
+            root,
+            "",
+            p,
+            &[
+                "webhookUrl",
+                "webhookSecret",
+                "timeoutMs",
+                "maxAttempts",
+                "apiToken",
+                "retentionSeconds",
+            ],
+        )
+        .unwrap_or(&empty);
+    // An empty string (`${DISPATCHER_WEBHOOK:-}`) means "not configured".
+    let non_empty = |v: Option<String>| v.filter(|v| !v.is_empty());
+    let webhook_url = non_empty(r.string_or_empty(e, p, "webhookUrl"));
+    if let Some(url) = &webhook_url {
+        check_endpoint(r, url, "escalation.webhookUrl");
+    }
+    EscalationConfig {
+        webhook_url,
+        webhook_secret: non_empty(r.string_or_empty(e, p, "webhookSecret")).map(SecretString::from),
+        timeout: ms(
+            r.integer(e, p, "timeoutMs", 1, 120_000, "milliseconds"),
+            5_000,
+        ),
+        max_attempts: r
+            .integer(e, p, "maxAttempts", 1, 20, "attempts")
+            .unwrap_or(4) as u32,
+        api_token: non_empty(r.string_or_empty(e, p, "apiToken")).map(SecretString::from),
+        retention: Duration::from_secs(
+            r.integer(e, p, "retentionSeconds", 60, 90 * 86_400, "seconds")
+                .unwrap_or(7 * 86_400),
+        ),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP surface of a replica (DESIGN §5): router, shared state, body limits.
 
 pub mod error;
+pub mod escalations;
 pub mod health;
 
 use crate::channels::webchat;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub webchat: WebchatConfig,
     /// Platform and API channel settings (credentials for verifying webhooks).
     pub channels: ChannelsConfig,
+    /// Bearer token of the escalations API; none = the API is off.
+    pub escalation_token: Option<secrecy::SecretString>,
     /// The worker pool, for health answers.
     pub pool: Arc<WorkerPool>,
     /// Loaded skill names, for health answers.
@@ -89,6 +92,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(api::chat_completions).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY_BYTES)),
         )
         .route("/v1/models", get(api::models))
+        .route("/v1/escalations", get(escalations::list))
+        .route("/v1/escalations/{target}", get(escalations::show))
+        .route(
+            "/v1/escalations/{target}/resolve",
+            post(escalations::resolve),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -28,6 +28,21 @@ pub fn pending(c: &ConversationKey) -> String {
     format!("oc:pending:{{{c}}}")
 }
 
+/// `oc:escalation:{channel:user}`: the conversation's latest hand-over to a person (a hash).
+pub fn escalation(c: &ConversationKey) -> String {
+    escalation_of(c.as_str())
+}
+
+/// [`escalation`] of a conversation named by its `channel:user` text (as the
+/// [`ESCALATIONS`] index holds it).
+pub fn escalation_of(conversation: &str) -> String {
+    format!("oc:escalation:{{{conversation}}}")
+}
+
+/// Conversations with a pending escalation (sorted set scored by when it was handed over): what
+/// `clawgate escalations list` reads.
+pub const ESCALATIONS: &str = "oc:escalations";
+
 /// `oc:lease:{channel:user}`: who runs the conversation's current turn.
 pub fn lease(c: &ConversationKey) -> String {
     format!("oc:lease:{{{c}}}")

@@ -6,9 +6,10 @@
 //! Accepting a message puts it on a bounded in-process queue that this replica's workers drain.
 
 use super::{
-    Acceptance, CommitOutcome, ConversationSnapshot, ReplyDeadLetter, Session, StateError,
-    StateStore, StoreLimits, TurnCommit, TurnStart, WaitReason,
+    Acceptance, CommitOutcome, ConversationSnapshot, ReplyDeadLetter, Resolution, Session,
+    StateError, StateStore, StoreLimits, TurnCommit, TurnStart, WaitReason,
 };
+use crate::escalation::{self, Escalation};
 use crate::message::{ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply};
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
@@ -61,6 +62,8 @@ struct Inner {
     replies: HashMap<String, (StoredReply, Instant)>,
     conversations: HashMap<ConversationKey, Conversation>,
     leases: HashMap<ConversationKey, (String, Instant)>,
+    /// Each conversation's latest escalation made while Redis was down, until it expires.
+    escalations: HashMap<ConversationKey, (Escalation, Instant)>,
 }
 
 impl Inner {
@@ -127,6 +130,7 @@ impl MemoryStore {
         inner.replies.retain(|_, (_, expires)| *expires > now);
         inner.conversations.retain(|_, c| c.expires > now);
         inner.leases.retain(|_, (_, expires)| *expires > now);
+        inner.escalations.retain(|_, (_, expires)| *expires > now);
     }
 
     fn dedupe_ttl(&self) -> Duration {
@@ -212,6 +216,12 @@ impl StateStore for MemoryStore {
             (commit.reply.clone(), now + dedupe_ttl),
         );
         let limit = self.limits.history_limit;
+        let retention = self.limits.escalation_retention;
+        if let Some(escalation) = &commit.escalation {
+            inner
+                .escalations
+                .insert(key.clone(), (escalation.clone(), now + retention));
+        }
         let conversation = inner.conversation(&key, now);
         conversation.history.push_back(commit.user.clone());
         conversation.history.push_back(commit.assistant.clone());
@@ -226,6 +236,14 @@ impl StateStore for MemoryStore {
         session.active_skill = updates.active_skill.or(session.active_skill.take());
         session.language = updates.language.or(session.language.take());
         session.last_message_at = updates.last_message_at.or(session.last_message_at);
+        if updates.escalation_pending.is_some() {
+            session.escalation_pending = updates.escalation_pending;
+            session.escalation_skill = updates.escalation_skill;
+        }
+        // While a person has the conversation, it must not expire under them.
+        if session.escalation_pending.is_some() {
+            conversation.expires = now + retention.max(self.limits.conversation_ttl);
+        }
         if commit.release_lease {
             inner.release(&key, commit.holder);
         }
@@ -325,6 +343,79 @@ impl StateStore for MemoryStore {
         ));
         Ok(())
     }
+
+    async fn dead_letter_escalation(
+        &self,
+        reference: &str,
+        _key: &str,
+        _event: &serde_json::Value,
+        reason: &str,
+    ) -> Result<(), StateError> {
+        tracing::error!(
+            reference,
+            reason,
+            "dispatcher webhook event could not be delivered while Redis is down; the escalation is kept in this process only"
+        );
+        Ok(())
+    }
+
+    async fn escalations(&self) -> Result<Vec<Escalation>, StateError> {
+        let now = Instant::now();
+        let mut pending: Vec<Escalation> = self
+            .lock()
+            .escalations
+            .values()
+            .filter(|(e, expires)| *expires > now && e.status == escalation::PENDING)
+            .map(|(e, _)| e.clone())
+            .collect();
+        pending.sort_by_key(|e| e.created_at);
+        Ok(pending)
+    }
+
+    async fn escalation(
+        &self,
+        conversation: &ConversationKey,
+    ) -> Result<Option<Escalation>, StateError> {
+        let now = Instant::now();
+        Ok(self
+            .lock()
+            .escalations
+            .get(conversation)
+            .filter(|(_, expires)| *expires > now)
+            .map(|(e, _)| e.clone()))
+    }
+
+    async fn resolve_escalation(
+        &self,
+        conversation: &ConversationKey,
+        by: &str,
+        note: &str,
+    ) -> Result<Resolution, StateError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some((record, _)) = inner
+            .escalations
+            .get_mut(conversation)
+            .filter(|(_, expires)| *expires > now)
+        else {
+            return Ok(Resolution::Unknown);
+        };
+        if record.status != escalation::PENDING {
+            return Ok(Resolution::AlreadyResolved(record.clone()));
+        }
+        record.status = escalation::RESOLVED.into();
+        record.resolved_at = Some(crate::message::now_ms());
+        record.resolved_by = Some(by.to_string());
+        record.note = Some(note.to_string()).filter(|n| !n.is_empty());
+        let resolved = record.clone();
+        let ttl = self.limits.conversation_ttl;
+        if let Some(c) = inner.conversations.get_mut(conversation) {
+            c.session.escalation_pending = None;
+            c.session.escalation_skill = None;
+            c.expires = now + ttl;
+        }
+        Ok(Resolution::Resolved(resolved))
+    }
 }
 
 #[cfg(test)]
@@ -342,6 +433,7 @@ mod tests {
             coalesce_max: 0,
             flood_interval: Duration::ZERO,
             flood_tolerance: Duration::ZERO,
+            escalation_retention: Duration::from_secs(600),
         }
     }
 
@@ -376,6 +468,7 @@ mod tests {
             notify_channel: None,
             release_lease: true,
             later: Vec::new(),
+            escalation: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod link;
 pub mod memory;
 pub mod redis;
 
+use crate::escalation::Escalation;
 use crate::message::{ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply};
 use async_trait::async_trait;
 use std::time::Duration;
@@ -58,6 +59,10 @@ pub struct Session {
     pub language: Option<String>,
     /// Milliseconds since the epoch of the last committed turn.
     pub last_message_at: Option<u64>,
+    /// The reference of the conversation's pending hand-over to a person, if any.
+    pub escalation_pending: Option<String>,
+    /// The skill that handed it over (its texts are used while it is pending).
+    pub escalation_skill: Option<String>,
 }
 
 impl Session {
@@ -70,6 +75,8 @@ impl Session {
                 "active_skill" => session.active_skill = Some(value),
                 "language" => session.language = Some(value),
                 "last_message_at" => session.last_message_at = value.parse().ok(),
+                "escalation_pending" => session.escalation_pending = Some(value),
+                "escalation_skill" => session.escalation_skill = Some(value),
                 _ => {}
             }
         }
@@ -135,6 +142,19 @@ pub struct TurnCommit<'a> {
     pub release_lease: bool,
     /// Later messages this turn answers too.
     pub later: Vec<LaterMessage>,
+    /// The hand-over this turn starts (the session fields marking it pending are in `session`).
+    pub escalation: Option<Escalation>,
+}
+
+/// What resolving an escalation found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution {
+    /// It was pending and is now resolved; the bot answers the conversation again.
+    Resolved(Escalation),
+    /// It had been resolved already.
+    AlreadyResolved(Escalation),
+    /// The conversation has no escalation (or it expired).
+    Unknown,
 }
 
 /// A later message answered by an earlier message's turn: its own reply record (the same text,
@@ -195,6 +215,8 @@ pub struct StoreLimits {
     pub flood_interval: Duration,
     /// Flood control: how far ahead of that rate a customer may run.
     pub flood_tolerance: Duration,
+    /// How long a pending escalation keeps its conversation alive, and a resolved one readable.
+    pub escalation_retention: Duration,
 }
 
 impl StoreLimits {
@@ -213,6 +235,7 @@ impl StoreLimits {
             },
             flood_interval: config.conversations.flood_control.turn_interval(),
             flood_tolerance: config.conversations.flood_control.turn_interval() * FLOOD_BURST,
+            escalation_retention: config.escalation.retention,
         }
     }
 }
@@ -288,4 +311,32 @@ pub trait StateStore: Send + Sync {
 
     /// Keeps a reply that could not be sent, with the reason, for an operator to re-drive.
     async fn dead_letter_reply(&self, letter: &ReplyDeadLetter<'_>) -> Result<(), StateError>;
+
+    /// Keeps a dispatcher-webhook event that could not be delivered (kind `escalation`), with
+    /// the reason and its idempotency `key`, for `clawgate deadletter retry`.
+    async fn dead_letter_escalation(
+        &self,
+        reference: &str,
+        key: &str,
+        event: &serde_json::Value,
+        reason: &str,
+    ) -> Result<(), StateError>;
+
+    /// The pending escalations, oldest first.
+    async fn escalations(&self) -> Result<Vec<Escalation>, StateError>;
+
+    /// A conversation's latest escalation, pending or resolved.
+    async fn escalation(
+        &self,
+        conversation: &ConversationKey,
+    ) -> Result<Option<Escalation>, StateError>;
+
+    /// Ends a conversation's pending escalation (`by` and `note` are recorded on it) in one
+    /// atomic step: the session is no longer marked, so the bot answers again.
+    async fn resolve_escalation(
+        &self,
+        conversation: &ConversationKey,
+        by: &str,
+        note: &str,
+    ) -> Result<Resolution, StateError>;
 }

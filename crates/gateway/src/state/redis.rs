@@ -7,14 +7,16 @@
 
 use super::link::{RedisLink, classify};
 use super::{
-    Acceptance, CommitOutcome, ConversationSnapshot, ReplyDeadLetter, Session, StateError,
-    StateStore, StoreLimits, TurnCommit, TurnStart, WaitReason, keys,
+    Acceptance, CommitOutcome, ConversationSnapshot, ReplyDeadLetter, Resolution, Session,
+    StateError, StateStore, StoreLimits, TurnCommit, TurnStart, WaitReason, keys,
 };
+use crate::escalation::Escalation;
 use crate::message::{
     Channel, ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply,
 };
 use async_trait::async_trait;
 use redis::{FromRedisValue, Script, ScriptInvocation, Value};
+use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
 static ACCEPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/accept.lua")));
@@ -25,6 +27,8 @@ static RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/renew_leases.lua")));
 static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/release_lease.lua")));
+static RESOLVE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/resolve_escalation.lua")));
 
 /// Conversation state in Redis, shared by all replicas.
 pub struct RedisStore {
@@ -119,6 +123,15 @@ fn parse_later(values: &[Value]) -> Vec<(u64, InboundMessage)> {
         }
     }
     later
+}
+
+/// `field, value, ...` as a map.
+fn parse_hash(values: &[Value]) -> BTreeMap<String, String> {
+    let strings: Vec<String> = values.iter().filter_map(text).collect();
+    strings
+        .chunks_exact(2)
+        .map(|pair| (pair[0].clone(), pair[1].clone()))
+        .collect()
 }
 
 fn parse_session(values: &[Value]) -> Session {
@@ -262,10 +275,16 @@ impl StateStore for RedisStore {
             .key(keys::conversation(&conversation))
             .key(keys::session(&conversation))
             .key(keys::lease(&conversation))
-            .key(keys::pending(&conversation));
+            .key(keys::pending(&conversation))
+            .key(keys::escalation(&conversation))
+            .key(keys::ESCALATIONS);
         for m in &commit.later {
             invocation.key(keys::replied(&m.id));
         }
+        let escalation = match &commit.escalation {
+            Some(e) => to_json(&e.to_fields().into_iter().collect::<BTreeMap<_, _>>())?,
+            None => String::new(),
+        };
         invocation
             .arg(&reply_json)
             .arg(secs(self.limits.dedupe_ttl))
@@ -278,7 +297,9 @@ impl StateStore for RedisStore {
             .arg(commit.notify_channel.as_deref().unwrap_or(""))
             .arg(payload)
             .arg(if commit.release_lease { "1" } else { "0" })
-            .arg(serde_json::Value::Array(later).to_string());
+            .arg(serde_json::Value::Array(later).to_string())
+            .arg(escalation)
+            .arg(secs(self.limits.escalation_retention));
         for (field, value) in &commit.session {
             invocation.arg(*field).arg(value);
         }
@@ -406,5 +427,107 @@ impl StateStore for RedisStore {
             )
             .await?;
         Ok(())
+    }
+
+    async fn dead_letter_escalation(
+        &self,
+        reference: &str,
+        key: &str,
+        event: &serde_json::Value,
+        reason: &str,
+    ) -> Result<(), StateError> {
+        let _: String = self
+            .query(
+                redis::cmd("XADD")
+                    .arg(keys::DEADLETTER)
+                    .arg("*")
+                    .arg("kind")
+                    .arg("escalation")
+                    .arg("reason")
+                    .arg(reason)
+                    .arg("reference")
+                    .arg(reference)
+                    .arg("channel")
+                    .arg(event["channel"].as_str().unwrap_or(""))
+                    .arg("conversation")
+                    .arg(event["conversation"].as_str().unwrap_or(""))
+                    .arg("idempotency_key")
+                    .arg(key)
+                    .arg("event")
+                    .arg(event.to_string())
+                    .arg("ts")
+                    .arg(crate::message::now_ms()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn escalations(&self) -> Result<Vec<Escalation>, StateError> {
+        let members: Vec<String> = self
+            .query(redis::cmd("ZRANGE").arg(keys::ESCALATIONS).arg(0).arg(-1))
+            .await?;
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for member in &members {
+            pipe.cmd("HGETALL").arg(keys::escalation_of(member));
+        }
+        let mut conn = self.link.connection()?;
+        let records: Vec<Vec<Value>> = pipe.query_async(&mut conn).await.map_err(|e| {
+            let error = classify(&e);
+            self.link.report(&error);
+            error
+        })?;
+        Ok(records
+            .iter()
+            .filter_map(|fields| Escalation::from_fields(&parse_hash(fields)))
+            .filter(|e| e.status == crate::escalation::PENDING)
+            .collect())
+    }
+
+    async fn escalation(
+        &self,
+        conversation: &ConversationKey,
+    ) -> Result<Option<Escalation>, StateError> {
+        let fields: Vec<Value> = self
+            .query(redis::cmd("HGETALL").arg(keys::escalation(conversation)))
+            .await?;
+        Ok(Escalation::from_fields(&parse_hash(&fields)))
+    }
+
+    async fn resolve_escalation(
+        &self,
+        conversation: &ConversationKey,
+        by: &str,
+        note: &str,
+    ) -> Result<Resolution, StateError> {
+        let result: Vec<Value> = self
+            .invoke(
+                RESOLVE
+                    .key(keys::escalation(conversation))
+                    .key(keys::session(conversation))
+                    .key(keys::ESCALATIONS)
+                    .key(keys::conversation(conversation))
+                    .arg(crate::message::now_ms())
+                    .arg(by)
+                    .arg(note)
+                    .arg(secs(self.limits.conversation_ttl))
+                    .arg(secs(self.limits.escalation_retention))
+                    .arg(conversation.as_str()),
+            )
+            .await?;
+        let record = |fields: Option<&Value>| match fields {
+            Some(Value::Array(fields)) => Escalation::from_fields(&parse_hash(fields))
+                .ok_or_else(|| StateError::Protocol("unreadable escalation record".into())),
+            other => Err(StateError::Protocol(format!(
+                "resolve script answered {other:?}"
+            ))),
+        };
+        match result.first() {
+            Some(Value::Int(1)) => Ok(Resolution::Resolved(record(result.get(1))?)),
+            Some(Value::Int(2)) => Ok(Resolution::AlreadyResolved(record(result.get(1))?)),
+            _ => Ok(Resolution::Unknown),
+        }
     }
 }

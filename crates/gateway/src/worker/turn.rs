@@ -9,6 +9,7 @@
 
 use crate::channels::egress::Egress;
 use crate::config::AgentConfig;
+use crate::escalation::{self, Dispatcher, Escalation};
 use crate::language::LanguageDetector;
 use crate::llm::chain::{Completion, ProviderChain};
 use crate::llm::{ChatMessage, Prompt};
@@ -58,6 +59,8 @@ pub struct TurnContext {
     pub languages: LanguageDetector,
     /// The text-only notice by language, for images, voice notes and other non-text messages.
     pub unsupported_reply: BTreeMap<String, String>,
+    /// Where escalated conversations are announced.
+    pub dispatcher: Dispatcher,
 }
 
 /// How a turn ended.
@@ -192,7 +195,12 @@ async fn answer(
     };
     // One snapshot of the skills for the whole turn, whatever a reload does meanwhile.
     let skills = ctx.skills.current();
-    let skill = skills.route(&routed_text, snapshot.session.active_skill.as_deref());
+    // While a person has the conversation, it stays with the skill that handed it over.
+    let pending = snapshot.session.escalation_pending.clone();
+    let skill = pending
+        .as_ref()
+        .and_then(|_| skills.get(snapshot.session.escalation_skill.as_deref()?))
+        .unwrap_or_else(|| skills.route(&routed_text, snapshot.session.active_skill.as_deref()));
     // Once known, a conversation keeps its language; until then, what the customer writes says
     // most, the platform's locale next; the default is used but not remembered.
     let known_language = snapshot
@@ -204,9 +212,64 @@ async fn answer(
     let language = known_language
         .clone()
         .unwrap_or_else(|| ctx.agent.default_language.clone());
-    let completion = match &msg.unsupported {
+    let escalate = match (&pending, &msg.unsupported, &skill.escalate) {
+        (None, None, Some(rule)) => rule.reason(&routed_text),
+        _ => None,
+    };
+    let mut escalation = None;
+    let completion = match (&pending, escalate, &msg.unsupported) {
+        // A person has the conversation: the bot does not answer for them. The dispatcher gets
+        // each message; the customer hears that it reached them.
+        (Some(reference), _, _) => {
+            for m in std::iter::once(msg).chain(later.iter().map(|(_, m)| m)) {
+                let key = format!("{reference}:{}", m.dedupe_id().as_str());
+                let event = escalation::message_event(reference, m);
+                ctx.dispatcher.deliver(store, reference, &event, &key).await;
+            }
+            Completion {
+                text: escalation::customer_text(
+                    skill.escalate.as_ref().map(|e| &e.pending),
+                    &escalation::DEFAULT_PENDING,
+                    &language,
+                    reference,
+                ),
+                provider: escalation::PROVIDER.into(),
+            }
+        }
+        // This message hands the conversation to a person. The dispatcher hears of it before the
+        // commit, so a replica that dies in between sends it again, with the same reference and
+        // idempotency key, when another replica retries the turn.
+        (None, Some(reason), _) => {
+            let later_msgs: Vec<&InboundMessage> = later.iter().map(|(_, m)| m).collect();
+            let mut handover = Escalation::new(
+                msg,
+                &later_msgs,
+                &snapshot.history,
+                &skill.name,
+                &language,
+                reason,
+                now_ms(),
+            );
+            tracing::info!(conversation = %msg.conversation(), reference = %handover.reference, skill = %skill.name, "conversation handed over to a person");
+            let event = handover.created_event();
+            handover.notified = ctx
+                .dispatcher
+                .deliver(store, &handover.reference, &event, &handover.reference)
+                .await;
+            let text = escalation::customer_text(
+                skill.escalate.as_ref().map(|e| &e.answer),
+                &escalation::DEFAULT_ANSWER,
+                &language,
+                &handover.reference,
+            );
+            escalation = Some(handover);
+            Completion {
+                text,
+                provider: escalation::PROVIDER.into(),
+            }
+        }
         // An image or voice note: the agent cannot read it, so it says so instead of guessing.
-        Some(_) => Completion {
+        (None, None, Some(_)) => Completion {
             text: ctx
                 .unsupported_reply
                 .get(&language)
@@ -215,7 +278,7 @@ async fn answer(
                 .unwrap_or_else(|| skills.general_template(&language).to_string()),
             provider: "text-only-notice".into(),
         },
-        None => {
+        (None, None, None) => {
             let lookup = match &skill.lookup {
                 Some(lookup) => {
                     let outcome = lookup.run(&ctx.http, &routed_text).await;
@@ -309,6 +372,12 @@ async fn answer(
             Some(("active_skill", skill.name.clone())),
             known_language.map(|l| ("language", l)),
             Some(("last_message_at", now.to_string())),
+            escalation
+                .as_ref()
+                .map(|e| ("escalation_pending", e.reference.clone())),
+            escalation
+                .as_ref()
+                .map(|_| ("escalation_skill", skill.name.clone())),
         ]
         .into_iter()
         .flatten()
@@ -317,6 +386,7 @@ async fn answer(
             .then(|| keys::reply_channel(&msg.ingress_replica)),
         release_lease: !sent_by_platform(msg.channel),
         later: later_commits,
+        escalation,
     };
     let outcome = while_unavailable(|| store.commit_turn(&commit)).await?;
     match outcome {
