@@ -12,6 +12,7 @@ use clawgate_gateway::deadletter::{DeadLetters, Redriven};
 use clawgate_gateway::env_vars;
 use clawgate_gateway::escalation::{self, Dispatcher};
 use clawgate_gateway::http_client;
+use clawgate_gateway::live::ConfigFile;
 use clawgate_gateway::skills::SkillSet;
 use clawgate_gateway::state::StoreLimits;
 use clawgate_gateway::state::link::{RedisLink, redact};
@@ -561,6 +562,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         replica_id: args.replica_id,
         redis_url: args.redis_url,
     };
+    let file = args.config.clone().map(|path| ConfigFile {
+        path,
+        overrides: overrides.clone(),
+    });
     let config = match load_config(args.config.as_deref(), overrides) {
         Ok(config) => config,
         Err(errors) => {
@@ -573,7 +578,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let listener = listen(config.gateway.listen)
         .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
     let shutdown = shutdown_signal()?;
-    clawgate_gateway::run(listener, config, shutdown).await?;
+    clawgate_gateway::run(listener, config, file, shutdown).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,8 @@
 //! whole conversation. `POST /control` switches its behaviour at run time:
 //! `{"mode": "ok" | "error" | "rate_limited" | "hang" | "slow"}`, `{"latency_ms": N}`,
 //! `{"jitter_ms": N}`, `{"slow_ms": N}`, `{"fail_next": N}` (N answers with HTTP 500, then back
-//! to the mode). `GET /stats` counts requests by outcome.
+//! to the mode), `{"reply": "text"}` (answer this instead of the echo, as a model scripted for a
+//! scenario; `""` goes back to the echo). `GET /stats` counts requests by outcome.
 
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -71,13 +72,15 @@ impl Default for Options {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Behaviour {
     mode: Mode,
     latency_ms: u64,
     jitter_ms: u64,
     slow_ms: u64,
     fail_next: u64,
+    /// A scripted answer that replaces the echo (what a real model would say to a given prompt).
+    reply: Option<String>,
 }
 
 #[derive(Default)]
@@ -152,6 +155,11 @@ impl MockLlm {
         self.shared.counters.requests.load(Ordering::SeqCst)
     }
 
+    /// Answers `text` instead of the echo (`None`: the echo again).
+    pub fn set_reply(&self, text: Option<&str>) {
+        self.shared.behaviour().reply = text.map(str::to_string);
+    }
+
     /// Successful answers sent so far.
     pub fn answered(&self) -> u64 {
         self.shared.counters.answered.load(Ordering::SeqCst)
@@ -166,6 +174,7 @@ fn shared(options: Options) -> Arc<Shared> {
             jitter_ms: options.jitter_ms,
             slow_ms: 5_000,
             fail_next: 0,
+            reply: None,
         }),
         counters: Counters::default(),
     })
@@ -256,11 +265,12 @@ fn openai_error(status: StatusCode, kind: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// Applies the behaviour: `Ok(())` to answer normally, `Err(response)` to fail instead.
-async fn behave(shared: &Shared) -> Result<(), Response> {
+/// Applies the behaviour: `Ok(scripted answer, if any)` to answer, `Err(response)` to fail
+/// instead.
+async fn behave(shared: &Shared) -> Result<Option<String>, Response> {
     let counters = &shared.counters;
     counters.requests.fetch_add(1, Ordering::SeqCst);
-    let (mode, delay_ms) = {
+    let (mode, delay_ms, reply) = {
         let mut b = shared.behaviour();
         let mode = if b.fail_next > 0 {
             b.fail_next -= 1;
@@ -278,13 +288,13 @@ async fn behave(shared: &Shared) -> Result<(), Response> {
         } else {
             b.latency_ms + jitter
         };
-        (mode, delay)
+        (mode, delay, b.reply.clone())
     };
     match mode {
         Mode::Hang => {
             counters.hung.fetch_add(1, Ordering::SeqCst);
             std::future::pending::<()>().await;
-            Ok(())
+            Ok(None)
         }
         Mode::Error => {
             counters.errors.fetch_add(1, Ordering::SeqCst);
@@ -310,7 +320,7 @@ async fn behave(shared: &Shared) -> Result<(), Response> {
             if delay_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(delay_ms)).await;
             }
-            Ok(())
+            Ok(reply)
         }
     }
 }
@@ -330,11 +340,12 @@ async fn openai_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
             return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", &reason);
         }
     };
-    if let Err(response) = behave(&shared).await {
-        return response;
-    }
+    let scripted = match behave(&shared).await {
+        Ok(scripted) => scripted,
+        Err(response) => return response,
+    };
     let id = shared.counters.answered.fetch_add(1, Ordering::SeqCst) + 1;
-    let text = answer_text(&seen);
+    let text = scripted.unwrap_or_else(|| answer_text(&seen));
     let completion_tokens = text.split_whitespace().count();
     let prompt_tokens = seen.prompt_chars / 4 + 1;
     Json(json!({
@@ -364,11 +375,12 @@ async fn ollama_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
             return (StatusCode::BAD_REQUEST, Json(json!({"error": reason}))).into_response();
         }
     };
-    if let Err(response) = behave(&shared).await {
-        return response;
-    }
+    let scripted = match behave(&shared).await {
+        Ok(scripted) => scripted,
+        Err(response) => return response,
+    };
     shared.counters.answered.fetch_add(1, Ordering::SeqCst);
-    let text = answer_text(&seen);
+    let text = scripted.unwrap_or_else(|| answer_text(&seen));
     Json(json!({
         "model": seen.model,
         "created_at": rfc3339(unix_seconds()),
@@ -401,6 +413,7 @@ struct Control {
     jitter_ms: Option<u64>,
     slow_ms: Option<u64>,
     fail_next: Option<u64>,
+    reply: Option<String>,
 }
 
 fn behaviour_json(b: &Behaviour) -> Value {
@@ -410,13 +423,14 @@ fn behaviour_json(b: &Behaviour) -> Value {
         "jitter_ms": b.jitter_ms,
         "slow_ms": b.slow_ms,
         "fail_next": b.fail_next,
+        "reply": b.reply,
     })
 }
 
 async fn control(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
     let control: Control = match crate::control_body(
         &body,
-        r#"{"mode": "ok"|"error"|"rate_limited"|"hang"|"slow", "latency_ms", "jitter_ms", "slow_ms", "fail_next"}"#,
+        r#"{"mode": "ok"|"error"|"rate_limited"|"hang"|"slow", "latency_ms", "jitter_ms", "slow_ms", "fail_next", "reply"}"#,
     ) {
         Ok(control) => control,
         Err(refused) => return *refused,
@@ -436,6 +450,9 @@ async fn control(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> 
     }
     if let Some(n) = control.fail_next {
         b.fail_next = n;
+    }
+    if let Some(reply) = control.reply {
+        b.reply = Some(reply).filter(|r| !r.is_empty());
     }
     Json(behaviour_json(&b)).into_response()
 }

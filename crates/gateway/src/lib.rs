@@ -6,6 +6,7 @@
 //! Start at [`server::run`]; DESIGN.md explains the whole path.
 
 pub mod channels;
+pub mod classify;
 pub mod config;
 pub mod deadletter;
 pub mod env_vars;
@@ -15,6 +16,7 @@ pub mod http_client;
 pub mod inbox;
 pub mod ingress;
 pub mod language;
+pub mod live;
 pub mod llm;
 pub mod lookup;
 pub mod message;

@@ -2,10 +2,9 @@
 //! drain in order (readiness fails, intake stops, running turns finish within the grace period,
 //! held requests are answered, the server closes).
 
-use crate::channels::egress::Egress;
 use crate::config::Config;
 use crate::http::{AppState, router};
-use crate::llm::chain::ProviderChain;
+use crate::live::{ConfigFile, LiveConfig};
 use crate::replies::ReplyWaiters;
 use crate::skills::SkillLibrary;
 use crate::state::link::RedisLink;
@@ -36,10 +35,12 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Runs a replica on `listener` until `shutdown` is cancelled, then drains and returns.
+/// Runs a replica on `listener` until `shutdown` is cancelled, then drains and returns. `file`
+/// is where `config` was read from: it is re-read while the replica runs.
 pub async fn run(
     listener: TcpListener,
     config: Config,
+    file: Option<ConfigFile>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let started = Instant::now();
@@ -64,14 +65,28 @@ pub async fn run(
             .watch(config.skills.reload_interval, background.clone()),
     );
     let http = http_client::build()?;
-    let chain = ProviderChain::from_config(&config.llm, &http, Some(link.clone()), &replica_id);
+    let live = LiveConfig::start(
+        config.clone(),
+        file,
+        http.clone(),
+        link.clone(),
+        skills.clone(),
+        background.clone(),
+    );
+    tokio::spawn(live.clone().watch(background.clone()));
     let skill_names: Vec<String> = skills
         .current()
         .names()
         .into_iter()
         .map(str::to_string)
         .collect();
-    let provider_names: Vec<String> = chain.names().into_iter().map(str::to_string).collect();
+    let provider_names: Vec<String> = live
+        .current()
+        .chain
+        .names()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
 
     let waiters = Arc::new(ReplyWaiters::default());
     tokio::spawn(
@@ -82,19 +97,11 @@ pub async fn run(
     let ctx = Arc::new(TurnContext {
         replica_id: replica_id.clone(),
         skills: skills.clone(),
-        chain,
-        agent: config.agent.clone(),
+        live: live.clone(),
         order_wait: config.workers.order_wait,
         waiters: waiters.clone(),
-        egress: Egress::from_config(&config.channels, &http),
         http: http.clone(),
-        languages: crate::language::LanguageDetector::new(&config.agent.languages),
-        unsupported_reply: config.channels.unsupported_reply.clone(),
-        dispatcher: crate::escalation::Dispatcher::new(&config.escalation, &http),
     });
-    let guarded = ctx.clone();
-    let guards_stop = background.clone();
-    tokio::spawn(async move { guarded.chain.run_guards(guards_stop).await });
     let pool = WorkerPool::new(
         ctx,
         link.clone(),
@@ -111,12 +118,9 @@ pub async fn run(
         waiters,
         link,
         redis_down_mode: config.redis.down_mode,
-        webchat: config.webchat.clone(),
-        channels: config.channels.clone(),
-        escalation_token: config.escalation.api_token.clone(),
+        live,
         pool: pool.clone(),
         skills,
-        providers: provider_names.clone(),
         metrics,
         draining: AtomicBool::new(false),
         release_waiting: CancellationToken::new(),

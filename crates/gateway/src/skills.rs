@@ -116,6 +116,21 @@ pub fn by_language<'a>(texts: &'a BTreeMap<String, String>, language: &str) -> O
         .map(String::as_str)
 }
 
+/// What the triggers say about a message.
+#[derive(Debug)]
+pub enum Routing<'a> {
+    /// One skill.
+    Decided(&'a Skill),
+    /// No single skill: `fallback` is what routing without a model picks, `candidates` are the
+    /// skills a model may choose among.
+    Undecided {
+        /// The general skill, or the first of a tie.
+        fallback: &'a Skill,
+        /// The skills in question.
+        candidates: Vec<&'a Skill>,
+    },
+}
+
 /// A skill that could not be loaded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SkillError {
@@ -272,8 +287,17 @@ impl SkillSet {
 
     /// The skill for `text`: among the skills whose triggers match, those of the highest
     /// priority, then the best match; on a tie or no match, the conversation's active skill when
-    /// it is among the candidates; otherwise the general skill.
+    /// it is among the candidates; otherwise the general skill (or the first of a tie).
     pub fn route(&self, text: &str, active_skill: Option<&str>) -> &Skill {
+        match self.routing(text, active_skill) {
+            Routing::Decided(skill) => skill,
+            Routing::Undecided { fallback, .. } => fallback,
+        }
+    }
+
+    /// Like [`SkillSet::route`], but says when the triggers could not decide (no match and no
+    /// active skill, or a tie the active skill does not settle), so a model may be asked.
+    pub fn routing(&self, text: &str, active_skill: Option<&str>) -> Routing<'_> {
         let lowered = text.to_lowercase();
         let scores: Vec<((i64, usize), &Skill)> = self
             .skills
@@ -284,16 +308,27 @@ impl SkillSet {
             .collect();
         let active = active_skill.and_then(|name| self.get(name));
         let Some(best) = scores.iter().map(|(score, _)| *score).max() else {
-            return active.unwrap_or(&self.general);
+            return match active {
+                Some(skill) => Routing::Decided(skill),
+                None => Routing::Undecided {
+                    fallback: &self.general,
+                    candidates: self.skills.iter().chain([&self.general]).collect(),
+                },
+            };
         };
-        let mut tied = scores
+        let tied: Vec<&Skill> = scores
             .iter()
             .filter(|(score, _)| *score == best)
-            .map(|(_, s)| *s);
-        let first = tied.clone().next().unwrap_or(&self.general);
-        match active {
-            Some(a) if tied.any(|s| s.name == a.name) => a,
-            _ => first,
+            .map(|(_, s)| *s)
+            .collect();
+        match (active, tied.as_slice()) {
+            (_, [only]) => Routing::Decided(only),
+            (Some(a), _) if tied.iter().any(|s| s.name == a.name) => Routing::Decided(a),
+            (_, [first, ..]) => Routing::Undecided {
+                fallback: first,
+                candidates: tied.clone(),
+            },
+            (_, []) => Routing::Decided(&self.general),
         }
     }
 
@@ -367,8 +402,9 @@ fn builtin_general() -> Skill {
 pub struct SkillLibrary {
     /// The skills folder.
     dir: PathBuf,
-    /// The deployment's lookup URLs by skill name, applied after every load.
-    lookup_urls: BTreeMap<String, String>,
+    /// The deployment's lookup URLs by skill name, applied after every load (replaced when the
+    /// config is reloaded).
+    lookup_urls: ArcSwap<BTreeMap<String, String>>,
     /// What turns route with; swapped whole on reload.
     current: ArcSwap<SkillSet>,
     /// Problems of the last load, as `file:line: reason`.
@@ -385,7 +421,7 @@ impl SkillLibrary {
     pub fn load(dir: &Path, lookup_urls: BTreeMap<String, String>) -> SkillLibrary {
         let library = SkillLibrary {
             dir: dir.to_path_buf(),
-            lookup_urls,
+            lookup_urls: ArcSwap::from_pointee(lookup_urls),
             current: ArcSwap::from_pointee(SkillSet::from_skills(Vec::new())),
             errors: ArcSwap::from_pointee(Vec::new()),
             fingerprint: Mutex::new(Vec::new()),
@@ -402,6 +438,15 @@ impl SkillLibrary {
     /// Problems found by the last load.
     pub fn errors(&self) -> Vec<String> {
         self.errors.load().as_ref().clone()
+    }
+
+    /// Points skills at new lookup URLs (a reloaded config's `skills.lookupUrls`) and reloads the
+    /// folder when they differ from the current ones. Blocking: it reads the folder.
+    pub fn set_lookup_urls(&self, urls: BTreeMap<String, String>) {
+        if **self.lookup_urls.load() != urls {
+            self.lookup_urls.store(Arc::new(urls));
+            self.reload(fingerprint(&self.dir));
+        }
     }
 
     /// Reloads when a `SKILL.md` was added, removed or changed since the last load; true when
@@ -452,7 +497,7 @@ impl SkillLibrary {
                 set.skills.push(old.clone());
             }
         }
-        for (skill, url) in &self.lookup_urls {
+        for (skill, url) in self.lookup_urls.load().iter() {
             if !set.set_lookup_url(skill, url) {
                 tracing::warn!(
                     skill,

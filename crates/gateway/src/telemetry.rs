@@ -59,6 +59,11 @@ pub const WEBHOOK_EVENTS: &str = "clawgate_webhook_events_total";
 /// Dispatcher webhook events, by `event` (`escalation.created`, `escalation.message`) and
 /// `outcome` (`sent`, `not_configured`, `dead_letter`).
 pub const ESCALATION_EVENTS: &str = "clawgate_escalation_events_total";
+/// Config reload attempts on a changed file, by `outcome` (`applied`, `rejected`).
+pub const CONFIG_RELOADS: &str = "clawgate_config_reloads_total";
+/// Model classifications of messages the skill triggers could not route, by `outcome`
+/// (`matched`, `unmatched`, `no_model`, `timeout`).
+pub const SKILL_CLASSIFICATIONS: &str = "clawgate_skill_classifications_total";
 /// 1 while Redis answers.
 pub const REDIS_UP: &str = "clawgate_redis_up";
 /// 1 while the replica serves from in-process state.

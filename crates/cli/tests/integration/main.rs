@@ -11,6 +11,7 @@ mod cluster;
 mod degraded;
 mod escalation;
 mod providers;
+mod reload;
 mod replicas;
 mod resilience;
 mod shutdown;

@@ -280,7 +280,7 @@ async fn a_customer_sending_ten_messages_in_a_second_gets_a_few_replies_that_cov
             .send(
                 "panic",
                 &format!("m{i}"),
-                &format!("is my parcel lost? ({i})"),
+                &format!("where is my parcel? ({i})"),
                 Some(0),
             )
             .await;

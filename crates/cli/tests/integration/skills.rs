@@ -300,3 +300,62 @@ async fn an_edited_skill_takes_effect_without_restart_and_a_broken_one_keeps_its
             .contains("tracking")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_triggers_cannot_route_is_classified_by_the_model_when_enabled() {
+    let redis = TestRedis::start().await;
+    let llm = mock_llm(0).await;
+    let mut config = test_config(vec![openai_provider("primary", &llm, 5_000, 0)]);
+    config["skills"]["classify"] = json!({"enabled": true, "timeoutMs": 2000});
+    let gateway = Gateway::start(config, &redis.url(), "r1").await;
+    let classified = || async {
+        gateway
+            .metric(
+                "clawgate_skill_classifications_total",
+                "outcome=\"matched\"",
+            )
+            .await
+    };
+
+    // No trigger word: the model is asked, and its pick routes the message (it says
+    // "estimates" to everything here, the answer included).
+    llm.set_reply(Some("estimates"));
+    let (status, body) = gateway
+        .send(
+            "c1",
+            "m1",
+            "Hello, I have a question about my address.",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reply"]["skill"], "estimates");
+    assert_eq!(classified().await, 1.0);
+
+    // A trigger decides without asking; so does the active skill for a follow-up.
+    llm.set_reply(None);
+    let requests = llm.requests();
+    let (_, body) = gateway.send("c2", "m1", "Where is my parcel?", None).await;
+    assert_eq!(body["reply"]["skill"], "tracking");
+    let (_, body) = gateway.send("c1", "m2", "And the other one?", None).await;
+    assert_eq!(body["reply"]["skill"], "estimates");
+    assert_eq!(
+        llm.requests(),
+        requests + 2,
+        "one model call per turn, none to classify"
+    );
+    assert_eq!(classified().await, 1.0);
+
+    // A model that names no skill leaves the message with the general skill.
+    let (_, body) = gateway.send("c3", "m1", "Good morning!", None).await;
+    assert_eq!(body["reply"]["skill"], "general");
+    assert_eq!(
+        gateway
+            .metric(
+                "clawgate_skill_classifications_total",
+                "outcome=\"unmatched\""
+            )
+            .await,
+        1.0
+    );
+}

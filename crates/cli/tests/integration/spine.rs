@@ -164,11 +164,11 @@ async fn bad_input_gets_a_clear_error_and_health_endpoints_answer() {
         0.0
     );
     let (status, body) = gateway
-        .send("s", "m", "Mijn pakket is beschadigd, klacht!", None)
+        .send("s", "m", "Wanneer bezorgen jullie op zaterdag?", None)
         .await;
     assert_eq!(status, 200);
     assert_eq!(body["reply"]["provider"], "template");
-    assert_eq!(body["reply"]["skill"], "complaints");
+    assert_eq!(body["reply"]["skill"], "estimates");
     let metrics = gateway.get_text("/metrics").await;
     for name in [
         "clawgate_messages_accepted_total",

@@ -47,7 +47,8 @@ struct RequestMessage {
 }
 
 fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(config) = &app.channels.api else {
+    let live = app.live.current();
+    let Some(config) = &live.config.channels.api else {
         return Err(ApiError::not_found(
             "the API channel is not configured (channels.api.token)",
         ));
@@ -128,7 +129,9 @@ pub async fn chat_completions(
     };
     let msg = InboundMessage::new(Channel::Api, &session, &message_id, text, &app.replica_id);
     let model = request.model.unwrap_or_else(|| MODEL.to_string());
-    let reply = match accept_and_wait(&app, &msg, app.webchat.reply_wait).await? {
+    let reply = match accept_and_wait(&app, &msg, app.live.current().config.webchat.reply_wait)
+        .await?
+    {
         Waited::Replied(reply) => reply,
         Waited::Pending => {
             return Err(ApiError {
@@ -136,7 +139,7 @@ pub async fn chat_completions(
                 code: "reply_pending",
                 message: format!(
                     "the reply was not ready within {} s; it will be: repeat the request with Idempotency-Key: {message_id} to collect it",
-                    app.webchat.reply_wait.as_secs()
+                    app.live.current().config.webchat.reply_wait.as_secs()
                 ),
             });
         }

@@ -75,7 +75,8 @@ pub async fn receive(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let Some(config) = &app.channels.telegram else {
+    let live = app.live.current();
+    let Some(config) = &live.config.channels.telegram else {
         return Err(ApiError::not_found(
             "the telegram channel is not configured",
         ));

@@ -102,9 +102,10 @@ pub async fn post_message(
     let message = parse_message(&body?)?;
     // The body is dropped here: held across the wait, its bytes would pin the connection's 8 KiB
     // read buffer and make the server allocate another.
+    let budget = app.live.current().config.webchat.reply_wait;
     let wait = match query.wait_ms {
-        Some(ms) => Duration::from_millis(ms).min(app.webchat.reply_wait),
-        None => app.webchat.reply_wait,
+        Some(ms) => Duration::from_millis(ms).min(budget),
+        None => budget,
     };
     let mut inbound = InboundMessage::new(
         Channel::Webchat,

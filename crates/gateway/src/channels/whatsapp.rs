@@ -86,7 +86,8 @@ pub async fn verify(
     State(app): State<Arc<AppState>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(config) = &app.channels.whatsapp else {
+    let live = app.live.current();
+    let Some(config) = &live.config.channels.whatsapp else {
         return ApiError::not_found("the whatsapp channel is not configured").into_response();
     };
     let token_ok = params.get("hub.verify_token").is_some_and(|token| {
@@ -138,7 +139,8 @@ pub async fn receive(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let Some(config) = &app.channels.whatsapp else {
+    let live = app.live.current();
+    let Some(config) = &live.config.channels.whatsapp else {
         return Err(ApiError::not_found(
             "the whatsapp channel is not configured",
         ));

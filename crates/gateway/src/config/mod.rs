@@ -121,6 +121,8 @@ pub struct GatewayConfig {
     pub replica_id: String,
     /// How long in-flight turns may run after SIGTERM before the process exits anyway.
     pub shutdown_grace: Duration,
+    /// How often the config file is re-read to pick up changes (zero: only on SIGHUP).
+    pub config_reload_interval: Duration,
 }
 
 /// Redis connection and outage behaviour.
@@ -218,6 +220,15 @@ pub struct SkillsConfig {
     pub lookup_urls: std::collections::BTreeMap<String, String>,
     /// How often the skills folder is checked for changed `SKILL.md` files.
     pub reload_interval: Duration,
+    /// Ask a model which skill a message is about when triggers cannot tell; `None` = off.
+    pub classify: Option<ClassifyConfig>,
+}
+
+/// The optional model classification step of routing.
+#[derive(Debug, Clone)]
+pub struct ClassifyConfig {
+    /// Bound on the classification call; past it the message goes to the general skill.
+    pub timeout: Duration,
 }
 
 /// What the agent is told about itself.
@@ -542,7 +553,12 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
             root,
             "",
             "gateway",
-            &["listen", "replicaId", "shutdownGraceMs"],
+            &[
+                "listen",
+                "replicaId",
+                "shutdownGraceMs",
+                "configReloadIntervalMs",
+            ],
         )
         .unwrap_or(&empty);
     let listen = r
@@ -569,6 +585,17 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
         shutdown_grace: ms(
             r.integer(g, "gateway", "shutdownGraceMs", 0, 600_000, "milliseconds"),
             20_000,
+        ),
+        config_reload_interval: ms(
+            r.integer(
+                g,
+                "gateway",
+                "configReloadIntervalMs",
+                0,
+                3_600_000,
+                "milliseconds (0 = only on SIGHUP)",
+            ),
+            2_000,
         ),
     };
 
@@ -699,9 +726,20 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
             root,
             "",
             "skills",
-            &["dir", "lookupUrls", "reloadIntervalMs"],
+            &["dir", "lookupUrls", "reloadIntervalMs", "classify"],
         )
         .unwrap_or(&empty);
+    let classify = match r.section(s, "skills", "classify", &["enabled", "timeoutMs"]) {
+        Some(c) if r.boolean(c, "skills.classify", "enabled").unwrap_or(false) => {
+            Some(ClassifyConfig {
+                timeout: ms(
+                    r.integer(c, "skills.classify", "timeoutMs", 1, 60_000, "milliseconds"),
+                    3_000,
+                ),
+            })
+        }
+        _ => None,
+    };
     let mut lookup_urls = std::collections::BTreeMap::new();
     if let Some(urls) = r.object(s, "skills", "lookupUrls") {
         for (skill, url) in urls {
@@ -732,6 +770,7 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
             base_dir.join(dir)
         },
         lookup_urls,
+        classify,
         reload_interval: ms(
             r.integer(
                 s,

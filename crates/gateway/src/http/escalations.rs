@@ -18,7 +18,8 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &app.escalation_token else {
+    let live = app.live.current();
+    let Some(token) = &live.config.escalation.api_token else {
         return Err(ApiError::not_found(
             "the escalations API is not configured (escalation.apiToken)",
         ));

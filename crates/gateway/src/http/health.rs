@@ -40,7 +40,8 @@ pub async fn healthz(State(app): State<Arc<AppState>>) -> Response {
         "requests_waiting": app.waiters.len(),
         "skills": app.skills.current().names(),
         "skill_errors": app.skills.errors(),
-        "providers": app.providers,
+        "providers": app.live.current().chain.names(),
+        "config": app.live.health(),
     }))
     .into_response()
 }

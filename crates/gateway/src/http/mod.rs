@@ -6,7 +6,7 @@ pub mod health;
 
 use crate::channels::webchat;
 use crate::channels::{api, telegram, whatsapp};
-use crate::config::{ChannelsConfig, RedisDownMode, WebchatConfig};
+use crate::config::RedisDownMode;
 use crate::ingress::Ingress;
 use crate::replies::ReplyWaiters;
 use crate::state::link::RedisLink;
@@ -41,18 +41,13 @@ pub struct AppState {
     pub link: Arc<RedisLink>,
     /// Redis-down behaviour, for health answers.
     pub redis_down_mode: RedisDownMode,
-    /// Web-chat settings.
-    pub webchat: WebchatConfig,
-    /// Platform and API channel settings (credentials for verifying webhooks).
-    pub channels: ChannelsConfig,
-    /// Bearer token of the escalations API; none = the API is off.
-    pub escalation_token: Option<secrecy::SecretString>,
+    /// The configuration, reloaded while the replica runs: web-chat wait, channel credentials
+    /// (for verifying webhooks), the escalations API token, the provider names.
+    pub live: Arc<crate::live::LiveConfig>,
     /// The worker pool, for health answers.
     pub pool: Arc<WorkerPool>,
     /// Loaded skill names, for health answers.
     pub skills: Arc<crate::skills::SkillLibrary>,
-    /// Provider chain names, for health answers.
-    pub providers: Vec<String>,
     /// Metrics renderer (absent if another recorder was installed first).
     pub metrics: Option<PrometheusHandle>,
     /// Set at SIGTERM: readiness fails so balancers stop sending traffic.

@@ -7,23 +7,21 @@
 //! platform reply sent before the conversation's lease is released (so the next reply cannot
 //! overtake it) and sent at most once by a living replica.
 
-use crate::channels::egress::Egress;
-use crate::config::AgentConfig;
-use crate::escalation::{self, Dispatcher, Escalation};
-use crate::language::LanguageDetector;
-use crate::llm::chain::{Completion, ProviderChain};
+use crate::classify;
+use crate::escalation::{self, Escalation};
+use crate::live::{Live, LiveConfig};
+use crate::llm::chain::Completion;
 use crate::llm::{ChatMessage, Prompt};
 use crate::lookup;
 use crate::message::{Channel, HistoryEntry, InboundMessage, Role, StoredReply, now_ms};
 use crate::replies::ReplyWaiters;
 use crate::retry::while_unavailable;
-use crate::skills::{Skill, SkillLibrary, SkillSet};
+use crate::skills::{Routing, Skill, SkillLibrary, SkillSet};
 use crate::state::{
     CommitOutcome, ConversationSnapshot, LaterMessage, ReplyDeadLetter, StateError, StateStore,
     TurnCommit, TurnStart, WaitReason, keys,
 };
 use crate::telemetry;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -43,24 +41,15 @@ pub struct TurnContext {
     pub replica_id: String,
     /// The skills to route to, reloaded while the replica runs.
     pub skills: Arc<SkillLibrary>,
-    /// The providers to ask.
-    pub chain: ProviderChain,
-    /// System prompt and default language.
-    pub agent: AgentConfig,
+    /// The configuration and what is built from it (provider chain, senders, dispatcher),
+    /// reloaded while the replica runs; a turn takes one snapshot when it starts.
+    pub live: Arc<LiveConfig>,
     /// How long a message waits for an unprocessed predecessor before going ahead anyway.
     pub order_wait: Duration,
     /// Web-chat requests held open on this replica.
     pub waiters: Arc<ReplyWaiters>,
-    /// Senders for WhatsApp and Telegram replies.
-    pub egress: Egress,
     /// The outbound HTTP client, for skills' lookups.
     pub http: reqwest::Client,
-    /// Tells which served language a customer writes in.
-    pub languages: LanguageDetector,
-    /// The text-only notice by language, for images, voice notes and other non-text messages.
-    pub unsupported_reply: BTreeMap<String, String>,
-    /// Where escalated conversations are announced.
-    pub dispatcher: Dispatcher,
 }
 
 /// How a turn ended.
@@ -100,6 +89,8 @@ pub async fn run(
     stop: Option<&CancellationToken>,
 ) -> Result<TurnEnd, TurnError> {
     let (msg, seq) = (&job.msg, job.seq);
+    // One version of the configuration for the whole turn, whatever a reload does meanwhile.
+    let live = ctx.live.current();
     let holder = format!("{}/{:016x}", ctx.replica_id, rand::random::<u64>());
     let mut permit = Some(permit);
     let mut delay = WAIT_MIN;
@@ -121,7 +112,7 @@ pub async fn run(
                 break snapshot;
             }
             TurnStart::Replied(reply) => {
-                deliver(ctx, store, msg, &reply, false).await?;
+                deliver(ctx, &live, store, msg, &reply, false).await?;
                 return Ok(TurnEnd::AlreadyAnswered(reply));
             }
             TurnStart::Wait(reason) => {
@@ -155,8 +146,8 @@ pub async fn run(
     let _slot = permit;
     let conversation = msg.conversation();
     leases.hold(&holder, conversation.clone());
-    let result = match answer(ctx, store, msg, seq, &holder, snapshot).await {
-        Ok(TurnEnd::Replied(reply)) => deliver(ctx, store, msg, &reply, true)
+    let result = match answer(ctx, &live, store, msg, seq, &holder, snapshot).await {
+        Ok(TurnEnd::Replied(reply)) => deliver(ctx, &live, store, msg, &reply, true)
             .await
             .map(|()| TurnEnd::Replied(reply))
             .map_err(TurnError::from),
@@ -178,6 +169,7 @@ fn sent_by_platform(channel: Channel) -> bool {
 
 async fn answer(
     ctx: &TurnContext,
+    live: &Live,
     store: &dyn StateStore,
     msg: &InboundMessage,
     seq: u64,
@@ -197,21 +189,41 @@ async fn answer(
     let skills = ctx.skills.current();
     // While a person has the conversation, it stays with the skill that handed it over.
     let pending = snapshot.session.escalation_pending.clone();
-    let skill = pending
+    let skill = match pending
         .as_ref()
         .and_then(|_| skills.get(snapshot.session.escalation_skill.as_deref()?))
-        .unwrap_or_else(|| skills.route(&routed_text, snapshot.session.active_skill.as_deref()));
+    {
+        Some(skill) => skill,
+        None => match skills.routing(&routed_text, snapshot.session.active_skill.as_deref()) {
+            Routing::Decided(skill) => skill,
+            Routing::Undecided {
+                fallback,
+                candidates,
+            } => match (&live.config.skills.classify, &msg.unsupported) {
+                (Some(classify), None) => classify::classify(
+                    &live.chain,
+                    &candidates,
+                    &routed_text,
+                    &msg.rate_key(),
+                    classify.timeout,
+                )
+                .await
+                .unwrap_or(fallback),
+                _ => fallback,
+            },
+        },
+    };
     // Once known, a conversation keeps its language; until then, what the customer writes says
     // most, the platform's locale next; the default is used but not remembered.
     let known_language = snapshot
         .session
         .language
         .clone()
-        .or_else(|| ctx.languages.detect(&routed_text))
+        .or_else(|| live.languages.detect(&routed_text))
         .or_else(|| msg.language.clone());
     let language = known_language
         .clone()
-        .unwrap_or_else(|| ctx.agent.default_language.clone());
+        .unwrap_or_else(|| live.config.agent.default_language.clone());
     let escalate = match (&pending, &msg.unsupported, &skill.escalate) {
         (None, None, Some(rule)) => rule.reason(&routed_text),
         _ => None,
@@ -224,7 +236,9 @@ async fn answer(
             for m in std::iter::once(msg).chain(later.iter().map(|(_, m)| m)) {
                 let key = format!("{reference}:{}", m.dedupe_id().as_str());
                 let event = escalation::message_event(reference, m);
-                ctx.dispatcher.deliver(store, reference, &event, &key).await;
+                live.dispatcher
+                    .deliver(store, reference, &event, &key)
+                    .await;
             }
             Completion {
                 text: escalation::customer_text(
@@ -252,7 +266,7 @@ async fn answer(
             );
             tracing::info!(conversation = %msg.conversation(), reference = %handover.reference, skill = %skill.name, "conversation handed over to a person");
             let event = handover.created_event();
-            handover.notified = ctx
+            handover.notified = live
                 .dispatcher
                 .deliver(store, &handover.reference, &event, &handover.reference)
                 .await;
@@ -270,10 +284,12 @@ async fn answer(
         }
         // An image or voice note: the agent cannot read it, so it says so instead of guessing.
         (None, None, Some(_)) => Completion {
-            text: ctx
+            text: live
+                .config
+                .channels
                 .unsupported_reply
                 .get(&language)
-                .or_else(|| ctx.unsupported_reply.get("en"))
+                .or_else(|| live.config.channels.unsupported_reply.get("en"))
                 .cloned()
                 .unwrap_or_else(|| skills.general_template(&language).to_string()),
             provider: "text-only-notice".into(),
@@ -291,7 +307,7 @@ async fn answer(
             };
             // The history moves into the prompt: it is not kept twice while the model thinks.
             let mut prompt = build_prompt(
-                ctx,
+                live,
                 &skills,
                 skill,
                 &language,
@@ -310,7 +326,7 @@ async fn answer(
                     prompt.template_answer = answer;
                 }
             }
-            ctx.chain.complete(&prompt, &msg.rate_key()).await
+            live.chain.complete(&prompt, &msg.rate_key()).await
         }
     };
 
@@ -426,6 +442,7 @@ async fn answer(
 /// this turn just committed it (nobody can have sent it yet).
 async fn deliver(
     ctx: &TurnContext,
+    live: &Live,
     store: &dyn StateStore,
     msg: &InboundMessage,
     reply: &StoredReply,
@@ -443,7 +460,7 @@ async fn deliver(
     if !fresh && while_unavailable(|| store.delivered(&id)).await? {
         return Ok(());
     }
-    let outcome = match ctx.egress.deliver(msg, &reply.text).await {
+    let outcome = match live.egress.deliver(msg, &reply.text).await {
         Ok(()) => "sent",
         Err(failure) => {
             tracing::error!(
@@ -475,7 +492,7 @@ fn notify_local(ctx: &TurnContext, msg: &InboundMessage, reply: &StoredReply) {
 
 /// System prompt (agent + language + skill), history, then the new message.
 fn build_prompt(
-    ctx: &TurnContext,
+    live: &Live,
     skills: &SkillSet,
     skill: &Skill,
     language: &str,
@@ -485,7 +502,7 @@ fn build_prompt(
 ) -> Prompt {
     let mut system = format!(
         "{}\n\nThe customer's language: {language}. Answer in that language.",
-        ctx.agent.system_prompt
+        live.config.agent.system_prompt
     );
     if !skill.instructions.is_empty() {
         system.push_str(&format!(

@@ -551,6 +551,20 @@ impl Gateway {
         self.signal(nix::sys::signal::Signal::SIGCONT);
     }
 
+    /// SIGHUP: re-read the config file now.
+    pub fn hangup(&self) {
+        self.signal(nix::sys::signal::Signal::SIGHUP);
+    }
+
+    /// Replaces the config file the replica runs with (as an operator edits it).
+    pub fn rewrite_config(&self, config: &Value) {
+        let path = self.config_path();
+        let staged = path.with_extension("json.new");
+        std::fs::write(&staged, config.to_string()).expect("write config");
+        // Editors and config managers replace the file by rename.
+        std::fs::rename(&staged, &path).expect("rename config");
+    }
+
     /// Waits for the process to exit and returns its exit code.
     pub async fn exit_code(&mut self, timeout: Duration) -> Option<i32> {
         let child = self.child.as_mut()?;
