@@ -14,6 +14,10 @@ pub struct ClusterState {
     pub supervisor_pid: u32,
     /// Where nginx listens.
     pub listen: String,
+    /// The replicas' config file (absolute), for tools that act on the cluster (the load test
+    /// reads its channel credentials).
+    #[serde(default)]
+    pub config: Option<PathBuf>,
     /// Redis.
     pub redis: RedisState,
     /// nginx.

@@ -126,6 +126,7 @@ pub async fn up(
     let mut state = ClusterState {
         supervisor_pid: std::process::id(),
         listen: spec.listen.to_string(),
+        config: Some(spec.config.clone()),
         ..ClusterState::default()
     };
 

@@ -7,7 +7,9 @@
 //! `POST /control {"fail_next": N, "status": 429 | 500 | 400, "retry_after": S, "error_code": C}`
 //! fails the next N sends (Telegram 429s carry `parameters.retry_after`, WhatsApp errors carry
 //! the Graph `error.code`, e.g. 130429 or 131047); `{"down": true}` fails every send with 500
-//! until `{"down": false}`.
+//! until `{"down": false}`. `{"swallow_next": N}` answers the next N sends as delivered but
+//! records nothing (a reply lost on the way), `{"duplicate_next": N}` records each of the next N
+//! twice (a reply delivered twice): faults the load test's checks must catch.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -19,6 +21,7 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
 /// One message the fake accepted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,16 +41,60 @@ struct Faults {
     retry_after: Option<u64>,
     error_code: Option<i64>,
     down: bool,
+    swallow_next: u64,
+    duplicate_next: u64,
 }
 
-#[derive(Default)]
 struct Shared {
     sent: Mutex<Vec<Sent>>,
     faults: Mutex<Faults>,
     attempts: Mutex<u64>,
+    /// Whether `GET /sent` keeps a history (a long load test only needs the stream).
+    keep: bool,
+    /// Where every accepted message is also handed, when someone listens.
+    stream: Option<mpsc::UnboundedSender<Sent>>,
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared {
+            sent: Mutex::new(Vec::new()),
+            faults: Mutex::new(Faults::default()),
+            attempts: Mutex::new(0),
+            keep: true,
+            stream: None,
+        }
+    }
 }
 
 impl Shared {
+    /// Records a message the platform accepted (applying swallow and duplicate faults); returns
+    /// how many messages it has accepted in all.
+    fn record(&self, message: Sent) -> usize {
+        let copies = {
+            let mut faults = self.faults();
+            if faults.swallow_next > 0 {
+                faults.swallow_next -= 1;
+                0
+            } else if faults.duplicate_next > 0 {
+                faults.duplicate_next -= 1;
+                2
+            } else {
+                1
+            }
+        };
+        let mut sent = self.sent();
+        for _ in 0..copies {
+            if let Some(stream) = &self.stream {
+                let _ = stream.send(message.clone());
+            }
+            if self.keep {
+                sent.push(message.clone());
+            }
+        }
+        sent.len()
+    }
+
     fn sent(&self) -> std::sync::MutexGuard<'_, Vec<Sent>> {
         self.sent.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -92,6 +139,37 @@ impl MockPlatforms {
             let _ = axum::serve(listener, app).await;
         });
         Ok(MockPlatforms { addr, shared })
+    }
+
+    /// Serves on `listener` in the background; every accepted message is also handed to the
+    /// returned receiver (how the load test collects replies). `keep` keeps the `GET /sent`
+    /// history too.
+    pub fn spawn_on(
+        listener: TcpListener,
+        keep: bool,
+    ) -> std::io::Result<(MockPlatforms, mpsc::UnboundedReceiver<Sent>)> {
+        let addr = listener.local_addr()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            keep,
+            stream: Some(tx),
+            ..Shared::default()
+        });
+        let app = router(shared.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok((MockPlatforms { addr, shared }, rx))
+    }
+
+    /// Answers the next `n` sends as delivered but records nothing.
+    pub fn swallow_next(&self, n: u64) {
+        self.shared.faults().swallow_next = n;
+    }
+
+    /// Records each of the next `n` sends twice.
+    pub fn duplicate_next(&self, n: u64) {
+        self.shared.faults().duplicate_next = n;
     }
 
     /// Base URL to configure as `apiBase`.
@@ -200,13 +278,12 @@ async fn whatsapp_send(
         });
         return graph_error(status, code, "mock: injected failure");
     }
-    let mut sent = shared.sent();
-    sent.push(Sent {
+    let count = shared.record(Sent {
         channel: "whatsapp".into(),
         to: to.to_string(),
         text: text.to_string(),
     });
-    let wamid = format!("wamid.MOCK{phone_number_id}{:08}", sent.len());
+    let wamid = format!("wamid.MOCK{phone_number_id}{count:08}");
     Json(
         json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}],
         "messages": [{"id": wamid}]}),
@@ -256,14 +333,13 @@ async fn telegram_send(
         };
         return failure(status, &description, retry_after);
     }
-    let mut sent = shared.sent();
-    sent.push(Sent {
+    let count = shared.record(Sent {
         channel: "telegram".into(),
         to: chat_id.clone(),
         text: text.to_string(),
     });
     Json(
-        json!({"ok": true, "result": {"message_id": sent.len(), "date": 0,
+        json!({"ok": true, "result": {"message_id": count, "date": 0,
         "chat": {"id": request["chat_id"], "type": "private"}, "text": text}}),
     )
     .into_response()
@@ -299,12 +375,14 @@ struct Control {
     retry_after: Option<u64>,
     error_code: Option<i64>,
     down: Option<bool>,
+    swallow_next: Option<u64>,
+    duplicate_next: Option<u64>,
 }
 
 async fn control(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
     let control: Control = match crate::control_body(
         &body,
-        r#"{"fail_next", "status", "retry_after", "error_code", "down"}"#,
+        r#"{"fail_next", "status", "retry_after", "error_code", "down", "swallow_next", "duplicate_next"}"#,
     ) {
         Ok(control) => control,
         Err(refused) => return *refused,
@@ -319,6 +397,15 @@ async fn control(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> 
     if let Some(down) = control.down {
         faults.down = down;
     }
-    Json(json!({"fail_next": faults.fail_next, "status": faults.status, "down": faults.down}))
-        .into_response()
+    if let Some(n) = control.swallow_next {
+        faults.swallow_next = n;
+    }
+    if let Some(n) = control.duplicate_next {
+        faults.duplicate_next = n;
+    }
+    Json(
+        json!({"fail_next": faults.fail_next, "status": faults.status, "down": faults.down,
+        "swallow_next": faults.swallow_next, "duplicate_next": faults.duplicate_next}),
+    )
+    .into_response()
 }

@@ -11,6 +11,10 @@ use crate::state::{Acceptance, StateError, StateStore};
 use crate::telemetry;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Longest single wait for Redis during a blip before checking again.
+const BLIP_POLL: Duration = Duration::from_millis(100);
 
 /// Which store holds an accepted message (and so its reply).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +45,9 @@ pub struct Ingress {
     redis: Arc<RedisStore>,
     memory: Arc<MemoryStore>,
     mode: RedisDownMode,
+    /// How long an outage lasts before messages are answered from memory: within it, ingress
+    /// waits for Redis, so a restart of a second costs latency, not context.
+    degrade_after: Duration,
     /// Set at SIGTERM: degraded-mode intake stops, Redis intake continues (others process it).
     draining: AtomicBool,
 }
@@ -52,12 +59,14 @@ impl Ingress {
         redis: Arc<RedisStore>,
         memory: Arc<MemoryStore>,
         mode: RedisDownMode,
+        degrade_after: Duration,
     ) -> Ingress {
         Ingress {
             link,
             redis,
             memory,
             mode,
+            degrade_after,
             draining: AtomicBool::new(false),
         }
     }
@@ -102,12 +111,20 @@ impl Ingress {
     }
 
     async fn route(&self, msg: &InboundMessage) -> Result<(Acceptance, Origin), IngressError> {
-        if self.link.is_up() {
-            match self.redis.accept(msg).await {
-                Ok(acceptance) => return Ok((acceptance, Origin::Redis)),
-                Err(StateError::Full(reason)) => return Err(IngressError::Full(reason)),
-                Err(StateError::Protocol(reason)) => return Err(IngressError::Store(reason)),
-                Err(StateError::Unavailable(_)) => {}
+        let arrived = std::time::Instant::now();
+        loop {
+            if self.link.is_up() {
+                match self.redis.accept(msg).await {
+                    Ok(acceptance) => return Ok((acceptance, Origin::Redis)),
+                    Err(StateError::Full(reason)) => return Err(IngressError::Full(reason)),
+                    Err(StateError::Protocol(reason)) => {
+                        return Err(IngressError::Store(reason));
+                    }
+                    Err(StateError::Unavailable(_)) => {}
+                }
+            }
+            if !self.wait_out_blip(arrived.elapsed()).await {
+                break;
             }
         }
         match self.mode {
@@ -122,6 +139,26 @@ impl Ingress {
                 Err(e) => Err(IngressError::Full(e.to_string())),
             },
         }
+    }
+
+    /// In degrade mode, while the outage (or this message's wait, whichever is longer) is
+    /// younger than `degrade_after`: waits a little for Redis and returns true (try it again).
+    /// False once it is an outage worth degrading for.
+    async fn wait_out_blip(&self, waited: Duration) -> bool {
+        if self.mode != RedisDownMode::Degrade || self.draining.load(Ordering::Acquire) {
+            return false;
+        }
+        let down_for = self.link.outage().unwrap_or(Duration::ZERO).max(waited);
+        let Some(left) = self.degrade_after.checked_sub(down_for) else {
+            return false;
+        };
+        if left.is_zero() {
+            return false;
+        }
+        let mut state = self.link.watch();
+        let _ =
+            tokio::time::timeout(left.min(BLIP_POLL), state.wait_for(|up| *up == Some(true))).await;
+        true
     }
 
     /// The store holding messages of `origin`.

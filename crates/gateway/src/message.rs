@@ -228,6 +228,9 @@ pub struct StoredReply {
     /// (flood control): that message's id. Its reply went out once, for that message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub covered_by: Option<String>,
+    /// The replica whose turn produced it (how an operator or the load test sees the spread).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch, the timestamp unit of everything stored.

@@ -213,6 +213,7 @@ mod tests {
             provider: "template".into(),
             ts: 0,
             covered_by: None,
+            replica: None,
         }
     }
 

@@ -114,7 +114,13 @@ pub async fn run(
     let state = Arc::new(AppState {
         replica_id: replica_id.clone(),
         started,
-        ingress: Ingress::new(link.clone(), redis, memory, config.redis.down_mode),
+        ingress: Ingress::new(
+            link.clone(),
+            redis,
+            memory,
+            config.redis.down_mode,
+            config.redis.degrade_after,
+        ),
         waiters,
         link,
         redis_down_mode: config.redis.down_mode,

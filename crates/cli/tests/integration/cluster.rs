@@ -687,3 +687,51 @@ async fn inbox_entries_accepted_before_a_redis_crash_are_answered_after_it() {
     assert_eq!(sent_now.len(), CUSTOMERS, "no reply twice: {sent_now:#?}");
     assert_eq!(recipients.len(), CUSTOMERS);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_while_redis_restarts_waits_for_it_and_keeps_its_context() {
+    let llm = mock_llm(0).await;
+    let cluster = TestCluster::start(cluster_config(&llm), 1).await;
+    let (status, _) = cluster.converse("blip", "m1", "first").await;
+    assert_eq!(status, 200);
+    // The AOF is written every second: let the first turn reach the disk.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let redis_pid = cluster.status().await["redis"]["pid"]
+        .as_i64()
+        .expect("redis pid");
+    let port = cluster.status().await["replicas"][0]["port"]
+        .as_u64()
+        .expect("replica port");
+    signal(redis_pid, nix::sys::signal::Signal::SIGTERM);
+    // The replica notices...
+    let http = reqwest::Client::new();
+    eventually(
+        Duration::from_secs(5),
+        "the replica to see Redis down",
+        || async {
+            let health: Value = http
+                .get(format!("http://127.0.0.1:{port}/healthz"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (health["redis"] == "down").then_some(())
+        },
+    )
+    .await;
+    // ... but Redis is restarted by the supervisor within a second: shorter than
+    // redis.degradeAfterMs (2 s), so the replica waits for it instead of answering from an
+    // empty memory.
+    let (status, body) = cluster.converse("blip", "m2", "second").await;
+    assert_eq!(status, 200, "{body}");
+    let text = body["reply"]["text"].as_str().unwrap_or_default();
+    assert_eq!(
+        user_turns(text),
+        2,
+        "the conversation lost its context: {text}"
+    );
+    let history = cluster.history("blip").await;
+    assert_eq!(history.len(), 4, "{history:?}");
+}

@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod degraded;
 mod escalation;
+mod loadtest;
 mod providers;
 mod reload;
 mod replicas;

@@ -76,6 +76,9 @@ fn replied(message_id: &str, reply: &StoredReply) -> Response {
     if let Some(covered_by) = &reply.covered_by {
         body["covered_by"] = json!(covered_by);
     }
+    if let Some(replica) = &reply.replica {
+        body["replica"] = json!(replica);
+    }
     Json(json!({"message_id": message_id, "reply": body})).into_response()
 }
 

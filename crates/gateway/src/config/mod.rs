@@ -132,6 +132,9 @@ pub struct RedisConfig {
     pub url: String,
     /// What ingress does while Redis is unreachable.
     pub down_mode: RedisDownMode,
+    /// How long Redis must be unreachable before messages are answered from memory; within it,
+    /// ingress waits for Redis (a restart costs latency, not the conversation's context).
+    pub degrade_after: Duration,
     /// Upper bound on one Redis command; a slower answer counts as Redis being down.
     pub command_timeout: Duration,
 }
@@ -600,7 +603,12 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
     };
 
     let rd = r
-        .section(root, "", "redis", &["url", "downMode", "commandTimeoutMs"])
+        .section(
+            root,
+            "",
+            "redis",
+            &["url", "downMode", "commandTimeoutMs", "degradeAfterMs"],
+        )
         .unwrap_or(&empty);
     let url = r
         .string(rd, "redis", "url")
@@ -621,6 +629,10 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
         command_timeout: ms(
             r.integer(rd, "redis", "commandTimeoutMs", 10, 60_000, "milliseconds"),
             1_000,
+        ),
+        degrade_after: ms(
+            r.integer(rd, "redis", "degradeAfterMs", 0, 60_000, "milliseconds"),
+            2_000,
         ),
     };
 

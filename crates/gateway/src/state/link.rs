@@ -10,7 +10,7 @@ use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +35,9 @@ pub struct RedisLink {
     failures: AtomicU32,
     /// Up/down transitions for tasks that must react (`None` until the first health check).
     state: watch::Sender<Option<bool>>,
+    /// When the current outage began (`None` while up), so ingress can tell a blip (a restart
+    /// of a second) from an outage worth degrading for.
+    down_since: std::sync::Mutex<Option<Instant>>,
 }
 
 impl RedisLink {
@@ -49,6 +52,7 @@ impl RedisLink {
             up: AtomicBool::new(false),
             failures: AtomicU32::new(0),
             state: watch::channel(None).0,
+            down_since: std::sync::Mutex::new(None),
         }))
     }
 
@@ -65,6 +69,30 @@ impl RedisLink {
     /// True while Redis answers.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// How long Redis has been unreachable (`None` while it answers, and before the first health
+    /// check).
+    pub fn outage(&self) -> Option<Duration> {
+        if self.is_up() {
+            return None;
+        }
+        self.down_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map(|since| since.elapsed())
+    }
+
+    fn set_down_since(&self, down: bool) {
+        let mut since = self
+            .down_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (down, *since) {
+            (true, None) => *since = Some(Instant::now()),
+            (false, Some(_)) => *since = None,
+            _ => {}
+        }
     }
 
     /// Follows up/down transitions; `None` means the first health check has not finished.
@@ -88,6 +116,7 @@ impl RedisLink {
     /// after the next ping.
     pub fn report(&self, error: &StateError) {
         if error.is_unavailable() && self.up.swap(false, Ordering::AcqRel) {
+            self.set_down_since(true);
             tracing::warn!(error = %error, "Redis unreachable; switching to degraded operation");
             self.state.send_replace(Some(false));
         }
@@ -133,6 +162,7 @@ impl RedisLink {
             }
             None => false,
         };
+        self.set_down_since(!healthy);
         if healthy {
             self.failures.store(0, Ordering::Release);
             if !self.up.swap(true, Ordering::AcqRel) {

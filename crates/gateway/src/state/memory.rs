@@ -463,6 +463,7 @@ mod tests {
                 provider: "template".into(),
                 ts: now_ms(),
                 covered_by: None,
+                replica: None,
             },
             session: vec![("active_skill", "general".into())],
             notify_channel: None,

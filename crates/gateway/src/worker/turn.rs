@@ -350,6 +350,7 @@ async fn answer(
         provider: completion.provider.clone(),
         ts: now,
         covered_by: None,
+        replica: Some(ctx.replica_id.clone()),
     };
     let later_commits: Vec<LaterMessage> = later
         .iter()

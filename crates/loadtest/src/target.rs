@@ -1,0 +1,323 @@
+//! The gateway under test as a customer's platform reaches it: web-chat requests, WhatsApp
+//! Cloud API webhooks signed with the app secret, Telegram updates with the secret token. Each
+//! call is one attempt; the customer decides about retrying, as the real platforms do.
+
+use crate::plan::Channel;
+use clawgate_gateway::config::Config;
+use hmac::{Hmac, KeyInit, Mac};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use std::time::Duration;
+
+/// Why one attempt failed.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// What happened (status or transport error).
+    pub reason: String,
+    /// Whether a platform would try again (connection errors, 5xx, 429).
+    pub retryable: bool,
+}
+
+/// The answer of a web-chat `POST`.
+#[derive(Debug, Clone)]
+pub enum WebchatAnswer {
+    /// The reply came in the response.
+    Reply(Reply),
+    /// Accepted; the reply is to be fetched from this path.
+    Pending(String),
+}
+
+/// A reply as the customer sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    /// The text.
+    pub text: String,
+    /// The replica that produced it, when the channel says (web chat).
+    pub replica: Option<String>,
+}
+
+/// Credentials of a platform channel, from the gateway's config.
+#[derive(Clone)]
+struct Whatsapp {
+    app_secret: SecretString,
+    phone_number_id: String,
+    api_base: String,
+}
+
+#[derive(Clone)]
+struct Telegram {
+    secret_token: SecretString,
+    api_base: String,
+}
+
+/// How to reach the gateway on each channel.
+#[derive(Clone)]
+pub struct Target {
+    http: reqwest::Client,
+    base: String,
+    whatsapp: Option<Whatsapp>,
+    telegram: Option<Telegram>,
+}
+
+impl Target {
+    /// The gateway at `base`, with the platform credentials of `config` (none: web chat only).
+    pub fn new(base: &str, config: Option<&Config>) -> Result<Target, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        let channels = config.map(|c| &c.channels);
+        Ok(Target {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            whatsapp: channels
+                .and_then(|c| c.whatsapp.as_ref())
+                .map(|w| Whatsapp {
+                    app_secret: w.app_secret.clone(),
+                    phone_number_id: w.phone_number_id.clone(),
+                    api_base: w.api_base.clone(),
+                }),
+            telegram: channels
+                .and_then(|c| c.telegram.as_ref())
+                .map(|t| Telegram {
+                    secret_token: t.secret_token.clone(),
+                    api_base: t.api_base.clone(),
+                }),
+        })
+    }
+
+    /// The HTTP client (shared by the run's other calls to the gateway).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Whether the gateway's config enables `channel`.
+    pub fn enables(&self, channel: Channel) -> bool {
+        match channel {
+            Channel::Webchat => true,
+            Channel::Whatsapp => self.whatsapp.is_some(),
+            Channel::Telegram => self.telegram.is_some(),
+        }
+    }
+
+    /// Where the gateway sends replies on `channel` (the `apiBase` the load test must serve).
+    pub fn api_base(&self, channel: Channel) -> Option<&str> {
+        match channel {
+            Channel::Webchat => None,
+            Channel::Whatsapp => self.whatsapp.as_ref().map(|w| w.api_base.as_str()),
+            Channel::Telegram => self.telegram.as_ref().map(|t| t.api_base.as_str()),
+        }
+    }
+
+    /// One web-chat message.
+    pub async fn webchat(
+        &self,
+        session: &str,
+        message_id: &str,
+        text: &str,
+    ) -> Result<WebchatAnswer, Refused> {
+        let body = json!({"session_id": session, "message_id": message_id, "text": text});
+        let response = self
+            .http
+            .post(self.url("/v1/webchat/messages"))
+            .json(&body)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        match status {
+            200 => Ok(WebchatAnswer::Reply(reply_of(&body))),
+            202 => Ok(WebchatAnswer::Pending(
+                body["reply_url"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| {
+                        format!("/v1/webchat/sessions/{session}/messages/{message_id}")
+                    }),
+            )),
+            _ => Err(refused(status, &body)),
+        }
+    }
+
+    /// Fetches a pending web-chat reply: `Ok(None)` while it is not ready.
+    pub async fn webchat_reply(&self, path: &str) -> Result<Option<Reply>, Refused> {
+        let response = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        match status {
+            200 => Ok(Some(reply_of(&body))),
+            202 => Ok(None),
+            _ => Err(refused(status, &body)),
+        }
+    }
+
+    /// The stored history of a web-chat session, oldest first.
+    pub async fn webchat_history(&self, session: &str) -> Result<Vec<Value>, Refused> {
+        let response = self
+            .http
+            .get(self.url(&format!("/v1/webchat/sessions/{session}/messages")))
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status == 200 {
+            Ok(body["messages"].as_array().cloned().unwrap_or_default())
+        } else {
+            Err(refused(status, &body))
+        }
+    }
+
+    /// One WhatsApp text message as Meta posts it: a signed Cloud API notification.
+    pub async fn whatsapp(&self, wa_id: &str, wamid: &str, text: &str) -> Result<(), Refused> {
+        let Some(w) = &self.whatsapp else {
+            return Err(not_enabled("whatsapp"));
+        };
+        let body = json!({
+            "object": "whatsapp_business_account",
+            "entry": [{
+                "id": "102290129340398",
+                "changes": [{
+                    "field": "messages",
+                    "value": {
+                        "messaging_product": "whatsapp",
+                        "metadata": {"display_phone_number": "31850000000", "phone_number_id": w.phone_number_id},
+                        "contacts": [{"profile": {"name": "Load Test"}, "wa_id": wa_id}],
+                        "messages": [{
+                            "from": wa_id, "id": wamid, "timestamp": unix_seconds().to_string(),
+                            "type": "text", "text": {"body": text},
+                        }],
+                    },
+                }],
+            }],
+        })
+        .to_string();
+        let signature = sign(&w.app_secret, body.as_bytes());
+        let response = self
+            .http
+            .post(self.url("/webhooks/whatsapp"))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(transport)?;
+        acknowledged(response).await
+    }
+
+    /// One Telegram text message as the Bot API posts it.
+    pub async fn telegram(
+        &self,
+        chat_id: &str,
+        update_id: u64,
+        message_id: &str,
+        text: &str,
+        language: &str,
+    ) -> Result<(), Refused> {
+        let Some(t) = &self.telegram else {
+            return Err(not_enabled("telegram"));
+        };
+        let chat: i64 = chat_id.parse().unwrap_or_default();
+        let message_id: i64 = message_id.parse().unwrap_or_default();
+        let body = json!({
+            "update_id": update_id,
+            "message": {
+                "message_id": message_id,
+                "from": {"id": chat, "is_bot": false, "first_name": "Load", "language_code": language},
+                "chat": {"id": chat, "first_name": "Load", "type": "private"},
+                "date": unix_seconds(),
+                "text": text,
+            },
+        });
+        let response = self
+            .http
+            .post(self.url("/webhooks/telegram"))
+            .header(
+                "x-telegram-bot-api-secret-token",
+                t.secret_token.expose_secret(),
+            )
+            .json(&body)
+            .send()
+            .await
+            .map_err(transport)?;
+        acknowledged(response).await
+    }
+}
+
+fn reply_of(body: &Value) -> Reply {
+    Reply {
+        text: body["reply"]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        replica: body["reply"]["replica"].as_str().map(str::to_string),
+    }
+}
+
+async fn acknowledged(response: reqwest::Response) -> Result<(), Refused> {
+    let status = response.status().as_u16();
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    Err(refused(status, &body))
+}
+
+fn refused(status: u16, body: &Value) -> Refused {
+    let detail = body["error"]["message"]
+        .as_str()
+        .or_else(|| body["error"].as_str())
+        .unwrap_or("");
+    Refused {
+        reason: format!("HTTP {status} {detail}").trim_end().to_string(),
+        retryable: status >= 500 || status == 429 || status == 408,
+    }
+}
+
+fn transport(e: reqwest::Error) -> Refused {
+    Refused {
+        reason: if e.is_timeout() {
+            "timed out".into()
+        } else if e.is_connect() {
+            "connection refused".into()
+        } else {
+            "connection failed".into()
+        },
+        retryable: true,
+    }
+}
+
+fn not_enabled(channel: &str) -> Refused {
+    Refused {
+        reason: format!("the gateway's config does not enable {channel}"),
+        retryable: false,
+    }
+}
+
+fn sign(secret: &SecretString, body: &[u8]) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes()) else {
+        return String::new();
+    };
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
