@@ -126,6 +126,18 @@ pub struct MockPlatforms {
     /// Where it listens.
     pub addr: SocketAddr,
     shared: Arc<Shared>,
+    /// Stops the server (and frees its port) when the last handle is dropped; `None` for
+    /// [`MockPlatforms::spawn`], which serves until the runtime ends.
+    _server: Option<Arc<StopOnDrop>>,
+}
+
+/// Aborts a server task when dropped.
+struct StopOnDrop(tokio::task::AbortHandle);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl MockPlatforms {
@@ -138,12 +150,16 @@ impl MockPlatforms {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(MockPlatforms { addr, shared })
+        Ok(MockPlatforms {
+            addr,
+            shared,
+            _server: None,
+        })
     }
 
-    /// Serves on `listener` in the background; every accepted message is also handed to the
-    /// returned receiver (how the load test collects replies). `keep` keeps the `GET /sent`
-    /// history too.
+    /// Serves on `listener` in the background until the last handle is dropped; every accepted
+    /// message is also handed to the returned receiver (how the load test collects replies).
+    /// `keep` keeps the `GET /sent` history too.
     pub fn spawn_on(
         listener: TcpListener,
         keep: bool,
@@ -156,10 +172,18 @@ impl MockPlatforms {
             ..Shared::default()
         });
         let app = router(shared.clone());
-        tokio::spawn(async move {
+        let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok((MockPlatforms { addr, shared }, rx))
+        let guard = Arc::new(StopOnDrop(server.abort_handle()));
+        Ok((
+            MockPlatforms {
+                addr,
+                shared,
+                _server: Some(guard),
+            },
+            rx,
+        ))
     }
 
     /// Answers the next `n` sends as delivered but records nothing.

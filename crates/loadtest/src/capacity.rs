@@ -6,7 +6,7 @@
 
 use crate::plan::Plan;
 use crate::report::Report;
-use crate::run::{RunError, run};
+use crate::run::{RunError, Setup, run_with};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -111,6 +111,7 @@ pub async fn find(plan: Plan, search: &Search) -> Result<CapacityReport, RunErro
         )
         .into());
     }
+    let setup = Setup::new(&plan).await?;
     let mut levels = Vec::new();
     let mut best: Option<(usize, Report)> = None;
     let mut customers = search.start.max(1);
@@ -123,7 +124,7 @@ pub async fn find(plan: Plan, search: &Search) -> Result<CapacityReport, RunErro
         level_plan.llm_latency = Some(latency);
         level_plan.chaos.clear();
         tracing::info!(customers, "capacity search: next level");
-        let report = run(level_plan).await?;
+        let report = run_with(level_plan, &setup).await?;
         let level = judge(customers, &report, search);
         let held = level.held;
         tracing::info!(customers, held, why = ?level.why, p99_overhead_ms = level.p99_overhead_ms, "capacity search: level done");
@@ -237,8 +238,8 @@ pub fn reference_measurement() -> Measured {
 
 /// Customers, requests/s, peak RSS (bytes) and CPU (% of a core) per replica at the highest
 /// level that held in the README's capacity search.
-const REFERENCE: (f64, f64, u64, f64) = (3000.0, 600.0, 120 * 1_048_576, 50.0);
-const REFERENCE_SOURCE: &str = "the README's capacity search (clawgate loadtest --find-capacity, 1 replica, model at 1500 ms, 2-core VM)";
+const REFERENCE: (f64, f64, u64, f64) = (5000.0, 1198.0, 140_926_976, 62.6);
+const REFERENCE_SOURCE: &str = "bench/results/capacity-1-replicas.json: clawgate loadtest --find-capacity, 1 replica, model at 1500 ms, on a 2-core VM shared with Redis, nginx, the mock model and the load generator (a dedicated 2-vCPU replica carries more)";
 
 /// Per-replica figures from a report file: a capacity search (`--find-capacity --report`), or a
 /// plain run (its load divided by its replicas: a lower bound, since it did not search).

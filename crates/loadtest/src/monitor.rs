@@ -217,7 +217,7 @@ fn round1(v: f64) -> f64 {
 }
 
 /// Clock ticks per second of `/proc/*/stat` CPU times.
-fn clock_ticks() -> f64 {
+pub fn clock_ticks() -> f64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()

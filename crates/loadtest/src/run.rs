@@ -47,8 +47,47 @@ pub enum RunError {
     Http(#[from] reqwest::Error),
 }
 
+/// What runs against one gateway share: its channels and the reply collector (one per process:
+/// the gateway keeps its connections to the collector's port open between runs).
+pub struct Setup {
+    target: Target,
+    channels: Weights<Channel>,
+    collector: Collector,
+}
+
+impl Setup {
+    /// Reads the gateway's config, starts the reply collector and checks that the gateway
+    /// answers.
+    pub async fn new(plan: &Plan) -> Result<Setup, RunError> {
+        let config = gateway_config(plan)?;
+        let target = Target::new(&plan.target, config.as_ref())?;
+        let channels = channel_shares(plan, &target)?;
+        let platform_bases: Vec<(Channel, String)> = channels
+            .0
+            .iter()
+            .filter(|(c, w)| *c != Channel::Webchat && *w > 0)
+            .filter_map(|(c, _)| Some((*c, target.api_base(*c)?.to_string())))
+            .collect();
+        let collector = Collector::start(&platform_bases, plan.faults).await?;
+        if !reachable(&target).await {
+            return Err(RunError::Unreachable(plan.target.clone()));
+        }
+        Ok(Setup {
+            target,
+            channels,
+            collector,
+        })
+    }
+}
+
 /// Runs `plan` and returns its report.
 pub async fn run(plan: Plan) -> Result<Report, RunError> {
+    let setup = Setup::new(&plan).await?;
+    run_with(plan, &setup).await
+}
+
+/// Runs `plan` on an existing setup (the capacity search runs many plans on one).
+pub async fn run_with(plan: Plan, setup: &Setup) -> Result<Report, RunError> {
     if plan.duration.is_none() && plan.messages.is_none() {
         return Err(PlanError::new(
             "--duration",
@@ -56,19 +95,7 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
         )
         .into());
     }
-    let config = gateway_config(&plan)?;
-    let target = Target::new(&plan.target, config.as_ref())?;
-    let channels = channel_shares(&plan, &target)?;
-    let platform_bases: Vec<(Channel, String)> = channels
-        .0
-        .iter()
-        .filter(|(c, w)| *c != Channel::Webchat && *w > 0)
-        .filter_map(|(c, _)| Some((*c, target.api_base(*c)?.to_string())))
-        .collect();
-    let collector = Collector::start(&platform_bases, plan.faults).await?;
-    if !reachable(&target).await {
-        return Err(RunError::Unreachable(plan.target.clone()));
-    }
+    let (target, channels, collector) = (&setup.target, &setup.channels, &setup.collector);
     let chaos = ChaosMonkey::new(
         plan.state_dir.clone(),
         plan.llm.clone(),
@@ -133,7 +160,7 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     );
     let late = final_checks(&world, finished).await;
-    let strays = collector.strays.load(Ordering::Relaxed);
+    let strays = collector.strays.swap(0, Ordering::Relaxed);
     stats.duplicated.fetch_add(strays, Ordering::Relaxed);
     monitor_stop.cancel();
     let _ = monitoring.await;
@@ -157,13 +184,13 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
         throughput_per_s: round1(answered as f64 / sending.as_secs_f64().max(0.001)),
         e2e_ms: stats.e2e.percentiles(),
         ack_ms: stats.ack.percentiles().into(),
-        replicas: monitor.replicas(),
+        replicas: replicas(&monitor, &stats),
         passed: lost == 0 && duplicated == 0 && wrong_context == 0,
         target: plan.target.clone(),
         customers: plan.customers,
         duration_s: round1(sending.as_secs_f64()),
         turns: plan.turns,
-        channels: percents(&channels, &Channel::ALL, Channel::as_str),
+        channels: percents(channels, &Channel::ALL, Channel::as_str),
         mix: percents(&plan.mix, &Inquiry::ALL, Inquiry::as_str),
         unaccepted: Stats::get(&stats.unaccepted),
         unverified: Stats::get(&stats.unverified),
@@ -176,6 +203,24 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
         chaos: records,
         timeline: stats.timeline(),
     })
+}
+
+/// Each replica's figures: from the cluster's state and counters when there is a cluster to
+/// watch, else the replicas the web-chat replies named (turns only: no pid to measure).
+fn replicas(monitor: &Monitor, stats: &Stats) -> Vec<crate::monitor::ReplicaUse> {
+    let watched = monitor.replicas();
+    if !watched.is_empty() {
+        return watched;
+    }
+    stats
+        .by_replica()
+        .into_iter()
+        .map(|(id, answered)| crate::monitor::ReplicaUse {
+            id,
+            answered,
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// The gateway's config: `--config`, else the one the cluster's state names. Without either,

@@ -698,7 +698,7 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
     let workers = WorkersConfig {
         concurrency: r
             .integer(w, "workers", "concurrency", 1, 100_000, "turns at once")
-            .unwrap_or(1_024) as usize,
+            .unwrap_or(4_096) as usize,
         claim_idle: ms(
             r.integer(w, "workers", "claimIdleMs", 100, 3_600_000, "milliseconds"),
             5_000,
