@@ -4,7 +4,8 @@
 //! Run it with `bench/peers/run`, which installs the peers into `target/peers` first (or
 //! `PEERS_DIR=target/peers cargo bench -p clawgate --bench peers` once they are there). Knobs:
 //! `PEERS_RUNS` (repetitions, default 3), `PEERS_SECONDS` (per closed-loop level, default 5),
-//! `PEERS_ONLY` (comma-separated system names). Writes `target/bench/peers.{json,md,svg}`.
+//! `PEERS_ONLY` (comma-separated system keys: direct, clawgate-1, clawgate-3, litellm, openclaw),
+//! `PEERS_NAME` (output name, default `peers`). Writes `target/bench/peers.{json,md,svg}`.
 //!
 //! Every system serves an OpenAI-compatible `POST /v1/chat/completions`; the harness sends the
 //! same requests to each:
@@ -50,8 +51,9 @@ const PRIMARY_TIMEOUT: Duration = Duration::from_secs(10);
 const START_LIMIT: Duration = Duration::from_secs(180);
 /// Bound on any single request.
 const REQUEST_LIMIT: Duration = Duration::from_secs(120);
-/// The open loop's rate: one every system should carry (OpenClaw's measured throughput is
-/// a few requests/s on this kind of machine; the others take far more).
+/// The light open loop's rate: one every system should carry (OpenClaw's measured throughput
+/// is a few requests/s on this kind of machine; the others take far more). A second open loop
+/// runs each system at half of what it carried at concurrency 32.
 const OPEN_RATE: u64 = 2;
 const OPEN_SECONDS: u64 = 15;
 const CONCURRENCY: [usize; 4] = [1, 8, 32, 128];
@@ -120,6 +122,8 @@ impl MockProcess {
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
+    /// The mock model itself, asked directly: the baseline every gateway adds to.
+    Direct,
     Clawgate1,
     Clawgate3,
     Litellm,
@@ -129,6 +133,7 @@ enum Kind {
 impl Kind {
     fn name(self) -> &'static str {
         match self {
+            Kind::Direct => "the mock model, directly",
             Kind::Clawgate1 => "clawgate (1 replica)",
             Kind::Clawgate3 => "clawgate (3 replicas + nginx)",
             Kind::Litellm => "LiteLLM proxy",
@@ -138,6 +143,7 @@ impl Kind {
 
     fn key(self) -> &'static str {
         match self {
+            Kind::Direct => "direct",
             Kind::Clawgate1 => "clawgate-1",
             Kind::Clawgate3 => "clawgate-3",
             Kind::Litellm => "litellm",
@@ -235,7 +241,9 @@ impl Peers {
 
     fn version(&self, kind: Kind) -> String {
         match kind {
-            Kind::Clawgate1 | Kind::Clawgate3 => env!("CARGO_PKG_VERSION").to_string(),
+            Kind::Direct | Kind::Clawgate1 | Kind::Clawgate3 => {
+                env!("CARGO_PKG_VERSION").to_string()
+            }
             Kind::Litellm => std::process::Command::new(self.dir.join("litellm/bin/python"))
                 .args([
                     "-c",
@@ -273,6 +281,23 @@ fn clawgate_config(primary: &str, fallback: &str) -> Value {
 async fn start(kind: Kind, peers: &Peers, primary: &str, fallback: &str) -> Result<System, String> {
     let mut began = Instant::now();
     match kind {
+        Kind::Direct => {
+            let system = System {
+                kind,
+                endpoint: Endpoint {
+                    base: primary.trim_end_matches("/v1").to_string(),
+                    token: "k",
+                    model: "gpt-4o-mini".into(),
+                },
+                roots: Vec::new(),
+                ready: Duration::ZERO,
+                _guard: Guard::Process(ProcessGuard {
+                    child: None,
+                    _dir: tempfile::tempdir().expect("dir"),
+                }),
+            };
+            first_answer(system, began).await
+        }
         Kind::Clawgate1 => {
             // Redis is there before (as it is for a replica that restarts); the replica's start
             // counts.
@@ -427,7 +452,7 @@ async fn start(kind: Kind, peers: &Peers, primary: &str, fallback: &str) -> Resu
                 endpoint: Endpoint {
                     base: format!("http://127.0.0.1:{port}"),
                     token: OPENCLAW_TOKEN,
-                    model: "openclaw".into(),
+                    model: "openclaw:main".into(),
                 },
                 roots: vec![pid],
                 ready: Duration::ZERO,
@@ -801,6 +826,7 @@ async fn measure(kind: Kind, peers: &Peers, runs: usize, seconds: u64) -> Value 
     let mut rss_idle = Vec::new();
     let mut rss_load = Vec::new();
     let mut open = None;
+    let mut loaded: Option<(u64, Open)> = None;
     let mut turns = Vec::new();
     for run in 0..runs {
         let system = match start(kind, peers, &primary.v1(), &fallback.v1()).await {
@@ -840,6 +866,23 @@ async fn measure(kind: Kind, peers: &Peers, runs: usize, seconds: u64) -> Value 
         if run == 0 {
             let o = open_loop(&system, OPEN_RATE, OPEN_SECONDS, "open").await;
             open = Some(o);
+            // Under load: half of what this system carried at concurrency 32, sent on a fixed
+            // schedule whatever the answers do.
+            let carried = closed[2]
+                .last()
+                .map_or(0.0, |r| r.requests as f64 / r.seconds);
+            let rate = ((carried / 2.0).round() as u64).max(OPEN_RATE);
+            let o = open_loop(&system, rate, OPEN_SECONDS, "loaded").await;
+            println!(
+                "{}: open loop at {rate}/s: p50 {:.2} ms, p99 {:.2} ms, {} of {} answered",
+                kind.name(),
+                ms(&o.latency, 0.5),
+                ms(&o.latency, 0.99),
+                o.answered,
+                o.sent
+            );
+            loaded = Some((rate, o));
+            settle(&system).await;
             turns = conversation(&system).await;
         }
     }
@@ -870,13 +913,29 @@ async fn measure(kind: Kind, peers: &Peers, runs: usize, seconds: u64) -> Value 
             "p50_ms": ms(&o.latency, 0.5), "p99_ms": ms(&o.latency, 0.99),
         });
     }
-    let keeps = turns.iter().enumerate().all(|(i, t)| *t == Some(i + 1));
+    // The model must be given more user turns at each turn of the conversation (OpenClaw adds
+    // an internal context message of its own, so it need not be exactly one more).
+    if let Some((rate, o)) = loaded {
+        result["open_loop_loaded"] = json!({
+            "rate_per_s": rate, "sent": o.sent, "answered": o.answered,
+            "p50_ms": ms(&o.latency, 0.5), "p99_ms": ms(&o.latency, 0.99),
+        });
+    }
+    let keeps = turns
+        .windows(2)
+        .all(|w| matches!((w[0], w[1]), (Some(a), Some(b)) if b > a))
+        && turns.last().copied().flatten() >= Some(turns.len());
     result["conversation"] = json!({"user_turns_seen": turns, "keeps_context": keeps});
 
     // Primary outage while the system runs: the primary's port closes (the process is killed),
     // then, on a fresh system, the primary hangs. Requests keep coming at a fixed rate.
     let mut outage = serde_json::Map::new();
-    for phase in ["closed", "hanging"] {
+    let phases: &[&str] = if kind == Kind::Direct {
+        &[]
+    } else {
+        &["closed", "hanging"]
+    };
+    for phase in phases.iter().copied() {
         let system = match start(kind, peers, &primary.v1(), &fallback.v1()).await {
             Ok(system) => system,
             Err(why) => {
@@ -986,6 +1045,17 @@ fn markdown(report: &Value) -> String {
             pick(s, &["open_loop", "p99_ms"])?
         ))
     });
+    row(
+        "open loop at half its concurrency-32 rate: rate, p50 / p99",
+        &|s| {
+            Some(format!(
+                "{}/s: {:.2} / {:.2} ms",
+                s["open_loop_loaded"]["rate_per_s"].as_u64()?,
+                pick(s, &["open_loop_loaded", "p50_ms"])?,
+                pick(s, &["open_loop_loaded", "p99_ms"])?
+            ))
+        },
+    );
     row("CPU per request (concurrency 32)", &|s| {
         spread_cell(s, &["closed_loop", "32", "cpu_ms_per_request"], " ms")
     });
@@ -1015,12 +1085,15 @@ fn markdown(report: &Value) -> String {
     for phase in ["closed", "hanging"] {
         row(&format!("primary {phase}: first fallback answer"), &|s| {
             let o = &s["outage"][phase];
+            if o.is_null() {
+                return None;
+            }
             if let Some(e) = o["error"].as_str() {
                 return Some(format!("error: {}", e.chars().take(80).collect::<String>()));
             }
             Some(match o["first_answer_ms"].as_f64() {
                 Some(f) => format!("{:.0} ms", f),
-                None => "none in 40 s".into(),
+                None => "no answer (each request waited up to 120 s)".into(),
             })
         });
         row(&format!("primary {phase}: p50 after 30 s"), &|s| {
@@ -1163,6 +1236,7 @@ fn main() {
     let seconds = knob("PEERS_SECONDS", 5);
     let only = std::env::var("PEERS_ONLY").unwrap_or_default();
     let kinds: Vec<Kind> = [
+        Kind::Direct,
         Kind::Clawgate1,
         Kind::Clawgate3,
         Kind::Litellm,
@@ -1195,7 +1269,8 @@ fn main() {
             .unwrap_or(&[]),
     );
     let md = markdown(&report);
-    write_results("peers", &report, &md);
+    let name = std::env::var("PEERS_NAME").unwrap_or_else(|_| "peers".into());
+    write_results(&name, &report, &md);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
-    std::fs::write(dir.join("peers.svg"), svg(&report)).expect("svg");
+    std::fs::write(dir.join(format!("{name}.svg")), svg(&report)).expect("svg");
 }
