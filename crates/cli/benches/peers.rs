@@ -356,38 +356,20 @@ async fn start(kind: Kind, peers: &Peers, primary: &str, fallback: &str) -> Resu
             );
             let path = dir.path().join("litellm.yaml");
             std::fs::write(&path, config).expect("config");
-            let log = std::fs::File::create(dir.path().join("litellm.log")).expect("log");
-            let child = Command::new(&bin)
+            let mut command = Command::new(&bin);
+            command
                 .arg("--config")
                 .arg(&path)
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 .env("LITELLM_MASTER_KEY", LITELLM_KEY)
                 .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-                .env("LITELLM_TELEMETRY", "False")
-                .env("HOME", dir.path())
-                .current_dir(dir.path())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .process_group(0)
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| format!("cannot start litellm: {e}"))?;
-            let pid = child.id().unwrap_or_default() as i32;
-            let system = System {
-                kind,
-                endpoint: Endpoint {
-                    base: format!("http://127.0.0.1:{port}"),
-                    token: LITELLM_KEY,
-                    model: "bench".into(),
-                },
-                roots: vec![pid],
-                ready: Duration::ZERO,
-                _guard: Guard::Process(ProcessGuard {
-                    child: Some(child),
-                    _dir: dir,
-                }),
+                .env("LITELLM_TELEMETRY", "False");
+            let endpoint = Endpoint {
+                base: format!("http://127.0.0.1:{port}"),
+                token: LITELLM_KEY,
+                model: "bench".into(),
             };
-            first_answer(system, began).await
+            launch(kind, command, dir, endpoint, began).await
         }
         Kind::Openclaw => {
             let (node, entry) = peers.openclaw()?;
@@ -420,50 +402,66 @@ async fn start(kind: Kind, peers: &Peers, primary: &str, fallback: &str) -> Resu
                 }},
             });
             std::fs::write(state.join("openclaw.json"), config.to_string()).expect("config");
-            let log = std::fs::File::create(dir.path().join("openclaw.log")).expect("log");
             let node_dir = node.parent().map(Path::to_path_buf).unwrap_or_default();
             let path = format!(
                 "{}:{}",
                 node_dir.display(),
                 std::env::var("PATH").unwrap_or_default()
             );
-            let child = Command::new(&node)
+            let mut command = Command::new(&node);
+            command
                 .arg(&entry)
                 .args([
                     "gateway",
+                    "run",
                     "--port",
                     &port.to_string(),
                     "--allow-unconfigured",
                 ])
-                .env("HOME", dir.path())
                 .env("PATH", path)
                 .env("OPENCLAW_GATEWAY_TOKEN", OPENCLAW_TOKEN)
-                .env("OPENCLAW_NO_UPDATE_CHECK", "1")
-                .current_dir(dir.path())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .process_group(0)
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| format!("cannot start openclaw: {e}"))?;
-            let pid = child.id().unwrap_or_default() as i32;
-            let system = System {
-                kind,
-                endpoint: Endpoint {
-                    base: format!("http://127.0.0.1:{port}"),
-                    token: OPENCLAW_TOKEN,
-                    model: "openclaw:main".into(),
-                },
-                roots: vec![pid],
-                ready: Duration::ZERO,
-                _guard: Guard::Process(ProcessGuard {
-                    child: Some(child),
-                    _dir: dir,
-                }),
+                .env("OPENCLAW_NO_UPDATE_CHECK", "1");
+            let endpoint = Endpoint {
+                base: format!("http://127.0.0.1:{port}"),
+                token: OPENCLAW_TOKEN,
+                model: "openclaw:main".into(),
             };
-            first_answer(system, began).await
+            launch(kind, command, dir, endpoint, began).await
         }
     }
+}
+
+/// Starts a peer's process in its own process group (stopped as a whole), with `dir` as its
+/// home and working folder and its output in `dir/peer.log`, and waits for its first answer.
+async fn launch(
+    kind: Kind,
+    mut command: Command,
+    dir: tempfile::TempDir,
+    endpoint: Endpoint,
+    began: Instant,
+) -> Result<System, String> {
+    let log = std::fs::File::create(dir.path().join("peer.log")).expect("log");
+    let child = command
+        .env("HOME", dir.path())
+        .current_dir(dir.path())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", kind.name()))?;
+    let pid = child.id().unwrap_or_default() as i32;
+    let system = System {
+        kind,
+        endpoint,
+        roots: vec![pid],
+        ready: Duration::ZERO,
+        _guard: Guard::Process(ProcessGuard {
+            child: Some(child),
+            _dir: dir,
+        }),
+    };
+    first_answer(system, began).await
 }
 
 /// Waits for the system's first answer; its time since `began` is the start-up time.

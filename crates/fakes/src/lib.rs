@@ -10,6 +10,17 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+/// Binds `127.0.0.1:0` and serves `app` there in the background until the runtime ends; the
+/// address it got.
+pub(crate) async fn serve_locally(app: axum::Router) -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}
+
 /// Parses a fake's `POST /control` body, or answers 400 saying which fields it takes
 /// (`expected`), so a typo in a test's fault injection fails loudly.
 pub(crate) fn control_body<T: serde::de::DeserializeOwned>(

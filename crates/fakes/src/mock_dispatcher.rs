@@ -60,13 +60,8 @@ pub struct MockDispatcher {
 impl MockDispatcher {
     /// Binds `127.0.0.1:0` and serves in the background until the runtime ends.
     pub async fn spawn() -> std::io::Result<MockDispatcher> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::default());
-        let app = router(shared.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = crate::serve_locally(router(shared.clone())).await?;
         Ok(MockDispatcher { addr, shared })
     }
 

@@ -115,13 +115,8 @@ pub struct MockLlm {
 impl MockLlm {
     /// Binds `127.0.0.1:0` and serves in the background until the runtime ends.
     pub async fn spawn(options: Options) -> std::io::Result<MockLlm> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let shared = shared(options);
-        let app = router(shared.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = crate::serve_locally(router(shared.clone())).await?;
         Ok(MockLlm { addr, shared })
     }
 

@@ -149,6 +149,26 @@ impl Target {
 
     /// Fetches a pending web-chat reply: `Ok(None)` while it is not ready.
     pub async fn webchat_reply(&self, path: &str) -> Result<Option<Reply>, Refused> {
+        match self.get(path).await? {
+            (200, body) => Ok(Some(reply_of(&body))),
+            (202, _) => Ok(None),
+            (status, body) => Err(refused(status, &body)),
+        }
+    }
+
+    /// The stored history of a web-chat session, oldest first.
+    pub async fn webchat_history(&self, session: &str) -> Result<Vec<Value>, Refused> {
+        match self
+            .get(&format!("/v1/webchat/sessions/{session}/messages"))
+            .await?
+        {
+            (200, body) => Ok(body["messages"].as_array().cloned().unwrap_or_default()),
+            (status, body) => Err(refused(status, &body)),
+        }
+    }
+
+    /// `GET base + path`: the status and the JSON body (null when it is not JSON).
+    async fn get(&self, path: &str) -> Result<(u16, Value), Refused> {
         let response = self
             .http
             .get(self.url(path))
@@ -156,29 +176,7 @@ impl Target {
             .await
             .map_err(transport)?;
         let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        match status {
-            200 => Ok(Some(reply_of(&body))),
-            202 => Ok(None),
-            _ => Err(refused(status, &body)),
-        }
-    }
-
-    /// The stored history of a web-chat session, oldest first.
-    pub async fn webchat_history(&self, session: &str) -> Result<Vec<Value>, Refused> {
-        let response = self
-            .http
-            .get(self.url(&format!("/v1/webchat/sessions/{session}/messages")))
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if status == 200 {
-            Ok(body["messages"].as_array().cloned().unwrap_or_default())
-        } else {
-            Err(refused(status, &body))
-        }
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
 
     /// One WhatsApp text message as Meta posts it: a signed Cloud API notification.

@@ -15,15 +15,13 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 /// The model name the agent answers to when a request names none.
 const MODEL: &str = "clawgate";
@@ -53,16 +51,7 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             "the API channel is not configured (channels.api.token)",
         ));
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if bool::from(
-        presented
-            .as_bytes()
-            .ct_eq(config.token.expose_secret().as_bytes()),
-    ) {
+    if crate::http::bearer_matches(headers, &config.token) {
         Ok(())
     } else {
         Err(ApiError::unauthorized(

@@ -8,14 +8,12 @@ use crate::escalation;
 use crate::state::{Resolution, StateError};
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let live = app.live.current();
@@ -24,12 +22,7 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             "the escalations API is not configured (escalation.apiToken)",
         ));
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if bool::from(presented.as_bytes().ct_eq(token.expose_secret().as_bytes())) {
+    if super::bearer_matches(headers, token) {
         Ok(())
     } else {
         Err(ApiError::unauthorized(

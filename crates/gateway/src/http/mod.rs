@@ -56,6 +56,22 @@ pub struct AppState {
     pub release_waiting: CancellationToken,
 }
 
+/// Whether `headers` carry `Authorization: Bearer <expected>`, compared in constant time.
+pub fn bearer_matches(headers: &axum::http::HeaderMap, expected: &secrecy::SecretString) -> bool {
+    use secrecy::ExposeSecret;
+    use subtle::ConstantTimeEq;
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    bool::from(
+        presented
+            .as_bytes()
+            .ct_eq(expected.expose_secret().as_bytes()),
+    )
+}
+
 /// The router of a replica.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
