@@ -149,6 +149,17 @@ async fn tally(cluster: &TestCluster, mut set: JoinSet<Conversation>) -> Tally {
     tally
 }
 
+/// A replica's own `/healthz` (not nginx's), when it answers.
+async fn replica_health(http: &reqwest::Client, port: u64) -> Option<Value> {
+    http.get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
 fn signal(pid: i64, signal: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).expect("signal");
 }
@@ -256,14 +267,7 @@ async fn a_redis_crash_under_load_keeps_answers_coming_and_the_aof_restores_what
         "every replica back on Redis",
         || async {
             for port in &ports {
-                let health: Value = http
-                    .get(format!("http://127.0.0.1:{port}/healthz"))
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
+                let health = replica_health(&http, *port).await?;
                 if health["degraded"] != false {
                     return None;
                 }
@@ -709,14 +713,7 @@ async fn a_message_sent_while_redis_restarts_waits_for_it_and_keeps_its_context(
         Duration::from_secs(5),
         "the replica to see Redis down",
         || async {
-            let health: Value = http
-                .get(format!("http://127.0.0.1:{port}/healthz"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let health = replica_health(&http, port).await?;
             (health["redis"] == "down").then_some(())
         },
     )
