@@ -145,7 +145,11 @@ impl Ingress {
     /// younger than `degrade_after`: waits a little for Redis and returns true (try it again).
     /// False once it is an outage worth degrading for.
     async fn wait_out_blip(&self, waited: Duration) -> bool {
-        if self.mode != RedisDownMode::Degrade || self.draining.load(Ordering::Acquire) {
+        if self.mode != RedisDownMode::Degrade
+            || self.draining.load(Ordering::Acquire)
+            || !self.link.ever_up()
+        {
+            // A Redis this replica never reached is not restarting: answer from memory at once.
             return false;
         }
         let down_for = self.link.outage().unwrap_or(Duration::ZERO).max(waited);

@@ -38,6 +38,8 @@ pub struct RedisLink {
     /// When the current outage began (`None` while up), so ingress can tell a blip (a restart
     /// of a second) from an outage worth degrading for.
     down_since: std::sync::Mutex<Option<Instant>>,
+    /// Whether Redis ever answered since start: a Redis that was never there is not restarting.
+    ever_up: AtomicBool,
 }
 
 impl RedisLink {
@@ -53,6 +55,7 @@ impl RedisLink {
             failures: AtomicU32::new(0),
             state: watch::channel(None).0,
             down_since: std::sync::Mutex::new(None),
+            ever_up: AtomicBool::new(false),
         }))
     }
 
@@ -81,6 +84,11 @@ impl RedisLink {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .map(|since| since.elapsed())
+    }
+
+    /// Whether Redis answered at least once since this replica started.
+    pub fn ever_up(&self) -> bool {
+        self.ever_up.load(Ordering::Acquire)
     }
 
     fn set_down_since(&self, down: bool) {
@@ -164,6 +172,7 @@ impl RedisLink {
         };
         self.set_down_since(!healthy);
         if healthy {
+            self.ever_up.store(true, Ordering::Release);
             self.failures.store(0, Ordering::Release);
             if !self.up.swap(true, Ordering::AcqRel) {
                 tracing::info!("Redis is up");
