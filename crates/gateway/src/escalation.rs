@@ -330,11 +330,6 @@ impl Dispatcher {
         }
     }
 
-    /// Whether a webhook is configured.
-    pub fn is_configured(&self) -> bool {
-        self.url.is_some()
-    }
-
     /// POSTs `event` until the dispatcher answers 2xx, retrying connection errors, timeouts,
     /// 5xx, 408 and 429 with the gateway's jittered backoff, `maxAttempts` calls in all; other
     /// answers are final. `key` goes out as

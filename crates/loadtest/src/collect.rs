@@ -97,7 +97,8 @@ pub struct Collector {
     pub mailboxes: Arc<Mailboxes>,
     /// Replies addressed to nobody waiting (counted as duplicates).
     pub strays: Arc<std::sync::atomic::AtomicU64>,
-    platforms: Vec<MockPlatforms>,
+    /// The fake platforms; they serve until the collector is dropped.
+    _platforms: Vec<MockPlatforms>,
 }
 
 impl Collector {
@@ -150,13 +151,8 @@ impl Collector {
         Ok(Collector {
             mailboxes,
             strays,
-            platforms,
+            _platforms: platforms,
         })
-    }
-
-    /// Addresses served.
-    pub fn addrs(&self) -> Vec<SocketAddr> {
-        self.platforms.iter().map(|p| p.addr).collect()
     }
 }
 

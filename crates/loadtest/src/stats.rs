@@ -190,11 +190,6 @@ impl Stats {
         }
     }
 
-    /// When counting started.
-    pub fn started(&self) -> Instant {
-        self.started
-    }
-
     fn second(&self, at: Instant, update: impl FnOnce(&mut Second)) {
         let index = at.saturating_duration_since(self.started).as_secs() as usize;
         let mut timeline = self
