@@ -3,7 +3,8 @@
 //! Start order: Redis (unless an external URL is given), the replicas (each waited for until
 //! ready), nginx. Then, every second, each replica's `/readyz` is polled and a failing replica is
 //! marked `down` in nginx's upstream (config rewrite + reload), and put back when it answers
-//! again; a process that exits is restarted with backoff. Stop order is the reverse: nginx stops
+//! again; a replica whose only complaint is `overloaded` stays in (see [`takes_traffic`]); a
+//! process that exits is restarted with backoff. Stop order is the reverse: nginx stops
 //! taking requests, the replicas drain (SIGTERM), Redis flushes its AOF and exits.
 
 use crate::process::{self, Event, Spec};
@@ -239,7 +240,7 @@ pub async fn up(
                 let checks = state.replicas.iter().map(|r| {
                     let url = format!("http://127.0.0.1:{}/readyz", r.port);
                     let http = http.clone();
-                    async move { answers(&http, &url).await }
+                    async move { takes_traffic(&http, &url).await }
                 });
                 let healthy = futures_util::future::join_all(checks).await;
                 for (replica, healthy) in state.replicas.iter_mut().zip(healthy) {
@@ -443,19 +444,22 @@ async fn update_nginx(
     state: &ClusterState,
     state_dir: &Path,
 ) -> Result<(), ClusterError> {
-    write_nginx(spec, state, state_dir)?;
-    if let Some(pid) = state.nginx.pid {
+    let changed = write_nginx(spec, state, state_dir)?;
+    // A reload is not free: the old workers close their idle keep-alive connections, and a
+    // platform that was just sending a webhook on one sees it closed. So only for a change.
+    if changed && let Some(pid) = state.nginx.pid {
         reload_nginx(pid).await;
     }
     Ok(())
 }
 
-/// `<state-dir>/nginx.conf`: one upstream server per replica, `down` when unhealthy.
+/// `<state-dir>/nginx.conf`: one upstream server per replica, `down` when unhealthy. True when
+/// the file's content changed.
 fn write_nginx(
     spec: &ClusterSpec,
     state: &ClusterState,
     state_dir: &Path,
-) -> Result<(), ClusterError> {
+) -> Result<bool, ClusterError> {
     let path = nginx_conf_path(state_dir);
     let upstreams: Vec<Upstream> = state
         .replicas
@@ -466,7 +470,11 @@ fn write_nginx(
         })
         .collect();
     let conf = render::cluster_nginx(spec.listen, &upstreams, state_dir)?;
-    std::fs::write(&path, conf).map_err(io(&path))
+    if std::fs::read_to_string(&path).is_ok_and(|old| old == conf) {
+        return Ok(false);
+    }
+    std::fs::write(&path, conf).map_err(io(&path))?;
+    Ok(true)
 }
 
 fn nginx_conf_path(state_dir: &Path) -> PathBuf {
@@ -500,6 +508,23 @@ pub(crate) async fn answers(http: &reqwest::Client, url: &str) -> bool {
         .send()
         .await
         .is_ok_and(|r| r.status().is_success())
+}
+
+/// Whether the replica whose readiness is at `url` should stay in nginx's upstream: it answers
+/// 200, or 503 with `overloaded` as its only reason. Overload is the shared inbox's lag, the same
+/// for every replica; taking one out would only push its webhooks (cheap to accept, and the way
+/// a customer's message becomes durable) onto the others, which share the same backlog. The
+/// 503 still tells an orchestrator that reads `/readyz` that the cluster is behind.
+async fn takes_traffic(http: &reqwest::Client, url: &str) -> bool {
+    let Ok(response) = http.get(url).send().await else {
+        return false;
+    };
+    if response.status().is_success() {
+        return true;
+    }
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    matches!(body["failing"].as_array(),
+        Some(failing) if !failing.is_empty() && failing.iter().all(|reason| reason == "overloaded"))
 }
 
 /// Redis at `url` answers PING.

@@ -745,6 +745,18 @@ impl TestCluster {
 
     /// A signed WhatsApp notification with one text message, through nginx; the HTTP status.
     pub async fn whatsapp(&self, from: &str, wamid: &str, text: &str) -> u16 {
+        self.whatsapp_outcome(from, wamid, text)
+            .await
+            .unwrap_or_default()
+    }
+
+    /// The same, with the transport error (refused, reset, closed) when there was no answer.
+    pub async fn whatsapp_outcome(
+        &self,
+        from: &str,
+        wamid: &str,
+        text: &str,
+    ) -> Result<u16, String> {
         let body = whatsapp_text(from, wamid, text);
         let signature = whatsapp_signature(&body, WHATSAPP_APP_SECRET);
         self.http
@@ -754,7 +766,8 @@ impl TestCluster {
             .body(body)
             .send()
             .await
-            .map_or(0, |r| r.status().as_u16())
+            .map(|r| r.status().as_u16())
+            .map_err(|e| format!("{e:?}"))
     }
 
     /// A web-chat conversation's history as stored in the cluster's Redis, oldest first.
