@@ -199,7 +199,18 @@ async fn open_loop(base: &str, rate: u64, duration: Duration) -> LoadResult {
 }
 
 fn bench_config(llm: &clawgate_fakes::mock_llm::MockLlm, concurrency: u64) -> Value {
-    let mut config = test_config(vec![openai_provider("primary", llm, 30_000, 0)]);
+    bench_config_over(llm, concurrency, "auto")
+}
+
+/// The same, with the provider spoken to over `http_version` (its `httpVersion`).
+fn bench_config_over(
+    llm: &clawgate_fakes::mock_llm::MockLlm,
+    concurrency: u64,
+    http_version: &str,
+) -> Value {
+    let mut provider = openai_provider("primary", llm, 30_000, 0);
+    provider["httpVersion"] = json!(http_version);
+    let mut config = test_config(vec![provider]);
     config["workers"] = json!({"concurrency": concurrency});
     config["webchat"] = json!({"replyWaitMs": 30_000});
     // The closed loops send one customer's turns back to back, thousands a minute; flood control
@@ -231,11 +242,21 @@ async fn run() {
     if phase("speed") {
         speed(&redis, &llm, rate, duration, &mut report).await;
     }
-    if phase("turns") {
-        memory_turns(&redis, inflight, &mut report).await;
-    }
-    if phase("held") {
-        memory(&redis, inflight, &mut report).await;
+    // The mock speaks plain http: HTTP/1.1 unless told "2" (h2c, prior knowledge).
+    for (http_version, key) in [("1.1", ""), ("2", "_http2")] {
+        if phase("turns") {
+            let key = format!("memory_turns{key}");
+            memory_turns(&redis, inflight, http_version, &mut report[&key]).await;
+        }
+        if phase("held") {
+            memory(
+                &redis,
+                inflight,
+                http_version,
+                &mut report[&format!("memory{key}")],
+            )
+            .await;
+        }
     }
     write_report(&report, rate, inflight);
 }
@@ -301,17 +322,24 @@ async fn speed(
 
 /// `inflight` turns running at once, accepted webhook-style: 64 connections, each message
 /// acknowledged at once (`wait_ms=0`), as nginx or a messaging platform delivers them.
-async fn memory_turns(redis: &TestRedis, inflight: u64, report: &mut Value) {
+async fn memory_turns(redis: &TestRedis, inflight: u64, http_version: &str, report: &mut Value) {
     let slow = mock_llm(1_500).await;
-    let mut gateway =
-        Gateway::start(bench_config(&slow, inflight * 2), &redis.url(), "turns").await;
+    let config = bench_config_over(&slow, inflight * 2, http_version);
+    let mut gateway = Gateway::start(config, &redis.url(), "turns").await;
     let base = format!("http://{}", gateway.addr);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
         .expect("client");
     for i in 0..20 {
-        send(&http, &base, &format!("warm-{i}"), "m1", "hello").await;
+        send(
+            &http,
+            &base,
+            &format!("warm-turns-{http_version}-{i}"),
+            "m1",
+            "hello",
+        )
+        .await;
     }
     let pid = gateway.pid();
     let (idle_kib, _) = memory_kib(pid);
@@ -320,9 +348,11 @@ async fn memory_turns(redis: &TestRedis, inflight: u64, report: &mut Value) {
     let mut tasks = Vec::new();
     for i in 0..inflight {
         let (http, base, gate) = (http.clone(), base.clone(), gate.clone());
+        let session = format!("turn-{http_version}-{i}");
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.expect("gate");
-            let body = json!({"session_id": format!("turn-{i}"), "message_id": "m1", "text": "where is my parcel"});
+            let body =
+                json!({"session_id": session, "message_id": "m1", "text": "where is my parcel"});
             http.post(format!("{base}/v1/webchat/messages?wait_ms=0"))
                 .header("content-type", "application/json")
                 .body(body.to_string())
@@ -353,27 +383,37 @@ async fn memory_turns(redis: &TestRedis, inflight: u64, report: &mut Value) {
     let peak_kib = peak_kib.max(hwm_kib);
     let per_turn = (peak_kib.saturating_sub(idle_kib)) as f64 / inflight as f64;
     println!(
-        "memory, webhook-style: idle {:.1} MiB, peak {:.1} MiB with {inflight} turns in flight (most at once: {most_running}), {per_turn:.1} KiB per turn; {accepted} accepted, {replied} replied in {:.1} s",
+        "memory, webhook-style, provider over HTTP/{http_version} ({} connections): idle {:.1} MiB, peak {:.1} MiB with {inflight} turns in flight (most at once: {most_running}), {per_turn:.1} KiB per turn; {accepted} accepted, {replied} replied in {:.1} s",
+        slow.connections(),
         idle_kib as f64 / 1024.0,
         peak_kib as f64 / 1024.0,
         started.elapsed().as_secs_f64()
     );
-    report["memory_turns"] = json!({"inflight": inflight, "idle_mib": idle_kib as f64 / 1024.0, "peak_mib": peak_kib as f64 / 1024.0,
-        "kib_per_turn": per_turn, "most_turns_running": most_running, "accepted": accepted, "replied": replied});
+    *report = json!({"inflight": inflight, "http_version": http_version, "provider_connections": slow.connections(),
+        "idle_mib": idle_kib as f64 / 1024.0, "peak_mib": peak_kib as f64 / 1024.0,
+        "kib_per_turn": per_turn, "most_turns_running": most_running, "accepted": accepted, "replied": replied,
+        "seconds": started.elapsed().as_secs_f64()});
     gateway.terminate();
     let _ = gateway.exit_code(Duration::from_secs(60)).await;
 }
 
 /// `inflight` web-chat requests held open until their reply (each holds its own connection).
-async fn memory(redis: &TestRedis, inflight: u64, report: &mut Value) {
+async fn memory(redis: &TestRedis, inflight: u64, http_version: &str, report: &mut Value) {
     // 3. Memory with `inflight` conversations waiting on a 1.5 s model.
     let slow = mock_llm(1_500).await;
-    let mut gateway =
-        Gateway::start(bench_config(&slow, inflight * 2), &redis.url(), "memory").await;
+    let config = bench_config_over(&slow, inflight * 2, http_version);
+    let mut gateway = Gateway::start(config, &redis.url(), "memory").await;
     let base = format!("http://{}", gateway.addr);
     let http = client();
     for i in 0..20 {
-        send(&http, &base, &format!("warm-{i}"), "m1", "hello").await;
+        send(
+            &http,
+            &base,
+            &format!("warm-held-{http_version}-{i}"),
+            "m1",
+            "hello",
+        )
+        .await;
     }
     let pid = gateway.pid();
     let (idle_kib, _) = memory_kib(pid);
@@ -381,16 +421,11 @@ async fn memory(redis: &TestRedis, inflight: u64, report: &mut Value) {
     let mut tasks = Vec::new();
     for i in 0..inflight {
         let (http, base) = (http.clone(), base.clone());
+        let session = format!("mem-{http_version}-{i}");
         tasks.push(tokio::spawn(async move {
-            send(
-                &http,
-                &base,
-                &format!("mem-{i}"),
-                "m1",
-                "where is my parcel",
-            )
-            .await
-            .is_some()
+            send(&http, &base, &session, "m1", "where is my parcel")
+                .await
+                .is_some()
         }));
     }
     let mut peak_kib = 0;
@@ -416,13 +451,16 @@ async fn memory(redis: &TestRedis, inflight: u64, report: &mut Value) {
     let peak_kib = peak_kib.max(hwm_kib);
     let per_conversation = (peak_kib.saturating_sub(idle_kib)) as f64 / inflight as f64;
     println!(
-        "memory: idle {:.1} MiB, peak {:.1} MiB with {inflight} conversations in flight (most turns running at once: {most_running}), {per_conversation:.1} KiB per conversation; {answered}/{inflight} answered in {:.1} s",
+        "memory, web chat held open, provider over HTTP/{http_version} ({} connections): idle {:.1} MiB, peak {:.1} MiB with {inflight} conversations in flight (most turns running at once: {most_running}), {per_conversation:.1} KiB per conversation; {answered}/{inflight} answered in {:.1} s",
+        slow.connections(),
         idle_kib as f64 / 1024.0,
         peak_kib as f64 / 1024.0,
         started.elapsed().as_secs_f64()
     );
-    report["memory"] = json!({"inflight": inflight, "idle_mib": idle_kib as f64 / 1024.0, "peak_mib": peak_kib as f64 / 1024.0,
-        "kib_per_conversation": per_conversation, "most_turns_running": most_running, "answered": answered});
+    *report = json!({"inflight": inflight, "http_version": http_version, "provider_connections": slow.connections(),
+        "idle_mib": idle_kib as f64 / 1024.0, "peak_mib": peak_kib as f64 / 1024.0,
+        "kib_per_conversation": per_conversation, "most_turns_running": most_running, "answered": answered,
+        "seconds": started.elapsed().as_secs_f64()});
 }
 
 fn write_report(report: &Value, rate: u64, inflight: u64) {
@@ -449,19 +487,31 @@ fn write_report(report: &Value, rate: u64, inflight: u64) {
             f(&o["p999_ms"])
         );
     }
-    let t = &report["memory_turns"];
-    md += &format!(
-        "| {inflight} turns in flight, webhook-style intake (64 connections), mock 1.5 s | idle {:.1} MiB, peak {:.1} MiB, {:.1} KiB per turn |\n",
-        f(&t["idle_mib"]),
-        f(&t["peak_mib"]),
-        f(&t["kib_per_turn"])
-    );
-    let m = &report["memory"];
-    md += &format!(
-        "| {inflight} web-chat requests held open for their reply, mock 1.5 s | idle {:.1} MiB, peak {:.1} MiB, {:.1} KiB per conversation |\n",
-        f(&m["idle_mib"]),
-        f(&m["peak_mib"]),
-        f(&m["kib_per_conversation"])
-    );
+    for key in ["", "_http2"] {
+        let t = &report[&format!("memory_turns{key}")];
+        if t.is_object() {
+            md += &format!(
+                "| {inflight} turns in flight, webhook-style intake (64 connections), mock 1.5 s, provider over HTTP/{} ({} connections) | idle {:.1} MiB, peak {:.1} MiB, {:.1} KiB per turn, all answered in {:.1} s |\n",
+                t["http_version"].as_str().unwrap_or_default(),
+                t["provider_connections"],
+                f(&t["idle_mib"]),
+                f(&t["peak_mib"]),
+                f(&t["kib_per_turn"]),
+                f(&t["seconds"])
+            );
+        }
+        let m = &report[&format!("memory{key}")];
+        if m.is_object() {
+            md += &format!(
+                "| {inflight} web-chat requests held open for their reply, mock 1.5 s, provider over HTTP/{} ({} connections) | idle {:.1} MiB, peak {:.1} MiB, {:.1} KiB per conversation, all answered in {:.1} s |\n",
+                m["http_version"].as_str().unwrap_or_default(),
+                m["provider_connections"],
+                f(&m["idle_mib"]),
+                f(&m["peak_mib"]),
+                f(&m["kib_per_conversation"]),
+                f(&m["seconds"])
+            );
+        }
+    }
     write_results("spine", report, &md);
 }

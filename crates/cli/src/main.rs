@@ -740,7 +740,9 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             } => {
                 format!("openai-compatible {endpoint} model {model}")
             }
-            ProviderKind::Ollama { endpoint, model } => format!("ollama {endpoint} model {model}"),
+            ProviderKind::Ollama {
+                endpoint, model, ..
+            } => format!("ollama {endpoint} model {model}"),
             ProviderKind::Template => "template".to_string(),
         };
         let budget = match &p.rate_limit {

@@ -10,12 +10,14 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-/// Binds `127.0.0.1:0` and serves `app` there in the background until the runtime ends; the
-/// address it got.
+/// Binds `127.0.0.1:0` and serves `app` there (HTTP/1.1, and HTTP/2 spoken at once) in the
+/// background until the runtime ends, with each request's peer address at hand; the address it
+/// got.
 pub(crate) async fn serve_locally(app: axum::Router) -> std::io::Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let _ = axum::serve(listener, app).await;
     });
     Ok(addr)

@@ -10,13 +10,14 @@
 //! to the mode), `{"reply": "text"}` (answer this instead of the echo, as a model scripted for a
 //! scenario; `""` goes back to the echo). `GET /stats` counts requests by outcome.
 
-use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderValue, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -91,16 +92,38 @@ struct Counters {
     rate_limited: AtomicU64,
     hung: AtomicU64,
     bad_requests: AtomicU64,
+    /// Chat requests that came over HTTP/2.
+    http2_requests: AtomicU64,
 }
+
+/// Distinct client connections (peer addresses) are remembered up to this many.
+const MAX_PEERS: usize = 100_000;
 
 struct Shared {
     behaviour: Mutex<Behaviour>,
     counters: Counters,
+    /// The client addresses chat requests came from: one per connection.
+    peers: Mutex<HashSet<SocketAddr>>,
 }
 
 impl Shared {
     fn behaviour(&self) -> std::sync::MutexGuard<'_, Behaviour> {
         self.behaviour.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts the connection and HTTP version a chat request came over.
+    fn note_transport(&self, version: Version, peer: SocketAddr) {
+        if version == Version::HTTP_2 {
+            self.counters.http2_requests.fetch_add(1, Ordering::SeqCst);
+        }
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if peers.len() < MAX_PEERS {
+            peers.insert(peer);
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
@@ -155,6 +178,16 @@ impl MockLlm {
         self.shared.behaviour().reply = text.map(str::to_string);
     }
 
+    /// Chat requests that came over HTTP/2 so far.
+    pub fn http2_requests(&self) -> u64 {
+        self.shared.counters.http2_requests.load(Ordering::SeqCst)
+    }
+
+    /// Distinct client connections chat requests came over so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections()
+    }
+
     /// Successful answers sent so far.
     pub fn answered(&self) -> u64 {
         self.shared.counters.answered.load(Ordering::SeqCst)
@@ -172,12 +205,14 @@ fn shared(options: Options) -> Arc<Shared> {
             reply: None,
         }),
         counters: Counters::default(),
+        peers: Mutex::new(HashSet::new()),
     })
 }
 
 /// Serves the mock on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, options: Options) -> std::io::Result<()> {
-    axum::serve(listener, router(shared(options))).await
+    let app = router(shared(options)).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).await
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -327,7 +362,13 @@ fn unix_seconds() -> u64 {
         .unwrap_or(0)
 }
 
-async fn openai_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+async fn openai_chat(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    version: Version,
+    body: axum::body::Bytes,
+) -> Response {
+    shared.note_transport(version, peer);
     let seen = match read_request(&body) {
         Ok(seen) => seen,
         Err(reason) => {
@@ -362,7 +403,13 @@ async fn openai_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
     .into_response()
 }
 
-async fn ollama_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+async fn ollama_chat(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    version: Version,
+    body: axum::body::Bytes,
+) -> Response {
+    shared.note_transport(version, peer);
     let seen = match read_request(&body) {
         Ok(seen) => seen,
         Err(reason) => {
@@ -466,6 +513,8 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Response {
         "rate_limited": load(&c.rate_limited),
         "hung": load(&c.hung),
         "bad_requests": load(&c.bad_requests),
+        "http2_requests": load(&c.http2_requests),
+        "connections": shared.connections(),
     }))
     .into_response()
 }

@@ -1,16 +1,15 @@
 //! The one place outbound HTTP clients are built, so every client has connect timeouts, pooling
 //! and an identifying user agent. Per-request deadlines are set by the caller's chain.
 //!
-//! Deliberate choices: HTTP/1.1 only (hyper's pool keeps one HTTP/2 connection per host and
-//! queues requests beyond the provider's stream limit, often 100, which would cap a replica's
-//! turns per second); no redirects (an API POST has no business being redirected, and following
-//! one could send the API key to another host); no retries here (the provider chain owns
-//! retries, bounded by the turn).
+//! Deliberate choices: HTTP/1.1 for this shared client (platform and lookup calls are short;
+//! the provider calls that wait seconds may use HTTP/2 lanes, see `llm::connections`); no
+//! redirects (an API POST has no business being redirected, and following one could send the API
+//! key to another host); no retries here (the provider chain owns retries, bounded by the turn).
 
 use std::time::Duration;
 
-/// A client for provider and platform APIs.
-pub fn build() -> Result<reqwest::Client, reqwest::Error> {
+/// Settings every outbound client shares.
+fn common() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(concat!("clawgate/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(3))
@@ -18,5 +17,21 @@ pub fn build() -> Result<reqwest::Client, reqwest::Error> {
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
         .retry(reqwest::retry::never())
-        .build()
+}
+
+/// A client for provider and platform APIs, over HTTP/1.1.
+pub fn build() -> Result<reqwest::Client, reqwest::Error> {
+    common().http1_only().build()
+}
+
+/// A client whose calls share one HTTP/2 connection per host: negotiated by TLS (ALPN, falling
+/// back to HTTP/1.1 when the server does not offer HTTP/2), or with `prior_knowledge` spoken at
+/// once, also on plain http:// (h2c).
+pub fn build_http2(prior_knowledge: bool) -> Result<reqwest::Client, reqwest::Error> {
+    let builder = common();
+    if prior_knowledge {
+        builder.http2_prior_knowledge().build()
+    } else {
+        builder.build()
+    }
 }

@@ -2,6 +2,7 @@
 
 use crate::support::*;
 use clawgate_fakes::mock_llm::Mode;
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,4 +101,38 @@ async fn with_every_model_down_the_template_answers() {
     assert_eq!(body["reply"]["provider"], "template");
     assert_eq!(body["reply"]["skill"], "estimates");
     assert_eq!(primary.requests(), 1, "a 429 is not retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turns_waiting_on_an_http2_provider_share_a_few_connections_and_each_gets_its_answer() {
+    const TURNS: usize = 250;
+    let redis = TestRedis::start().await;
+    let llm = mock_llm(1_000).await;
+    let mut provider = openai_provider("primary", &llm, 10_000, 0);
+    provider["httpVersion"] = json!("2");
+    provider["streamsPerConnection"] = json!(100);
+    let mut config = test_config(vec![provider]);
+    config["workers"]["concurrency"] = json!(512);
+    let gateway = std::sync::Arc::new(Gateway::start(config, &redis.url(), "r1").await);
+    let mut turns = tokio::task::JoinSet::new();
+    for i in 0..TURNS {
+        let gateway = gateway.clone();
+        turns.spawn(async move {
+            let text = format!("where is parcel {i}");
+            let (status, body) = gateway.send(&format!("h2-{i}"), "m1", &text, None).await;
+            (status, body, text)
+        });
+    }
+    while let Some(turn) = turns.join_next().await {
+        let (status, body, text) = turn.expect("turn");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["reply"]["provider"], "primary", "{body}");
+        let reply = body["reply"]["text"].as_str().unwrap_or_default();
+        assert!(reply.contains(&format!("last=\"{text}\"")), "{reply}");
+    }
+    assert_eq!(llm.http2_requests(), TURNS as u64, "every call over HTTP/2");
+    // At most 100 calls per connection: 250 calls at once take three (more than one, since
+    // one connection would queue calls past the server's stream limit), never one per call.
+    let connections = llm.connections();
+    assert!((2..=3).contains(&connections), "{connections} connections");
 }

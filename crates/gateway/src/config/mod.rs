@@ -327,6 +327,8 @@ pub enum ProviderKind {
         api_key: SecretString,
         /// Model name.
         model: String,
+        /// How calls travel to it.
+        http: ProviderHttp,
     },
     /// `POST {endpoint}/api/chat` with `stream: false`.
     Ollama {
@@ -334,9 +336,44 @@ pub enum ProviderKind {
         endpoint: String,
         /// Model name.
         model: String,
+        /// How calls travel to it.
+        http: ProviderHttp,
     },
     /// The skill's canned answer; needs no model and never fails.
     Template,
+}
+
+/// How a provider's calls travel: which HTTP version, and how many calls share a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderHttp {
+    /// `httpVersion`.
+    pub version: HttpVersion,
+    /// `streamsPerConnection`: calls one HTTP/2 connection carries at once before another
+    /// connection is opened (under the provider's own stream limit, 100 or more on common
+    /// servers, so no call waits for a free stream).
+    pub streams_per_connection: usize,
+}
+
+impl Default for ProviderHttp {
+    fn default() -> ProviderHttp {
+        ProviderHttp {
+            version: HttpVersion::Auto,
+            streams_per_connection: 100,
+        }
+    }
+}
+
+/// A provider's `httpVersion`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpVersion {
+    /// `"auto"`: HTTP/2 where the TLS handshake agrees on it (https endpoints that offer it),
+    /// else HTTP/1.1.
+    Auto,
+    /// `"1.1"`: never HTTP/2.
+    Http1,
+    /// `"2"`: always HTTP/2; on a plain http:// endpoint without negotiation (h2c, "prior
+    /// knowledge"), for local servers that speak it.
+    Http2,
 }
 
 /// The seed's `rateLimiting` block.
@@ -1219,6 +1256,8 @@ fn read_provider(r: &mut Reader, p: &Object, path: &str) -> Option<ProviderConfi
             "timeout",
             "maxRetries",
             "rateLimiting",
+            "httpVersion",
+            "streamsPerConnection",
         ],
     );
     let name = r.string(p, path, "name");
@@ -1244,6 +1283,21 @@ fn read_provider(r: &mut Reader, p: &Object, path: &str) -> Option<ProviderConfi
         .integer(p, path, "maxRetries", 0, 10, "retries")
         .unwrap_or(0) as u32;
 
+    let http = ProviderHttp {
+        version: match r
+            .choice(p, path, "httpVersion", &["auto", "1.1", "2"])
+            .as_deref()
+        {
+            Some("1.1") => HttpVersion::Http1,
+            Some("2") => HttpVersion::Http2,
+            _ => HttpVersion::Auto,
+        },
+        streams_per_connection: r
+            .integer(p, path, "streamsPerConnection", 1, 1_000, "streams")
+            .map_or(ProviderHttp::default().streams_per_connection, |n| {
+                n as usize
+            }),
+    };
     let required = |r: &mut Reader, key: &str, what: &str| required_string(r, p, path, key, what);
     let kind = match kind?.as_str() {
         "openai-compatible" => {
@@ -1259,6 +1313,7 @@ fn read_provider(r: &mut Reader, p: &Object, path: &str) -> Option<ProviderConfi
                     r.string_or_empty(p, path, "apiKey").unwrap_or_default(),
                 ),
                 model: required(r, "model", "a model name, e.g. \"gpt-4o-mini\""),
+                http,
             }
         }
         "ollama" => {
@@ -1271,6 +1326,7 @@ fn read_provider(r: &mut Reader, p: &Object, path: &str) -> Option<ProviderConfi
             ProviderKind::Ollama {
                 endpoint,
                 model: required(r, "model", "a model name, e.g. \"llama3.1:8b\""),
+                http,
             }
         }
         _ => ProviderKind::Template,
@@ -1396,7 +1452,7 @@ mod tests {
             "llm": {"providers": [
                 {"name": "a", "type": "openai-compatible", "endpoint": "ftp://x", "model": "m", "timeout": "10s"},
                 {"type": "gpt"},
-                {"name": "a", "type": "ollama", "model": "m", "endpoint": "http://x"}
+                {"name": "a", "type": "ollama", "model": "m", "endpoint": "http://x", "httpVersion": "3", "streamsPerConnection": 0}
             ]},
             "webchat": {"replyWaitMS": 5}
         }"#;
@@ -1413,6 +1469,8 @@ mod tests {
             "clawgate.json: llm.providers[0].endpoint: expected an http:// or https:// URL",
             "clawgate.json: llm.providers[1].type: expected one of",
             "clawgate.json: llm.providers[1].name: missing",
+            "clawgate.json: llm.providers[2].httpVersion: expected one of \"auto\", \"1.1\", \"2\", found the string \"3\"",
+            "clawgate.json: llm.providers[2].streamsPerConnection: expected an integer from 1 to 1000 (streams), found the number 0",
             "clawgate.json: llm.providers[2].name: duplicate provider name \"a\"",
             "clawgate.json: webchat.replyWaitMS: unknown key (did you mean `replyWaitMs`?)",
         ];
@@ -1424,6 +1482,46 @@ mod tests {
             );
         }
         assert_eq!(rendered.len(), expect.len(), "{}", rendered.join("\n"));
+    }
+
+    #[test]
+    fn a_provider_s_http_version_and_streams_are_read_with_defaults() {
+        let config = match parse(
+            r#"{"llm": {"providers": [
+                {"name": "cloud", "type": "openai-compatible", "endpoint": "https://x/v1", "model": "m"},
+                {"name": "vllm", "type": "openai-compatible", "endpoint": "http://vllm:8000/v1", "model": "m", "httpVersion": "2", "streamsPerConnection": 50},
+                {"name": "local", "type": "ollama", "endpoint": "http://ollama:11434", "model": "m", "httpVersion": "1.1"}
+            ]}}"#,
+        ) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let http: Vec<Option<ProviderHttp>> = config
+            .llm
+            .providers
+            .iter()
+            .map(|p| match &p.kind {
+                ProviderKind::OpenAiCompatible { http, .. } | ProviderKind::Ollama { http, .. } => {
+                    Some(http.clone())
+                }
+                ProviderKind::Template => None,
+            })
+            .collect();
+        let expected = |version, streams_per_connection| {
+            Some(ProviderHttp {
+                version,
+                streams_per_connection,
+            })
+        };
+        assert_eq!(
+            http,
+            vec![
+                expected(HttpVersion::Auto, 100),
+                expected(HttpVersion::Http2, 50),
+                expected(HttpVersion::Http1, 100),
+                None,
+            ]
+        );
     }
 
     #[test]

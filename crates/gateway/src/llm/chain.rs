@@ -11,6 +11,7 @@
 //! the next provider is asked too and the first answer wins.
 
 use super::breaker::Verdict;
+use super::connections::Connections;
 use super::guard::{Admission, ProviderGuards};
 use super::ollama::OllamaProvider;
 use super::openai::OpenAiProvider;
@@ -104,18 +105,23 @@ impl ProviderChain {
                     endpoint,
                     api_key,
                     model,
+                    http,
                 } => Arc::new(OpenAiProvider::new(
                     &p.name,
                     endpoint,
                     api_key.clone(),
                     model,
-                    client.clone(),
+                    Connections::new(http, endpoint, client),
                 )),
-                ProviderKind::Ollama { endpoint, model } => Arc::new(OllamaProvider::new(
+                ProviderKind::Ollama {
+                    endpoint,
+                    model,
+                    http,
+                } => Arc::new(OllamaProvider::new(
                     &p.name,
                     endpoint,
                     model,
-                    client.clone(),
+                    Connections::new(http, endpoint, client),
                 )),
                 ProviderKind::Template => Arc::new(TemplateProvider::new(&p.name)),
             };

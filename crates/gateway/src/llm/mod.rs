@@ -5,6 +5,7 @@
 
 pub mod breaker;
 pub mod chain;
+pub mod connections;
 pub mod guard;
 pub mod ollama;
 pub mod openai;

@@ -1,5 +1,6 @@
 //! Ollama's native chat API: `POST {endpoint}/api/chat` with `stream: false`.
 
+use super::connections::Connections;
 use super::{ChatBody, Prompt, Provider, ProviderError, answer_text, endpoint_url, post_json};
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -20,17 +21,22 @@ pub struct OllamaProvider {
     name: String,
     url: String,
     model: String,
-    client: reqwest::Client,
+    connections: Connections,
 }
 
 impl OllamaProvider {
     /// A provider named `name` at `endpoint`.
-    pub fn new(name: &str, endpoint: &str, model: &str, client: reqwest::Client) -> OllamaProvider {
+    pub fn new(
+        name: &str,
+        endpoint: &str,
+        model: &str,
+        connections: Connections,
+    ) -> OllamaProvider {
         OllamaProvider {
             name: name.to_string(),
             url: endpoint_url(endpoint, "api/chat"),
             model: model.to_string(),
-            client,
+            connections,
         }
     }
 }
@@ -47,7 +53,8 @@ impl Provider for OllamaProvider {
             messages: &prompt.messages,
             stream: false,
         };
-        let answer: ChatAnswer = post_json(self.client.post(&self.url), &body).await?;
+        let (client, _carried) = self.connections.carry();
+        let answer: ChatAnswer = post_json(client.post(&self.url), &body).await?;
         answer_text(answer.message.and_then(|m| m.content), "message.content")
     }
 }

@@ -1,6 +1,7 @@
 //! OpenAI-compatible chat completions: `POST {endpoint}/chat/completions` with a Bearer key.
 //! Speaks to OpenAI, Azure-style gateways, vLLM, LiteLLM and anything else with that API.
 
+use super::connections::Connections;
 use super::{ChatBody, Prompt, Provider, ProviderError, answer_text, endpoint_url, post_json};
 use async_trait::async_trait;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
@@ -32,7 +33,7 @@ pub struct OpenAiProvider {
     /// `None` when no key is configured.
     authorization: Option<HeaderValue>,
     model: String,
-    client: reqwest::Client,
+    connections: Connections,
 }
 
 impl OpenAiProvider {
@@ -42,7 +43,7 @@ impl OpenAiProvider {
         endpoint: &str,
         api_key: SecretString,
         model: &str,
-        client: reqwest::Client,
+        connections: Connections,
     ) -> OpenAiProvider {
         let authorization = Some(api_key.expose_secret())
             .filter(|key| !key.is_empty())
@@ -56,7 +57,7 @@ impl OpenAiProvider {
             url: endpoint_url(endpoint, "chat/completions"),
             authorization,
             model: model.to_string(),
-            client,
+            connections,
         }
     }
 }
@@ -68,7 +69,8 @@ impl Provider for OpenAiProvider {
     }
 
     async fn complete(&self, prompt: &Prompt) -> Result<String, ProviderError> {
-        let mut request = self.client.post(&self.url);
+        let (client, _carried) = self.connections.carry();
+        let mut request = client.post(&self.url);
         if let Some(authorization) = &self.authorization {
             request = request.header(AUTHORIZATION, authorization.clone());
         }
