@@ -55,9 +55,7 @@ impl Drop for Carried {
 impl Connections {
     /// The connections for a provider at `endpoint` configured with `http`.
     pub fn new(http: &ProviderHttp, endpoint: &str, shared: &reqwest::Client) -> Connections {
-        let https = endpoint
-            .get(..8)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
+        let https = reqwest::Url::parse(endpoint).is_ok_and(|url| url.scheme() == "https");
         let http2 = match http.version {
             HttpVersion::Http1 => None,
             HttpVersion::Http2 => Some(PriorKnowledge::Yes),
