@@ -13,6 +13,7 @@ use clawgate_gateway::env_vars;
 use clawgate_gateway::escalation::{self, Dispatcher};
 use clawgate_gateway::http_client;
 use clawgate_gateway::live::ConfigFile;
+use clawgate_gateway::llm::connections::Connections;
 use clawgate_gateway::skills::SkillSet;
 use clawgate_gateway::state::StoreLimits;
 use clawgate_gateway::state::link::{RedisLink, redact};
@@ -736,13 +737,22 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     for (i, p) in config.llm.providers.iter().enumerate() {
         let what = match &p.kind {
             ProviderKind::OpenAiCompatible {
-                endpoint, model, ..
-            } => {
-                format!("openai-compatible {endpoint} model {model}")
-            }
+                endpoint,
+                model,
+                http,
+                ..
+            } => format!(
+                "openai-compatible {endpoint} model {model}, {}",
+                Connections::describe(http, endpoint)
+            ),
             ProviderKind::Ollama {
-                endpoint, model, ..
-            } => format!("ollama {endpoint} model {model}"),
+                endpoint,
+                model,
+                http,
+            } => format!(
+                "ollama {endpoint} model {model}, {}",
+                Connections::describe(http, endpoint)
+            ),
             ProviderKind::Template => "template".to_string(),
         };
         let budget = match &p.rate_limit {

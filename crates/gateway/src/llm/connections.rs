@@ -55,18 +55,23 @@ impl Drop for Carried {
 impl Connections {
     /// The connections for a provider at `endpoint` configured with `http`.
     pub fn new(http: &ProviderHttp, endpoint: &str, shared: &reqwest::Client) -> Connections {
-        let https = reqwest::Url::parse(endpoint).is_ok_and(|url| url.scheme() == "https");
-        let http2 = match http.version {
-            HttpVersion::Http1 => None,
-            HttpVersion::Http2 => Some(PriorKnowledge::Yes),
-            // Only TLS can negotiate HTTP/2; a plain http:// endpoint gets HTTP/1.1.
-            HttpVersion::Auto => https.then_some(PriorKnowledge::Negotiated),
-        };
         Connections {
             shared: shared.clone(),
-            http2,
+            http2: http2(http, endpoint),
             streams_per_connection: http.streams_per_connection.max(1),
             lanes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// How calls to `endpoint` configured with `http` travel, in words (for `config check`).
+    pub fn describe(http: &ProviderHttp, endpoint: &str) -> String {
+        let per_connection = http.streams_per_connection;
+        match http2(http, endpoint) {
+            None => "HTTP/1.1".to_string(),
+            Some(PriorKnowledge::Yes) => format!("HTTP/2, {per_connection} calls per connection"),
+            Some(PriorKnowledge::Negotiated) => format!(
+                "HTTP/2 if TLS negotiates it ({per_connection} calls per connection), else HTTP/1.1"
+            ),
         }
     }
 
@@ -111,6 +116,18 @@ impl Connections {
     /// Lanes opened so far (0 over HTTP/1.1).
     pub fn lanes(&self) -> usize {
         self.lanes.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// Whether calls to `endpoint` go over HTTP/2, and how it is agreed on; `None` for HTTP/1.1.
+fn http2(http: &ProviderHttp, endpoint: &str) -> Option<PriorKnowledge> {
+    match http.version {
+        HttpVersion::Http1 => None,
+        HttpVersion::Http2 => Some(PriorKnowledge::Yes),
+        // Only TLS can negotiate HTTP/2; a plain http:// endpoint gets HTTP/1.1.
+        HttpVersion::Auto => reqwest::Url::parse(endpoint)
+            .is_ok_and(|url| url.scheme() == "https")
+            .then_some(PriorKnowledge::Negotiated),
     }
 }
 
