@@ -3,7 +3,7 @@
 
 use crate::process;
 use crate::state::ClusterState;
-use crate::supervisor::{answers, redis_connection};
+use crate::supervisor::{answers, readiness_url, redis_connection};
 use clawgate_gateway::message::now_ms;
 use clawgate_gateway::state::keys;
 use serde_json::{Value, json};
@@ -32,8 +32,7 @@ pub async fn report(state_dir: &Path) -> std::io::Result<Value> {
     let mut replicas = Vec::new();
     for (replica, handled) in state.replicas.iter().zip(&counters.handled) {
         let pid = alive(replica.process.pid);
-        let healthy = pid.is_some()
-            && answers(&http, &format!("http://127.0.0.1:{}/readyz", replica.port)).await;
+        let healthy = pid.is_some() && answers(&http, &readiness_url(replica.port)).await;
         replicas.push(json!({
             "id": replica.id,
             "pid": pid,

@@ -3,7 +3,7 @@
 //! Start order: Redis (unless an external URL is given), the replicas (each waited for until
 //! ready), nginx. Then, every second, each replica's `/readyz` is polled and a failing replica is
 //! marked `down` in nginx's upstream (config rewrite + reload), and put back when it answers
-//! again; a replica whose only complaint is `overloaded` stays in (see [`takes_traffic`]); a
+//! again; a replica whose only complaint is `overloaded` stays in (see [`readiness_url`]); a
 //! process that exits is restarted with backoff. Stop order is the reverse: nginx stops
 //! taking requests, the replicas drain (SIGTERM), Redis flushes its AOF and exits.
 
@@ -178,7 +178,7 @@ pub async fn up(
         running.push(handle);
     }
     for replica in &state.replicas {
-        let url = format!("http://127.0.0.1:{}/readyz", replica.port);
+        let url = readiness_url(replica.port);
         wait_for(&replica.id, || answers(&http, &url)).await?;
     }
     for replica in &mut state.replicas {
@@ -238,9 +238,9 @@ pub async fn up(
             }
             _ = tick.tick() => {
                 let checks = state.replicas.iter().map(|r| {
-                    let url = format!("http://127.0.0.1:{}/readyz", r.port);
+                    let url = readiness_url(r.port);
                     let http = http.clone();
-                    async move { takes_traffic(&http, &url).await }
+                    async move { answers(&http, &url).await }
                 });
                 let healthy = futures_util::future::join_all(checks).await;
                 for (replica, healthy) in state.replicas.iter_mut().zip(healthy) {
@@ -510,21 +510,12 @@ pub(crate) async fn answers(http: &reqwest::Client, url: &str) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
-/// Whether the replica whose readiness is at `url` should stay in nginx's upstream: it answers
-/// 200, or 503 with `overloaded` as its only reason. Overload is the shared inbox's lag, the same
-/// for every replica; taking one out would only push its webhooks (cheap to accept, and the way
-/// a customer's message becomes durable) onto the others, which share the same backlog. The
-/// 503 still tells an orchestrator that reads `/readyz` that the cluster is behind.
-async fn takes_traffic(http: &reqwest::Client, url: &str) -> bool {
-    let Ok(response) = http.get(url).send().await else {
-        return false;
-    };
-    if response.status().is_success() {
-        return true;
-    }
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    matches!(body["failing"].as_array(),
-        Some(failing) if !failing.is_empty() && failing.iter().all(|reason| reason == "overloaded"))
+/// The readiness check that decides whether the replica on `port` is in nginx's upstream:
+/// `/readyz` with `overloaded` ignored. Overload is the shared inbox's lag, the same for every
+/// replica; taking one out would only push its webhooks (cheap to accept, and the way a
+/// customer's message becomes durable) onto the others, which share the same backlog.
+pub(crate) fn readiness_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/readyz?ignore=overloaded")
 }
 
 /// Redis at `url` answers PING.

@@ -628,6 +628,15 @@ async fn a_slow_llm_pile_up_keeps_webhooks_acknowledged_fast_and_sheds_readiness
     })
     .await;
     assert!(shed["failing"].to_string().contains("overloaded"), "{shed}");
+    // What a balancer asks: overload alone keeps the replica in rotation.
+    let response = http
+        .get(format!("{readyz}?ignore=overloaded"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(response.status(), 200);
+    let balancer: Value = response.json().await.expect("json");
+    assert_eq!(balancer["ignored"], json!(["overloaded"]), "{balancer}");
 
     let mut rss_mib = Vec::new();
     for replica in cluster.status().await["replicas"]

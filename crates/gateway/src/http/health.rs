@@ -6,7 +6,7 @@ use super::AppState;
 use crate::config::RedisDownMode;
 use crate::telemetry;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -46,8 +46,20 @@ pub async fn healthz(State(app): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
-/// `GET /readyz`: 200 when this replica should get traffic, else 503 with what is failing.
-pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+/// What `/readyz` may be told to leave out of its verdict.
+#[derive(serde::Deserialize)]
+pub struct ReadyQuery {
+    /// Comma-separated reasons that do not fail readiness for this caller. A balancer that can
+    /// only read the status code passes `ignore=overloaded`: overload is the shared inbox's lag,
+    /// the same on every replica, so taking replicas out for it would only refuse the webhooks
+    /// that make messages durable (with every replica out, all of them).
+    #[serde(default)]
+    ignore: String,
+}
+
+/// `GET /readyz[?ignore=overloaded]`: 200 when this replica should get traffic, else 503 with
+/// what is failing (the ignored reasons still listed, under `ignored`).
+pub async fn readyz(State(app): State<Arc<AppState>>, Query(query): Query<ReadyQuery>) -> Response {
     let mut failing = Vec::new();
     if app.link.watch().borrow().is_none() {
         failing.push("starting");
@@ -61,12 +73,22 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     if app.pool.overloaded() {
         failing.push("overloaded");
     }
-    if failing.is_empty() {
+    let ignored: Vec<&str> = query.ignore.split(',').map(str::trim).collect();
+    let (ignored, failing): (Vec<&str>, Vec<&str>) = failing
+        .into_iter()
+        .partition(|reason| ignored.contains(reason));
+    if failing.is_empty() && ignored.is_empty() {
         (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+    } else if failing.is_empty() {
+        (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "ignored": ignored})),
+        )
+            .into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "failing": failing})),
+            Json(json!({"status": "not_ready", "failing": failing, "ignored": ignored})),
         )
             .into_response()
     }
