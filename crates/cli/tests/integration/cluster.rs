@@ -373,13 +373,6 @@ async fn the_static_nginx_config_passes_nginx_t() {
     assert!(said.contains("test is successful"), "{said}");
 }
 
-fn deploy_file(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../deploy")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 /// `nginx -t` on `conf`; its stderr.
 async fn nginx_t(conf: &str) -> (bool, String) {
     let dir = tempfile::tempdir().expect("dir");

@@ -9,6 +9,7 @@ mod channels;
 mod cli;
 mod cluster;
 mod degraded;
+mod deploy;
 mod escalation;
 mod loadtest;
 mod providers;

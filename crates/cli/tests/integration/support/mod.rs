@@ -216,6 +216,14 @@ pub async fn sent_messages(platforms: &MockPlatforms, count: usize) -> Vec<Sent>
     .await
 }
 
+/// A file of the repository's `deploy/` folder.
+pub fn deploy_file(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// The repository's example skills.
 pub fn example_skills() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/velocity/skills")
