@@ -362,8 +362,18 @@ impl ProviderChain {
             let started = Instant::now();
             let result = attempt(link, prompt, timeout).await;
             let latency = started.elapsed();
-            if let Some(verdict) = breaker_verdict(&result, timeout < link.timeout) {
-                self.guards.record(position, verdict, latency).await;
+            match breaker_verdict(&result, timeout < link.timeout) {
+                // A success only resets counters: the answer need not wait for Redis to count
+                // it (one round trip fewer before the turn commits).
+                Some(Verdict::Success) => {
+                    let guards = self.guards.clone();
+                    tokio::spawn(async move {
+                        guards.record(position, Verdict::Success, latency).await;
+                    });
+                }
+                // A failure is counted before the next attempt or provider, which must see it.
+                Some(verdict) => self.guards.record(position, verdict, latency).await,
+                None => {}
             }
             let error = match result {
                 Ok(text) => return Ok(text),
