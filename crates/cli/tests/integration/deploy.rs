@@ -10,14 +10,7 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-fn repository_file(path: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The manifest's documents by kind (and name, for kinds that appear twice).
+/// The manifest's documents, in file order.
 fn kubernetes_documents() -> Vec<Value> {
     serde_saphyr::from_multiple(&deploy_file("kubernetes/clawgate.yaml"))
         .unwrap_or_else(|e| panic!("deploy/kubernetes/clawgate.yaml: {e}"))

@@ -216,12 +216,17 @@ pub async fn sent_messages(platforms: &MockPlatforms, count: usize) -> Vec<Sent>
     .await
 }
 
+/// A file of the repository, by its path from the repository's root.
+pub fn repository_file(path: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// A file of the repository's `deploy/` folder.
 pub fn deploy_file(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../deploy")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    repository_file(&format!("deploy/{name}"))
 }
 
 /// The repository's example skills.
