@@ -105,12 +105,7 @@ impl Connections {
             },
         };
         lane.in_flight.fetch_add(1, Ordering::Relaxed);
-        (
-            lane.client.clone(),
-            Carried {
-                lane: Some(lane.clone()),
-            },
-        )
+        (lane.client.clone(), Carried { lane: Some(lane) })
     }
 
     /// Lanes opened so far (0 over HTTP/1.1).
