@@ -769,11 +769,16 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             None => String::new(),
         };
         lines.push(format!(
-            "  provider {}:  {} ({what}, timeout {} ms, {} retries{budget})",
+            "  provider {}:  {} ({what}, timeout {} ms, {} {}{budget})",
             i + 1,
             p.name,
             p.timeout.as_millis(),
-            p.max_retries
+            p.max_retries,
+            if p.max_retries == 1 {
+                "retry"
+            } else {
+                "retries"
+            }
         ));
     }
     let breaker = &config.llm.circuit_breaker;
@@ -811,6 +816,11 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             "off"
         }
     ));
+    lines.extend(
+        clawgate_gateway::channels::describe(&config)
+            .into_iter()
+            .map(|(channel, what)| format!("  {:<13}{what}", format!("{channel}:"))),
+    );
     let (skills, skill_errors) = SkillSet::load(&config.skills.dir);
     lines.push(format!(
         "  skills:      {} from {}",
@@ -956,7 +966,7 @@ async fn deadletter_list(target: StateArgs, json: bool) -> anyhow::Result<ExitCo
     }
     writeln!(
         out,
-        "{:<18} {:<9} {:<9} {:<26} {:>9}  reason",
+        "{:<18} {:<10} {:<9} {:<26} {:>9}  reason",
         "id", "kind", "channel", "to / conversation", "age"
     )?;
     let now = clawgate_gateway::message::now_ms();
@@ -969,7 +979,7 @@ async fn deadletter_list(target: StateArgs, json: bool) -> anyhow::Result<ExitCo
             .unwrap_or(now);
         writeln!(
             out,
-            "{:<18} {:<9} {:<9} {:<26} {:>9}  {}",
+            "{:<18} {:<10} {:<9} {:<26} {:>9}  {}",
             letter.id,
             letter.kind,
             letter.channel(),

@@ -1,9 +1,15 @@
 //! A fake of the messaging platforms' send APIs, as one HTTP server: Meta's Graph API
-//! (`POST /{version}/{phone_number_id}/messages`) and Telegram's Bot API
-//! (`POST /bot{token}/sendMessage`), answering in their real formats.
+//! (`POST /{version}/{phone_number_id}/messages`, addressed by phone number in `to` or by
+//! business-scoped user id in `recipient`) and Telegram's Bot API (`/bot{token}/sendMessage`,
+//! `answerCallbackQuery`, `getMe`, `setWebhook`, `deleteWebhook`; parameters as JSON,
+//! form-encoded as python-telegram-bot sends them, or in the query string), answering in their
+//! real formats. A chat keeps its type in answers: positive ids are private chats, `-100…`
+//! supergroups (or channels, once told with `{"chat_types": {"-100…": "channel"}}`), other
+//! negative ids groups.
 //!
 //! It records every message it accepted (`GET /sent?channel=&to=` → `[{"channel", "to",
-//! "text"}]` in send order, `DELETE /sent` clears) and can be told to fail:
+//! "text"}]` in send order, `DELETE /sent` clears), every answered button press
+//! (`GET /callback-answers` → the `callback_query_id`s in order) and can be told to fail:
 //! `POST /control {"fail_next": N, "status": 429 | 500 | 400, "retry_after": S, "error_code": C}`
 //! fails the next N sends (Telegram 429s carry `parameters.retry_after`, WhatsApp errors carry
 //! the Graph `error.code`, e.g. 130429 or 131047); `{"down": true}` fails every send with 500
@@ -32,7 +38,14 @@ pub struct Sent {
     pub to: String,
     /// The message text.
     pub text: String,
+    /// The request field the address came in: `to` (a WhatsApp phone number), `recipient` (a
+    /// WhatsApp business-scoped user id) or `chat_id` (Telegram).
+    #[serde(default)]
+    pub address_field: String,
 }
+
+/// What a Bot API call carried: its JSON body, its form-encoded body, or its query string.
+type Parameters = serde_json::Map<String, Value>;
 
 #[derive(Default)]
 struct Faults {
@@ -47,6 +60,10 @@ struct Faults {
 
 struct Shared {
     sent: Mutex<Vec<Sent>>,
+    /// `callback_query_id`s answered, in order.
+    callback_answers: Mutex<Vec<String>>,
+    /// Chat types set through `/control` (by chat id), for ids whose sign does not tell.
+    chat_types: Mutex<std::collections::HashMap<String, String>>,
     faults: Mutex<Faults>,
     attempts: Mutex<u64>,
     /// Whether `GET /sent` keeps a history (a long load test only needs the stream).
@@ -59,6 +76,8 @@ impl Default for Shared {
     fn default() -> Shared {
         Shared {
             sent: Mutex::new(Vec::new()),
+            callback_answers: Mutex::new(Vec::new()),
+            chat_types: Mutex::new(std::collections::HashMap::new()),
             faults: Mutex::new(Faults::default()),
             attempts: Mutex::new(0),
             keep: true,
@@ -96,16 +115,16 @@ impl Shared {
     }
 
     fn sent(&self) -> std::sync::MutexGuard<'_, Vec<Sent>> {
-        self.sent.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.sent)
     }
 
     fn faults(&self) -> std::sync::MutexGuard<'_, Faults> {
-        self.faults.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.faults)
     }
 
     /// Counts an attempt and returns the failure to inject, if any: (status, retry_after, code).
     fn next_fault(&self) -> Option<(StatusCode, Option<u64>, Option<i64>)> {
-        *self.attempts.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        *lock(&self.attempts) += 1;
         let mut faults = self.faults();
         if faults.down {
             return Some((StatusCode::INTERNAL_SERVER_ERROR, None, None));
@@ -201,13 +220,14 @@ impl MockPlatforms {
         self.shared.sent().clone()
     }
 
+    /// The `callback_query_id`s of the button presses answered so far, in order.
+    pub fn callback_answers(&self) -> Vec<String> {
+        lock(&self.shared.callback_answers).clone()
+    }
+
     /// Send attempts received so far, failed ones included.
     pub fn attempts(&self) -> u64 {
-        *self
-            .shared
-            .attempts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        *lock(&self.shared.attempts)
     }
 
     /// Fails the next `n` sends with `status` (and `retry_after` seconds for Telegram 429s).
@@ -239,8 +259,9 @@ pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/{version}/{phone_number_id}/messages", post(whatsapp_send))
-        .route("/{bot}/sendMessage", post(telegram_send))
+        .route("/{bot}/{method}", post(telegram_call).get(telegram_call))
         .route("/sent", get(list_sent).delete(clear_sent))
+        .route("/callback-answers", get(list_callback_answers))
         .route("/control", post(control))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(shared)
@@ -272,14 +293,16 @@ async fn whatsapp_send(
         return graph_error(StatusCode::UNAUTHORIZED, 190, "Invalid OAuth access token");
     }
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    // A phone number in `to` takes precedence; a customer who shares none is addressed by their
+    // business-scoped user id in `recipient`.
     let (Some(to), Some(text)) = (
-        request["to"].as_str(),
+        request["to"].as_str().or(request["recipient"].as_str()),
         request.pointer("/text/body").and_then(Value::as_str),
     ) else {
         return graph_error(
             StatusCode::BAD_REQUEST,
             100,
-            "Invalid parameter: expected to and text.body",
+            "Invalid parameter: expected to (or recipient) and text.body",
         );
     };
     if request["messaging_product"] != "whatsapp" || request["type"] != "text" {
@@ -301,45 +324,143 @@ async fn whatsapp_send(
         channel: "whatsapp".into(),
         to: to.to_string(),
         text: text.to_string(),
+        address_field: if request["to"].is_string() {
+            "to"
+        } else {
+            "recipient"
+        }
+        .into(),
     });
     let wamid = format!("wamid.MOCK{phone_number_id}{count:08}");
     Json(
-        json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}],
+        json!({"messaging_product": "whatsapp", "contacts": [contact(to)],
         "messages": [{"id": wamid}]}),
     )
     .into_response()
 }
 
-async fn telegram_send(
+/// The contact of a send answer: `wa_id` for a phone number, `user_id` for a BSUID.
+fn contact(address: &str) -> Value {
+    if address.bytes().all(|b| b.is_ascii_digit()) {
+        json!({"input": address, "wa_id": address})
+    } else {
+        json!({"input": address, "user_id": address})
+    }
+}
+
+/// A poisoned lock only means a handler panicked mid-update; the data stays usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A Bot API failure answer.
+fn telegram_failure(status: StatusCode, description: &str, retry_after: Option<u64>) -> Response {
+    let mut body = json!({"ok": false, "error_code": status.as_u16(), "description": description});
+    if let Some(seconds) = retry_after {
+        body["parameters"] = json!({"retry_after": seconds});
+    }
+    (status, Json(body)).into_response()
+}
+
+/// The parameters of a Bot API call, wherever the client put them. Form and query values are
+/// strings (python-telegram-bot JSON-encodes numbers and objects into them).
+fn telegram_parameters(headers: &HeaderMap, query: Option<&str>, body: &[u8]) -> Parameters {
+    let form = |bytes: &[u8]| -> Parameters {
+        serde_urlencoded::from_bytes::<Vec<(String, String)>>(bytes)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect()
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mut parameters = if content_type.starts_with("application/x-www-form-urlencoded") {
+        form(body)
+    } else {
+        serde_json::from_slice::<Parameters>(body).unwrap_or_default()
+    };
+    for (key, value) in form(query.unwrap_or("").as_bytes()) {
+        parameters.entry(key).or_insert(value);
+    }
+    parameters
+}
+
+/// A chat id as Telegram answers it: a number, or an `@channelusername`.
+fn chat_id_value(parameter: &Value) -> Option<Value> {
+    match parameter {
+        Value::Number(n) => Some(Value::Number(n.clone())),
+        Value::String(s) => Some(
+            s.parse::<i64>()
+                .map(Value::from)
+                .unwrap_or_else(|_| Value::from(s.as_str())),
+        ),
+        _ => None,
+    }
+}
+
+/// `/bot{token}/{method}`: the Bot API methods clawgate and the official client libraries call.
+async fn telegram_call(
     State(shared): State<Arc<Shared>>,
-    Path(bot): Path<String>,
+    Path((bot, method)): Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let failure = |status: StatusCode, description: &str, retry_after: Option<u64>| {
-        let mut body =
-            json!({"ok": false, "error_code": status.as_u16(), "description": description});
-        if let Some(seconds) = retry_after {
-            body["parameters"] = json!({"retry_after": seconds});
-        }
-        (status, Json(body)).into_response()
-    };
     if bot.len() <= 3 || !bot.starts_with("bot") {
-        return failure(StatusCode::NOT_FOUND, "Not Found", None);
+        return telegram_failure(StatusCode::NOT_FOUND, "Not Found", None);
     }
-    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let chat_id = match &request["chat_id"] {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
-        _ => {
-            return failure(
-                StatusCode::BAD_REQUEST,
-                "Bad Request: chat_id is empty",
-                None,
-            );
+    let parameters = telegram_parameters(&headers, query.as_deref(), &body);
+    match method.as_str() {
+        "sendMessage" => telegram_send(&shared, &parameters),
+        "answerCallbackQuery" => {
+            match parameters.get("callback_query_id").and_then(Value::as_str) {
+                Some(id) if !id.is_empty() => {
+                    lock(&shared.callback_answers).push(id.to_string());
+                    Json(json!({"ok": true, "result": true})).into_response()
+                }
+                _ => telegram_failure(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request: query is too old and response timeout expired or query ID is invalid",
+                    None,
+                ),
+            }
         }
+        "getMe" => {
+            let id: i64 = bot[3..]
+                .split(':')
+                .next()
+                .and_then(|id| id.parse().ok())
+                .unwrap_or(7_000_000_001);
+            Json(json!({"ok": true, "result": {"id": id, "is_bot": true,
+                "first_name": "Mock Bot", "username": "mock_clawgate_bot",
+                "can_join_groups": true, "can_read_all_group_messages": false,
+                "supports_inline_queries": false}}))
+            .into_response()
+        }
+        "setWebhook" | "deleteWebhook" => {
+            Json(json!({"ok": true, "result": true, "description": "Webhook was set"}))
+                .into_response()
+        }
+        _ => telegram_failure(StatusCode::NOT_FOUND, "Not Found: method not found", None),
+    }
+}
+
+fn telegram_send(shared: &Shared, parameters: &Parameters) -> Response {
+    let Some(chat_id) = parameters.get("chat_id").and_then(chat_id_value) else {
+        return telegram_failure(
+            StatusCode::BAD_REQUEST,
+            "Bad Request: chat_id is empty",
+            None,
+        );
     };
-    let Some(text) = request["text"].as_str() else {
-        return failure(
+    let Some(text) = parameters
+        .get("text")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+    else {
+        return telegram_failure(
             StatusCode::BAD_REQUEST,
             "Bad Request: message text is empty",
             None,
@@ -350,18 +471,45 @@ async fn telegram_send(
             Some(seconds) => format!("Too Many Requests: retry after {seconds}"),
             None => "mock: injected failure".to_string(),
         };
-        return failure(status, &description, retry_after);
+        return telegram_failure(status, &description, retry_after);
     }
+    let to = match &chat_id {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let chat_type = lock(&shared.chat_types)
+        .get(&to)
+        .cloned()
+        .unwrap_or_else(|| chat_type(&to).to_string());
     let count = shared.record(Sent {
         channel: "telegram".into(),
-        to: chat_id.clone(),
+        to,
         text: text.to_string(),
+        address_field: "chat_id".into(),
     });
     Json(
         json!({"ok": true, "result": {"message_id": count, "date": 0,
-        "chat": {"id": request["chat_id"], "type": "private"}, "text": text}}),
+        "chat": {"id": chat_id, "type": chat_type}, "text": text}}),
     )
     .into_response()
+}
+
+/// The type of a chat as its id tells: `private` for users, `supergroup` for `-100…` ids,
+/// `group` for other negative ids, `channel` for `@usernames`.
+fn chat_type(chat_id: &str) -> &'static str {
+    if chat_id.starts_with('@') {
+        "channel"
+    } else if chat_id.starts_with("-100") {
+        "supergroup"
+    } else if chat_id.starts_with('-') {
+        "group"
+    } else {
+        "private"
+    }
+}
+
+async fn list_callback_answers(State(shared): State<Arc<Shared>>) -> Response {
+    Json(lock(&shared.callback_answers).clone()).into_response()
 }
 
 #[derive(Deserialize)]
@@ -396,16 +544,20 @@ struct Control {
     down: Option<bool>,
     swallow_next: Option<u64>,
     duplicate_next: Option<u64>,
+    chat_types: Option<std::collections::HashMap<String, String>>,
 }
 
 async fn control(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
     let control: Control = match crate::control_body(
         &body,
-        r#"{"fail_next", "status", "retry_after", "error_code", "down", "swallow_next", "duplicate_next"}"#,
+        r#"{"fail_next", "status", "retry_after", "error_code", "down", "swallow_next", "duplicate_next", "chat_types"}"#,
     ) {
         Ok(control) => control,
         Err(refused) => return *refused,
     };
+    if let Some(types) = control.chat_types {
+        lock(&shared.chat_types).extend(types);
+    }
     let mut faults = shared.faults();
     if let Some(n) = control.fail_next {
         faults.fail_next = n;

@@ -1,11 +1,12 @@
 //! The dead-letter stream (`oc:deadletter`) as an operator sees it: list what could not be
 //! processed or sent, with the reason, and re-drive it once the cause is fixed.
 //!
-//! Three kinds of entries: `inbound` (a message that kept failing to be processed; retrying queues
+//! Four kinds of entries: `inbound` (a message that kept failing to be processed; retrying queues
 //! it again as a new turn at the end of its conversation), `outbound` (a reply that could not
-//! be sent; retrying sends the stored reply again) and `escalation` (a dispatcher-webhook event
-//! that was not delivered; retrying posts it again with its idempotency key). A retried entry leaves the stream only when
-//! the retry succeeded.
+//! be sent; retrying sends the stored reply again), `escalation` (a dispatcher-webhook event
+//! that was not delivered; retrying posts it again with its idempotency key) and `unreadable` (a
+//! message of a platform batch that could not be read, kept as it came; nothing to re-drive). A
+//! retried entry leaves the stream only when the retry succeeded.
 
 use crate::channels::egress::Egress;
 use crate::escalation::{Dispatcher, NotDelivered};
@@ -133,6 +134,9 @@ impl DeadLetters {
         let outcome = match letter.kind.as_str() {
             "outbound" => self.resend(letter).await?,
             "escalation" => self.redispatch(letter).await?,
+            "unreadable" => {
+                return Err("a platform message that could not be read cannot be re-driven; its `payload` field holds it as it came".into());
+            }
             _ => self.requeue(letter).await?,
         };
         let mut conn = self.link.connection().map_err(|e| e.to_string())?;

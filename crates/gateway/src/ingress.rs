@@ -3,7 +3,7 @@
 //! while the replica drains in degraded mode (in-process work would die with it).
 
 use crate::config::RedisDownMode;
-use crate::message::InboundMessage;
+use crate::message::{Channel, InboundMessage};
 use crate::state::link::RedisLink;
 use crate::state::memory::MemoryStore;
 use crate::state::redis::RedisStore;
@@ -163,6 +163,25 @@ impl Ingress {
         let _ =
             tokio::time::timeout(left.min(BLIP_POLL), state.wait_for(|up| *up == Some(true))).await;
         true
+    }
+
+    /// Keeps a platform message that could not be read in the dead-letter stream of the store
+    /// that answers now (in-process, logged, while Redis is unreachable).
+    pub async fn dead_letter_unreadable(
+        &self,
+        channel: Channel,
+        reason: &str,
+        payload: &str,
+    ) -> Result<(), IngressError> {
+        let (store, _) = self.current_store();
+        store
+            .dead_letter_unreadable(channel, reason, payload)
+            .await
+            .map_err(|e| match e {
+                StateError::Full(reason) => IngressError::Full(reason),
+                StateError::Unavailable(reason) => IngressError::Unavailable(reason),
+                StateError::Protocol(reason) => IngressError::Store(reason),
+            })
     }
 
     /// The store holding messages of `origin`.

@@ -108,6 +108,11 @@ pub struct InboundMessage {
     /// then holds the caption or a placeholder. Such messages get the text-only notice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsupported: Option<String>,
+    /// Where the platform takes the reply when that is not `user`: a WhatsApp customer who
+    /// shares no phone number is answered at their business-scoped user id, while their
+    /// conversation may be keyed on the number they wrote from before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
 }
 
 impl InboundMessage {
@@ -129,7 +134,13 @@ impl InboundMessage {
             language: None,
             account: None,
             unsupported: None,
+            reply_to: None,
         }
+    }
+
+    /// The platform address the reply goes to.
+    pub fn address(&self) -> &str {
+        self.reply_to.as_deref().unwrap_or(&self.user)
     }
 
     /// The conversation this message belongs to.

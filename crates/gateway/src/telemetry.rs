@@ -53,6 +53,10 @@ pub const INBOX_CLAIMED: &str = "clawgate_inbox_claimed_total";
 pub const EGRESS_SENDS: &str = "clawgate_egress_sends_total";
 /// Replies that could not be delivered and went to the dead-letter stream, by `channel`.
 pub const EGRESS_DEAD_LETTERS: &str = "clawgate_egress_dead_letters_total";
+/// Messages of platform notifications as read, by `channel`, `type` (the platform's name for it:
+/// `text`, `image`, `reaction`, `callback_query`, …; `unknown` for types not listed) and `action`
+/// (`answer`, `notice` = the text-only notice, `ignored`, `relinked`, `unreadable`).
+pub const INBOUND_MESSAGES: &str = "clawgate_inbound_messages_total";
 /// Inbound webhook notifications that are not messages (WhatsApp `statuses`, Telegram edits), by
 /// `channel` and `kind`.
 pub const WEBHOOK_EVENTS: &str = "clawgate_webhook_events_total";
@@ -175,6 +179,10 @@ fn describe() {
     describe_counter!(
         EGRESS_DEAD_LETTERS,
         "Replies that could not be delivered (dead-lettered)."
+    );
+    describe_counter!(
+        INBOUND_MESSAGES,
+        "Messages of platform notifications as read, by type and what was done with them."
     );
     describe_counter!(
         WEBHOOK_EVENTS,

@@ -2,17 +2,8 @@
 
 use crate::support::*;
 use serde_json::{Value, json};
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
-
-fn fixture_path(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
-        .join(name)
-        .display()
-        .to_string()
-}
 
 async fn config_check(file: &str, env: &[(&str, &str)]) -> (i32, String) {
     run_cli(&["config", "check", file], env).await
@@ -21,7 +12,7 @@ async fn config_check(file: &str, env: &[(&str, &str)]) -> (i32, String) {
 #[tokio::test]
 async fn config_check_accepts_the_seed_llm_block_unchanged() {
     let (code, out) = config_check(
-        &fixture_path("openclaw-llm.json"),
+        &fixture_path("openclaw-llm.json").display().to_string(),
         &[("LLM_API_KEY", "sk-x")],
     )
     .await;
@@ -32,7 +23,11 @@ async fn config_check_accepts_the_seed_llm_block_unchanged() {
     );
     assert!(!out.contains("sk-x"), "the API key was printed");
 
-    let (code, out) = config_check(&fixture_path("openclaw-llm.json"), &[]).await;
+    let (code, out) = config_check(
+        &fixture_path("openclaw-llm.json").display().to_string(),
+        &[],
+    )
+    .await;
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("llm.providers[0].apiKey") && out.contains("LLM_API_KEY"),
@@ -232,8 +227,8 @@ async fn mock_platforms_records_sends_in_order_and_fails_on_request() {
     assert_eq!(
         all,
         json!([
-            {"channel": "whatsapp", "to": "31612345678", "text": "Your package VC482913577NL is out for delivery, expected between 14:00 and 16:00."},
-            {"channel": "telegram", "to": "5123456789", "text": "Pickup for 14 parcels is booked for tomorrow between 09:00 and 12:00."}
+            {"channel": "whatsapp", "to": "31612345678", "text": "Your package VC482913577NL is out for delivery, expected between 14:00 and 16:00.", "address_field": "to"},
+            {"channel": "telegram", "to": "5123456789", "text": "Pickup for 14 parcels is booked for tomorrow between 09:00 and 12:00.", "address_field": "chat_id"}
         ])
     );
     let only: Value = http
@@ -281,4 +276,101 @@ async fn mock_platforms_records_sends_in_order_and_fails_on_request() {
         .expect("json");
     assert_eq!(none, json!([]));
     let _ = child.kill().await;
+}
+
+/// The mock platforms take what the official client libraries send: python-telegram-bot
+/// posts form-encoded parameters (numbers and objects JSON-encoded into strings) and calls
+/// getMe first; pywa addresses a customer without a number by `recipient`.
+#[tokio::test]
+async fn mock_platforms_take_what_the_official_client_libraries_send() {
+    let platforms = mock_platforms().await;
+    let base = platforms.base_url();
+    let bot = format!("{base}/bot7000000001:TEST");
+    let http = reqwest::Client::new();
+    let me: Value = http
+        .post(format!("{bot}/getMe"))
+        .send()
+        .await
+        .expect("getMe")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (me["ok"].as_bool(), me["result"]["id"].as_i64()),
+        (Some(true), Some(7000000001))
+    );
+    let form: Value = http
+        .post(format!("{bot}/sendMessage"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("chat_id=-1009876543210&text=Hallo+H%C3%A4ndler&reply_markup=%7B%22inline_keyboard%22%3A%5B%5D%7D")
+        .send()
+        .await
+        .expect("form sendMessage")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(form["ok"], true, "{form}");
+    assert_eq!(
+        form["result"]["chat"],
+        json!({"id": -1009876543210_i64, "type": "supergroup"})
+    );
+    assert_eq!(form["result"]["text"], "Hallo Händler");
+    let control = http
+        .post(format!("{base}/control"))
+        .json(&json!({"chat_types": {"-1001234567890": "channel"}}))
+        .send()
+        .await
+        .expect("control");
+    assert_eq!(control.status(), 200);
+    let query: Value = http
+        .get(format!(
+            "{bot}/sendMessage?chat_id=-1001234567890&text=Status"
+        ))
+        .send()
+        .await
+        .expect("GET sendMessage")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(query["result"]["chat"]["type"], "channel", "{query}");
+    let answered: Value = http
+        .post(format!("{bot}/answerCallbackQuery"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("callback_query_id=4382bfdwdsb323b2d9")
+        .send()
+        .await
+        .expect("answerCallbackQuery")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(answered["result"], true);
+    assert_eq!(platforms.callback_answers(), vec!["4382bfdwdsb323b2d9"]);
+    let whatsapp: Value = http
+        .post(format!("{base}/v21.0/106540352242922/messages"))
+        .bearer_auth("token")
+        .json(
+            &json!({"messaging_product": "whatsapp", "recipient_type": "individual",
+            "recipient": "NL.1234567890", "type": "text", "text": {"body": "Hoi"}}),
+        )
+        .send()
+        .await
+        .expect("send to a BSUID")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        whatsapp["contacts"][0]["user_id"], "NL.1234567890",
+        "{whatsapp}"
+    );
+    let sent = platforms.sent();
+    assert_eq!(
+        sent.iter()
+            .map(|s| (s.to.as_str(), s.address_field.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            ("-1009876543210", "chat_id"),
+            ("-1001234567890", "chat_id"),
+            ("NL.1234567890", "recipient")
+        ]
+    );
 }

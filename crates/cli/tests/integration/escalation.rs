@@ -17,9 +17,7 @@ async fn escalating_gateway(
     dispatcher: &MockDispatcher,
     max_attempts: u32,
 ) -> (TestRedis, MockTracking, Gateway) {
-    let packages = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures/packages.json");
-    let tracking = MockTracking::spawn(load_packages(&packages).expect("fixture"))
+    let tracking = MockTracking::spawn(load_packages(&packages_file()).expect("packages"))
         .await
         .expect("mock tracking");
     let redis = TestRedis::start().await;

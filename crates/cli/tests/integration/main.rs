@@ -12,6 +12,7 @@ mod degraded;
 mod deploy;
 mod escalation;
 mod loadtest;
+mod platform_traffic;
 mod providers;
 mod reload;
 mod replicas;

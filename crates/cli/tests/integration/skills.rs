@@ -6,10 +6,6 @@ use clawgate_fakes::mock_tracking::{MockTracking, load_packages};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-fn packages_fixture() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/packages.json")
-}
-
 /// A replica with the example skills, no model (template only) and the tracking lookup pointed
 /// at `tracking`.
 async fn tracking_gateway(tracking: &MockTracking) -> (TestRedis, Gateway) {
@@ -35,7 +31,7 @@ async fn reply_text(gateway: &Gateway, session: &str, message_id: &str, text: &s
 }
 
 fn package(number: &str) -> Value {
-    load_packages(&packages_fixture())
+    load_packages(&packages_file())
         .expect("fixture")
         .into_iter()
         .find(|p| p["tracking_number"] == number)
@@ -44,7 +40,7 @@ fn package(number: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tracking_inquiry_gets_the_real_status_with_no_model_at_all() {
-    let tracking = MockTracking::spawn(load_packages(&packages_fixture()).expect("fixture"))
+    let tracking = MockTracking::spawn(load_packages(&packages_file()).expect("fixture"))
         .await
         .expect("mock tracking");
     let (_redis, gateway) = tracking_gateway(&tracking).await;
@@ -68,7 +64,7 @@ async fn a_tracking_inquiry_gets_the_real_status_with_no_model_at_all() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weekend_delivery_question_with_a_postal_code_gets_the_estimates_answer_for_that_area() {
-    let tracking = MockTracking::spawn(load_packages(&packages_fixture()).expect("fixture"))
+    let tracking = MockTracking::spawn(load_packages(&packages_file()).expect("fixture"))
         .await
         .expect("mock tracking");
     let (_redis, gateway) = tracking_gateway(&tracking).await;
@@ -109,7 +105,7 @@ async fn a_weekend_delivery_question_with_a_postal_code_gets_the_estimates_answe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_number_is_said_to_be_unknown_and_no_number_is_asked_for() {
-    let tracking = MockTracking::spawn(load_packages(&packages_fixture()).expect("fixture"))
+    let tracking = MockTracking::spawn(load_packages(&packages_file()).expect("fixture"))
         .await
         .expect("mock tracking");
     let (_redis, gateway) = tracking_gateway(&tracking).await;
@@ -125,7 +121,7 @@ async fn an_unknown_number_is_said_to_be_unknown_and_no_number_is_asked_for() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lookup_that_times_out_gets_an_honest_unavailable_answer_never_a_status() {
-    let tracking = MockTracking::spawn(load_packages(&packages_fixture()).expect("fixture"))
+    let tracking = MockTracking::spawn(load_packages(&packages_file()).expect("fixture"))
         .await
         .expect("mock tracking");
     let (_redis, gateway) = tracking_gateway(&tracking).await;
@@ -149,7 +145,7 @@ async fn a_lookup_that_times_out_gets_an_honest_unavailable_answer_never_a_statu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clawgate_mock_tracking_serves_the_data_file() {
     let port = free_port();
-    let fixture = packages_fixture();
+    let fixture = packages_file();
     let mut child = tokio::process::Command::new(binary())
         .args(["mock", "tracking", "--port", &port.to_string(), "--data"])
         .arg(&fixture)
@@ -187,7 +183,7 @@ async fn clawgate_mock_tracking_serves_the_data_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_is_answered_in_the_language_they_write_and_it_sticks() {
-    let tracking = MockTracking::spawn(load_packages(&packages_fixture()).expect("fixture"))
+    let tracking = MockTracking::spawn(load_packages(&packages_file()).expect("fixture"))
         .await
         .expect("mock tracking");
     let (_redis, gateway) = tracking_gateway(&tracking).await;

@@ -6,6 +6,7 @@
 //! The bot token is part of Telegram's URLs, so transport errors are stripped of their URL before
 //! they are logged or stored.
 
+use super::whatsapp;
 use crate::config::{ChannelsConfig, TelegramConfig, WhatsappConfig};
 use crate::message::{Channel, InboundMessage};
 use crate::{retry, telemetry};
@@ -19,6 +20,9 @@ use std::time::Duration;
 pub const PLATFORM_TEXT_LIMIT: usize = 4096;
 /// Attempts per chunk before the reply is given up (and dead-lettered).
 const MAX_ATTEMPTS: u32 = 5;
+/// Attempts to answer a button press: Telegram shows the spinner for a few seconds only, so a
+/// late answer is worth little.
+const CALLBACK_ATTEMPTS: u32 = 3;
 /// Longest wait honoured from a platform's `retry_after`; longer asks are treated as failures.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
@@ -61,8 +65,8 @@ pub struct WhatsappClient {
 
 /// Telegram Bot API sender.
 pub struct TelegramClient {
-    /// `{apiBase}/bot{token}/sendMessage`: holds the token, never logged.
-    send_url: String,
+    /// `{apiBase}/bot{token}`, before the method name: holds the token, never logged.
+    bot_url: String,
     client: reqwest::Client,
 }
 
@@ -89,7 +93,7 @@ impl Egress {
 
     /// Sends `text` to the customer who wrote `msg`, split and retried as needed.
     pub async fn deliver(&self, msg: &InboundMessage, text: &str) -> Result<(), DeliveryFailure> {
-        self.send(msg.channel, &msg.user, msg.account.as_deref(), text)
+        self.send(msg.channel, msg.address(), msg.account.as_deref(), text)
             .await
     }
 
@@ -111,6 +115,31 @@ impl Egress {
             }
         }
         Ok(())
+    }
+
+    /// Answers a Telegram button press (`answerCallbackQuery`), retried like a reply chunk.
+    pub async fn answer_callback_query(&self, id: &str) -> Result<(), String> {
+        let Some(telegram) = &self.telegram else {
+            return Err("the telegram channel is not configured for sending".into());
+        };
+        let mut backoff = retry::backoff(CALLBACK_ATTEMPTS - 1).build();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error = match telegram.answer_callback_query(id).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            let wait = match error.retry {
+                Retry::No => None,
+                Retry::After(after) => Some(after.min(MAX_RETRY_AFTER)),
+                Retry::Backoff => backoff.next(),
+            };
+            match wait {
+                Some(wait) if attempt < CALLBACK_ATTEMPTS => tokio::time::sleep(wait).await,
+                _ => return Err(error.reason),
+            }
+        }
     }
 
     async fn send_chunk(
@@ -193,10 +222,17 @@ impl WhatsappClient {
     /// `POST {apiBase}/{version}/{phoneNumberId}/messages` with one text message.
     async fn send(&self, to: &str, account: Option<&str>, text: &str) -> Result<(), SendError> {
         let account = account.unwrap_or(&self.default_account);
+        // A customer who shares no phone number is addressed by their business-scoped user id,
+        // which the send API takes as `recipient` instead of `to`.
+        let address_field = if whatsapp::is_business_scoped_id(to) {
+            "recipient"
+        } else {
+            "to"
+        };
         let body = json!({
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
-            "to": to,
+            address_field: to,
             "type": "text",
             "text": {"preview_url": false, "body": text},
         });
@@ -239,8 +275,8 @@ impl WhatsappClient {
 impl TelegramClient {
     fn new(config: &TelegramConfig, client: reqwest::Client) -> TelegramClient {
         TelegramClient {
-            send_url: format!(
-                "{}/bot{}/sendMessage",
+            bot_url: format!(
+                "{}/bot{}",
                 config.api_base,
                 config.bot_token.expose_secret()
             ),
@@ -255,10 +291,23 @@ impl TelegramClient {
             .parse::<i64>()
             .map(Value::from)
             .unwrap_or_else(|_| Value::from(chat_id));
+        self.call("sendMessage", &json!({"chat_id": chat_id, "text": text}))
+            .await
+    }
+
+    /// `POST {apiBase}/bot{token}/answerCallbackQuery`: stops the spinner on the button the
+    /// customer pressed.
+    async fn answer_callback_query(&self, id: &str) -> Result<(), SendError> {
+        self.call("answerCallbackQuery", &json!({"callback_query_id": id}))
+            .await
+    }
+
+    /// Calls a Bot API method; an error says whether a retry may help.
+    async fn call(&self, method: &str, parameters: &Value) -> Result<(), SendError> {
         let response = self
             .client
-            .post(&self.send_url)
-            .json(&json!({"chat_id": chat_id, "text": text}))
+            .post(format!("{}/{method}", self.bot_url))
+            .json(parameters)
             .send()
             .await
             .map_err(transport_error)?;

@@ -5,7 +5,9 @@
 //! are durable, and replies go out through [`egress`].
 
 pub mod api;
+pub mod batch;
 pub mod egress;
+pub mod identity;
 pub mod telegram;
 pub mod webchat;
 pub mod whatsapp;
@@ -15,6 +17,65 @@ use crate::http::error::ApiError;
 use crate::message::{InboundMessage, StoredReply};
 use crate::state::Acceptance;
 use std::time::{Duration, Instant};
+
+/// One line per channel for `clawgate config check`: where its messages come in, how they are
+/// checked, where replies go, and what each kind of message gets; channels left out of the
+/// configuration are named as such.
+pub fn describe(config: &crate::config::Config) -> Vec<(&'static str, String)> {
+    let channels = &config.channels;
+    // Scheme and host only: a base URL's path could hold a token.
+    let host = |url: &str| url.split('/').take(3).collect::<Vec<_>>().join("/");
+    let mut lines = vec![(
+        "webchat",
+        format!(
+            "POST /v1/webchat/messages; the answer comes in the response when ready within {} ms, else 202 and GET …/messages/{{id}}",
+            config.webchat.reply_wait.as_millis()
+        ),
+    )];
+    match &channels.whatsapp {
+        Some(w) => lines.push(("whatsapp", format!(
+            "POST /webhooks/whatsapp, signed with the app secret (GET for Meta's handshake); replies via {}/{} from number id {}, to the phone number or, for customers who share none, the business-scoped user id; texts, buttons and list replies answered, media get the text-only notice, reactions and statuses counted, unreadable messages dead-lettered",
+            host(&w.api_base),
+            w.api_version,
+            w.phone_number_id
+        ))),
+        None => lines.push(("whatsapp", "not configured (channels.whatsapp)".into())),
+    }
+    match &channels.telegram {
+        Some(t) => lines.push(("telegram", format!(
+            "POST /webhooks/telegram, checked against the secret token; replies and button answers via {}; texts and button presses answered, media get the text-only notice, edits, channel posts and member updates counted",
+            host(&t.api_base)
+        ))),
+        None => lines.push(("telegram", "not configured (channels.telegram)".into())),
+    }
+    lines.push((
+        "api",
+        match &channels.api {
+            Some(_) => {
+                "POST /v1/chat/completions with the bearer token; the answer comes in the response"
+                    .into()
+            }
+            None => "not configured (channels.api)".into(),
+        },
+    ));
+    let languages: Vec<&str> = channels
+        .unsupported_reply
+        .keys()
+        .map(String::as_str)
+        .collect();
+    lines.push((
+        "media",
+        format!(
+            "the text-only notice in {}",
+            if languages.is_empty() {
+                "the general skill's template language (none configured)".to_string()
+            } else {
+                languages.join(", ")
+            }
+        ),
+    ));
+    lines
+}
 
 /// Longest session, user or client message id.
 const MAX_ID_LEN: usize = 128;

@@ -7,10 +7,10 @@
 //! batch, and dedupe on the `wamid` makes that safe). Delivery `statuses` are counted, not
 //! answered.
 
+use super::batch::{self, Action, Read};
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::message::{Channel, InboundMessage};
-use crate::state::Acceptance;
 use crate::telemetry;
 use axum::Json;
 use axum::body::Bytes;
@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, KeyInit, Mac};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +30,8 @@ use subtle::ConstantTimeEq;
 /// The header Meta signs notifications in.
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
 
+/// A notification as far as it must be well-formed: `entry[].changes[].value`. Messages,
+/// contacts and statuses are read one by one (one bad message costs only itself).
 #[derive(Deserialize)]
 struct Notification {
     #[serde(default)]
@@ -50,35 +52,14 @@ struct Change {
 
 #[derive(Deserialize, Default)]
 struct ChangeValue {
-    metadata: Option<Metadata>,
     #[serde(default)]
-    messages: Vec<WaMessage>,
+    metadata: Value,
     #[serde(default)]
-    statuses: Vec<Status>,
-}
-
-#[derive(Deserialize)]
-struct Metadata {
-    phone_number_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct WaMessage {
-    from: String,
-    id: String,
-    #[serde(rename = "type", default)]
-    kind: String,
-    /// The type-specific part (`text`, `interactive`, `image`, …), read by [`message_text`].
-    #[serde(flatten)]
-    content: Map<String, Value>,
-}
-
-#[derive(Deserialize)]
-struct Status {
+    contacts: Vec<Value>,
     #[serde(default)]
-    status: String,
+    messages: Vec<Value>,
     #[serde(default)]
-    errors: Vec<Value>,
+    statuses: Vec<Value>,
 }
 
 /// `GET /webhooks/whatsapp`: Meta's verification handshake.
@@ -151,99 +132,255 @@ pub async fn receive(
         ApiError::bad_request(format!("not a WhatsApp Cloud API notification: {e}"))
     })?;
     drop(body);
-    let messages = inbound_messages(notification, &app.replica_id)?;
-    let (mut accepted, mut duplicates) = (0, 0);
-    for msg in &messages {
-        match app.ingress.accept(msg).await? {
-            (Acceptance::Accepted { .. }, _) => accepted += 1,
-            (Acceptance::Duplicate, _) => duplicates += 1,
-        }
-    }
-    Ok(Json(json!({"accepted": accepted, "duplicates": duplicates})).into_response())
+    let reads = read_notification(notification, &app.replica_id);
+    let ingested = batch::ingest(&app, Channel::Whatsapp, reads).await?;
+    Ok(Json(ingested).into_response())
 }
 
-/// The messages of a notification, in order; delivery statuses are counted and dropped.
-fn inbound_messages(
-    notification: Notification,
-    replica_id: &str,
-) -> Result<Vec<InboundMessage>, ApiError> {
-    let mut messages = Vec::new();
+/// Every message of a notification, read, in order; delivery statuses are counted.
+fn read_notification(notification: Notification, replica_id: &str) -> Vec<Read> {
+    let mut reads = Vec::new();
     for change in notification.entry.into_iter().flat_map(|e| e.changes) {
         let value = change.value;
         for status in &value.statuses {
-            let kind = match status.status.as_str() {
-                "sent" => "sent",
-                "delivered" => "delivered",
-                "read" => "read",
-                "failed" => "failed",
-                _ => "other",
-            };
-            metrics::counter!(telemetry::WEBHOOK_EVENTS, "channel" => "whatsapp", "kind" => kind)
-                .increment(1);
-            if kind == "failed" {
-                tracing::warn!(errors = ?status.errors, "WhatsApp reports a reply that failed to deliver");
-            }
+            count_status(status);
         }
-        let account = value.metadata.and_then(|m| m.phone_number_id);
-        for message in value.messages {
-            if !is_wa_id(&message.from) {
-                return Err(ApiError::bad_request(format!(
-                    "message `from` must be a WhatsApp id (digits), found \"{}\"",
-                    message.from
-                )));
-            }
-            if message.id.is_empty() || message.id.len() > 256 || message.id.contains(['{', '}']) {
-                return Err(ApiError::bad_request("message `id` must be a wamid"));
-            }
-            let (text, unsupported) = message_text(&message);
-            let mut msg = InboundMessage::new(
-                Channel::Whatsapp,
-                &message.from,
-                &message.id,
-                text,
+        let account = value.metadata["phone_number_id"]
+            .as_str()
+            .map(str::to_string);
+        for message in &value.messages {
+            reads.push(read_message(
+                message,
+                &value.contacts,
+                account.as_deref(),
                 replica_id,
-            );
-            msg.account = account.clone();
-            msg.unsupported = unsupported;
-            messages.push(msg);
+            ));
         }
     }
-    Ok(messages)
+    reads
 }
 
+fn count_status(status: &Value) {
+    let kind = match status["status"].as_str().unwrap_or("") {
+        "sent" => "sent",
+        "delivered" => "delivered",
+        "read" => "read",
+        "failed" => "failed",
+        _ => "other",
+    };
+    metrics::counter!(telemetry::WEBHOOK_EVENTS, "channel" => "whatsapp", "kind" => kind)
+        .increment(1);
+    if kind == "failed" {
+        tracing::warn!(errors = %status["errors"], "WhatsApp reports a reply that failed to deliver");
+    }
+}
+
+/// Message types the agent cannot read: they get the text-only notice in the customer's
+/// language.
+const MEDIA_TYPES: [&str; 9] = [
+    "image",
+    "sticker",
+    "audio",
+    "video",
+    "document",
+    "location",
+    "contacts",
+    "order",
+    "unsupported",
+];
+
+/// Message types that are counted and not answered: a reaction to a message, an edit or
+/// deletion of an earlier one, the chat being opened.
+const SILENT_TYPES: [&str; 4] = ["reaction", "edit", "revoke", "request_welcome"];
+
+/// Reads one message of a notification (`contacts` are the notification's senders).
+fn read_message(
+    message: &Value,
+    contacts: &[Value],
+    account: Option<&str>,
+    replica_id: &str,
+) -> Read {
+    let kind = message_kind(message["type"].as_str().unwrap_or(""));
+    let unreadable = |reason: String| Read::unreadable(kind, reason, message.to_string());
+    let Some(sender) = Sender::of(message, contacts) else {
+        return unreadable(
+            "the message names no sender: no `from` phone number and no business-scoped user id (`from_user_id` or the contact's `user_id`)".into(),
+        );
+    };
+    if kind == "system" {
+        return read_system(message, sender);
+    }
+    if SILENT_TYPES.contains(&kind) {
+        return Read::ignore(kind);
+    }
+    let id = message["id"].as_str().unwrap_or("");
+    if id.is_empty() || id.len() > 256 || id.contains(['{', '}']) {
+        return unreadable("message `id` must be a wamid".into());
+    }
+    let (text, unsupported) = message_text(message, kind);
+    let identities = sender.identities();
+    let mut msg = InboundMessage::new(Channel::Whatsapp, &identities[0], id, text, replica_id);
+    msg.account = account.map(str::to_string);
+    msg.unsupported = unsupported;
+    Read {
+        kind,
+        action: Action::Answer {
+            msg: Box::new(msg),
+            identities,
+        },
+    }
+}
+
+/// The platform's type name from the fixed list counted in metrics (`unknown` for others, which
+/// get the text-only notice too).
+fn message_kind(kind: &str) -> &'static str {
+    ["text", "interactive", "button", "system"]
+        .into_iter()
+        .chain(MEDIA_TYPES)
+        .chain(SILENT_TYPES)
+        .find(|k| *k == kind)
+        .unwrap_or("unknown")
+}
+
+/// How WhatsApp names the sender of a message: the phone number (`from`, withheld for a
+/// customer with a username), and the business-scoped user id (BSUID, in every messages webhook
+/// since April 2026: the message's `from_user_id` or the contact's `user_id`).
+#[derive(Debug, Clone, PartialEq)]
+struct Sender {
+    phone: Option<String>,
+    bsuid: Option<String>,
+}
+
+impl Sender {
+    /// The sender of `message`, matched to its contact by phone number or BSUID (or the only
+    /// contact, when the message names neither); `None` when nothing names them.
+    fn of(message: &Value, contacts: &[Value]) -> Option<Sender> {
+        let from = message["from"].as_str().filter(|f| !f.is_empty());
+        let phone = from.filter(|f| is_wa_id(f)).map(str::to_string);
+        let own_bsuid = message["from_user_id"]
+            .as_str()
+            .or(from.filter(|f| is_bsuid(f)))
+            .filter(|id| is_bsuid(id));
+        if from.is_some() && phone.is_none() && own_bsuid.is_none() {
+            return None;
+        }
+        let contact = contacts
+            .iter()
+            .find(|c| {
+                let wa_id = c["wa_id"].as_str();
+                let user_id = c["user_id"].as_str();
+                (phone.is_some() && wa_id == phone.as_deref())
+                    || (own_bsuid.is_some() && user_id == own_bsuid)
+            })
+            .or(match (contacts, &phone, own_bsuid) {
+                ([only], None, None) => Some(only),
+                _ => None,
+            });
+        let phone = phone.or_else(|| {
+            contact
+                .and_then(|c| c["wa_id"].as_str())
+                .filter(|id| is_wa_id(id))
+                .map(str::to_string)
+        });
+        let bsuid = own_bsuid
+            .or_else(|| contact.and_then(|c| c["user_id"].as_str()))
+            .filter(|id| is_bsuid(id))
+            .map(str::to_string);
+        (phone.is_some() || bsuid.is_some()).then_some(Sender { phone, bsuid })
+    }
+
+    /// Phone number first (conversations are keyed on it when it is known), then the BSUID.
+    fn identities(&self) -> Vec<String> {
+        self.phone.iter().chain(&self.bsuid).cloned().collect()
+    }
+}
+
+/// `user_changed_number` (a new number, and with it a new BSUID) and `user_changed_user_id`
+/// continue the customer's conversation under the new identity; other system messages are
+/// counted only.
+fn read_system(message: &Value, sender: Sender) -> Read {
+    let system = &message["system"];
+    let new_identities: Vec<String> = match system["type"].as_str().unwrap_or("") {
+        "user_changed_number" | "customer_changed_number" => [
+            system["wa_id"]
+                .as_str()
+                .or(system["new_wa_id"].as_str())
+                .filter(|id| is_wa_id(id)),
+            system["user_id"].as_str().filter(|id| is_bsuid(id)),
+        ]
+        .into_iter()
+        .flatten()
+        .map(str::to_string)
+        .collect(),
+        "user_changed_user_id" => system["user_id"]
+            .as_str()
+            .filter(|id| is_bsuid(id))
+            .map(str::to_string)
+            .into_iter()
+            .collect(),
+        _ => Vec::new(),
+    };
+    if new_identities.is_empty() {
+        return Read::ignore("system");
+    }
+    Read {
+        kind: "system",
+        action: Action::Relink {
+            from: sender.identities(),
+            to: new_identities,
+        },
+    }
+}
+
+/// A WhatsApp id: the phone number in international format, digits only.
 fn is_wa_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A business-scoped user id: a two-letter country code, a period, then up to 128 letters and
+/// digits (a parent BSUID has `ENT.` after the country code), e.g. `NL.1234567890`.
+fn is_bsuid(id: &str) -> bool {
+    let Some((country, rest)) = id.split_once('.') else {
+        return false;
+    };
+    let rest = rest.strip_prefix("ENT.").unwrap_or(rest);
+    country.len() == 2
+        && country.bytes().all(|b| b.is_ascii_uppercase())
+        && !rest.is_empty()
+        && rest.len() <= 128
+        && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Whether a reply address is a BSUID (Meta's send API takes it as `recipient`, not `to`).
+pub fn is_business_scoped_id(address: &str) -> bool {
+    is_bsuid(address)
 }
 
 /// The customer's text: `text.body`, the title of a button or list reply, a template button's
 /// text; for anything else (image, audio, location, …) the caption or a placeholder, and the
 /// kind, which earns the text-only notice.
-fn message_text(message: &WaMessage) -> (String, Option<String>) {
-    // `object` is the type-specific part, e.g. `text` → {"body": …}; `path` a pointer into it.
-    let field = |object: &str, path: &str| {
+fn message_text(message: &Value, kind: &str) -> (String, Option<String>) {
+    let field = |pointer: &str| {
         message
-            .content
-            .get(object)
-            .and_then(|v| v.pointer(path))
+            .pointer(pointer)
             .and_then(Value::as_str)
             .map(str::to_string)
     };
-    let text = match message.kind.as_str() {
-        "text" => field("text", "/body"),
-        "interactive" => field("interactive", "/button_reply/title")
-            .or_else(|| field("interactive", "/list_reply/title")),
-        "button" => field("button", "/text"),
+    let text = match kind {
+        "text" => field("/text/body"),
+        "interactive" => field("/interactive/button_reply/title")
+            .or_else(|| field("/interactive/list_reply/title")),
+        "button" => field("/button/text"),
         _ => None,
     };
     match text {
         Some(text) if !text.trim().is_empty() => (text, None),
         _ => {
-            let kind = if message.kind.is_empty() {
-                "unknown"
-            } else {
-                &message.kind
-            };
-            let caption = field(kind, "/caption").unwrap_or_default();
+            let caption = message
+                .get(kind)
+                .and_then(|part| part.get("caption"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             (
                 format!("[{kind}] {caption}").trim().to_string(),
                 Some(kind.to_string()),
@@ -258,11 +395,8 @@ mod tests {
     use axum::http::HeaderValue;
 
     fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(format!(
-            "{}/../../../shared/fixtures/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap_or_default()
+        let path = format!("{}/../../fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
     }
 
     fn signed(body: &[u8], secret: &str) -> HeaderMap {
@@ -309,36 +443,172 @@ mod tests {
         assert!(check_signature(&signed(&body, "other"), &body, "secret").is_err());
     }
 
-    fn parse(name: &str) -> Vec<InboundMessage> {
+    fn reads(name: &str) -> Vec<Read> {
         let notification: Notification = serde_json::from_slice(&fixture(name)).expect("fixture");
-        inbound_messages(notification, "r1").expect("messages")
+        read_notification(notification, "r1")
+    }
+
+    /// The messages to answer, with the identities their sender is named by.
+    fn parse(name: &str) -> Vec<(InboundMessage, Vec<String>)> {
+        reads(name)
+            .into_iter()
+            .filter_map(|read| match read.action {
+                Action::Answer { msg, identities } => Some((*msg, identities)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn kinds_and_actions(name: &str) -> Vec<(&'static str, &'static str)> {
+        reads(name)
+            .iter()
+            .map(|read| {
+                let action = match &read.action {
+                    Action::Answer { msg, .. } if msg.unsupported.is_some() => "notice",
+                    Action::Answer { .. } => "answer",
+                    Action::Ignore => "ignore",
+                    Action::Relink { .. } => "relink",
+                    Action::Unreadable { .. } => "unreadable",
+                };
+                (read.kind, action)
+            })
+            .collect()
     }
 
     #[test]
     fn reads_every_message_of_a_batch_in_order() {
         let messages = parse("whatsapp-multi.json");
-        let senders: Vec<&str> = messages.iter().map(|m| m.user.as_str()).collect();
+        let senders: Vec<&str> = messages.iter().map(|(m, _)| m.user.as_str()).collect();
         assert_eq!(senders, vec!["31612345678", "32470123456", "31612345678"]);
-        assert_eq!(messages[1].text, "My package VC100200300BE arrived damaged");
+        assert_eq!(
+            messages[1].0.text,
+            "My package VC100200300BE arrived damaged"
+        );
         assert!(
             messages
                 .iter()
-                .all(|m| m.account.as_deref() == Some("106540352242922"))
+                .all(|(m, _)| m.account.as_deref() == Some("106540352242922"))
         );
-        assert!(messages.iter().all(|m| m.message_id.starts_with("wamid.")));
+        assert!(
+            messages
+                .iter()
+                .all(|(m, _)| m.message_id.starts_with("wamid."))
+        );
     }
 
     #[test]
     fn button_replies_carry_their_title_and_images_are_unsupported() {
         let button = parse("whatsapp-interactive-button.json");
         assert_eq!(
-            (button[0].text.as_str(), button[0].unsupported.as_deref()),
+            (
+                button[0].0.text.as_str(),
+                button[0].0.unsupported.as_deref()
+            ),
             ("18:00-21:00", None)
         );
         let image = parse("whatsapp-image.json");
-        assert_eq!(image[0].unsupported.as_deref(), Some("image"));
-        assert_eq!(image[0].text, "[image] the box");
-        assert!(parse("whatsapp-status.json").is_empty());
-        assert!(parse("whatsapp-status-failed.json").is_empty());
+        assert_eq!(image[0].0.unsupported.as_deref(), Some("image"));
+        assert_eq!(image[0].0.text, "[image] the box");
+        assert!(reads("whatsapp-status.json").is_empty());
+        assert!(reads("whatsapp-status-failed.json").is_empty());
+    }
+
+    #[test]
+    fn a_customer_with_a_username_is_named_by_their_business_scoped_id() {
+        let messages = parse("whatsapp-username.json");
+        assert_eq!(messages.len(), 1);
+        let (msg, identities) = &messages[0];
+        assert_eq!(identities, &vec!["NL.1234567890".to_string()]);
+        assert_eq!(msg.user, "NL.1234567890");
+        assert_eq!(msg.text, "Waar is mijn pakket? VC482913577NL");
+    }
+
+    #[test]
+    fn a_customer_named_both_ways_is_keyed_on_the_number_first() {
+        let messages = parse("whatsapp-phone-and-bsuid.json");
+        assert_eq!(
+            messages[0].1,
+            vec!["31612345678".to_string(), "NL.1234567890".to_string()]
+        );
+        assert_eq!(messages[0].0.user, "31612345678");
+    }
+
+    #[test]
+    fn one_bad_message_costs_only_itself() {
+        assert_eq!(
+            kinds_and_actions("whatsapp-mixed-batch.json"),
+            vec![
+                ("text", "answer"),
+                ("unknown", "notice"),
+                ("text", "unreadable"),
+                ("location", "notice"),
+            ]
+        );
+        let unreadable = reads("whatsapp-mixed-batch.json")
+            .into_iter()
+            .find_map(|read| match read.action {
+                Action::Unreadable { reason, payload } => Some((reason, payload)),
+                _ => None,
+            })
+            .expect("one unreadable message");
+        assert!(unreadable.0.contains("no sender"), "{}", unreadable.0);
+        assert!(unreadable.1.contains("no sender Meta would send"));
+    }
+
+    #[test]
+    fn every_message_type_has_a_deliberate_answer() {
+        assert_eq!(
+            kinds_and_actions("whatsapp-reaction.json"),
+            vec![("reaction", "ignore")]
+        );
+        let media = kinds_and_actions("whatsapp-media-kinds.json");
+        assert_eq!(media.len(), 8);
+        assert!(
+            media.iter().all(|(_, action)| *action == "notice"),
+            "{media:?}"
+        );
+        let replies = parse("whatsapp-list-and-template-replies.json");
+        let texts: Vec<&str> = replies.iter().map(|(m, _)| m.text.as_str()).collect();
+        assert_eq!(texts, vec!["18:00-21:00", "Andere dag"]);
+    }
+
+    #[test]
+    fn identity_changes_continue_the_conversation_under_the_new_identity() {
+        let relinks: Vec<(Vec<String>, Vec<String>)> = [
+            "whatsapp-changed-number.json",
+            "whatsapp-changed-user-id.json",
+        ]
+        .iter()
+        .flat_map(|name| reads(name))
+        .filter_map(|read| match read.action {
+            Action::Relink { from, to } => Some((from, to)),
+            _ => None,
+        })
+        .collect();
+        assert_eq!(
+            relinks,
+            vec![
+                (
+                    vec!["31612345678".to_string()],
+                    vec!["31687654321".to_string(), "NL.5550001111".to_string()]
+                ),
+                (
+                    vec!["NL.1234567890".to_string()],
+                    vec!["NL.7770002222".to_string()]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn business_scoped_ids_are_told_from_numbers_and_junk() {
+        assert!(is_bsuid("NL.1234567890"));
+        assert!(is_bsuid("US.ENT.11815799212886844830"));
+        assert!(!is_bsuid("31612345678"));
+        assert!(!is_bsuid("nl.123"));
+        assert!(!is_bsuid("NL."));
+        assert!(!is_bsuid("NL.12{3}"));
+        assert!(is_wa_id("31612345678"));
+        assert!(!is_wa_id("+31 6"));
     }
 }

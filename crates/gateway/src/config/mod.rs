@@ -1411,7 +1411,7 @@ mod tests {
     fn the_seed_llm_block_alone_is_a_complete_config() {
         let seed = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/fixtures/openclaw-llm.json"
+            "/../../fixtures/openclaw-llm.json"
         ))
         .unwrap_or_default();
         let config = match parse(&seed) {

@@ -1,7 +1,7 @@
 //! Redis key names (DESIGN §2). The part in braces is the Redis Cluster hash tag, so all keys of
 //! one conversation share a slot. Every name is built here and nowhere else.
 
-use crate::message::{ConversationKey, DedupeId};
+use crate::message::{Channel, ConversationKey, DedupeId};
 
 /// The durable inbox stream of accepted messages.
 pub const INBOX: &str = "oc:inbox";
@@ -42,6 +42,13 @@ pub fn escalation_of(conversation: &str) -> String {
 /// Conversations with a pending escalation (sorted set scored by when it was handed over): what
 /// `clawgate escalations list` reads.
 pub const ESCALATIONS: &str = "oc:escalations";
+
+/// `oc:identity:{channel:identity}`: the conversation user a platform identity was linked to
+/// (a WhatsApp business-scoped user id to the phone number its conversation is keyed on, an
+/// old number to the conversation it continues).
+pub fn identity(channel: Channel, identity: &str) -> String {
+    format!("oc:identity:{{{}:{identity}}}", channel.as_str())
+}
 
 /// `oc:lease:{channel:user}`: who runs the conversation's current turn.
 pub fn lease(c: &ConversationKey) -> String {
@@ -102,7 +109,6 @@ pub fn reply_channel(replica_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Channel;
 
     #[test]
     fn keys_follow_the_design_schema() {
@@ -112,5 +118,9 @@ mod tests {
         let id = DedupeId::new(Channel::Webchat, "s", "m1");
         assert_eq!(seen(&id), "oc:seen:{webchat:s:m1}");
         assert_eq!(replied(&id), "oc:replied:{webchat:s:m1}");
+        assert_eq!(
+            identity(Channel::Whatsapp, "NL.1234567890"),
+            "oc:identity:{whatsapp:NL.1234567890}"
+        );
     }
 }

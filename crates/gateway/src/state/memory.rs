@@ -10,7 +10,9 @@ use super::{
     StateError, StateStore, StoreLimits, TurnCommit, TurnStart, WaitReason,
 };
 use crate::escalation::{self, Escalation};
-use crate::message::{ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply};
+use crate::message::{
+    Channel, ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply,
+};
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -50,6 +52,10 @@ impl Conversation {
     }
 }
 
+/// Identity links kept in degraded mode; past this, new links are not remembered (the
+/// customer's next message from another identity starts a conversation of its own).
+const MEMORY_IDENTITIES: usize = 100_000;
+
 /// Undeliverable replies kept in degraded mode (there is no Redis to hold them); bounded, and
 /// each is also logged with its reason.
 const MEMORY_DEAD_LETTERS: usize = 1_000;
@@ -64,6 +70,8 @@ struct Inner {
     leases: HashMap<ConversationKey, (String, Instant)>,
     /// Each conversation's latest escalation made while Redis was down, until it expires.
     escalations: HashMap<ConversationKey, (Escalation, Instant)>,
+    /// Links between platform identities (`channel:identity` → user), until they expire.
+    identities: HashMap<String, (String, Instant)>,
 }
 
 impl Inner {
@@ -341,6 +349,63 @@ impl StateStore for MemoryStore {
             "{} {}: {}",
             letter.msg.channel, letter.msg.user, letter.reason
         ));
+        Ok(())
+    }
+
+    async fn linked_identities(
+        &self,
+        channel: Channel,
+        identities: &[String],
+    ) -> Result<Vec<Option<String>>, StateError> {
+        let now = Instant::now();
+        let inner = self.lock();
+        Ok(identities
+            .iter()
+            .map(|identity| {
+                inner
+                    .identities
+                    .get(&format!("{channel}:{identity}"))
+                    .filter(|(_, expires)| *expires > now)
+                    .map(|(user, _)| user.clone())
+            })
+            .collect())
+    }
+
+    async fn link_identities(
+        &self,
+        channel: Channel,
+        links: &[(String, String)],
+    ) -> Result<(), StateError> {
+        let now = Instant::now();
+        let expires = now + self.dedupe_ttl();
+        let mut inner = self.lock();
+        if inner.identities.len() >= MEMORY_IDENTITIES {
+            inner.identities.retain(|_, (_, until)| *until > now);
+        }
+        for (identity, user) in links {
+            if inner.identities.len() < MEMORY_IDENTITIES {
+                inner
+                    .identities
+                    .insert(format!("{channel}:{identity}"), (user.clone(), expires));
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter_unreadable(
+        &self,
+        channel: Channel,
+        reason: &str,
+        _payload: &str,
+    ) -> Result<(), StateError> {
+        tracing::error!(%channel, reason, "a platform message could not be read while Redis is down; kept in this process only");
+        let mut inner = self.lock();
+        if inner.dead_letters.len() == MEMORY_DEAD_LETTERS {
+            inner.dead_letters.pop_front();
+        }
+        inner
+            .dead_letters
+            .push_back(format!("{channel} unreadable: {reason}"));
         Ok(())
     }
 

@@ -12,7 +12,9 @@ pub mod memory;
 pub mod redis;
 
 use crate::escalation::Escalation;
-use crate::message::{ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply};
+use crate::message::{
+    Channel, ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply,
+};
 use async_trait::async_trait;
 use std::time::Duration;
 
@@ -248,6 +250,10 @@ const FLOOD_BURST: u32 = 2;
 /// WhatsApp retries an unacknowledged webhook for up to 7 days; keep markers a day longer.
 pub const DEDUPE_TTL: Duration = Duration::from_secs(8 * 86_400);
 
+/// How long a link between platform identities lives after it was last written: a customer who
+/// writes again within it keeps their conversation (and its escalations) across identities.
+pub const IDENTITY_TTL: Duration = Duration::from_secs(90 * 86_400);
+
 /// The operations the turn pipeline and ingress need from conversation state.
 #[async_trait]
 pub trait StateStore: Send + Sync {
@@ -308,6 +314,32 @@ pub trait StateStore: Send + Sync {
     /// Records that the reply to a message was sent (`outcome` = `sent`) or given up
     /// (`dead_letter`).
     async fn mark_delivered(&self, id: &DedupeId, outcome: &str) -> Result<(), StateError>;
+
+    /// The conversation users that platform `identities` of `channel` are linked to, in the same
+    /// order (`None` where an identity is linked to nothing).
+    async fn linked_identities(
+        &self,
+        channel: Channel,
+        identities: &[String],
+    ) -> Result<Vec<Option<String>>, StateError>;
+
+    /// Links each `(identity, user)`: later messages that carry only that identity continue
+    /// `user`'s conversation. Links live [`IDENTITY_TTL`], renewed whenever they are written.
+    async fn link_identities(
+        &self,
+        channel: Channel,
+        links: &[(String, String)],
+    ) -> Result<(), StateError>;
+
+    /// Keeps a platform message that could not be read (no sender, no id), with the reason and
+    /// the message as it came, so one bad message in a batch costs nothing but itself and an
+    /// operator can see it (`clawgate deadletter list`; kind `unreadable`).
+    async fn dead_letter_unreadable(
+        &self,
+        channel: Channel,
+        reason: &str,
+        payload: &str,
+    ) -> Result<(), StateError>;
 
     /// Keeps a reply that could not be sent, with the reason, for an operator to re-drive.
     async fn dead_letter_reply(&self, letter: &ReplyDeadLetter<'_>) -> Result<(), StateError>;

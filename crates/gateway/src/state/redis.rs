@@ -64,6 +64,16 @@ impl RedisStore {
             error
         })
     }
+
+    /// Sends `pipe` in one round trip.
+    async fn query_pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StateError> {
+        let mut conn = self.link.connection()?;
+        pipe.query_async(&mut conn).await.map_err(|e| {
+            let error = classify(&e);
+            self.link.report(&error);
+            error
+        })
+    }
 }
 
 fn secs(d: std::time::Duration) -> u64 {
@@ -411,7 +421,7 @@ impl StateStore for RedisStore {
                     .arg("channel")
                     .arg(msg.channel.as_str())
                     .arg("to")
-                    .arg(&msg.user)
+                    .arg(msg.address())
                     .arg("account")
                     .arg(msg.account.as_deref().unwrap_or(""))
                     .arg("text")
@@ -422,6 +432,67 @@ impl StateStore for RedisStore {
                     .arg(letter.chunks_sent)
                     .arg("replica")
                     .arg(&msg.ingress_replica)
+                    .arg("ts")
+                    .arg(crate::message::now_ms()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn linked_identities(
+        &self,
+        channel: Channel,
+        identities: &[String],
+    ) -> Result<Vec<Option<String>>, StateError> {
+        if identities.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for identity in identities {
+            pipe.cmd("GET").arg(keys::identity(channel, identity));
+        }
+        self.query_pipe(&pipe).await
+    }
+
+    async fn link_identities(
+        &self,
+        channel: Channel,
+        links: &[(String, String)],
+    ) -> Result<(), StateError> {
+        if links.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (identity, user) in links {
+            pipe.cmd("SET")
+                .arg(keys::identity(channel, identity))
+                .arg(user)
+                .arg("EX")
+                .arg(secs(super::IDENTITY_TTL))
+                .ignore();
+        }
+        self.query_pipe(&pipe).await
+    }
+
+    async fn dead_letter_unreadable(
+        &self,
+        channel: Channel,
+        reason: &str,
+        payload: &str,
+    ) -> Result<(), StateError> {
+        let _: String = self
+            .query(
+                redis::cmd("XADD")
+                    .arg(keys::DEADLETTER)
+                    .arg("*")
+                    .arg("kind")
+                    .arg("unreadable")
+                    .arg("reason")
+                    .arg(reason)
+                    .arg("channel")
+                    .arg(channel.as_str())
+                    .arg("payload")
+                    .arg(payload)
                     .arg("ts")
                     .arg(crate::message::now_ms()),
             )
@@ -473,12 +544,7 @@ impl StateStore for RedisStore {
         for member in &members {
             pipe.cmd("HGETALL").arg(keys::escalation_of(member));
         }
-        let mut conn = self.link.connection()?;
-        let records: Vec<Vec<Value>> = pipe.query_async(&mut conn).await.map_err(|e| {
-            let error = classify(&e);
-            self.link.report(&error);
-            error
-        })?;
+        let records: Vec<Vec<Value>> = self.query_pipe(&pipe).await?;
         Ok(records
             .iter()
             .filter_map(|fields| Escalation::from_fields(&parse_hash(fields)))

@@ -177,12 +177,20 @@ pub fn channels_config(platforms: &MockPlatforms) -> Value {
     })
 }
 
-/// A shared fixture file's exact bytes.
+/// A wire-format fixture's path (`fixtures/` at the repository's root).
+pub fn fixture_path(name: &str) -> PathBuf {
+    repository_path(&format!("fixtures/{name}"))
+}
+
+/// A wire-format fixture's exact bytes.
 pub fn fixture(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
-        .join(name);
+    let path = fixture_path(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+/// VeloCity's packages, the data the mock tracking API serves (the example's own file).
+pub fn packages_file() -> PathBuf {
+    repository_path("examples/velocity/data/packages.json")
 }
 
 /// A WhatsApp notification with one text message.
@@ -216,11 +224,17 @@ pub async fn sent_messages(platforms: &MockPlatforms, count: usize) -> Vec<Sent>
     .await
 }
 
+/// A path in the repository, from the repository's root. Tests read nothing outside it
+/// (`scripts/test` checks): a user's clone has nothing beside it.
+pub fn repository_path(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
 /// A file of the repository, by its path from the repository's root.
 pub fn repository_file(path: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path);
+    let path = repository_path(path);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
