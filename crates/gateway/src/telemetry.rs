@@ -55,7 +55,7 @@ pub const EGRESS_SENDS: &str = "clawgate_egress_sends_total";
 pub const EGRESS_DEAD_LETTERS: &str = "clawgate_egress_dead_letters_total";
 /// Messages of platform notifications as read, by `channel`, `type` (the platform's name for it:
 /// `text`, `image`, `reaction`, `callback_query`, …; `unknown` for types not listed) and `action`
-/// (`answer`, `notice` = the text-only notice, `ignored`, `relinked`, `unreadable`).
+/// (`answer`, `unsupported` = answered with the text-only notice, `ignored`, `relinked`, `unreadable`).
 pub const INBOUND_MESSAGES: &str = "clawgate_inbound_messages_total";
 /// Inbound webhook notifications that are not messages (WhatsApp `statuses`, Telegram edits), by
 /// `channel` and `kind`.

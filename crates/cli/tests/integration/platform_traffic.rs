@@ -210,7 +210,7 @@ async fn one_unreadable_message_in_a_batch_costs_only_itself() {
         gateway
             .metric(
                 "clawgate_inbound_messages_total",
-                "channel=\"whatsapp\",type=\"unknown\",action=\"notice\""
+                "channel=\"whatsapp\",type=\"unknown\",action=\"unsupported\""
             )
             .await,
         1.0

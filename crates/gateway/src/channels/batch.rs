@@ -137,7 +137,7 @@ pub async fn ingest(
     };
     for read in reads {
         let action = match &read.action {
-            Action::Answer { msg, .. } if msg.unsupported.is_some() => "notice",
+            Action::Answer { msg, .. } if msg.unsupported.is_some() => "unsupported",
             Action::Answer { .. } => "answer",
             Action::Ignore => "ignored",
             Action::Relink { .. } => "relinked",

@@ -464,7 +464,7 @@ mod tests {
             .iter()
             .map(|read| {
                 let action = match &read.action {
-                    Action::Answer { msg, .. } if msg.unsupported.is_some() => "notice",
+                    Action::Answer { msg, .. } if msg.unsupported.is_some() => "unsupported",
                     Action::Answer { .. } => "answer",
                     Action::Ignore => "ignore",
                     Action::Relink { .. } => "relink",
@@ -539,9 +539,9 @@ mod tests {
             kinds_and_actions("whatsapp-mixed-batch.json"),
             vec![
                 ("text", "answer"),
-                ("unknown", "notice"),
+                ("unknown", "unsupported"),
                 ("text", "unreadable"),
-                ("location", "notice"),
+                ("location", "unsupported"),
             ]
         );
         let unreadable = reads("whatsapp-mixed-batch.json")
@@ -564,7 +564,7 @@ mod tests {
         let media = kinds_and_actions("whatsapp-media-kinds.json");
         assert_eq!(media.len(), 8);
         assert!(
-            media.iter().all(|(_, action)| *action == "notice"),
+            media.iter().all(|(_, action)| *action == "unsupported"),
             "{media:?}"
         );
         let replies = parse("whatsapp-list-and-template-replies.json");
