@@ -13,6 +13,7 @@
 // A benchmark's printed report is its output; setup failures should stop it loudly.
 #![allow(
     clippy::print_stdout,
+    clippy::print_stderr,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic

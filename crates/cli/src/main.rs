@@ -14,6 +14,7 @@ use clawgate_gateway::escalation::{self, Dispatcher};
 use clawgate_gateway::http_client;
 use clawgate_gateway::live::ConfigFile;
 use clawgate_gateway::llm::connections::Connections;
+use clawgate_gateway::logging;
 use clawgate_gateway::skills::SkillSet;
 use clawgate_gateway::state::StoreLimits;
 use clawgate_gateway::state::link::{RedisLink, redact};
@@ -25,6 +26,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
+
+/// A message for the operator on stderr that cannot panic (`eprintln!` does when stderr is
+/// full or closed).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        logging::say(format_args!($($arg)*))
+    };
+}
 
 #[derive(Parser)]
 #[command(
@@ -406,11 +415,11 @@ enum MockMode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let _log_flush = init_logging(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("clawgate: cannot start the async runtime: {e}");
+            say!("clawgate: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -501,22 +510,23 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("clawgate: {e:#}");
+            say!("clawgate: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Installs logging; the guard flushes queued lines when `main` returns.
+fn init_logging(format: LogFormat) -> logging::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env(env_vars::LOG)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    logging::init(
+        match format {
+            LogFormat::Json => logging::LogFormat::Json,
+            LogFormat::Text => logging::LogFormat::Text,
+        },
+        filter,
+    )
 }
 
 /// Cancelled on SIGTERM or SIGINT.
@@ -527,11 +537,13 @@ fn shutdown_signal() -> anyhow::Result<CancellationToken> {
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let cancel = token.clone();
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
-        }
+        // The drain starts before anything else happens, logging included.
+        let signal = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
         cancel.cancel();
+        tracing::info!("{signal} received");
     });
     Ok(token)
 }
@@ -543,8 +555,8 @@ async fn cluster_up(mut spec: ClusterSpec) -> anyhow::Result<ExitCode> {
         .canonicalize()
         .with_context(|| format!("config file {}", spec.config.display()))?;
     if let Err(errors) = Config::load(&spec.config) {
-        eprintln!("{errors}");
-        eprintln!("clawgate: the configuration has errors; not starting the cluster");
+        say!("{errors}");
+        say!("clawgate: the configuration has errors; not starting the cluster");
         return Ok(ExitCode::FAILURE);
     }
     let shutdown = shutdown_signal()?;
@@ -587,7 +599,7 @@ async fn cluster_scale(state_dir: &std::path::Path, replicas: u16) -> anyhow::Re
             return Ok(ExitCode::SUCCESS);
         }
         if std::time::Instant::now() > deadline {
-            eprintln!(
+            say!(
                 "clawgate: asked for {replicas} replicas; after 60 s there are {} ({healthy} healthy)",
                 listed.len()
             );
@@ -674,8 +686,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = match load_config(args.config.as_deref(), overrides) {
         Ok(config) => config,
         Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("clawgate: the configuration has errors; not starting");
+            say!("{errors}");
+            say!("clawgate: the configuration has errors; not starting");
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -722,8 +734,8 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     let config = match Config::load(file) {
         Ok(config) => config,
         Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("{}: {} error(s)", file.display(), errors.0.len());
+            say!("{errors}");
+            say!("{}: {} error(s)", file.display(), errors.0.len());
             return ExitCode::FAILURE;
         }
     };
@@ -831,7 +843,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         let _ = writeln!(out, "{line}");
     }
     for error in skill_errors {
-        eprintln!("warning: skill not loaded: {error}");
+        say!("warning: skill not loaded: {error}");
     }
     ExitCode::SUCCESS
 }
@@ -907,7 +919,7 @@ async fn escalations(command: EscalationsCommand) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 None => {
-                    eprintln!("clawgate: no escalation for {conversation}");
+                    say!("clawgate: no escalation for {conversation}");
                     Ok(ExitCode::FAILURE)
                 }
             }
@@ -920,7 +932,7 @@ async fn escalations(command: EscalationsCommand) -> anyhow::Result<ExitCode> {
         } => {
             let (_, _, store) = deployment(target).await?;
             let Some(key) = escalation::conversation_of(&store, &conversation).await? else {
-                eprintln!(
+                say!(
                     "clawgate: no pending escalation for {conversation} (give channel:user or an ESC- reference)"
                 );
                 return Ok(ExitCode::FAILURE);
@@ -945,7 +957,7 @@ async fn escalations(command: EscalationsCommand) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 Resolution::Unknown => {
-                    eprintln!("clawgate: {key} has no escalation");
+                    say!("clawgate: {key} has no escalation");
                     Ok(ExitCode::FAILURE)
                 }
             }

@@ -12,3 +12,5 @@ pub const REDIS_URL: &str = "CLAWGATE_REDIS_URL";
 pub const LOG: &str = "CLAWGATE_LOG";
 /// Log format: `text` (default on a terminal) or `json`.
 pub const LOG_FORMAT: &str = "CLAWGATE_LOG_FORMAT";
+/// Test-only fault injection: a turn whose message contains this variable's value panics.
+pub const FAILPOINT_TURN_PANIC: &str = "CLAWGATE_FAILPOINT_TURN_PANIC";

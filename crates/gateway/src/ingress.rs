@@ -34,6 +34,10 @@ pub enum IngressError {
     /// Redis or the in-process queue is full.
     #[error("{0}")]
     Full(String),
+    /// Redis refuses writes (full disk or memory, a replica, too few replicas): nothing would be
+    /// durable, so nothing is accepted, in Redis or in memory.
+    #[error("{0}; retry later")]
+    Refused(String),
     /// Redis answered something unexpected.
     #[error("state store error: {0}")]
     Store(String),
@@ -101,6 +105,7 @@ impl Ingress {
                 let reason = match e {
                     IngressError::Unavailable(_) => "unavailable",
                     IngressError::Full(_) => "full",
+                    IngressError::Refused(_) => "refused",
                     IngressError::Store(_) => "store_error",
                 };
                 metrics::counter!(telemetry::MESSAGES_REJECTED, "channel" => channel, "reason" => reason)
@@ -117,6 +122,9 @@ impl Ingress {
                 match self.redis.accept(msg).await {
                     Ok(acceptance) => return Ok((acceptance, Origin::Redis)),
                     Err(StateError::Full(reason)) => return Err(IngressError::Full(reason)),
+                    Err(StateError::Refused(reason)) => {
+                        return Err(IngressError::Refused(reason));
+                    }
                     Err(StateError::Protocol(reason)) => {
                         return Err(IngressError::Store(reason));
                     }
@@ -179,6 +187,7 @@ impl Ingress {
             .await
             .map_err(|e| match e {
                 StateError::Full(reason) => IngressError::Full(reason),
+                StateError::Refused(reason) => IngressError::Refused(reason),
                 StateError::Unavailable(reason) => IngressError::Unavailable(reason),
                 StateError::Protocol(reason) => IngressError::Store(reason),
             })

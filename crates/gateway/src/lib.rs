@@ -18,6 +18,7 @@ pub mod ingress;
 pub mod language;
 pub mod live;
 pub mod llm;
+pub mod logging;
 pub mod lookup;
 pub mod message;
 pub mod replies;

@@ -26,8 +26,8 @@ pub fn state_backoff() -> ExponentialBuilder {
         .with_jitter()
 }
 
-/// Runs a state operation, retrying with [`state_backoff`] while Redis is unreachable; any other
-/// error, or the last one, is returned.
+/// Runs a state operation, retrying with [`state_backoff`] while Redis is unreachable or refuses
+/// writes (a full disk, a failover); any other error, or the last one, is returned.
 pub async fn while_unavailable<T, F, Fut>(operation: F) -> Result<T, StateError>
 where
     F: FnMut() -> Fut,
@@ -35,6 +35,6 @@ where
 {
     operation
         .retry(state_backoff())
-        .when(StateError::is_unavailable)
+        .when(StateError::is_transient)
         .await
 }

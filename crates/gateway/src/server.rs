@@ -3,6 +3,7 @@
 //! held requests are answered, the server closes).
 
 use crate::config::Config;
+use crate::http::connections;
 use crate::http::{AppState, router};
 use crate::live::{ConfigFile, LiveConfig};
 use crate::replies::ReplyWaiters;
@@ -14,12 +15,12 @@ use crate::state::{StateError, StoreLimits};
 use crate::worker::WorkerPool;
 use crate::worker::turn::TurnContext;
 use crate::{http_client, ingress::Ingress, telemetry};
-use axum::serve::ListenerExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 /// Why a replica could not start.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,15 @@ pub async fn run(
     let replica_id = config.gateway.replica_id.clone();
 
     let link = RedisLink::new(&config.redis.url, config.redis.command_timeout)?;
+    link.set_when_down(match config.redis.down_mode {
+        crate::config::RedisDownMode::Degrade => format!(
+            "answering from this replica's memory after {} ms without Redis (redis.downMode = degrade): conversations touched meanwhile lose context",
+            config.redis.degrade_after.as_millis()
+        ),
+        crate::config::RedisDownMode::Reject => {
+            "refusing messages with 503 until Redis is back (redis.downMode = reject)".to_string()
+        }
+    });
     tokio::spawn(link.clone().run_health(background.clone()));
     let limits = StoreLimits::from_config(&config);
     let redis = Arc::new(RedisStore::new(link.clone(), limits.clone()));
@@ -132,16 +142,15 @@ pub async fn run(
         release_waiting: CancellationToken::new(),
     });
     let http_stop = CancellationToken::new();
-    // Replies are small and latency matters more than packet count.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    // Convert the routes once: `axum::serve` on a bare Router would rebuild them for every
-    // connection (a few KiB each, held for the connection's life).
-    let app = router(state.clone()).with_state(());
-    let server = axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(http_stop.clone().cancelled_owned());
-    let mut server = tokio::spawn(async move { server.await });
+    let app =
+        router(state.clone()).layer(RequestBodyTimeoutLayer::new(config.gateway.body_timeout));
+    let server = connections::serve(
+        listener,
+        app,
+        connections::Limits::from_config(&config.gateway),
+        http_stop.clone(),
+    );
+    let mut server = tokio::spawn(server);
     tracing::info!(
         replica_id = %replica_id,
         listen = %config.gateway.listen,

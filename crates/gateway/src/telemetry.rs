@@ -16,6 +16,9 @@ pub const MESSAGES_REPLIED: &str = "clawgate_messages_replied_total";
 pub const MESSAGES_FAILED: &str = "clawgate_messages_failed_total";
 /// Messages answered together with an earlier message of the same customer (flood control).
 pub const MESSAGES_COALESCED: &str = "clawgate_messages_coalesced_total";
+/// Turns that ended without an answer and gave their message back for another attempt, by
+/// `reason` (`panic`, `error`).
+pub const TURNS_FAILED: &str = "clawgate_turns_failed_total";
 /// Turns whose result was discarded because another worker had answered the message already.
 pub const TURNS_DISCARDED: &str = "clawgate_turns_discarded_total";
 /// Time from acceptance to committed reply, seconds.
@@ -57,6 +60,13 @@ pub const EGRESS_DEAD_LETTERS: &str = "clawgate_egress_dead_letters_total";
 /// `text`, `image`, `reaction`, `callback_query`, …; `unknown` for types not listed) and `action`
 /// (`answer`, `unsupported` = answered with the text-only notice, `ignored`, `relinked`, `unreadable`).
 pub const INBOUND_MESSAGES: &str = "clawgate_inbound_messages_total";
+/// Client connections open now.
+pub const CONNECTIONS_OPEN: &str = "clawgate_connections_open";
+/// Client connections closed on arrival because `gateway.maxConnections` were open.
+pub const CONNECTIONS_REFUSED: &str = "clawgate_connections_refused_total";
+/// Log lines lost because stderr was full, closed or too slow (they are dropped, never waited
+/// for).
+pub const LOG_LINES_DROPPED: &str = "clawgate_log_lines_dropped_total";
 /// Inbound webhook notifications that are not messages (WhatsApp `statuses`, Telegram edits), by
 /// `channel` and `kind`.
 pub const WEBHOOK_EVENTS: &str = "clawgate_webhook_events_total";
@@ -70,6 +80,9 @@ pub const CONFIG_RELOADS: &str = "clawgate_config_reloads_total";
 pub const SKILL_CLASSIFICATIONS: &str = "clawgate_skill_classifications_total";
 /// 1 while Redis answers.
 pub const REDIS_UP: &str = "clawgate_redis_up";
+/// 1 while Redis answers but refuses writes (`MISCONF`, `OOM`, `READONLY`, `NOREPLICAS`):
+/// messages get 503 until it accepts them again.
+pub const REDIS_REFUSING_WRITES: &str = "clawgate_redis_refusing_writes";
 /// 1 while the replica serves from in-process state.
 pub const DEGRADED: &str = "clawgate_degraded";
 
@@ -181,6 +194,19 @@ fn describe() {
         "Replies that could not be delivered (dead-lettered)."
     );
     describe_counter!(
+        TURNS_FAILED,
+        "Turns that panicked or failed and gave their message back for another attempt."
+    );
+    describe_gauge!(CONNECTIONS_OPEN, "Client connections open now.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Client connections closed on arrival because gateway.maxConnections were open."
+    );
+    describe_counter!(
+        LOG_LINES_DROPPED,
+        "Log lines dropped because stderr was full, closed or too slow."
+    );
+    describe_counter!(
         INBOUND_MESSAGES,
         "Messages of platform notifications as read, by type and what was done with them."
     );
@@ -189,6 +215,10 @@ fn describe() {
         "Webhook notifications that are not messages to answer."
     );
     describe_gauge!(REDIS_UP, "1 while Redis answers.");
+    describe_gauge!(
+        REDIS_REFUSING_WRITES,
+        "1 while Redis answers but refuses writes (full disk or memory, a replica)."
+    );
     describe_gauge!(
         DEGRADED,
         "1 while the replica serves from in-process state."

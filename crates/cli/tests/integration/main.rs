@@ -2,7 +2,12 @@
 //! One test binary, so the harness is compiled and linked once.
 
 // Test code: a failed setup step should stop the test loudly (see clippy.toml for unit tests).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
 
 mod api;
 mod channels;
@@ -11,6 +16,7 @@ mod cluster;
 mod degraded;
 mod deploy;
 mod escalation;
+mod hardening;
 mod loadtest;
 mod platform_traffic;
 mod providers;

@@ -123,6 +123,16 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
     /// How often the config file is re-read to pick up changes (zero: only on SIGHUP).
     pub config_reload_interval: Duration,
+    /// A connection with no request in progress is closed after this (idle keep-alive
+    /// connections, and connections that never send a request).
+    pub idle_timeout: Duration,
+    /// A request's head (request line and headers) must arrive within this (slowloris).
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this once its head is in (slow uploads).
+    pub body_timeout: Duration,
+    /// Open client connections at most; connections beyond are closed as soon as they are
+    /// accepted, so a flood cannot use up the file descriptors the replica's own work needs.
+    pub max_connections: usize,
 }
 
 /// Redis connection and outage behaviour.
@@ -441,6 +451,10 @@ impl std::error::Error for ConfigErrors {}
 
 /// The port replicas listen on by default (the seed's first replica).
 pub const DEFAULT_PORT: u16 = 18789;
+/// Open client connections a replica takes by default: far above what nginx opens to it (a
+/// few hundred) and what a surge of held web-chat requests needs, far below the open-files
+/// limit the replica raises itself to.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 const DEFAULT_SYSTEM_PROMPT: &str = "You are a customer-service assistant. Answer briefly, \
     politely and in the customer's language. Never invent facts such as delivery times or \
     tracking statuses; say when you do not know.";
@@ -598,6 +612,10 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
                 "replicaId",
                 "shutdownGraceMs",
                 "configReloadIntervalMs",
+                "idleTimeoutMs",
+                "headerTimeoutMs",
+                "bodyTimeoutMs",
+                "maxConnections",
             ],
         )
         .unwrap_or(&empty);
@@ -637,6 +655,35 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
             ),
             2_000,
         ),
+        idle_timeout: ms(
+            r.integer(
+                g,
+                "gateway",
+                "idleTimeoutMs",
+                100,
+                3_600_000,
+                "milliseconds",
+            ),
+            60_000,
+        ),
+        header_timeout: ms(
+            r.integer(
+                g,
+                "gateway",
+                "headerTimeoutMs",
+                100,
+                600_000,
+                "milliseconds",
+            ),
+            10_000,
+        ),
+        body_timeout: ms(
+            r.integer(g, "gateway", "bodyTimeoutMs", 100, 600_000, "milliseconds"),
+            30_000,
+        ),
+        max_connections: r
+            .integer(g, "gateway", "maxConnections", 1, 1_000_000, "connections")
+            .map_or(DEFAULT_MAX_CONNECTIONS, |n| n as usize),
     };
 
     let rd = r

@@ -16,11 +16,14 @@ use std::sync::atomic::Ordering;
 /// `GET /healthz` (and `/livez`): always 200 while the process serves.
 pub async fn healthz(State(app): State<Arc<AppState>>) -> Response {
     let redis_up = app.link.is_up();
+    let refusing = app.link.refusing().filter(|_| redis_up);
     let draining = app.draining.load(Ordering::Acquire);
     let status = if draining {
         "draining"
     } else if !redis_up {
         "degraded"
+    } else if refusing.is_some() {
+        "refusing_writes"
     } else {
         "ok"
     };
@@ -29,7 +32,12 @@ pub async fn healthz(State(app): State<Arc<AppState>>) -> Response {
         "uptime_s": app.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
         "replica_id": app.replica_id,
-        "redis": if redis_up { "up" } else { "down" },
+        "redis": match (redis_up, &refusing) {
+            (false, _) => "down",
+            (true, Some(_)) => "refusing_writes",
+            (true, None) => "up",
+        },
+        "redis_error": refusing,
         "degraded": !redis_up,
         "redis_down_mode": match app.redis_down_mode {
             RedisDownMode::Degrade => "degrade",
@@ -38,6 +46,7 @@ pub async fn healthz(State(app): State<Arc<AppState>>) -> Response {
         "draining": draining,
         "turns_running": app.pool.running(),
         "requests_waiting": app.waiters.len(),
+        "log_lines_dropped": crate::logging::dropped_lines(),
         "skills": app.skills.current().names(),
         "skill_errors": app.skills.errors(),
         "providers": app.live.current().chain.names(),
@@ -70,6 +79,10 @@ pub async fn readyz(State(app): State<Arc<AppState>>, Query(query): Query<ReadyQ
     if !app.link.is_up() && app.redis_down_mode == RedisDownMode::Reject {
         failing.push("redis");
     }
+    let refusing = app.link.refusing().filter(|_| app.link.is_up());
+    if refusing.is_some() {
+        failing.push("redis_refusing_writes");
+    }
     if app.pool.overloaded() {
         failing.push("overloaded");
     }
@@ -88,7 +101,10 @@ pub async fn readyz(State(app): State<Arc<AppState>>, Query(query): Query<ReadyQ
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "failing": failing, "ignored": ignored})),
+            Json(
+                json!({"status": "not_ready", "failing": failing, "ignored": ignored,
+                "redis_error": refusing}),
+            ),
         )
             .into_response()
     }
@@ -98,7 +114,10 @@ pub async fn readyz(State(app): State<Arc<AppState>>, Query(query): Query<ReadyQ
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let redis_up = app.link.is_up();
     metrics::gauge!(telemetry::REDIS_UP).set(if redis_up { 1.0 } else { 0.0 });
+    let refusing = redis_up && app.link.refusing().is_some();
+    metrics::gauge!(telemetry::REDIS_REFUSING_WRITES).set(if refusing { 1.0 } else { 0.0 });
     metrics::gauge!(telemetry::DEGRADED).set(if app.ingress.degraded() { 1.0 } else { 0.0 });
+    crate::logging::dropped_lines();
     let body = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     (
         [(

@@ -1,5 +1,6 @@
 //! The HTTP surface of a replica (DESIGN §5): router, shared state, body limits.
 
+pub mod connections;
 pub mod error;
 pub mod escalations;
 pub mod health;

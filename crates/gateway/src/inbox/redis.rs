@@ -220,6 +220,26 @@ impl RedisInbox {
         Ok(())
     }
 
+    /// Gives up an entry this replica can no longer work on (its turn panicked or failed): its
+    /// idle time is set past `claim_idle`, so the next `XAUTOCLAIM` anywhere takes it (counting
+    /// a delivery, so an entry that keeps failing is dead-lettered after `maxDeliveries`).
+    pub async fn release(&self, id: &str, claim_idle: Duration) -> Result<(), StateError> {
+        let mut conn = self.link.connection()?;
+        let _: Value = redis::cmd("XCLAIM")
+            .arg(INBOX)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(id)
+            .arg("IDLE")
+            .arg(claim_idle.as_millis() as u64 + 1)
+            .arg("JUSTID")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
     /// Acknowledges a finished entry and deletes it, so the stream holds only unfinished work.
     pub async fn ack(&self, id: &str) -> Result<(), StateError> {
         let mut conn = self.link.connection()?;

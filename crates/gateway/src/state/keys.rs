@@ -9,6 +9,9 @@ pub const INBOX: &str = "oc:inbox";
 pub const GROUP: &str = "workers";
 /// Messages that could not be processed, with the reason; kept until an operator re-drives them.
 pub const DEADLETTER: &str = "oc:deadletter";
+/// Written by a replica's health check while Redis refuses writes, to learn when it accepts
+/// them again (expires by itself).
+pub const HEALTH_PROBE: &str = "oc:health:probe";
 /// Version of the inbox entry format, written in every entry's `v` field.
 pub const ENTRY_VERSION: &str = "1";
 

@@ -40,6 +40,16 @@ pub struct RedisLink {
     down_since: std::sync::Mutex<Option<Instant>>,
     /// Whether Redis ever answered since start: a Redis that was never there is not restarting.
     ever_up: AtomicBool,
+    /// Why Redis refuses writes (`MISCONF`, `OOM`, `READONLY`, `NOREPLICAS`), while it does:
+    /// set by any caller that was refused and by the health loop, cleared when a test write
+    /// goes through again.
+    refusing: std::sync::Mutex<Option<String>>,
+    /// What the replica does while Redis cannot be reached, for the operator's log (set by the
+    /// server from `redis.downMode`).
+    when_down: std::sync::OnceLock<String>,
+    /// The last connection failure logged at warn level, so a repeated cause is not logged
+    /// every half second.
+    last_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl RedisLink {
@@ -56,7 +66,38 @@ impl RedisLink {
             state: watch::channel(None).0,
             down_since: std::sync::Mutex::new(None),
             ever_up: AtomicBool::new(false),
+            refusing: std::sync::Mutex::new(None),
+            when_down: std::sync::OnceLock::new(),
+            last_failure: std::sync::Mutex::new(None),
         }))
+    }
+
+    /// Says what the replica does while Redis is unreachable, for the log line that reports it.
+    pub fn set_when_down(&self, behaviour: impl Into<String>) {
+        let _ = self.when_down.set(behaviour.into());
+    }
+
+    /// Why Redis refuses writes, while it does (reachable, but nothing would be durable).
+    pub fn refusing(&self) -> Option<String> {
+        self.refusing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_refusing(&self, reason: Option<String>) {
+        let mut refusing = self
+            .refusing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (&*refusing, &reason) {
+            (None, Some(reason)) => {
+                tracing::error!(%reason, "Redis refuses writes; messages are refused with 503 (platforms retry) until it accepts them again, nothing is answered from memory")
+            }
+            (Some(_), None) => tracing::info!("Redis accepts writes again"),
+            _ => {}
+        }
+        *refusing = reason;
     }
 
     /// The Redis client, for dedicated connections.
@@ -123,6 +164,10 @@ impl RedisLink {
     /// Records a failure seen by any caller, so ingress stops trying Redis at once instead of
     /// after the next ping.
     pub fn report(&self, error: &StateError) {
+        if let StateError::Refused(reason) = error {
+            self.set_refusing(Some(reason.clone()));
+            return;
+        }
         if error.is_unavailable() && self.up.swap(false, Ordering::AcqRel) {
             self.set_down_since(true);
             tracing::warn!(error = %error, "Redis unreachable; switching to degraded operation");
@@ -160,20 +205,17 @@ impl RedisLink {
 
     async fn check_once(&self) {
         let healthy = match self.ensure_manager().await {
-            Some(mut manager) => {
-                let ping = tokio::time::timeout(
-                    self.command_timeout,
-                    redis::cmd("PING").query_async::<String>(&mut manager),
-                )
-                .await;
-                matches!(ping, Ok(Ok(_)))
-            }
+            Some(mut manager) => self.probe(&mut manager).await,
             None => false,
         };
         self.set_down_since(!healthy);
         if healthy {
             self.ever_up.store(true, Ordering::Release);
             self.failures.store(0, Ordering::Release);
+            *self
+                .last_failure
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
             if !self.up.swap(true, Ordering::AcqRel) {
                 tracing::info!("Redis is up");
             }
@@ -189,6 +231,71 @@ impl RedisLink {
         let now = Some(healthy);
         if *self.state.borrow() != now {
             self.state.send_replace(now);
+        }
+    }
+
+    /// Pings Redis: true when it answers at all. An error reply means it is reachable but
+    /// refuses (a full disk makes even `PING` answer `MISCONF`); while it refuses, a test write
+    /// tells when it accepts writes again.
+    async fn probe(&self, manager: &mut ConnectionManager) -> bool {
+        let timeout = self.command_timeout;
+        let ping =
+            tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(manager)).await;
+        let reply = match ping {
+            Ok(Ok(_)) if self.refusing().is_some() => {
+                let mut write = redis::cmd("SET");
+                write
+                    .arg(super::keys::HEALTH_PROBE)
+                    .arg(crate::message::now_ms())
+                    .arg("PX")
+                    .arg(10_000);
+                match tokio::time::timeout(timeout, write.query_async::<()>(manager)).await {
+                    Ok(result) => result,
+                    Err(_) => return false,
+                }
+            }
+            Ok(result) => result.map(|_| ()),
+            Err(_) => return false,
+        };
+        match reply.map_err(|e| classify(&e)) {
+            Ok(()) => {
+                self.set_refusing(None);
+                true
+            }
+            Err(StateError::Refused(reason)) => {
+                self.set_refusing(Some(reason));
+                true
+            }
+            Err(StateError::Unavailable(_)) => false,
+            // Any other error reply still proves Redis is there.
+            Err(_) => true,
+        }
+    }
+
+    /// Logs a connection failure at warn level the first time its cause is seen (a wrong
+    /// password and an unreachable host read differently), with what the replica does instead.
+    fn log_connect_failure(&self, error: &redis::RedisError) {
+        let cause = if error.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(error.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+        {
+            format!(
+                "Redis refused the credentials ({error}): check redis.username / redis.password"
+            )
+        } else {
+            format!("cannot reach Redis ({error})")
+        };
+        let mut last = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.as_deref() != Some(cause.as_str()) {
+            let instead = self
+                .when_down
+                .get()
+                .map(String::as_str)
+                .unwrap_or("retrying");
+            tracing::warn!(%cause, instead, "Redis is not available");
+            *last = Some(cause);
         }
     }
 
@@ -208,10 +315,16 @@ impl RedisLink {
                 Some(manager)
             }
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, "cannot connect to Redis");
+                self.log_connect_failure(&e);
                 None
             }
-            Err(_) => None,
+            Err(_) => {
+                self.log_connect_failure(&redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connecting timed out",
+                )));
+                None
+            }
         }
     }
 }
@@ -222,10 +335,19 @@ pub fn classify(e: &redis::RedisError) -> StateError {
         return StateError::Unavailable(e.to_string());
     }
     match e.code() {
-        Some("OOM") => {
-            StateError::Full("Redis is out of memory (maxmemory reached with noeviction)".into())
-        }
-        Some("READONLY" | "LOADING" | "MASTERDOWN" | "TRYAGAIN" | "BUSY") => {
+        Some("OOM") => StateError::Refused(
+            "OOM: Redis is out of memory (maxmemory reached with noeviction)".into(),
+        ),
+        Some("MISCONF") => StateError::Refused(
+            "MISCONF: Redis cannot persist to disk (a full or failing disk); it refuses writes until it can".into(),
+        ),
+        Some("READONLY") => StateError::Refused(
+            "READONLY: connected to a Redis replica, not the primary (a failover happened?)".into(),
+        ),
+        Some("NOREPLICAS") => StateError::Refused(
+            "NOREPLICAS: too few Redis replicas are connected for min-replicas-to-write".into(),
+        ),
+        Some("LOADING" | "MASTERDOWN" | "TRYAGAIN" | "BUSY") => {
             StateError::Unavailable(e.to_string())
         }
         _ => StateError::Protocol(e.to_string()),

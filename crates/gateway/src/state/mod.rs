@@ -24,10 +24,16 @@ pub enum StateError {
     /// The store cannot be reached (connection refused, dropped, timed out): degrade or retry.
     #[error("state store unreachable: {0}")]
     Unavailable(String),
-    /// The store refuses writes (Redis `maxmemory` with `noeviction`, inbox or queue full):
-    /// answer 503 so the platform retries later; nothing was accepted.
+    /// The store's queue is full (the inbox past `inboxMaxLength`, the in-process queue of
+    /// degraded mode): answer 503 so the platform retries later; nothing was accepted.
     #[error("state store full: {0}")]
     Full(String),
+    /// Redis answers but refuses writes because they would not be durable: its disk is full
+    /// (`MISCONF`), its memory is (`OOM`), it is a replica (`READONLY`, a stale primary after a
+    /// failover) or too few replicas are connected (`NOREPLICAS`). Answer 503 and wait; never
+    /// switch to memory, which would answer without durability and lose the context.
+    #[error("Redis refuses writes: {0}")]
+    Refused(String),
     /// The store answered something this version cannot read (a bug or a foreign writer).
     #[error("unexpected answer from the state store: {0}")]
     Protocol(String),
@@ -37,6 +43,11 @@ impl StateError {
     /// True when the store is unreachable, as opposed to reachable but refusing.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StateError::Unavailable(_))
+    }
+
+    /// True when waiting may help: the store is unreachable, or refuses writes for now.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StateError::Unavailable(_) | StateError::Refused(_))
     }
 }
 

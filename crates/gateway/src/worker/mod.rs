@@ -16,7 +16,9 @@ use crate::state::memory::{MemoryStore, QueuedMessage};
 use crate::state::redis::RedisStore;
 use crate::state::{StateStore, keys};
 use crate::{retry, telemetry};
+use futures_util::FutureExt;
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,14 +54,13 @@ impl LeaseRegistry {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records that `holder` holds the lease of `conversation`.
-    pub fn hold(&self, holder: &str, conversation: ConversationKey) {
+    /// Records that `holder` holds the lease of `conversation`, until the returned guard drops.
+    pub fn hold(&self, holder: &str, conversation: ConversationKey) -> RenewedLease<'_> {
         self.lock().insert(holder.to_string(), conversation);
-    }
-
-    /// Forgets `holder`'s lease.
-    pub fn release(&self, holder: &str) {
-        self.lock().remove(holder);
+        RenewedLease {
+            registry: self,
+            holder: holder.to_string(),
+        }
     }
 
     fn snapshot(&self) -> Vec<(ConversationKey, String)> {
@@ -70,11 +71,65 @@ impl LeaseRegistry {
     }
 }
 
+/// A lease the heartbeat renews; dropping it (also while a panicking turn unwinds) stops that.
+pub struct RenewedLease<'a> {
+    registry: &'a LeaseRegistry,
+    holder: String,
+}
+
+impl Drop for RenewedLease<'_> {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.holder);
+    }
+}
+
 /// What dead-lettering needs to know about an entry.
 #[derive(Clone, Copy)]
 struct EntryRef<'a> {
     id: &'a str,
     deliveries: u64,
+}
+
+/// An inbox entry this replica works on, in `held_entries` (whose ids the heartbeat keeps
+/// alive) for exactly as long as the guard lives: dropping it, also while a panicking turn
+/// unwinds, lets the entry go idle so it can be claimed again.
+struct HeldEntry {
+    pool: Arc<WorkerPool>,
+    id: String,
+}
+
+impl HeldEntry {
+    /// Holds `id`; `None` when this replica holds it already.
+    fn take(pool: &Arc<WorkerPool>, id: &str) -> Option<HeldEntry> {
+        let fresh = pool
+            .held_entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
+        fresh.then(|| HeldEntry {
+            pool: pool.clone(),
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for HeldEntry {
+    fn drop(&mut self) {
+        self.pool
+            .held_entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// The text of a panic's payload, for the log.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// A turn counted as running; dropping it uncounts it (also when the turn's task is cancelled).
@@ -202,18 +257,12 @@ impl WorkerPool {
         RunningTurn { pool: self }
     }
 
-    fn hold(&self, id: &str) -> bool {
-        self.held_entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string())
-    }
-
-    fn unhold(&self, id: &str) {
-        self.held_entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+    /// Gives up an entry at once so any replica retries it (after a panic or a failed turn),
+    /// instead of leaving it until `claimIdleMs` passes.
+    async fn release(&self, id: &str) {
+        if let Err(e) = self.inbox.release(id, self.config.claim_idle).await {
+            tracing::warn!(entry = %id, error = %e, "could not release the entry; it is retried once it has been idle for claimIdleMs");
+        }
     }
 
     async fn read_loop(self: Arc<Self>, stop: CancellationToken) {
@@ -346,16 +395,24 @@ impl WorkerPool {
                 None => self.permits().await,
             };
             let Some((held, slot)) = permits else { return };
-            if !self.hold(&entry.id) {
+            let Some(held_entry) = HeldEntry::take(self, &entry.id) else {
                 continue;
-            }
+            };
             let pool = self.clone();
             self.turns.spawn(async move {
                 let _held = held;
                 let _running = pool.track_turn();
-                let id = entry.id.clone();
-                pool.process_entry(entry, slot).await;
-                pool.unhold(&id);
+                let finished = AssertUnwindSafe(pool.process_entry(entry, slot))
+                    .catch_unwind()
+                    .await;
+                if let Err(panic) = finished {
+                    metrics::counter!(telemetry::TURNS_FAILED, "reason" => "panic").increment(1);
+                    tracing::error!(entry = %held_entry.id, panic = %panic_message(&panic), "a turn panicked; its entry is released for another attempt");
+                    pool.release(&held_entry.id).await;
+                }
+                // Dropping `held_entry` here (also when the task unwinds) stops the heartbeat
+                // from keeping the entry alive.
+                drop(held_entry);
             });
         }
     }
@@ -414,7 +471,9 @@ impl WorkerPool {
             }
             Err(TurnError::Stopped) => {}
             Err(e) => {
-                tracing::warn!(entry = %entry.id, error = %e, "turn failed; the entry stays pending and will be retried");
+                metrics::counter!(telemetry::TURNS_FAILED, "reason" => "error").increment(1);
+                tracing::warn!(entry = %entry.id, error = %e, "turn failed; its entry is released for another attempt");
+                self.release(entry.id).await;
             }
         }
     }
@@ -469,7 +528,7 @@ impl WorkerPool {
             self.turns.spawn(async move {
                 let _running = pool.track_turn();
                 let job = Job { msg, seq };
-                let result = turn::run(
+                let result = AssertUnwindSafe(turn::run(
                     &pool.ctx,
                     &*pool.memory,
                     &pool.memory_leases,
@@ -477,10 +536,19 @@ impl WorkerPool {
                     &pool.slots,
                     slot,
                     None,
-                )
+                ))
+                .catch_unwind()
                 .await;
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, "degraded-mode turn failed");
+                match result {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        metrics::counter!(telemetry::TURNS_FAILED, "reason" => "error").increment(1);
+                        tracing::warn!(error = %e, "degraded-mode turn failed");
+                    }
+                    Err(panic) => {
+                        metrics::counter!(telemetry::TURNS_FAILED, "reason" => "panic").increment(1);
+                        tracing::error!(panic = %panic_message(&panic), "a degraded-mode turn panicked; its message is lost with it (it lived in this process only)");
+                    }
                 }
             });
         }

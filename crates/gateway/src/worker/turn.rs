@@ -145,7 +145,9 @@ pub async fn run(
     };
     let _slot = permit;
     let conversation = msg.conversation();
-    leases.hold(&holder, conversation.clone());
+    // Renewed by the heartbeat while this turn lives; the guard stops that when the turn ends,
+    // also by a panic, so a dead turn's lease expires instead of locking the conversation.
+    let renewed = leases.hold(&holder, conversation.clone());
     let result = match answer(ctx, &live, store, msg, seq, &holder, snapshot).await {
         Ok(TurnEnd::Replied(reply)) => deliver(ctx, &live, store, msg, &reply, true)
             .await
@@ -153,13 +155,36 @@ pub async fn run(
             .map_err(TurnError::from),
         other => other,
     };
-    leases.release(&holder);
+    drop(renewed);
     // Platform replies keep the lease through delivery; a web-chat commit released it already.
     // Best effort: a lease left behind expires by itself.
     if result.is_err() || sent_by_platform(msg.channel) {
         let _ = store.release_lease(&conversation, &holder).await;
     }
     result
+}
+
+/// Fault injection for tests of what a panicking turn leaves behind: with
+/// `CLAWGATE_FAILPOINT_TURN_PANIC` set, a turn whose message contains its value panics (once the
+/// conversation's lease is held, where a panic can do the most harm). Unset in production.
+fn failpoint_turn_panic(msg: &InboundMessage) {
+    static MARKER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let marker = MARKER.get_or_init(|| {
+        std::env::var(crate::env_vars::FAILPOINT_TURN_PANIC)
+            .ok()
+            .filter(|m| !m.is_empty())
+    });
+    if let Some(marker) = marker
+        && msg.text.contains(marker.as_str())
+    {
+        #[allow(clippy::panic)] // the point of a failpoint
+        {
+            panic!(
+                "failpoint {}: the message asks for it",
+                crate::env_vars::FAILPOINT_TURN_PANIC
+            );
+        }
+    }
 }
 
 /// Whether replies on `channel` leave through a platform API (as opposed to the HTTP response).
@@ -176,6 +201,7 @@ async fn answer(
     holder: &str,
     snapshot: ConversationSnapshot,
 ) -> Result<TurnEnd, TurnError> {
+    failpoint_turn_panic(msg);
     let later: Vec<(u64, InboundMessage)> = snapshot.later;
     let routed_text = if later.is_empty() {
         msg.text.clone()

@@ -47,16 +47,24 @@ where
 pub struct TestRedis {
     pub port: u16,
     dir: TempDir,
+    /// Options after the defaults (a later one wins), kept for restarts.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl TestRedis {
     pub async fn start() -> TestRedis {
+        TestRedis::start_with(&[]).await
+    }
+
+    /// A server with `extra` options after the defaults (no persistence, loopback only).
+    pub async fn start_with(extra: &[&str]) -> TestRedis {
         let mut dir = tempfile::tempdir().expect("temp dir");
         for _ in 0..5 {
             let mut redis = TestRedis {
                 port: free_port(),
                 dir,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
                 child: None,
             };
             if redis.launch().await {
@@ -67,12 +75,18 @@ impl TestRedis {
         panic!("redis-server did not start (is it installed? `apt-get install redis-server`)");
     }
 
+    /// The server's own temporary folder (its `--dir` unless `extra` names another).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     async fn launch(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -293,6 +307,10 @@ pub struct GatewaySpec {
     pub replica_id: String,
     /// Pass listen address, replica id and Redis URL as environment variables, not flags.
     pub via_env: bool,
+    /// Where the replica's stderr goes instead of its log file (e.g. `/dev/full`).
+    pub stderr: Option<PathBuf>,
+    /// Extra environment variables (failpoints).
+    pub env: Vec<(String, String)>,
     /// Wait for `/readyz` 200 (else for `/healthz` 200).
     pub wait_ready: bool,
 }
@@ -304,6 +322,8 @@ impl GatewaySpec {
             redis_url: redis_url.to_string(),
             replica_id: replica_id.to_string(),
             via_env: false,
+            stderr: None,
+            env: Vec::new(),
             wait_ready: true,
         }
     }
@@ -342,7 +362,13 @@ impl Gateway {
         std::fs::write(&config_path, spec.config.to_string()).expect("write config");
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
+        let log = match &spec.stderr {
+            Some(path) => std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .expect("stderr target"),
+            None => std::fs::File::create(dir.path().join("gateway.log")).expect("log file"),
+        };
         let spawned = Instant::now();
         // `CLAWGATE_TEST_WRAPPER="valgrind --tool=massif"` runs replicas under a profiler.
         let wrapper = std::env::var("CLAWGATE_TEST_WRAPPER").unwrap_or_default();
@@ -369,6 +395,7 @@ impl Gateway {
         }
         let child = command
             .env("CLAWGATE_LOG", "info,clawgate_gateway=debug")
+            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
