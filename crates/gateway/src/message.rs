@@ -8,8 +8,12 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// The `unsupported` kind of a text over its channel's limit (`channels.maxTextChars`): it gets
+/// the too-long notice instead of a model's answer.
+pub const TOO_LONG: &str = "too_long";
+
 /// The channel a customer wrote on; replies go back on the same channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Channel {
     /// The web-chat widget and its HTTP API.

@@ -315,7 +315,10 @@ async fn slowloris_connections_are_closed_within_the_header_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_are_refused_at_once_and_the_others_served() {
-    let (_redis, gateway) = replica_with_gateway(serde_json::json!({"maxConnections": 50})).await;
+    // Long timeouts: the client's kept-alive connection must not close on its own meanwhile.
+    let (_redis, gateway) = replica_with_gateway(serde_json::json!({
+        "maxConnections": 50, "idleTimeoutMs": 600_000, "headerTimeoutMs": 600_000}))
+    .await;
     let addr = gateway.url("").trim_start_matches("http://").to_string();
     // The test's own HTTP client holds one connection; fill the rest with idle ones.
     let (status, _) = gateway.send("cap", "m0", "hello", None).await;
@@ -339,6 +342,7 @@ async fn connections_beyond_the_cap_are_refused_at_once_and_the_others_served() 
     // The client's kept-alive connection still works.
     let (status, _) = gateway.send("cap", "m1", "again", None).await;
     assert_eq!(status, 200);
+    drop(held);
     assert!(
         gateway
             .metric("clawgate_connections_refused_total", "")

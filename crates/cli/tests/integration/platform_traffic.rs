@@ -325,3 +325,133 @@ async fn telegram_channel_posts_member_updates_and_service_messages_get_no_reply
         2.0
     );
 }
+
+/// UTF-16 code units, as Telegram counts a message's length.
+fn utf16_units(text: &str) -> usize {
+    text.encode_utf16().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telegram_reply_over_4096_utf16_units_goes_out_in_parts_within_the_limit() {
+    let (_redis, llm, platforms, gateway) = platform_gateway().await;
+    // 3,000 lorries and spaces: 3,000 characters of 2 UTF-16 units each, plus the spaces.
+    let long = "🚚 ".repeat(3000);
+    llm.set_reply(Some(long.trim()));
+    assert_eq!(gateway.telegram(fixture("telegram-text.json")).await.0, 200);
+    let sent = sent_messages(&platforms, 3).await;
+    assert!(
+        sent.iter().all(|s| utf16_units(&s.text) <= 4096),
+        "parts of {:?} UTF-16 units",
+        sent.iter()
+            .map(|s| utf16_units(&s.text))
+            .collect::<Vec<_>>()
+    );
+    let rejoined: String = sent.iter().map(|s| s.text.replace(' ', "")).collect();
+    assert_eq!(rejoined, "🚚".repeat(3000), "nothing lost or doubled");
+    assert_no_more_sent(&platforms, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_is_cut_to_max_reply_parts_and_a_text_over_the_limit_gets_a_notice() {
+    let (_redis, llm, platforms, gateway) = platform_gateway_with(|config| {
+        config["channels"]["maxReplyParts"] = 2.into();
+        config["channels"]["maxTextChars"] = serde_json::json!({"whatsapp": 100});
+    })
+    .await;
+    llm.set_reply(Some(&"Lorem ipsum dolor sit amet. ".repeat(1000)));
+    gateway
+        .whatsapp(whatsapp_text(
+            "31611111111",
+            "wamid.LONGREPLY",
+            "vertel me alles",
+        ))
+        .await;
+    let sent = sent_messages(&platforms, 2).await;
+    assert!(
+        sent[1].text.ends_with("[…]"),
+        "{}",
+        &sent[1].text[sent[1].text.len() - 20..]
+    );
+    assert_no_more_sent(&platforms, 2).await;
+
+    let requests = llm.requests();
+    let essay = "Ik wil graag weten waar mijn pakket is. ".repeat(10);
+    gateway
+        .whatsapp(whatsapp_text("31622222222", "wamid.ESSAY", &essay))
+        .await;
+    let sent = sent_messages(&platforms, 3).await;
+    // In the customer's language, detected from what they wrote.
+    assert_eq!(
+        sent[2].text,
+        "Sorry, dat bericht is te lang voor mij. Kun je je vraag in een paar zinnen sturen?"
+    );
+    assert_eq!(llm.requests(), requests, "the model never read the essay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_older_than_max_message_age_is_not_answered() {
+    let (_redis, llm, platforms, gateway) = platform_gateway_with(|config| {
+        config["channels"]["maxMessageAgeHours"] = 168.into();
+    })
+    .await;
+    // The reference payload was sent in November 2025: a replay, long past dedupe.
+    let (status, body) = gateway.whatsapp(fixture("whatsapp-text.json")).await;
+    assert_eq!((status, body["ignored"].as_u64()), (200, Some(1)), "{body}");
+    // A fresh one is answered.
+    gateway
+        .whatsapp(whatsapp_text("31612345678", "wamid.FRESH", "hallo"))
+        .await;
+    let sent = sent_messages(&platforms, 1).await;
+    assert_eq!(sent[0].text, "[mock] user_turns=1 last=\"hallo\"");
+    assert_no_more_sent(&platforms, 1).await;
+    assert_eq!(llm.requests(), 1);
+    assert_eq!(
+        gateway
+            .metric("clawgate_inbound_messages_total", "action=\"stale\"")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_held_back_by_flood_control_is_answered_in_order_past_the_order_valve() {
+    // Flood control lets a turn through every 0.5 s; the valve for a lost predecessor is 1 s.
+    // Messages that merely wait for flood control must not trip it.
+    let (_redis, _llm, platforms, gateway) = platform_gateway_with(|config| {
+        config["conversations"] = serde_json::json!({
+            "floodControl": {"messagesPerMinute": 120, "coalesce": false}});
+        config["workers"]["orderWaitMs"] = 1000.into();
+    })
+    .await;
+    let count = 14;
+    for i in 0..count {
+        let (status, _) = gateway
+            .whatsapp(whatsapp_text(
+                "31633333333",
+                &format!("wamid.BURST{i:02}"),
+                &format!("bericht {i:02}"),
+            ))
+            .await;
+        assert_eq!(status, 200);
+    }
+    let sent = eventually(
+        Duration::from_secs(30),
+        "every reply of the burst",
+        || async {
+            let sent = platforms.sent();
+            (sent.len() >= count).then_some(sent)
+        },
+    )
+    .await;
+    let order: Vec<String> = sent
+        .iter()
+        .map(|s| s.text.rsplit("last=").next().unwrap_or("").to_string())
+        .collect();
+    let expected: Vec<String> = (0..count).map(|i| format!("\"bericht {i:02}\"")).collect();
+    assert_eq!(order, expected, "replies out of the customer's order");
+    assert_eq!(
+        sent.iter().map(|s| user_turns(&s.text)).collect::<Vec<_>>(),
+        (1..=count).collect::<Vec<_>>(),
+        "each turn saw all earlier ones"
+    );
+}

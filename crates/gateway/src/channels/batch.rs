@@ -16,6 +16,15 @@ use crate::telemetry;
 use serde::Serialize;
 use std::collections::HashMap;
 
+/// What reading a platform's messages needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading<'a> {
+    /// This replica's id (the ingress replica of what it reads).
+    pub replica_id: &'a str,
+    /// Messages sent longer ago are not answered (`channels.maxMessageAgeHours`).
+    pub max_age: Option<std::time::Duration>,
+}
+
 /// One message of a notification, read: what it is and what to do with it.
 #[derive(Debug)]
 pub struct Read {
@@ -41,6 +50,9 @@ pub enum Action {
     },
     /// Counted, not answered (a reaction, an edit, a member update, a status).
     Ignore,
+    /// Sent longer ago than `channels.maxMessageAgeHours`: a replay past the dedupe window,
+    /// counted, not answered again.
+    Stale,
     /// The customer is named differently from now on: the identities in `to` continue the
     /// conversation of the identities in `from`.
     Relink {
@@ -67,6 +79,24 @@ impl Read {
                 msg: Box::new(msg),
                 identities: Vec::new(),
             },
+        }
+    }
+
+    /// A message of type `kind` to answer, sent at `sent_at` (Unix seconds, when the platform
+    /// says): `read`, unless it is older than `max_age` (none: no limit).
+    pub fn unless_stale(
+        kind: &'static str,
+        sent_at: Option<u64>,
+        max_age: Option<std::time::Duration>,
+        read: impl FnOnce() -> Read,
+    ) -> Read {
+        let now = crate::message::now_ms() / 1000;
+        match (sent_at, max_age) {
+            (Some(sent), Some(max_age)) if now.saturating_sub(sent) > max_age.as_secs() => Read {
+                kind,
+                action: Action::Stale,
+            },
+            _ => read(),
         }
     }
 
@@ -127,6 +157,7 @@ pub async fn ingest(
         .into_iter()
         .collect();
     let mut links: HashMap<String, String> = identity::linked(&app.ingress, channel, wanted).await;
+    let max_text = app.live.current().config.channels.max_text(channel);
     let mut new_links = Vec::new();
     let mut ingested = Ingested::default();
     let mut learn = |links: &mut HashMap<String, String>, missing: Vec<(String, String)>| {
@@ -137,9 +168,13 @@ pub async fn ingest(
     };
     for read in reads {
         let action = match &read.action {
+            Action::Answer { msg, .. } if super::egress::utf16_len(&msg.text) > max_text => {
+                "too_long"
+            }
             Action::Answer { msg, .. } if msg.unsupported.is_some() => "unsupported",
             Action::Answer { .. } => "answer",
             Action::Ignore => "ignored",
+            Action::Stale => "stale",
             Action::Relink { .. } => "relinked",
             Action::Unreadable { .. } => "unreadable",
         };
@@ -159,6 +194,9 @@ pub async fn ingest(
                     msg.user = user;
                     missing
                 };
+                if let Some(capped) = super::over_limit(&msg, max_text) {
+                    *msg = capped;
+                }
                 match app.ingress.accept(&msg).await? {
                     (Acceptance::Accepted { .. }, _) => ingested.accepted += 1,
                     (Acceptance::Duplicate, _) => ingested.duplicates += 1,
@@ -173,6 +211,10 @@ pub async fn ingest(
                 ingested.ignored += 1;
             }
             Action::Ignore => ingested.ignored += 1,
+            Action::Stale => {
+                tracing::info!(%channel, kind = read.kind, "a message older than the platform's retry window is not answered (a replay past dedupe)");
+                ingested.ignored += 1;
+            }
             Action::Unreadable { reason, payload } => {
                 tracing::warn!(%channel, kind = read.kind, %reason, "a message of a notification cannot be read; dead-lettered, the others are taken");
                 app.ingress

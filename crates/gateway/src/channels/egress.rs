@@ -16,7 +16,9 @@ use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-/// Longest text one WhatsApp or Telegram message may carry.
+/// Longest text one WhatsApp or Telegram message may carry, in UTF-16 code units: Telegram
+/// counts its 4,096 that way (an emoji outside the Basic Multilingual Plane is two), and Meta,
+/// which does not say how it counts, never gets more than that either.
 pub const PLATFORM_TEXT_LIMIT: usize = 4096;
 /// Attempts per chunk before the reply is given up (and dead-lettered).
 const MAX_ATTEMPTS: u32 = 5;
@@ -74,6 +76,8 @@ pub struct TelegramClient {
 pub struct Egress {
     whatsapp: Option<WhatsappClient>,
     telegram: Option<TelegramClient>,
+    /// Most messages one reply goes out as (`channels.maxReplyParts`).
+    max_parts: usize,
 }
 
 impl Egress {
@@ -88,6 +92,7 @@ impl Egress {
                 .telegram
                 .as_ref()
                 .map(|c| TelegramClient::new(c, client.clone())),
+            max_parts: channels.max_reply_parts.max(1),
         }
     }
 
@@ -105,7 +110,7 @@ impl Egress {
         account: Option<&str>,
         text: &str,
     ) -> Result<(), DeliveryFailure> {
-        let chunks = split_text(text, PLATFORM_TEXT_LIMIT);
+        let chunks = limit_parts(split_text(text, PLATFORM_TEXT_LIMIT), self.max_parts);
         for (sent, chunk) in chunks.iter().enumerate() {
             if let Err(reason) = self.send_chunk(channel, to, account, chunk).await {
                 return Err(DeliveryFailure {
@@ -334,17 +339,14 @@ impl TelegramClient {
     }
 }
 
-/// Splits `text` into pieces of at most `limit` characters, preferring paragraph breaks, then
-/// line breaks, then sentence ends, then spaces; a single unbroken run longer than `limit` is cut.
+/// Splits `text` into pieces of at most `limit` UTF-16 code units (see [`PLATFORM_TEXT_LIMIT`]),
+/// preferring paragraph breaks, then line breaks, then sentence ends, then spaces; a single
+/// unbroken run longer than `limit` is cut (never inside a character).
 pub fn split_text(text: &str, limit: usize) -> Vec<String> {
     let mut pieces = Vec::new();
     let mut rest = text.trim();
-    while rest.chars().count() > limit {
-        let window_end = rest
-            .char_indices()
-            .nth(limit)
-            .map(|(i, _)| i)
-            .unwrap_or(rest.len());
+    while utf16_len(rest) > limit {
+        let window_end = utf16_prefix_end(rest, limit);
         let window = &rest[..window_end];
         let cut = ["\n\n", "\n", ". ", "! ", "? ", "; ", " "]
             .iter()
@@ -358,6 +360,47 @@ pub fn split_text(text: &str, limit: usize) -> Vec<String> {
         pieces.push(rest.to_string());
     }
     pieces
+}
+
+/// What marks a reply cut to `channels.maxReplyParts` messages.
+const CUT_MARK: &str = " […]";
+
+/// At most `max` parts; when there were more, the last one kept ends with [`CUT_MARK`] (and
+/// stays within the platform's limit).
+fn limit_parts(mut parts: Vec<String>, max: usize) -> Vec<String> {
+    if parts.len() <= max {
+        return parts;
+    }
+    tracing::info!(
+        parts = parts.len(),
+        max,
+        "reply cut to channels.maxReplyParts messages"
+    );
+    parts.truncate(max);
+    if let Some(last) = parts.last_mut() {
+        let room = PLATFORM_TEXT_LIMIT - utf16_len(CUT_MARK);
+        last.truncate(utf16_prefix_end(last, room));
+        last.push_str(CUT_MARK);
+    }
+    parts
+}
+
+/// Length in UTF-16 code units, as Telegram counts message lengths.
+pub fn utf16_len(text: &str) -> usize {
+    text.chars().map(char::len_utf16).sum()
+}
+
+/// The byte index where the longest prefix of `text` of at most `limit` UTF-16 units ends (at
+/// least one character, so a split always advances).
+pub(crate) fn utf16_prefix_end(text: &str, limit: usize) -> usize {
+    let mut units = 0;
+    for (index, c) in text.char_indices() {
+        units += c.len_utf16();
+        if units > limit {
+            return if index == 0 { c.len_utf8() } else { index };
+        }
+    }
+    text.len()
 }
 
 #[cfg(test)]
@@ -388,9 +431,29 @@ mod tests {
         );
         let long = "word ".repeat(2000);
         for piece in split_text(&long, PLATFORM_TEXT_LIMIT) {
-            assert!(piece.chars().count() <= PLATFORM_TEXT_LIMIT);
+            assert!(utf16_len(&piece) <= PLATFORM_TEXT_LIMIT);
             assert!(!piece.starts_with(' ') && !piece.ends_with(' '));
         }
+    }
+
+    #[test]
+    fn counts_utf16_units_as_telegram_does() {
+        // 3,000 emoji are 6,000 UTF-16 units: two parts, each within the limit.
+        let text = "🚚".repeat(3000);
+        let pieces = split_text(&text, PLATFORM_TEXT_LIMIT);
+        assert_eq!(pieces.len(), 2);
+        assert!(pieces.iter().all(|p| utf16_len(p) <= PLATFORM_TEXT_LIMIT));
+        assert_eq!(pieces.concat(), text);
+        assert_eq!(utf16_len("a🚚é"), 4);
+    }
+
+    #[test]
+    fn a_reply_is_cut_to_the_most_parts_and_says_so() {
+        let parts = limit_parts(split_text(&"x".repeat(50_000), PLATFORM_TEXT_LIMIT), 3);
+        assert_eq!(parts.len(), 3);
+        assert!(parts[2].ends_with(CUT_MARK));
+        assert!(parts.iter().all(|p| utf16_len(p) <= PLATFORM_TEXT_LIMIT));
+        assert_eq!(limit_parts(vec!["a".into()], 3), vec!["a".to_string()]);
     }
 
     #[test]

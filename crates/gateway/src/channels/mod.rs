@@ -77,6 +77,22 @@ pub fn describe(config: &crate::config::Config) -> Vec<(&'static str, String)> {
     lines
 }
 
+/// A copy of `msg` marked for the too-long notice when its text is over `limit` UTF-16 units
+/// (and cut to that, so an essay is neither stored whole nor read by the model); `None` when
+/// it is within the limit or already marked.
+pub fn over_limit(msg: &InboundMessage, limit: usize) -> Option<InboundMessage> {
+    if msg.unsupported.is_some() || egress::utf16_len(&msg.text) <= limit {
+        return None;
+    }
+    let mut capped = msg.clone();
+    capped
+        .text
+        .truncate(egress::utf16_prefix_end(&capped.text, limit));
+    capped.text.push('…');
+    capped.unsupported = Some(crate::message::TOO_LONG.into());
+    Some(capped)
+}
+
 /// Longest session, user or client message id.
 const MAX_ID_LEN: usize = 128;
 /// How often a request waiting for a reply re-reads the store in case it missed the wake-up
@@ -121,6 +137,11 @@ pub async fn accept_and_wait(
     msg: &InboundMessage,
     wait: Duration,
 ) -> Result<Waited, ApiError> {
+    let capped = over_limit(
+        msg,
+        app.live.current().config.channels.max_text(msg.channel),
+    );
+    let msg = capped.as_ref().unwrap_or(msg);
     let id = msg.dedupe_id();
     // Register before accepting so a fast reply cannot slip past.
     let mut waiter = app.waiters.register(&id);

@@ -5,7 +5,7 @@
 //! dedupe key. Edits of messages already answered are counted and not answered again; photos,
 //! voice notes and other non-text messages get the text-only notice.
 
-use super::batch::{self, Read};
+use super::batch::{self, Read, Reading};
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::message::{Channel, InboundMessage};
@@ -90,7 +90,11 @@ pub async fn receive(
             "not a Telegram Bot API update: expected an object with a numeric `update_id`",
         ));
     };
-    let read = read_update(&update, update_id, &app.replica_id);
+    let reading = Reading {
+        replica_id: &app.replica_id,
+        max_age: live.config.channels.max_message_age,
+    };
+    let read = read_update(&update, update_id, reading);
     let ingested = batch::ingest(&app, Channel::Telegram, vec![read]).await?;
     // The button's spinner stops once the press is answered; the reply follows in the chat.
     // Answered after the press is durable, off the webhook's path.
@@ -114,13 +118,13 @@ pub async fn receive(
 
 /// What to do with an update: messages and button presses are answered; edits, channel posts,
 /// member updates and service messages are counted only.
-fn read_update(update: &Value, update_id: i64, replica_id: &str) -> Read {
+fn read_update(update: &Value, update_id: i64, reading: Reading<'_>) -> Read {
     let update_key = update_id.to_string();
     if let Some(message) = update.get("message") {
-        return read_message(message, &update_key, replica_id, update);
+        return read_message(message, &update_key, reading, update);
     }
     if let Some(press) = update.get("callback_query") {
-        return read_callback_query(press, &update_key, replica_id, update);
+        return read_callback_query(press, &update_key, reading.replica_id, update);
     }
     let kind = [
         "edited_message",
@@ -144,7 +148,7 @@ fn read_update(update: &Value, update_id: i64, replica_id: &str) -> Read {
 
 /// A message in a private chat or a group: text is answered, media gets the text-only notice,
 /// service messages (members joining, titles, pins) are counted only.
-fn read_message(message: &Value, update_key: &str, replica_id: &str, update: &Value) -> Read {
+fn read_message(message: &Value, update_key: &str, reading: Reading<'_>, update: &Value) -> Read {
     if MEMBER_FIELDS.iter().any(|f| message.get(*f).is_some()) {
         return Read::ignore("member_update");
     }
@@ -174,10 +178,18 @@ fn read_message(message: &Value, update_key: &str, replica_id: &str, update: &Va
             )
         }
     };
-    let mut msg = InboundMessage::new(Channel::Telegram, &chat, update_key, text, replica_id);
-    msg.language = language(&message["from"]);
-    msg.unsupported = unsupported;
-    Read::answer(kind, msg)
+    Read::unless_stale(kind, message["date"].as_u64(), reading.max_age, || {
+        let mut msg = InboundMessage::new(
+            Channel::Telegram,
+            &chat,
+            update_key,
+            text,
+            reading.replica_id,
+        );
+        msg.language = language(&message["from"]);
+        msg.unsupported = unsupported;
+        Read::answer(kind, msg)
+    })
 }
 
 /// A button press: the button's data is the customer's text, answered in the chat the button
@@ -230,7 +242,14 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"));
         let update: Value = serde_json::from_slice(&bytes).expect("fixture");
         let id = update["update_id"].as_i64().expect("update_id");
-        read_update(&update, id, "r1")
+        read_update(
+            &update,
+            id,
+            Reading {
+                replica_id: "r1",
+                max_age: None,
+            },
+        )
     }
 
     fn parse(name: &str) -> Option<InboundMessage> {

@@ -7,7 +7,7 @@
 //! batch, and dedupe on the `wamid` makes that safe). Delivery `statuses` are counted, not
 //! answered.
 
-use super::batch::{self, Action, Read};
+use super::batch::{self, Action, Read, Reading};
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::message::{Channel, InboundMessage};
@@ -132,13 +132,22 @@ pub async fn receive(
         ApiError::bad_request(format!("not a WhatsApp Cloud API notification: {e}"))
     })?;
     drop(body);
-    let reads = read_notification(notification, &app.replica_id);
+    let reading = Reading {
+        replica_id: &app.replica_id,
+        max_age: config_max_age(&app),
+    };
+    let reads = read_notification(notification, reading);
     let ingested = batch::ingest(&app, Channel::Whatsapp, reads).await?;
     Ok(Json(ingested).into_response())
 }
 
+/// `channels.maxMessageAgeHours` of the configuration in force.
+fn config_max_age(app: &AppState) -> Option<std::time::Duration> {
+    app.live.current().config.channels.max_message_age
+}
+
 /// Every message of a notification, read, in order; delivery statuses are counted.
-fn read_notification(notification: Notification, replica_id: &str) -> Vec<Read> {
+fn read_notification(notification: Notification, reading: Reading<'_>) -> Vec<Read> {
     let mut reads = Vec::new();
     for change in notification.entry.into_iter().flat_map(|e| e.changes) {
         let value = change.value;
@@ -153,7 +162,7 @@ fn read_notification(notification: Notification, replica_id: &str) -> Vec<Read> 
                 message,
                 &value.contacts,
                 account.as_deref(),
-                replica_id,
+                reading,
             ));
         }
     }
@@ -198,7 +207,7 @@ fn read_message(
     message: &Value,
     contacts: &[Value],
     account: Option<&str>,
-    replica_id: &str,
+    reading: Reading<'_>,
 ) -> Read {
     let kind = message_kind(message["type"].as_str().unwrap_or(""));
     let unreadable = |reason: String| Read::unreadable(kind, reason, message.to_string());
@@ -217,18 +226,29 @@ fn read_message(
     if id.is_empty() || id.len() > 256 || id.contains(['{', '}']) {
         return unreadable("message `id` must be a wamid".into());
     }
-    let (text, unsupported) = message_text(message, kind);
-    let identities = sender.identities();
-    let mut msg = InboundMessage::new(Channel::Whatsapp, &identities[0], id, text, replica_id);
-    msg.account = account.map(str::to_string);
-    msg.unsupported = unsupported;
-    Read {
-        kind,
-        action: Action::Answer {
-            msg: Box::new(msg),
-            identities,
-        },
-    }
+    let sent_at = message["timestamp"]
+        .as_str()
+        .and_then(|t| t.parse::<u64>().ok());
+    Read::unless_stale(kind, sent_at, reading.max_age, || {
+        let (text, unsupported) = message_text(message, kind);
+        let identities = sender.identities();
+        let mut msg = InboundMessage::new(
+            Channel::Whatsapp,
+            &identities[0],
+            id,
+            text,
+            reading.replica_id,
+        );
+        msg.account = account.map(str::to_string);
+        msg.unsupported = unsupported;
+        Read {
+            kind,
+            action: Action::Answer {
+                msg: Box::new(msg),
+                identities,
+            },
+        }
+    })
 }
 
 /// The platform's type name from the fixed list counted in metrics (`unknown` for others, which
@@ -445,7 +465,13 @@ mod tests {
 
     fn reads(name: &str) -> Vec<Read> {
         let notification: Notification = serde_json::from_slice(&fixture(name)).expect("fixture");
-        read_notification(notification, "r1")
+        read_notification(
+            notification,
+            Reading {
+                replica_id: "r1",
+                max_age: None,
+            },
+        )
     }
 
     /// The messages to answer, with the identities their sender is named by.
@@ -469,6 +495,7 @@ mod tests {
                     Action::Ignore => "ignore",
                     Action::Relink { .. } => "relink",
                     Action::Unreadable { .. } => "unreadable",
+                    Action::Stale => "stale",
                 };
                 (read.kind, action)
             })

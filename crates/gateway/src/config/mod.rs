@@ -8,6 +8,7 @@
 mod interpolate;
 mod reader;
 
+use crate::message::Channel;
 use reader::{Object, Reader, join};
 use secrecy::SecretString;
 use serde_json::Value;
@@ -74,7 +75,33 @@ pub struct ChannelsConfig {
     pub api: Option<ApiConfig>,
     /// Answer to images, voice notes and other non-text messages, by language code.
     pub unsupported_reply: std::collections::BTreeMap<String, String>,
+    /// Longest customer text answered by the model, in UTF-16 units, per channel (`whatsapp`,
+    /// `telegram`, `webchat`, `api`); a longer one gets [`ChannelsConfig::too_long_reply`].
+    pub max_text: std::collections::BTreeMap<Channel, usize>,
+    /// Answer to a text over its channel's limit, by language code.
+    pub too_long_reply: std::collections::BTreeMap<String, String>,
+    /// Most messages one reply is sent as on WhatsApp and Telegram; a longer reply is cut.
+    pub max_reply_parts: usize,
+    /// Platform messages sent longer ago than this are not answered (a signed webhook replayed
+    /// after dedupe forgot it); `None`: no limit (the default: the platforms' own example
+    /// payloads, which developers paste to test, carry old timestamps).
+    pub max_message_age: Option<Duration>,
 }
+
+impl ChannelsConfig {
+    /// The longest text answered on `channel`.
+    pub fn max_text(&self, channel: Channel) -> usize {
+        self.max_text
+            .get(&channel)
+            .copied()
+            .unwrap_or(DEFAULT_MAX_TEXT)
+    }
+}
+
+/// Longest customer text answered by default: what WhatsApp and Telegram allow in one message.
+pub const DEFAULT_MAX_TEXT: usize = 4096;
+/// Longest text answered on the API channel by default: OpenAI clients send whole documents.
+pub const DEFAULT_MAX_API_TEXT: usize = 32_768;
 
 /// WhatsApp Cloud API credentials and endpoint.
 #[derive(Debug, Clone)]
@@ -997,6 +1024,22 @@ const UNSUPPORTED_REPLY: [(&str, &str); 3] = [
     ),
 ];
 
+/// The answer to a text over its channel's limit, by language, unless the config says otherwise.
+const TOO_LONG_REPLY: [(&str, &str); 3] = [
+    (
+        "en",
+        "Sorry, that message is too long for me. Could you send your question in a few sentences?",
+    ),
+    (
+        "nl",
+        "Sorry, dat bericht is te lang voor mij. Kun je je vraag in een paar zinnen sturen?",
+    ),
+    (
+        "de",
+        "Entschuldigung, diese Nachricht ist zu lang für mich. Könnten Sie Ihre Frage in ein paar Sätzen schicken?",
+    ),
+];
+
 fn read_channels(r: &mut Reader, root: &Object) -> ChannelsConfig {
     let empty = Object::new();
     let c = r
@@ -1004,7 +1047,16 @@ fn read_channels(r: &mut Reader, root: &Object) -> ChannelsConfig {
             root,
             "",
             "channels",
-            &["whatsapp", "telegram", "api", "unsupportedReply"],
+            &[
+                "whatsapp",
+                "telegram",
+                "api",
+                "unsupportedReply",
+                "tooLongReply",
+                "maxTextChars",
+                "maxReplyParts",
+                "maxMessageAgeHours",
+            ],
         )
         .unwrap_or(&empty);
     let p = "channels.whatsapp";
@@ -1073,11 +1125,68 @@ fn read_channels(r: &mut Reader, root: &Object) -> ChannelsConfig {
             }
         }
     }
+    let mut too_long_reply: std::collections::BTreeMap<String, String> = TOO_LONG_REPLY
+        .iter()
+        .map(|(l, t)| (l.to_string(), t.to_string()))
+        .collect();
+    if let Some(replies) = r.object(c, "channels", "tooLongReply") {
+        for language in replies.keys() {
+            if let Some(text) = r.string(replies, "channels.tooLongReply", language) {
+                too_long_reply.insert(language.clone(), text);
+            }
+        }
+    }
+    let mut max_text = std::collections::BTreeMap::from([
+        (Channel::Whatsapp, DEFAULT_MAX_TEXT),
+        (Channel::Telegram, DEFAULT_MAX_TEXT),
+        (Channel::Webchat, DEFAULT_MAX_TEXT),
+        (Channel::Api, DEFAULT_MAX_API_TEXT),
+    ]);
+    if let Some(limits) = r.object(c, "channels", "maxTextChars") {
+        for name in limits.keys() {
+            let path = "channels.maxTextChars";
+            let Some(channel) = [
+                Channel::Whatsapp,
+                Channel::Telegram,
+                Channel::Webchat,
+                Channel::Api,
+            ]
+            .into_iter()
+            .find(|c| c.as_str() == name) else {
+                r.error(
+                    format!("{path}.{name}"),
+                    "unknown channel; expected whatsapp, telegram, webchat or api",
+                );
+                continue;
+            };
+            if let Some(limit) = r.integer(limits, path, name, 1, 1_000_000, "UTF-16 units") {
+                max_text.insert(channel, limit as usize);
+            }
+        }
+    }
+    let max_reply_parts = r
+        .integer(c, "channels", "maxReplyParts", 1, 100, "messages")
+        .map_or(5, |n| n as usize);
+    let max_message_age = r
+        .integer(
+            c,
+            "channels",
+            "maxMessageAgeHours",
+            0,
+            10 * 365 * 24,
+            "hours, 0 = no limit",
+        )
+        .filter(|hours| *hours > 0)
+        .map(|hours| Duration::from_secs(hours * 3_600));
     ChannelsConfig {
         whatsapp,
         telegram,
         api,
         unsupported_reply,
+        max_text,
+        too_long_reply,
+        max_reply_parts,
+        max_message_age,
     }
 }
 

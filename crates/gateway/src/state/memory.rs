@@ -196,7 +196,9 @@ impl StateStore for MemoryStore {
         }
         let conversation = inner.conversation(&key, now);
         if !skip_order_check && conversation.seq_done + 1 < seq && conversation.seq_issued >= seq {
-            return Ok(TurnStart::Wait(WaitReason::Order));
+            // A degraded-mode turn that failed is not retried: its successors cannot tell a
+            // waiting predecessor from a lost one.
+            return Ok(TurnStart::Wait(WaitReason::Gap));
         }
         let snapshot = ConversationSnapshot {
             history: conversation.history.iter().cloned().collect(),
@@ -578,7 +580,7 @@ mod tests {
         }
         assert_eq!(
             store.begin_turn(&m2, 2, "w2", false, false).await.ok(),
-            Some(TurnStart::Wait(WaitReason::Order))
+            Some(TurnStart::Wait(WaitReason::Gap))
         );
         assert!(matches!(
             store.begin_turn(&m1, 1, "w1", false, false).await,

@@ -114,8 +114,12 @@ pub struct ConversationSnapshot {
 pub enum WaitReason {
     /// Another worker holds the conversation's lease (its turn is running).
     Lease,
-    /// An earlier message of the conversation has not been answered and nobody is running it.
+    /// An earlier message of the conversation is accepted and not answered yet (it waits for
+    /// its own turn, e.g. for flood control): wait as long as it takes.
     Order,
+    /// An earlier message of the conversation has not been answered and is nowhere to be
+    /// found: wait up to `workers.orderWaitMs`, then go ahead without it.
+    Gap,
     /// The customer's turns come faster than flood control allows; room in this long.
     Flood(Duration),
 }

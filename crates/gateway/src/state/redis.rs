@@ -170,11 +170,7 @@ impl StateStore for RedisStore {
                     .arg(self.limits.inbox_max_length)
                     .arg(keys::ENTRY_VERSION)
                     .arg(json)
-                    .arg(if self.limits.coalesce_max > 0 {
-                        "1"
-                    } else {
-                        "0"
-                    }),
+                    .arg("1"),
             )
             .await?;
         match result {
@@ -235,13 +231,11 @@ impl StateStore for RedisStore {
             ("replied", Some(json), _) => Ok(TurnStart::Replied(parse_reply(
                 &text(json).unwrap_or_default(),
             )?)),
-            ("wait", Some(reason), _) => Ok(TurnStart::Wait(
-                if text(reason).as_deref() == Some("order") {
-                    WaitReason::Order
-                } else {
-                    WaitReason::Lease
-                },
-            )),
+            ("wait", Some(reason), _) => Ok(TurnStart::Wait(match text(reason).as_deref() {
+                Some("order") => WaitReason::Order,
+                Some("gap") => WaitReason::Gap,
+                _ => WaitReason::Lease,
+            })),
             ("ready", Some(Value::Array(history)), Some(Value::Array(session))) => {
                 Ok(TurnStart::Ready(ConversationSnapshot {
                     history: parse_history(history),

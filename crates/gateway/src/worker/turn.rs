@@ -125,9 +125,11 @@ pub async fn run(
                     WaitReason::Flood(room_in) => {
                         tokio::time::sleep(room_in.min(FLOOD_PAUSE_MAX)).await;
                     }
-                    WaitReason::Order | WaitReason::Lease => {
+                    WaitReason::Order | WaitReason::Gap | WaitReason::Lease => {
                         tokio::time::sleep(delay).await;
-                        if reason == WaitReason::Order {
+                        // Only a predecessor that is nowhere counts toward the valve: one that
+                        // merely waits (flood control drains a burst slowly) keeps the order.
+                        if reason == WaitReason::Gap {
                             waited_for_order += delay;
                         }
                         delay = (delay * 2).min(WAIT_MAX);
@@ -308,18 +310,23 @@ async fn answer(
                 provider: escalation::PROVIDER.into(),
             }
         }
-        // An image or voice note: the agent cannot read it, so it says so instead of guessing.
-        (None, None, Some(_)) => Completion {
-            text: live
-                .config
-                .channels
-                .unsupported_reply
-                .get(&language)
-                .or_else(|| live.config.channels.unsupported_reply.get("en"))
-                .cloned()
-                .unwrap_or_else(|| skills.general_template(&language).to_string()),
-            provider: "text-only-notice".into(),
-        },
+        // An image or voice note: the agent cannot read it, so it says so instead of guessing;
+        // a text over the channel's limit gets its own notice.
+        (None, None, Some(kind)) => {
+            let (notices, provider) = if kind == crate::message::TOO_LONG {
+                (&live.config.channels.too_long_reply, "too-long-notice")
+            } else {
+                (&live.config.channels.unsupported_reply, "text-only-notice")
+            };
+            Completion {
+                text: notices
+                    .get(&language)
+                    .or_else(|| notices.get("en"))
+                    .cloned()
+                    .unwrap_or_else(|| skills.general_template(&language).to_string()),
+                provider: provider.into(),
+            }
+        }
         (None, None, None) => {
             let lookup = match &skill.lookup {
                 Some(lookup) => {

@@ -207,13 +207,21 @@ pub fn packages_file() -> PathBuf {
     repository_path("examples/velocity/data/packages.json")
 }
 
-/// A WhatsApp notification with one text message.
+/// Seconds since the Unix epoch, as platforms stamp messages.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A WhatsApp notification with one text message, sent now.
 pub fn whatsapp_text(from: &str, wamid: &str, text: &str) -> Vec<u8> {
     json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{
         "field": "messages", "value": {"messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "31201234567", "phone_number_id": "106540352242922"},
         "contacts": [{"profile": {"name": "Test"}, "wa_id": from}],
-        "messages": [{"from": from, "id": wamid, "timestamp": "1764054000", "type": "text", "text": {"body": text}}]}}]}]})
+        "messages": [{"from": from, "id": wamid, "timestamp": now_secs().to_string(), "type": "text", "text": {"body": text}}]}}]}]})
     .to_string()
     .into_bytes()
 }

@@ -3,8 +3,9 @@
 -- KEYS[1] oc:seen:{id}   KEYS[2] oc:session:{conv}   KEYS[3] oc:inbox   KEYS[4] oc:pending:{conv}
 -- ARGV[1] dedupe ttl (s)   ARGV[2] conversation ttl (s)   ARGV[3] inbox max length
 -- ARGV[4] entry format version   ARGV[5] message JSON
--- ARGV[6] '1' = keep the message in the conversation's pending hash, so a later turn of the same
--- customer can answer it together with its own message
+-- ARGV[6] '1' = keep the message in the conversation's pending hash until it is answered: a later
+-- turn of the same customer can answer it together with its own message, and a later message
+-- waiting for it knows it is alive (not lost)
 -- Returns the message's sequence number (>= 1), 0 for a duplicate, -1 when the inbox is full.
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0

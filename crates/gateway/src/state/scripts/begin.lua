@@ -7,7 +7,7 @@
 -- ARGV[5] most later messages to take into this turn (0 = answer this one alone)
 -- ARGV[6] flood control: ms between two turns of one customer at the steady rate (0 = off)
 -- ARGV[7] flood control: how far ahead of that rate a customer may run, ms
--- Returns {'replied', reply JSON} | {'wait', 'lease' | 'order'} | {'wait', 'flood', ms}
+-- Returns {'replied', reply JSON} | {'wait', 'lease' | 'order' | 'gap'} | {'wait', 'flood', ms}
 --       | {'ready', history, session pairs, {seq, message JSON, ...} of the later messages taken}
 -- The lease comes first: the holder may be sending this very reply on its platform right now.
 local holder = redis.call('GET', KEYS[3])
@@ -26,7 +26,13 @@ if ARGV[4] ~= '1' then
   -- issued < seq means the counters expired and restarted since this message was numbered:
   -- its predecessors are gone with them, so it must not wait.
   if done < seq - 1 and issued >= seq then
-    return {'wait', 'order'}
+    -- 'order': the next message to answer is still accepted and unanswered (in the pending
+    -- hash), merely waiting, e.g. for flood control; 'gap': it is nowhere, so only the safety
+    -- valve (workers.orderWaitMs) lets this one go ahead.
+    if redis.call('HEXISTS', KEYS[5], done + 1) == 1 then
+      return {'wait', 'order'}
+    end
+    return {'wait', 'gap'}
   end
 end
 -- Flood control: a customer's turns follow a GCRA on Redis's clock; a turn that comes too soon
