@@ -29,5 +29,8 @@ pub mod state;
 pub mod telemetry;
 pub mod worker;
 
+#[cfg(test)]
+mod arbitrary;
+
 pub use config::Config;
 pub use server::run;

@@ -857,4 +857,25 @@ mod tests {
             "{reasons:?}"
         );
     }
+
+    proptest::proptest! {
+        /// Any `SKILL.md` is a skill or an error with a reason, never a panic.
+        #[test]
+        fn any_skill_file_is_a_skill_or_a_reason(
+            front in ".{0,200}",
+            json in crate::arbitrary::json(),
+            body in ".{0,100}",
+        ) {
+            // Free text, and JSON (which is YAML) as front matter.
+            for text in [
+                format!("---\n{front}\n---\n{body}"),
+                format!("---\n{json}\n---\n{body}"),
+                front.clone(),
+            ] {
+                if let Err((_, reason)) = parse_skill(&text) {
+                    proptest::prop_assert!(!reason.is_empty());
+                }
+            }
+        }
+    }
 }

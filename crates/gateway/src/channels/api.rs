@@ -80,14 +80,9 @@ fn header_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .filter(|v| !v.is_empty())
 }
 
-/// `POST /v1/chat/completions`.
-pub async fn chat_completions(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    authorize(&app, &headers)?;
-    let request: ChatRequest = serde_json::from_slice(&body?).map_err(|e| {
+/// The request and the text of its newest user message.
+fn read_request(body: &[u8]) -> Result<(ChatRequest, String), ApiError> {
+    let request: ChatRequest = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "expected an OpenAI chat-completions request {{\"model\", \"messages\": [...]}}: {e}"
         ))
@@ -100,6 +95,17 @@ pub async fn chat_completions(
         .map(|m| content_text(&m.content))
         .filter(|t| !t.trim().is_empty())
         .ok_or_else(|| ApiError::bad_request("`messages` must contain a user message with text"))?;
+    Ok((request, text))
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    let (request, text) = read_request(&body?)?;
     let session = match header_value(&headers, "x-clawgate-session").or(request.user.as_deref()) {
         Some(session) => {
             check_id("user", session, false)?;
@@ -213,4 +219,30 @@ pub async fn models(
         "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "clawgate"}],
     }))
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_user_message_with_text_is_the_customers() {
+        let body = br#"{"model": "clawgate", "messages": [
+            {"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": [{"type": "text", "text": "second"}]}]}"#;
+        let (_, text) = read_request(body).expect("a request");
+        assert_eq!(text, "second");
+        assert!(read_request(br#"{"messages": []}"#).is_err());
+    }
+
+    proptest::proptest! {
+        /// Whatever an OpenAI client (or anyone with the token) sends, the answer is a request
+        /// or a 400 with a reason, never a panic.
+        #[test]
+        fn any_body_is_a_request_or_a_reasoned_400(body in crate::arbitrary::body()) {
+            if let Err(e) = read_request(&body) {
+                proptest::prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            }
+        }
+    }
 }

@@ -310,4 +310,15 @@ mod tests {
         let msg = parse("telegram-supergroup-text.json").expect("a message");
         assert_eq!(msg.conversation().as_str(), "telegram:-1009876543210");
     }
+
+    proptest::proptest! {
+        /// Any update, of any shape, is read as one thing without a panic.
+        #[test]
+        fn reading_any_update_never_panics(
+            update in proptest::prop_oneof![crate::arbitrary::json(), crate::arbitrary::telegram_update()],
+            id in proptest::prelude::any::<i64>(),
+        ) {
+            let _ = read_update(&update, id, Reading { replica_id: "r1", max_age: None });
+        }
+    }
 }

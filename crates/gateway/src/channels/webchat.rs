@@ -216,4 +216,15 @@ mod tests {
             .is_ok()
         );
     }
+
+    proptest::proptest! {
+        /// Any body gets a message or a 400 with a reason, never a panic.
+        #[test]
+        fn any_body_is_a_message_or_a_reasoned_400(body in crate::arbitrary::body()) {
+            if let Err(e) = parse_message(&body) {
+                proptest::prop_assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+                proptest::prop_assert!(!e.message.is_empty());
+            }
+        }
+    }
 }

@@ -638,4 +638,38 @@ mod tests {
         assert!(is_wa_id("31612345678"));
         assert!(!is_wa_id("+31 6"));
     }
+
+    use proptest::strategy::Strategy;
+
+    proptest::proptest! {
+        /// Whatever Meta (or an attacker with the app secret) sends, reading never panics, and
+        /// every message of a notification is read as exactly one thing.
+        #[test]
+        fn reading_any_notification_never_panics(
+            body in proptest::prop_oneof![
+                crate::arbitrary::body(),
+                crate::arbitrary::whatsapp_notification().prop_map(|v| v.to_string().into_bytes()),
+            ]
+        ) {
+            if let Ok(notification) = serde_json::from_slice::<Notification>(&body) {
+                let messages: usize = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("entry").cloned())
+                    .and_then(|e| e.as_array().cloned())
+                    .map(|entries| {
+                        entries
+                            .iter()
+                            .flat_map(|e| e["changes"].as_array().cloned().unwrap_or_default())
+                            .map(|c| c["value"]["messages"].as_array().map_or(0, Vec::len))
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                let reads = read_notification(
+                    notification,
+                    Reading { replica_id: "r1", max_age: Some(std::time::Duration::from_secs(3600)) },
+                );
+                proptest::prop_assert_eq!(reads.len(), messages);
+            }
+        }
+    }
 }

@@ -1739,4 +1739,16 @@ mod tests {
             ProviderKind::Template
         ));
     }
+
+    proptest::proptest! {
+        /// Any config file is a config or a list of errors naming the file, never a panic.
+        #[test]
+        fn any_config_text_is_a_config_or_named_errors(body in crate::arbitrary::body()) {
+            let text = String::from_utf8_lossy(&body);
+            if let Err(errors) = parse(&text) {
+                proptest::prop_assert!(errors.0.iter().all(|e| e.file == "clawgate.json"));
+                proptest::prop_assert!(!errors.0.is_empty());
+            }
+        }
+    }
 }
