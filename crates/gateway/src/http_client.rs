@@ -8,12 +8,19 @@
 
 use std::time::Duration;
 
+/// Idle connections kept per host: enough for a steady few hundred calls at once, not the
+/// thousands a burst opened.
+const MAX_IDLE_PER_HOST: usize = 256;
+
 /// Settings every outbound client shares.
 fn common() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(concat!("clawgate/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(3))
         .pool_idle_timeout(Duration::from_secs(60))
+        // A burst opens thousands of HTTP/1.1 connections to a slow provider; keeping them all
+        // idle afterwards would hold their buffers (tens of KiB each) for the idle timeout.
+        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
         .retry(reqwest::retry::never())

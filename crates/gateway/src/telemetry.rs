@@ -62,6 +62,9 @@ pub const EGRESS_DEAD_LETTERS: &str = "clawgate_egress_dead_letters_total";
 pub const INBOUND_MESSAGES: &str = "clawgate_inbound_messages_total";
 /// Client connections open now.
 pub const CONNECTIONS_OPEN: &str = "clawgate_connections_open";
+/// Connections asked to close to make room at `gateway.maxConnections` (oldest first; one with a
+/// request in flight finishes it first).
+pub const CONNECTIONS_EVICTED: &str = "clawgate_connections_evicted_total";
 /// Client connections closed on arrival because `gateway.maxConnections` were open.
 pub const CONNECTIONS_REFUSED: &str = "clawgate_connections_refused_total";
 /// Log lines lost because stderr was full, closed or too slow (they are dropped, never waited
@@ -198,6 +201,10 @@ fn describe() {
         "Turns that panicked or failed and gave their message back for another attempt."
     );
     describe_gauge!(CONNECTIONS_OPEN, "Client connections open now.");
+    describe_counter!(
+        CONNECTIONS_EVICTED,
+        "Connections asked to close to make room at gateway.maxConnections."
+    );
     describe_counter!(
         CONNECTIONS_REFUSED,
         "Client connections closed on arrival because gateway.maxConnections were open."

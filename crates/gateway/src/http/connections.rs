@@ -3,9 +3,11 @@
 //!
 //! `axum::serve` has no such settings, so the replica serves connections with hyper-util's
 //! builder itself. What each setting does:
-//! - `gateway.maxConnections`: a connection beyond the cap is closed as soon as it is accepted,
-//!   so a flood of idle connections cannot use up the descriptors that held requests, provider
-//!   calls and Redis need (it is refused in microseconds, not queued until they run out).
+//! - `gateway.maxConnections`: at the cap, the oldest connections are asked to close (a graceful
+//!   shutdown: an idle one closes at once, one with a request in flight after its answer), and
+//!   the new connection takes the first slot freed; if none frees within 100 ms it is closed.
+//!   So a flood of idle connections can neither use up the descriptors that held requests,
+//!   provider calls and Redis need, nor lock out the clients that send requests.
 //! - `gateway.headerTimeoutMs` and `gateway.idleTimeoutMs`: hyper times the wait for a request
 //!   head (HTTP/1) from the moment a connection is ready for one, whether nothing arrives (an
 //!   idle keep-alive or a fresh connection) or the head trickles in (slowloris); it is armed with
@@ -30,6 +32,45 @@ use tokio_util::task::TaskTracker;
 
 /// Pause after an accept error (e.g. out of descriptors) before accepting again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Connections asked to close when a new one arrives at the cap.
+const EVICT_AT_ONCE: usize = 8;
+/// How long a new connection at the cap waits for a slot to free.
+const SLOT_WAIT: Duration = Duration::from_millis(100);
+
+/// Open connections in the order they were accepted, each with the token that asks it to close.
+#[derive(Default)]
+struct OpenConnections {
+    next: AtomicU64,
+    by_age: std::sync::Mutex<std::collections::BTreeMap<u64, CancellationToken>>,
+}
+
+impl OpenConnections {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, CancellationToken>> {
+        self.by_age.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a new connection: its id and the token that asks it to close.
+    fn add(&self) -> (u64, CancellationToken) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        self.lock().insert(id, token.clone());
+        (id, token)
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Asks the oldest connections not yet asked to close.
+    fn evict_oldest(&self, count: usize) {
+        let open = self.lock();
+        for token in open.values().filter(|t| !t.is_cancelled()).take(count) {
+            token.cancel();
+        }
+    }
+}
 
 /// The connection limits, from `gateway.*`.
 #[derive(Debug, Clone)]
@@ -62,6 +103,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let registry = Arc::new(OpenConnections::default());
     let open = TaskTracker::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -83,19 +125,36 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics::counter!(telemetry::CONNECTIONS_REFUSED).increment(1);
-            drop(tcp);
-            continue;
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                registry.evict_oldest(EVICT_AT_ONCE);
+                metrics::counter!(telemetry::CONNECTIONS_EVICTED).increment(EVICT_AT_ONCE as u64);
+                match tokio::time::timeout(SLOT_WAIT, slots.clone().acquire_owned()).await {
+                    Ok(Ok(slot)) => slot,
+                    _ => {
+                        metrics::counter!(telemetry::CONNECTIONS_REFUSED).increment(1);
+                        drop(tcp);
+                        continue;
+                    }
+                }
+            }
         };
         // Replies are small and latency matters more than packet count.
         let _ = tcp.set_nodelay(true);
         let (builder, app, stop) = (builder.clone(), app.clone(), stop.clone());
         let idle_timeout = limits.idle_timeout;
+        let registry = registry.clone();
         open.spawn(async move {
+            let (id, evict) = registry.add();
             metrics::gauge!(telemetry::CONNECTIONS_OPEN).increment(1.0);
-            serve_connection(&builder, TokioIo::new(tcp), app, idle_timeout, &stop).await;
+            let close = Close {
+                stop: &stop,
+                evict: &evict,
+            };
+            serve_connection(&builder, TokioIo::new(tcp), app, idle_timeout, close).await;
             metrics::gauge!(telemetry::CONNECTIONS_OPEN).decrement(1.0);
+            registry.remove(id);
             drop(slot);
         });
     }
@@ -124,12 +183,18 @@ impl Activity {
     }
 }
 
+/// What asks a connection to close: the server stopping, or the cap making room.
+struct Close<'a> {
+    stop: &'a CancellationToken,
+    evict: &'a CancellationToken,
+}
+
 async fn serve_connection(
     builder: &auto::Builder<TokioExecutor>,
     io: TokioIo<tokio::net::TcpStream>,
     app: Router,
     idle_timeout: Duration,
-    stop: &CancellationToken,
+    close: Close<'_>,
 ) {
     let activity = Arc::new(Activity {
         since: Instant::now(),
@@ -147,7 +212,11 @@ async fn serve_connection(
         let idle_left = activity.idle_left(idle_timeout);
         tokio::select! {
             _ = connection.as_mut() => return,
-            _ = stop.cancelled(), if !closing => {
+            _ = close.stop.cancelled(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = close.evict.cancelled(), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
