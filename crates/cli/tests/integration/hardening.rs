@@ -360,3 +360,34 @@ async fn at_the_connection_cap_the_oldest_idle_connections_make_way_for_new_clie
         .expect("clawgate_connections_open");
     assert!(open <= 50.0, "{open} connections open over a cap of 50");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_says_at_warn_level_why_redis_cannot_be_used_and_what_happens_instead() {
+    let redis = TestRedis::start_with(&["--requirepass", "the-right-one"]).await;
+    let mut spec = GatewaySpec::new(test_config(vec![]), &redis.url(), "r1");
+    spec.wait_ready = false;
+    let gateway = Gateway::spawn(spec).await;
+    let logs = eventually(
+        Duration::from_secs(10),
+        "the warning about Redis",
+        || async {
+            let logs = gateway.logs();
+            logs.contains("Redis refused the credentials")
+                .then_some(logs)
+        },
+    )
+    .await;
+    let line = logs
+        .lines()
+        .find(|l| l.contains("Redis refused the credentials"))
+        .unwrap_or_default();
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains("answering from this replica's memory"),
+        "the operator learns what the replica does meanwhile: {line}"
+    );
+    assert!(
+        !logs.contains("the-right-one"),
+        "a password never reaches the log"
+    );
+}

@@ -266,7 +266,10 @@ impl RedisLink {
                 self.set_refusing(Some(reason));
                 true
             }
-            Err(StateError::Unavailable(_)) => false,
+            Err(StateError::Unavailable(reason)) => {
+                self.log_failure(reason);
+                false
+            }
             // Any other error reply still proves Redis is there.
             Err(_) => true,
         }
@@ -275,15 +278,14 @@ impl RedisLink {
     /// Logs a connection failure at warn level the first time its cause is seen (a wrong
     /// password and an unreachable host read differently), with what the replica does instead.
     fn log_connect_failure(&self, error: &redis::RedisError) {
-        let cause = if error.kind() == redis::ErrorKind::AuthenticationFailed
-            || matches!(error.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
-        {
-            format!(
-                "Redis refused the credentials ({error}): check redis.username / redis.password"
-            )
-        } else {
-            format!("cannot reach Redis ({error})")
+        let cause = match classify(error) {
+            StateError::Unavailable(reason) if is_auth_failure(error) => reason,
+            _ => format!("cannot reach Redis ({error})"),
         };
+        self.log_failure(cause);
+    }
+
+    fn log_failure(&self, cause: String) {
         let mut last = self
             .last_failure
             .lock()
@@ -329,10 +331,22 @@ impl RedisLink {
     }
 }
 
+/// Whether Redis refused this replica's credentials (none given, wrong, or not allowed).
+fn is_auth_failure(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+}
+
 /// Classifies a Redis error: unreachable (degrade / retry), full (503) or unexpected.
 pub fn classify(e: &redis::RedisError) -> StateError {
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
         return StateError::Unavailable(e.to_string());
+    }
+    // A Redis that will not let this replica in cannot be used: as good as unreachable.
+    if is_auth_failure(e) {
+        return StateError::Unavailable(format!(
+            "Redis refused the credentials ({e}): check redis.username / redis.password"
+        ));
     }
     match e.code() {
         Some("OOM") => StateError::Refused(

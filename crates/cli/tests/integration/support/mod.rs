@@ -43,6 +43,20 @@ where
     }
 }
 
+/// Whether a reply was OK or the given error code.
+trait OkOrCode {
+    fn is_ok_or_else_code(&self, code: &str) -> bool;
+}
+
+impl<T> OkOrCode for redis::RedisResult<T> {
+    fn is_ok_or_else_code(&self, code: &str) -> bool {
+        match self {
+            Ok(_) => true,
+            Err(e) => e.code() == Some(code),
+        }
+    }
+}
+
 /// A `redis-server` on a free port with its own data directory.
 pub struct TestRedis {
     pub port: u16,
@@ -95,11 +109,12 @@ impl TestRedis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
+            // A server that wants a password answers NOAUTH: it is up.
             if let Ok(mut conn) = self.connect().await
                 && redis::cmd("PING")
                     .query_async::<String>(&mut conn)
                     .await
-                    .is_ok()
+                    .is_ok_or_else_code("NOAUTH")
             {
                 return true;
             }
