@@ -157,7 +157,7 @@ impl Kind {
 enum Guard {
     Clawgate { _running: Box<(TestRedis, Gateway)> },
     Cluster { _running: Box<TestCluster> },
-    Process(ProcessGuard),
+    Process(Box<ProcessGuard>),
 }
 
 struct ProcessGuard {
@@ -292,10 +292,10 @@ async fn start(kind: Kind, peers: &Peers, primary: &str, fallback: &str) -> Resu
                 },
                 roots: Vec::new(),
                 ready: Duration::ZERO,
-                _guard: Guard::Process(ProcessGuard {
+                _guard: Guard::Process(Box::new(ProcessGuard {
                     child: None,
                     _dir: tempfile::tempdir().expect("dir"),
-                }),
+                })),
             };
             first_answer(system, began).await
         }
@@ -457,10 +457,10 @@ async fn launch(
         endpoint,
         roots: vec![pid],
         ready: Duration::ZERO,
-        _guard: Guard::Process(ProcessGuard {
+        _guard: Guard::Process(Box::new(ProcessGuard {
             child: Some(child),
             _dir: dir,
-        }),
+        })),
     };
     first_answer(system, began).await
 }

@@ -146,9 +146,13 @@ struct ServeArgs {
     /// Replica id, overriding `gateway.replicaId`.
     #[arg(long, env = env_vars::REPLICA_ID)]
     replica_id: Option<String>,
-    /// Redis URL, overriding `redis.url`.
+    /// Redis URL, overriding `redis.url` (also `redis+sentinel://host:port,…/masterName`).
     #[arg(long, env = env_vars::REDIS_URL)]
     redis_url: Option<String>,
+    /// Replicas that must hold a message before it is acknowledged, overriding
+    /// `redis.ackReplicas`.
+    #[arg(long, env = env_vars::REDIS_ACK_REPLICAS)]
+    redis_ack_replicas: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -695,6 +699,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         listen: args.listen,
         replica_id: args.replica_id,
         redis_url: args.redis_url,
+        redis_ack_replicas: args.redis_ack_replicas,
     };
     let file = args.config.clone().map(|path| ConfigFile {
         path,
@@ -875,7 +880,7 @@ async fn deployment(
     };
     let config = load_config(target.config.as_deref(), overrides)
         .map_err(|errors| anyhow::anyhow!("{errors}"))?;
-    let link = RedisLink::connect(&config.redis.url, config.redis.command_timeout).await?;
+    let link = RedisLink::connect(&config.redis).await?;
     let store = RedisStore::new(link.clone(), StoreLimits::from_config(&config));
     Ok((config, link, store))
 }

@@ -525,7 +525,10 @@ pub(crate) async fn redis_answers(url: &str) -> bool {
 
 /// A connection to the Redis at `url`, once it answered PING.
 pub(crate) async fn redis_connection(url: &str) -> Option<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(url).ok()?;
+    let config = clawgate_gateway::config::RedisConfig::for_url(url).ok()?;
+    let finder =
+        clawgate_gateway::state::primary::PrimaryFinder::new(&config, HEALTH_TIMEOUT).ok()?;
+    let client = finder.find().await.ok()?.client;
     let connect = client.get_multiplexed_async_connection();
     let mut conn = tokio::time::timeout(HEALTH_TIMEOUT, connect)
         .await

@@ -8,6 +8,8 @@ pub const LISTEN: &str = "CLAWGATE_LISTEN";
 pub const REPLICA_ID: &str = "CLAWGATE_REPLICA_ID";
 /// Redis URL, overriding `redis.url`.
 pub const REDIS_URL: &str = "CLAWGATE_REDIS_URL";
+/// Replicas an acknowledgement waits for, overriding `redis.ackReplicas`.
+pub const REDIS_ACK_REPLICAS: &str = "CLAWGATE_REDIS_ACK_REPLICAS";
 /// Log filter in `tracing` syntax, e.g. `info,clawgate_gateway=debug`.
 pub const LOG: &str = "CLAWGATE_LOG";
 /// Log format: `text` (default on a terminal) or `json`.

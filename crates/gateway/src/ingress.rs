@@ -122,9 +122,13 @@ impl Ingress {
                 match self.redis.accept(msg).await {
                     Ok(acceptance) => return Ok((acceptance, Origin::Redis)),
                     Err(StateError::Full(reason)) => return Err(IngressError::Full(reason)),
-                    Err(StateError::Refused(reason)) => {
+                    // A refusal that made the link let go of the primary (READONLY: it was
+                    // demoted by a failover) is waited out like a blip while the new one is
+                    // found; any other refusal is answered at once.
+                    Err(StateError::Refused(reason)) if self.link.is_up() => {
                         return Err(IngressError::Refused(reason));
                     }
+                    Err(StateError::Refused(_)) => {}
                     Err(StateError::Protocol(reason)) => {
                         return Err(IngressError::Store(reason));
                     }

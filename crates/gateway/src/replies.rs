@@ -123,7 +123,10 @@ impl ReplyWaiters {
                 }
             }
             let subscribed = async {
-                let mut pubsub = link.client().get_async_pubsub().await?;
+                let client = link
+                    .client()
+                    .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
+                let mut pubsub = client.get_async_pubsub().await?;
                 pubsub.subscribe(&channel).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };

@@ -49,7 +49,7 @@ pub async fn run(
     let background = CancellationToken::new();
     let replica_id = config.gateway.replica_id.clone();
 
-    let link = RedisLink::new(&config.redis.url, config.redis.command_timeout)?;
+    let link = RedisLink::new(&config.redis)?;
     link.set_when_down(match config.redis.down_mode {
         crate::config::RedisDownMode::Degrade => format!(
             "answering from this replica's memory after {} ms without Redis (redis.downMode = degrade): conversations touched meanwhile lose context",

@@ -83,6 +83,10 @@ pub const CONFIG_RELOADS: &str = "clawgate_config_reloads_total";
 pub const SKILL_CLASSIFICATIONS: &str = "clawgate_skill_classifications_total";
 /// 1 while Redis answers.
 pub const REDIS_UP: &str = "clawgate_redis_up";
+/// Time a `WAIT` for `redis.ackReplicas` replicas took, seconds.
+pub const REDIS_ACK_WAIT: &str = "clawgate_redis_ack_wait_seconds";
+/// Acknowledgements refused because too few replicas confirmed the write in time.
+pub const REDIS_ACK_SHORTFALLS: &str = "clawgate_redis_ack_shortfalls_total";
 /// 1 while Redis answers but refuses writes (`MISCONF`, `OOM`, `READONLY`, `NOREPLICAS`):
 /// messages get 503 until it accepts them again.
 pub const REDIS_REFUSING_WRITES: &str = "clawgate_redis_refusing_writes";
@@ -222,6 +226,14 @@ fn describe() {
         "Webhook notifications that are not messages to answer."
     );
     describe_gauge!(REDIS_UP, "1 while Redis answers.");
+    describe_histogram!(
+        REDIS_ACK_WAIT,
+        "Time a WAIT for redis.ackReplicas replicas took, seconds."
+    );
+    describe_counter!(
+        REDIS_ACK_SHORTFALLS,
+        "Writes refused because too few replicas confirmed them within redis.ackTimeoutMs."
+    );
     describe_gauge!(
         REDIS_REFUSING_WRITES,
         "1 while Redis answers but refuses writes (full disk or memory, a replica)."

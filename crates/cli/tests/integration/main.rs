@@ -16,6 +16,7 @@ mod cluster;
 mod degraded;
 mod deploy;
 mod escalation;
+mod failover;
 mod hardening;
 mod loadtest;
 mod platform_traffic;

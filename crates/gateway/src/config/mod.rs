@@ -7,9 +7,11 @@
 
 mod interpolate;
 mod reader;
+pub mod redis;
 
 use crate::message::Channel;
 use reader::{Object, Reader, join};
+pub use redis::{RedisConfig, RedisDownMode, RedisTarget, SentinelConfig};
 use secrecy::SecretString;
 use serde_json::Value;
 use std::fmt;
@@ -160,29 +162,6 @@ pub struct GatewayConfig {
     /// Open client connections at most; connections beyond are closed as soon as they are
     /// accepted, so a flood cannot use up the file descriptors the replica's own work needs.
     pub max_connections: usize,
-}
-
-/// Redis connection and outage behaviour.
-#[derive(Debug, Clone)]
-pub struct RedisConfig {
-    /// `redis://` or `rediss://` URL.
-    pub url: String,
-    /// What ingress does while Redis is unreachable.
-    pub down_mode: RedisDownMode,
-    /// How long Redis must be unreachable before messages are answered from memory; within it,
-    /// ingress waits for Redis (a restart costs latency, not the conversation's context).
-    pub degrade_after: Duration,
-    /// Upper bound on one Redis command; a slower answer counts as Redis being down.
-    pub command_timeout: Duration,
-}
-
-/// What ingress does while Redis is unreachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RedisDownMode {
-    /// Keep answering from in-process state (the seed's requirement); `/healthz` says degraded.
-    Degrade,
-    /// Answer 503 so the platforms retry later and nothing is processed without durable state.
-    Reject,
 }
 
 /// Conversation lifetime and history size.
@@ -435,6 +414,8 @@ pub struct Overrides {
     pub replica_id: Option<String>,
     /// `--redis-url` / `CLAWGATE_REDIS_URL`.
     pub redis_url: Option<String>,
+    /// `--redis-ack-replicas` / `CLAWGATE_REDIS_ACK_REPLICAS`.
+    pub redis_ack_replicas: Option<u32>,
 }
 
 /// One configuration problem: the file, the JSON path and what was expected.
@@ -582,14 +563,20 @@ impl Config {
             }
         }
         if let Some(url) = overrides.redis_url {
-            match check_redis_url(&url) {
-                Ok(()) => self.redis.url = url,
+            match redis::parse_url(&url) {
+                Ok(target) => {
+                    self.redis.url = url;
+                    self.redis.target = target;
+                }
                 Err(message) => errors.push(ConfigError {
                     file: "--redis-url / CLAWGATE_REDIS_URL".into(),
                     path: String::new(),
                     message,
                 }),
             }
+        }
+        if let Some(replicas) = overrides.redis_ack_replicas {
+            self.redis.ack_replicas = replicas;
         }
         if errors.is_empty() {
             Ok(self)
@@ -713,39 +700,7 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
             .map_or(DEFAULT_MAX_CONNECTIONS, |n| n as usize),
     };
 
-    let rd = r
-        .section(
-            root,
-            "",
-            "redis",
-            &["url", "downMode", "commandTimeoutMs", "degradeAfterMs"],
-        )
-        .unwrap_or(&empty);
-    let url = r
-        .string(rd, "redis", "url")
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-    if let Err(message) = check_redis_url(&url) {
-        r.error("redis.url", message);
-    }
-    let down_mode = match r
-        .choice(rd, "redis", "downMode", &["degrade", "reject"])
-        .as_deref()
-    {
-        Some("reject") => RedisDownMode::Reject,
-        _ => RedisDownMode::Degrade,
-    };
-    let redis = RedisConfig {
-        url,
-        down_mode,
-        command_timeout: ms(
-            r.integer(rd, "redis", "commandTimeoutMs", 10, 60_000, "milliseconds"),
-            1_000,
-        ),
-        degrade_after: ms(
-            r.integer(rd, "redis", "degradeAfterMs", 0, 60_000, "milliseconds"),
-            2_000,
-        ),
-    };
+    let redis = redis::read(r, root);
 
     let c = r
         .section(
@@ -1510,13 +1465,6 @@ fn check_endpoint(r: &mut Reader, endpoint: &str, path: &str) {
     }
 }
 
-fn check_redis_url(url: &str) -> Result<(), String> {
-    use redis::IntoConnectionInfo;
-    url.into_connection_info().map(|_| ()).map_err(|e| {
-        format!("expected a Redis URL such as \"redis://127.0.0.1:6379\", found \"{url}\" ({e})")
-    })
-}
-
 fn check_replica_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= 64
@@ -1714,6 +1662,7 @@ mod tests {
                 listen: Some("127.0.0.1:20000".parse().unwrap_or(config.gateway.listen)),
                 replica_id: Some("r-2".into()),
                 redis_url: Some("redis://127.0.0.1:7000".into()),
+                redis_ack_replicas: None,
             })
             .map_err(|e| e.to_string());
         let overridden = match overridden {

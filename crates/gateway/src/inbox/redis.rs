@@ -98,7 +98,7 @@ impl RedisInbox {
             .set_connection_timeout(Some(self.link.command_timeout()))
             .set_response_timeout(Some(block + self.link.command_timeout()));
         self.link
-            .client()
+            .client()?
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| self.fail(e))

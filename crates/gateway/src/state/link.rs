@@ -1,13 +1,20 @@
 //! The replica's link to Redis: one multiplexed connection shared by all tasks, a health loop
 //! that decides whether Redis is up, and the up/down signal the rest of the replica follows
 //! (ingress switches to degraded mode, the inbox reader pauses, the reply listener resubscribes).
+//! It owns the connection and its reconnect policy: under Sentinel it finds the primary again
+//! (through [`PrimaryFinder`]) when the connection drops, when Redis answers `READONLY`, and when
+//! a sentinel announces `+switch-master`. With `redis.ackReplicas`, it also holds the lanes that
+//! acknowledged writes go through, each followed by a `WAIT` for the replicas.
 //!
 //! It never blocks start-up: the replica serves at once and learns Redis's state within one
 //! health interval.
 
 use super::StateError;
+use super::primary::PrimaryFinder;
+use crate::config::RedisConfig;
+use crate::telemetry;
 use arc_swap::ArcSwapOption;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -20,10 +27,30 @@ const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 /// reconnect logic.
 const REBUILD_AFTER_FAILURES: u32 = 3;
 
+/// Connections acknowledged writes go through: a `WAIT` blocks its connection on the server, so
+/// these are kept apart from the shared one; writes that queue behind a `WAIT` are covered by
+/// the next (group commit).
+const ACK_LANES: usize = 4;
+
 /// Shared handle to Redis and its health.
 pub struct RedisLink {
-    /// Builds connections; also used for dedicated connections (pub/sub, blocking reads).
-    client: redis::Client,
+    /// Finds the primary: the configured server, or the one the sentinels name.
+    finder: PrimaryFinder,
+    /// Builds connections to the current primary; also used for dedicated connections (pub/sub,
+    /// blocking reads). `None` until a primary was found.
+    client: ArcSwapOption<redis::Client>,
+    /// The current primary's `host:port`.
+    primary: std::sync::Mutex<Option<String>>,
+    /// Wakes the health loop to find the primary again now (a `+switch-master`, a `READONLY`).
+    find_again: tokio::sync::Notify,
+    /// Replicas a write must reach before it is acknowledged (`redis.ackReplicas`), and how long
+    /// to wait for them.
+    ack_replicas: u32,
+    ack_timeout: Duration,
+    /// The lanes for acknowledged writes (with `ack_replicas` > 0), to the current primary.
+    ack_lanes: ArcSwapOption<Vec<MultiplexedConnection>>,
+    /// Round-robin position over `ack_lanes`.
+    next_lane: std::sync::atomic::AtomicUsize,
     /// The shared multiplexed connection; `None` until the first connect succeeds or after it was
     /// dropped for a rebuild.
     manager: ArcSwapOption<ConnectionManager>,
@@ -53,12 +80,19 @@ pub struct RedisLink {
 }
 
 impl RedisLink {
-    /// A link to `url`; no connection is attempted until [`RedisLink::run_health`] runs.
-    pub fn new(url: &str, command_timeout: Duration) -> Result<Arc<RedisLink>, StateError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StateError::Protocol(format!("invalid Redis URL: {e}")))?;
+    /// A link to the configured Redis; no connection is attempted until
+    /// [`RedisLink::run_health`] runs.
+    pub fn new(config: &RedisConfig) -> Result<Arc<RedisLink>, StateError> {
+        let command_timeout = config.command_timeout;
         Ok(Arc::new(RedisLink {
-            client,
+            finder: PrimaryFinder::new(config, command_timeout)?,
+            client: ArcSwapOption::empty(),
+            primary: std::sync::Mutex::new(None),
+            find_again: tokio::sync::Notify::new(),
+            ack_replicas: config.ack_replicas,
+            ack_timeout: config.ack_timeout,
+            ack_lanes: ArcSwapOption::empty(),
+            next_lane: std::sync::atomic::AtomicUsize::new(0),
             manager: ArcSwapOption::empty(),
             command_timeout,
             up: AtomicBool::new(false),
@@ -100,9 +134,70 @@ impl RedisLink {
         *refusing = reason;
     }
 
-    /// The Redis client, for dedicated connections.
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// A client for the current primary, for dedicated connections.
+    pub fn client(&self) -> Result<redis::Client, StateError> {
+        self.client
+            .load_full()
+            .map(|c| (*c).clone())
+            .ok_or_else(|| StateError::Unavailable("no Redis primary found yet".into()))
+    }
+
+    /// The current primary's `host:port`, once found.
+    pub fn primary(&self) -> Option<String> {
+        self.primary
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replicas an acknowledged write must reach (`redis.ackReplicas`).
+    pub fn ack_replicas(&self) -> u32 {
+        self.ack_replicas
+    }
+
+    /// A lane for a write that must reach `ack_replicas` replicas before it is acknowledged:
+    /// write on it, then [`RedisLink::wait_for_replicas`] on the same lane.
+    pub fn ack_lane(&self) -> Result<MultiplexedConnection, StateError> {
+        if !self.is_up() {
+            return Err(StateError::Unavailable("Redis is down".into()));
+        }
+        let lanes = self
+            .ack_lanes
+            .load_full()
+            .filter(|lanes| !lanes.is_empty())
+            .ok_or_else(|| StateError::Unavailable("not connected to Redis".into()))?;
+        let index = self.next_lane.fetch_add(1, Ordering::Relaxed) % lanes.len();
+        Ok(lanes[index].clone())
+    }
+
+    /// `WAIT`s until `ack_replicas` replicas hold every write made on `lane` so far; a
+    /// shortfall within `ackTimeoutMs` is a refusal (the caller answers 503, the platform
+    /// retries, dedupe makes that safe).
+    pub async fn wait_for_replicas(
+        &self,
+        lane: &mut MultiplexedConnection,
+    ) -> Result<(), StateError> {
+        let started = Instant::now();
+        let confirmed: Result<u64, _> = redis::cmd("WAIT")
+            .arg(self.ack_replicas)
+            .arg(self.ack_timeout.as_millis() as u64)
+            .query_async(lane)
+            .await;
+        metrics::histogram!(telemetry::REDIS_ACK_WAIT).record(started.elapsed().as_secs_f64());
+        let confirmed = confirmed.map_err(|e| {
+            let error = classify(&e);
+            self.report(&error);
+            error
+        })?;
+        if confirmed < u64::from(self.ack_replicas) {
+            metrics::counter!(telemetry::REDIS_ACK_SHORTFALLS).increment(1);
+            return Err(StateError::Refused(format!(
+                "NOREPLICAS: only {confirmed} of the {} Redis replicas redis.ackReplicas asks for confirmed the write within {} ms",
+                self.ack_replicas,
+                self.ack_timeout.as_millis()
+            )));
+        }
+        Ok(())
     }
 
     /// The per-command bound.
@@ -165,6 +260,11 @@ impl RedisLink {
     /// after the next ping.
     pub fn report(&self, error: &StateError) {
         if let StateError::Refused(reason) = error {
+            if reason.starts_with("READONLY") && self.finder.is_sentinel() {
+                // The primary we know was demoted: a failover happened. Find the new one now.
+                self.lose_primary("Redis answered READONLY: the primary was demoted");
+                return;
+            }
             self.set_refusing(Some(reason.clone()));
             return;
         }
@@ -175,30 +275,55 @@ impl RedisLink {
         }
     }
 
+    /// Drops the connections to the primary and wakes the health loop to find it again: it
+    /// moved (`+switch-master`) or was demoted (`READONLY`). Callers meanwhile wait as for a
+    /// blip (up to `redis.degradeAfterMs`), they are not refused.
+    fn lose_primary(&self, why: &str) {
+        self.manager.store(None);
+        self.ack_lanes.store(None);
+        if self.up.swap(false, Ordering::AcqRel) {
+            self.set_down_since(true);
+            tracing::warn!(why, "finding the Redis primary again");
+            self.state.send_replace(Some(false));
+        }
+        self.find_again.notify_one();
+    }
+
     /// A link for a one-off command (the CLI): connects now and fails if Redis does not answer.
-    pub async fn connect(
-        url: &str,
-        command_timeout: Duration,
-    ) -> Result<Arc<RedisLink>, StateError> {
-        let link = RedisLink::new(url, command_timeout)?;
+    pub async fn connect(config: &RedisConfig) -> Result<Arc<RedisLink>, StateError> {
+        let link = RedisLink::new(config)?;
         link.check_once().await;
         if link.is_up() {
             Ok(link)
         } else {
             Err(StateError::Unavailable(format!(
                 "Redis at {} does not answer",
-                redact(url)
+                redact(&config.url)
             )))
         }
     }
 
-    /// Pings Redis every half second until `cancel`, (re)connecting as needed.
+    /// Pings Redis every half second until `cancel`, (re)connecting as needed; under Sentinel
+    /// also follows the sentinels' `+switch-master` announcements.
     pub async fn run_health(self: Arc<Self>, cancel: CancellationToken) {
+        if self.finder.is_sentinel() {
+            let link = self.clone();
+            let follow = cancel.clone();
+            tokio::spawn(async move {
+                let switched = |to: String| {
+                    if link.primary().as_deref() != Some(to.as_str()) {
+                        link.lose_primary("a sentinel announced +switch-master");
+                    }
+                };
+                link.finder.follow_switches(switched, follow).await;
+            });
+        }
         loop {
             self.check_once().await;
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+                _ = self.find_again.notified() => {}
             }
         }
     }
@@ -221,8 +346,10 @@ impl RedisLink {
             }
         } else {
             let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-            if failures >= REBUILD_AFTER_FAILURES {
+            // Under Sentinel a dropped primary may have moved: find it again at once.
+            if failures >= REBUILD_AFTER_FAILURES || self.finder.is_sentinel() {
                 self.manager.store(None);
+                self.ack_lanes.store(None);
             }
             if self.up.swap(false, Ordering::AcqRel) {
                 tracing::warn!("Redis stopped answering; switching to degraded operation");
@@ -305,29 +432,78 @@ impl RedisLink {
         if let Some(m) = self.manager.load_full() {
             return Some((*m).clone());
         }
+        let primary = match self.finder.find().await {
+            Ok(primary) => primary,
+            Err(e) => {
+                self.log_failure(match &e {
+                    StateError::Unavailable(reason) if reason.starts_with("Redis refused") => {
+                        reason.clone()
+                    }
+                    other => format!("cannot find the Redis primary ({other})"),
+                });
+                return None;
+            }
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.command_timeout))
             .set_response_timeout(Some(self.command_timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let connect = ConnectionManager::new_with_config(self.client.clone(), config);
-        match tokio::time::timeout(self.command_timeout * 2, connect).await {
-            Ok(Ok(manager)) => {
-                self.manager.store(Some(Arc::new(manager.clone())));
-                Some(manager)
-            }
+        let connect = ConnectionManager::new_with_config(primary.client.clone(), config);
+        let manager = match tokio::time::timeout(self.command_timeout * 2, connect).await {
+            Ok(Ok(manager)) => manager,
             Ok(Err(e)) => {
                 self.log_connect_failure(&e);
-                None
+                return None;
             }
             Err(_) => {
                 self.log_connect_failure(&redis::RedisError::from(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "connecting timed out",
                 )));
-                None
+                return None;
+            }
+        };
+        if self.ack_replicas > 0 && !self.open_ack_lanes(&primary.client).await {
+            return None;
+        }
+        let previous = self
+            .primary
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(primary.address.clone());
+        if previous.as_deref() != Some(primary.address.as_str()) {
+            match (&previous, self.finder.sentinel()) {
+                (Some(old), Some(sentinel)) => {
+                    tracing::warn!(from = %old, to = %primary.address, master = %sentinel.master_name, "the Redis primary moved (Sentinel failover); following it")
+                }
+                _ => tracing::info!(primary = %primary.address, "Redis primary"),
             }
         }
+        self.client.store(Some(Arc::new(primary.client)));
+        self.manager.store(Some(Arc::new(manager.clone())));
+        Some(manager)
+    }
+
+    /// Opens the lanes for acknowledged writes to the primary of `client`.
+    async fn open_ack_lanes(&self, client: &redis::Client) -> bool {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.command_timeout))
+            .set_response_timeout(Some(self.ack_timeout + self.command_timeout));
+        let mut lanes = Vec::with_capacity(ACK_LANES);
+        for _ in 0..ACK_LANES {
+            let open = client.get_multiplexed_async_connection_with_config(&config);
+            match tokio::time::timeout(self.command_timeout * 2, open).await {
+                Ok(Ok(lane)) => lanes.push(lane),
+                Ok(Err(e)) => {
+                    self.log_connect_failure(&e);
+                    return false;
+                }
+                Err(_) => return false,
+            }
+        }
+        self.ack_lanes.store(Some(Arc::new(lanes)));
+        true
     }
 }
 

@@ -65,6 +65,26 @@ impl RedisStore {
         })
     }
 
+    /// Runs a script whose writes must reach `redis.ackReplicas` replicas before the caller
+    /// acknowledges anything (an accepted message, a reply about to go out on a platform): on an
+    /// acknowledgement lane, then `WAIT`. Without `ackReplicas`, like [`Self::invoke`].
+    async fn invoke_acknowledged<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, StateError> {
+        if self.link.ack_replicas() == 0 {
+            return self.invoke(invocation).await;
+        }
+        let mut lane = self.link.ack_lane()?;
+        let result = invocation.invoke_async(&mut lane).await.map_err(|e| {
+            let error = classify(&e);
+            self.link.report(&error);
+            error
+        })?;
+        self.link.wait_for_replicas(&mut lane).await?;
+        Ok(result)
+    }
+
     /// Sends `pipe` in one round trip.
     async fn query_pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StateError> {
         let mut conn = self.link.connection()?;
@@ -159,7 +179,7 @@ impl StateStore for RedisStore {
         let json = to_json(msg)?;
         let conversation = msg.conversation();
         let result: i64 = self
-            .invoke(
+            .invoke_acknowledged(
                 ACCEPT
                     .key(keys::seen(&msg.dedupe_id()))
                     .key(keys::session(&conversation))
@@ -307,7 +327,13 @@ impl StateStore for RedisStore {
         for (field, value) in &commit.session {
             invocation.arg(*field).arg(value);
         }
-        let result: Vec<Value> = self.invoke(&invocation).await?;
+        // A reply about to go out on a platform must survive a failover: a new primary that
+        // lost it would answer the message again.
+        let result: Vec<Value> = if commit.release_lease {
+            self.invoke(&invocation).await?
+        } else {
+            self.invoke_acknowledged(&invocation).await?
+        };
         match (result.first(), result.get(1)) {
             (Some(Value::Int(1)), _) => Ok(CommitOutcome::Committed),
             (Some(Value::Int(0)), Some(existing)) => Ok(CommitOutcome::AlreadyReplied(

@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub use clawgate_fakes::mock_llm::MockLlm;
+pub mod sentinel;
+
 use clawgate_fakes::mock_llm::Options;
 use clawgate_fakes::mock_platforms::{MockPlatforms, Sent};
 use hmac::{Hmac, KeyInit, Mac};
@@ -413,8 +415,11 @@ impl Gateway {
         } else {
             command
                 .args(["--listen", &addr.to_string()])
-                .args(["--replica-id", &spec.replica_id])
-                .args(["--redis-url", &spec.redis_url]);
+                .args(["--replica-id", &spec.replica_id]);
+            // An empty URL: the config's `redis` section says where Redis is (Sentinel).
+            if !spec.redis_url.is_empty() {
+                command.args(["--redis-url", &spec.redis_url]);
+            }
         }
         let child = command
             .env("CLAWGATE_LOG", "info,clawgate_gateway=debug")

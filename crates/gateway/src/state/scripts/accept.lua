@@ -8,6 +8,9 @@
 -- waiting for it knows it is alive (not lost)
 -- Returns the message's sequence number (>= 1), 0 for a duplicate, -1 when the inbox is full.
 if redis.call('EXISTS', KEYS[1]) == 1 then
+  -- A write, so that an acknowledged retry's WAIT also covers the first acceptance (WAIT
+  -- counts replicas holding this connection's latest write).
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
   return 0
 end
 if redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[3]) then

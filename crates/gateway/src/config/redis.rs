@@ -1,0 +1,314 @@
+//! The `redis` section: where the state lives (one Redis, or a primary that Sentinel watches and
+//! replaces), how the replica logs in, and how durable an acknowledgement must be.
+
+use super::reader::{Object, Reader};
+use secrecy::SecretString;
+use std::time::Duration;
+
+/// Redis connection and outage behaviour.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// The deployment as one text, for messages and `config check`: a `redis://` or
+    /// `rediss://` URL, or `redis+sentinel://host:port,host:port/masterName`.
+    pub url: String,
+    /// Where the primary is found.
+    pub target: RedisTarget,
+    /// Credentials for the Redis servers (not the sentinels); `None` fields come from the URL.
+    pub username: Option<String>,
+    /// Password for the Redis servers (`${VAR}` allowed).
+    pub password: Option<SecretString>,
+    /// What ingress does while Redis is unreachable.
+    pub down_mode: RedisDownMode,
+    /// How long Redis must be unreachable before messages are answered from memory; within it,
+    /// ingress waits for Redis (a restart or a failover costs latency, not the context).
+    pub degrade_after: Duration,
+    /// Upper bound on one Redis command; a slower answer counts as Redis being down.
+    pub command_timeout: Duration,
+    /// Replicas that must hold an accepted message (and a reply about to go out on a platform)
+    /// before it is acknowledged (`WAIT`): with 1, a failover cannot lose what got a 200.
+    pub ack_replicas: u32,
+    /// How long to wait for those replicas before answering 503 (the platform retries).
+    pub ack_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// A deployment given by its URL alone, with the defaults of every other setting (tools that
+    /// talk to a cluster's Redis).
+    pub fn for_url(url: &str) -> Result<RedisConfig, String> {
+        Ok(RedisConfig {
+            url: url.to_string(),
+            target: parse_url(url)?,
+            username: None,
+            password: None,
+            down_mode: RedisDownMode::Degrade,
+            degrade_after: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(1),
+            ack_replicas: 0,
+            ack_timeout: Duration::from_millis(500),
+        })
+    }
+}
+
+/// Where the Redis primary is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RedisTarget {
+    /// One server at this URL.
+    Single(String),
+    /// The primary Sentinel names, found through its sentinels and found again after a failover.
+    Sentinel(SentinelConfig),
+}
+
+/// A Sentinel deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentinelConfig {
+    /// The name the sentinels monitor the primary under (`sentinel monitor <name> …`).
+    pub master_name: String,
+    /// The sentinels, `host:port`.
+    pub nodes: Vec<String>,
+    /// Sentinels' own ACL user, when they require one.
+    pub username: Option<String>,
+    /// Sentinels' own password (`requirepass` in `sentinel.conf`).
+    pub password: Option<String>,
+    /// TLS to the sentinels and the servers (`rediss+sentinel://`).
+    pub tls: bool,
+}
+
+/// What ingress does while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisDownMode {
+    /// Keep answering from in-process state (the seed's requirement); `/healthz` says degraded.
+    Degrade,
+    /// Answer 503 so the platforms retry later and nothing is processed without durable state.
+    Reject,
+}
+
+/// Reads a deployment URL: `redis://`, `rediss://`, `unix://`, or
+/// `redis+sentinel://[user:password@]host:port[,host:port…]/masterName` (`rediss+sentinel://`
+/// for TLS); the credentials of a Sentinel URL are the sentinels'.
+pub fn parse_url(url: &str) -> Result<RedisTarget, String> {
+    let sentinel = url
+        .strip_prefix("redis+sentinel://")
+        .map(|rest| (rest, false))
+        .or_else(|| {
+            url.strip_prefix("rediss+sentinel://")
+                .map(|rest| (rest, true))
+        });
+    let Some((rest, tls)) = sentinel else {
+        use redis::IntoConnectionInfo;
+        return url
+            .into_connection_info()
+            .map(|_| RedisTarget::Single(url.to_string()))
+            .map_err(|e| {
+                format!(
+                    "expected a Redis URL such as \"redis://127.0.0.1:6379\" or \"redis+sentinel://host:26379,host:26379/mymaster\", found \"{}\" ({e})",
+                    crate::state::link::redact(url)
+                )
+            });
+    };
+    let (credentials, rest) = match rest.rsplit_once('@') {
+        Some((credentials, rest)) => (Some(credentials), rest),
+        None => (None, rest),
+    };
+    let (username, password) = match credentials.map(|c| c.split_once(':')) {
+        Some(Some((user, password))) => (
+            Some(user.to_string()).filter(|u| !u.is_empty()),
+            Some(password.to_string()),
+        ),
+        Some(None) => (None, credentials.map(str::to_string)),
+        None => (None, None),
+    };
+    let (hosts, master_name) = rest.split_once('/').ok_or_else(|| {
+        "a Sentinel URL ends with the master's name: redis+sentinel://host:26379,host:26379/mymaster"
+            .to_string()
+    })?;
+    let nodes: Vec<String> = hosts.split(',').map(str::to_string).collect();
+    check_nodes(&nodes)?;
+    check_master_name(master_name)?;
+    Ok(RedisTarget::Sentinel(SentinelConfig {
+        master_name: master_name.to_string(),
+        nodes,
+        username,
+        password,
+        tls,
+    }))
+}
+
+fn check_nodes(nodes: &[String]) -> Result<(), String> {
+    if nodes.is_empty() {
+        return Err("expected at least one sentinel, as \"host:port\"".into());
+    }
+    for node in nodes {
+        let valid = node
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !valid {
+            return Err(format!(
+                "expected sentinels as \"host:port\", found \"{node}\""
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_master_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected the master's name as Sentinel knows it (letters, digits, '-', '_', '.'), found \"{name}\""
+        ))
+    }
+}
+
+fn ms(value: Option<u64>, default: u64) -> Duration {
+    Duration::from_millis(value.unwrap_or(default))
+}
+
+/// Reads the `redis` section.
+pub(super) fn read(r: &mut Reader, root: &Object) -> RedisConfig {
+    let empty = Object::new();
+    let rd = r
+        .section(
+            root,
+            "",
+            "redis",
+            &[
+                "url",
+                "sentinel",
+                "username",
+                "password",
+                "downMode",
+                "commandTimeoutMs",
+                "degradeAfterMs",
+                "ackReplicas",
+                "ackTimeoutMs",
+            ],
+        )
+        .unwrap_or(&empty);
+    let sentinel = r.section(
+        rd,
+        "redis",
+        "sentinel",
+        &["masterName", "nodes", "username", "password", "tls"],
+    );
+    let (url, target) = match sentinel {
+        Some(s) => {
+            if rd.contains_key("url") {
+                r.error(
+                    "redis.url",
+                    "give either redis.url or redis.sentinel, not both",
+                );
+            }
+            let master_name = r
+                .string(s, "redis.sentinel", "masterName")
+                .unwrap_or_default();
+            if let Err(message) = check_master_name(&master_name) {
+                r.error("redis.sentinel.masterName", message);
+            }
+            let nodes: Vec<String> = r
+                .value(
+                    s,
+                    "redis.sentinel",
+                    "nodes",
+                    "an array of \"host:port\" strings",
+                    |v| {
+                        v.as_array()?
+                            .iter()
+                            .map(|n| n.as_str().map(str::to_string))
+                            .collect()
+                    },
+                )
+                .unwrap_or_default();
+            if let Err(message) = check_nodes(&nodes) {
+                r.error("redis.sentinel.nodes", message);
+            }
+            let config = SentinelConfig {
+                master_name: master_name.clone(),
+                nodes: nodes.clone(),
+                username: r.string(s, "redis.sentinel", "username"),
+                password: r.string(s, "redis.sentinel", "password"),
+                tls: r.boolean(s, "redis.sentinel", "tls").unwrap_or(false),
+            };
+            let scheme = if config.tls {
+                "rediss+sentinel"
+            } else {
+                "redis+sentinel"
+            };
+            (
+                format!("{scheme}://{}/{master_name}", nodes.join(",")),
+                RedisTarget::Sentinel(config),
+            )
+        }
+        None => {
+            let url = r
+                .string(rd, "redis", "url")
+                .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+            match parse_url(&url) {
+                Ok(target) => (url, target),
+                Err(message) => {
+                    r.error("redis.url", message);
+                    (url.clone(), RedisTarget::Single(url))
+                }
+            }
+        }
+    };
+    let down_mode = match r
+        .choice(rd, "redis", "downMode", &["degrade", "reject"])
+        .as_deref()
+    {
+        Some("reject") => RedisDownMode::Reject,
+        _ => RedisDownMode::Degrade,
+    };
+    RedisConfig {
+        url,
+        target,
+        username: r.string(rd, "redis", "username"),
+        password: r.string(rd, "redis", "password").map(SecretString::from),
+        down_mode,
+        command_timeout: ms(
+            r.integer(rd, "redis", "commandTimeoutMs", 10, 60_000, "milliseconds"),
+            1_000,
+        ),
+        degrade_after: ms(
+            r.integer(rd, "redis", "degradeAfterMs", 0, 60_000, "milliseconds"),
+            2_000,
+        ),
+        ack_replicas: r
+            .integer(rd, "redis", "ackReplicas", 0, 16, "replicas")
+            .unwrap_or(0) as u32,
+        ack_timeout: ms(
+            r.integer(rd, "redis", "ackTimeoutMs", 1, 60_000, "milliseconds"),
+            500,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentinel_urls_name_the_sentinels_and_the_master() {
+        assert_eq!(
+            parse_url("redis+sentinel://:s3cret@10.0.0.1:26379,10.0.0.2:26379/velocity"),
+            Ok(RedisTarget::Sentinel(SentinelConfig {
+                master_name: "velocity".into(),
+                nodes: vec!["10.0.0.1:26379".into(), "10.0.0.2:26379".into()],
+                username: None,
+                password: Some("s3cret".into()),
+                tls: false,
+            }))
+        );
+        assert!(parse_url("redis+sentinel://10.0.0.1:26379").is_err());
+        assert!(parse_url("redis+sentinel://10.0.0.1/velocity").is_err());
+        assert_eq!(
+            parse_url("redis://127.0.0.1:6379"),
+            Ok(RedisTarget::Single("redis://127.0.0.1:6379".into()))
+        );
+        assert!(parse_url("http://x").is_err());
+    }
+}
