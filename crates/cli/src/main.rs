@@ -270,15 +270,23 @@ struct UpArgs {
     /// Pids, logs, generated configs and Redis's data.
     #[arg(long, default_value = "clawgate-cluster")]
     state_dir: PathBuf,
-    /// Use this Redis instead of starting one.
+    /// Use this Redis instead of starting one (`redis://…`, or `redis+sentinel://…/name`).
     #[arg(long)]
     redis_url: Option<String>,
+    /// The Redis to start: `single` (one server) or `sentinel` (a primary, 2 replicas and 3
+    /// sentinels; replicas acknowledge a message once a Redis replica holds it).
+    #[arg(long, default_value = "single")]
+    redis: clawgate_cluster::redis_group::RedisMode,
     /// Port of the first replica; the others follow.
     #[arg(long, default_value_t = clawgate_gateway::config::DEFAULT_PORT)]
     first_port: u16,
-    /// Port of the Redis it starts (0 = any free port).
+    /// Port of the Redis it starts (0 = any free port); with `--redis sentinel` the servers take
+    /// it and the next two.
     #[arg(long, default_value_t = 0)]
     redis_port: u16,
+    /// Port of the first sentinel with `--redis sentinel` (0 = any free port); the others follow.
+    #[arg(long, default_value_t = 0)]
+    sentinel_port: u16,
     /// Redis `maxmemory` (it refuses writes beyond it rather than evicting).
     #[arg(long, default_value = "512mb")]
     redis_maxmemory: String,
@@ -490,8 +498,10 @@ fn main() -> ExitCode {
                     listen: args.listen,
                     state_dir: args.state_dir,
                     redis_url: args.redis_url,
+                    redis_mode: args.redis,
                     first_port: args.first_port,
                     redis_port: args.redis_port,
+                    sentinel_port: args.sentinel_port,
                     redis_maxmemory: args.redis_maxmemory,
                     clawgate: std::env::current_exe().context("locating the clawgate binary")?,
                     replica_grace: std::time::Duration::from_secs(30),
@@ -669,6 +679,34 @@ async fn cluster_status(state_dir: &std::path::Path, json: bool) -> anyhow::Resu
         report["redis"]["inbox_lag"],
         report["redis"]["inbox_pending"],
     );
+    if let Some(primary) = report["redis"]["primary"].as_str() {
+        let _ = writeln!(out, "           replicas write to the primary at {primary}");
+    }
+    for node in report["redis"]["nodes"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  {:<8} {}  {}  lag {} bytes  pid {}",
+            node["name"].as_str().unwrap_or("redis"),
+            node["addr"].as_str().unwrap_or_default(),
+            node["role"].as_str().unwrap_or_default(),
+            node["lag"],
+            node["pid"],
+        );
+    }
+    for sentinel in report["redis"]["sentinels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let _ = writeln!(
+            out,
+            "  {:<8} {}  up {}  pid {}",
+            sentinel["name"].as_str().unwrap_or_default(),
+            sentinel["addr"].as_str().unwrap_or_default(),
+            yes_no(&sentinel["up"]),
+            sentinel["pid"],
+        );
+    }
     for r in report["replicas"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
@@ -766,7 +804,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         format!("{}: ok", file.display()),
         format!("  listen:      {}", config.gateway.listen),
         format!("  replica id:  {}", config.gateway.replica_id),
-        format!("  redis:       {}", redact(&config.redis.url)),
+        format!("  redis:       {}", config.redis.describe()),
     ];
     for (i, p) in config.llm.providers.iter().enumerate() {
         let what = match &p.kind {

@@ -6,6 +6,7 @@
 //! It supervises processes it started, found by their pids; it never signals a process by name.
 
 pub mod process;
+pub mod redis_group;
 pub mod render;
 pub mod state;
 pub mod status;

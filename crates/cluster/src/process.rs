@@ -49,6 +49,9 @@ pub struct Spec {
     pub stop_signal: Signal,
     /// How long it may take to stop before SIGKILL.
     pub stop_grace: Duration,
+    /// The shortest pause before a restart (zero: the backoff alone decides). A Redis of a
+    /// Sentinel group waits out the failover before it comes back.
+    pub restart_after: Duration,
 }
 
 impl Spec {
@@ -109,7 +112,7 @@ pub async fn supervise(spec: Spec, events: mpsc::UnboundedSender<Event>, stop: C
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.max(spec.restart_after)) => {}
         }
         backoff = (backoff * 2).min(RESTART_MAX);
     }

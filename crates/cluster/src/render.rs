@@ -94,8 +94,13 @@ pub fn static_nginx(listen: &str, servers: &[String]) -> Result<String, RenderEr
 }
 
 /// The Redis config: AOF every second, no eviction; `port` and `dir` for a supervised
-/// `redis-server` (`None` renders the settings alone: `deploy/redis.conf` with 512mb).
-pub fn redis_conf(local: Option<(u16, &Path)>, maxmemory: &str) -> Result<String, RenderError> {
+/// `redis-server` (`None` renders the settings alone: `deploy/redis.conf` with 512mb);
+/// `replica_of` (host, port) for a replica of a Sentinel group.
+pub fn redis_conf(
+    local: Option<(u16, &Path)>,
+    maxmemory: &str,
+    replica_of: Option<(&str, u16)>,
+) -> Result<String, RenderError> {
     render(
         "redis.conf",
         include_str!("templates/redis.conf.j2"),
@@ -103,6 +108,31 @@ pub fn redis_conf(local: Option<(u16, &Path)>, maxmemory: &str) -> Result<String
             port => local.map(|(port, _)| port),
             dir => local.map(|(_, dir)| dir.display().to_string()),
             maxmemory => maxmemory,
+            replica_of_host => replica_of.map(|(host, _)| host),
+            replica_of_port => replica_of.map(|(_, port)| port),
+        },
+    )
+}
+
+/// A sentinel's config: it watches the primary at `primary` under `master_name` and fails it
+/// over (quorum 2 of 3) after `down_after` of silence.
+pub fn sentinel_conf(
+    port: u16,
+    dir: &Path,
+    master_name: &str,
+    primary: (&str, u16),
+    down_after: std::time::Duration,
+) -> Result<String, RenderError> {
+    render(
+        "sentinel.conf",
+        include_str!("templates/sentinel.conf.j2"),
+        context! {
+            port => port,
+            dir => dir.display().to_string(),
+            master_name => master_name,
+            primary_host => primary.0,
+            primary_port => primary.1,
+            down_after_ms => down_after.as_millis() as u64,
         },
     )
 }
@@ -157,13 +187,43 @@ mod tests {
 
     #[test]
     fn redis_keeps_every_write_and_never_evicts() {
-        let conf = redis_conf(Some((6400, Path::new("/tmp/r"))), "256mb").unwrap();
+        let conf = redis_conf(Some((6400, Path::new("/tmp/r"))), "256mb", None).unwrap();
         for line in [
             "port 6400",
             "dir /tmp/r",
             "appendonly yes",
             "appendfsync everysec",
             "maxmemory-policy noeviction",
+        ] {
+            assert!(conf.lines().any(|l| l == line), "{line} in {conf}");
+        }
+        assert!(!conf.contains("replicaof"), "{conf}");
+    }
+
+    #[test]
+    fn a_sentinel_group_replicates_and_watches_its_primary() {
+        let conf = redis_conf(
+            Some((6401, Path::new("/tmp/r"))),
+            "256mb",
+            Some(("127.0.0.1", 6400)),
+        )
+        .unwrap();
+        assert!(
+            conf.lines().any(|l| l == "replicaof 127.0.0.1 6400"),
+            "{conf}"
+        );
+        let conf = sentinel_conf(
+            26379,
+            Path::new("/tmp/s"),
+            "clawgate",
+            ("127.0.0.1", 6400),
+            std::time::Duration::from_secs(2),
+        )
+        .unwrap();
+        for line in [
+            "port 26379",
+            "sentinel monitor clawgate 127.0.0.1 6400 2",
+            "sentinel down-after-milliseconds clawgate 2000",
         ] {
             assert!(conf.lines().any(|l| l == line), "{line} in {conf}");
         }

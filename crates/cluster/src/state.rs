@@ -33,12 +33,43 @@ pub struct ClusterState {
 /// Redis as the cluster uses it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RedisState {
-    /// The URL replicas use.
+    /// The URL replicas use (`redis+sentinel://…` for a Sentinel group).
     pub url: String,
+    /// `single` or `sentinel`.
+    #[serde(default)]
+    pub mode: String,
     /// Whether the supervisor runs it (false with `--redis-url`).
     pub managed: bool,
-    /// Its process, when managed.
+    /// The process of a lone managed Redis.
     pub pid: Option<u32>,
+    /// The managed Redis servers (one, or a Sentinel group's three).
+    #[serde(default)]
+    pub servers: Vec<NodeState>,
+    /// The managed sentinels.
+    #[serde(default)]
+    pub sentinels: Vec<NodeState>,
+}
+
+/// One supervised Redis server or sentinel.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// Its process name (`redis`, `redis-2`, `sentinel-1`).
+    pub name: String,
+    /// `host:port`.
+    pub addr: String,
+    /// Current pid; `None` while (re)starting.
+    pub pid: Option<u32>,
+}
+
+impl NodeState {
+    /// A node on 127.0.0.1 whose process has not reported its pid yet.
+    pub fn new(name: &str, port: u16) -> NodeState {
+        NodeState {
+            name: name.to_string(),
+            addr: format!("127.0.0.1:{port}"),
+            pid: None,
+        }
+    }
 }
 
 /// A supervised process.

@@ -22,8 +22,20 @@ pub async fn report(state_dir: &Path) -> std::io::Result<Value> {
     let alive = |pid: Option<u32>| pid.filter(|pid| process::signal(*pid, None));
     let connection = redis_connection(&state.redis.url).await;
     let redis_up = connection.is_some();
+    let primary = connection.as_ref().map(|(_, address)| address.clone());
+    let nodes = match &connection {
+        Some((conn, address)) => redis_nodes(conn.clone(), address, &state).await,
+        None => missing_nodes(&state, &[]),
+    };
+    let sentinels: Vec<Value> = futures_util::future::join_all(state.redis.sentinels.iter().map(
+        |sentinel| async move {
+            let up = crate::redis_group::sentinel_master(&sentinel.addr).await.is_some();
+            json!({"name": sentinel.name, "addr": sentinel.addr, "pid": alive(sentinel.pid), "up": up})
+        },
+    ))
+    .await;
     let counters = match connection {
-        Some(conn) => redis_counters(conn, &state).await,
+        Some((conn, _)) => redis_counters(conn, &state).await,
         None => RedisCounters {
             handled: vec![None; state.replicas.len()],
             ..RedisCounters::default()
@@ -51,6 +63,12 @@ pub async fn report(state_dir: &Path) -> std::io::Result<Value> {
         "replicas": replicas,
         "redis": {
             "up": redis_up,
+            "mode": state.redis.mode,
+            // The role of the Redis the replicas write to: the primary, once one answers.
+            "role": redis_up.then_some("primary"),
+            "primary": primary,
+            "nodes": nodes,
+            "sentinels": sentinels,
             "url": state.redis.url,
             "managed": state.redis.managed,
             "pid": alive(state.redis.pid),
@@ -64,6 +82,106 @@ pub async fn report(state_dir: &Path) -> std::io::Result<Value> {
             "balancer_healthz": answers(&http, &format!("http://{}/healthz", state.listen)).await,
         },
     }))
+}
+
+/// Every Redis server: the primary (`addr`), the replicas it reports, and managed servers it
+/// does not (down, or still resynchronising), each with `role` and `lag`: how many bytes of
+/// the primary's replication stream it has not applied yet (0 for the primary).
+async fn redis_nodes(
+    mut conn: redis::aio::MultiplexedConnection,
+    primary: &str,
+    state: &ClusterState,
+) -> Vec<Value> {
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    let replication = Replication::parse(&info);
+    let mut nodes = vec![json!({"addr": primary, "role": "primary", "lag": 0})];
+    for replica in &replication.replicas {
+        nodes.push(json!({
+            "addr": replica.addr,
+            "role": "replica",
+            "lag": replication.offset.saturating_sub(replica.offset),
+            "state": replica.state,
+            "seconds_since_ack": replica.seconds_since_ack,
+        }));
+    }
+    let listed: Vec<String> = nodes
+        .iter()
+        .filter_map(|n| n["addr"].as_str().map(str::to_string))
+        .collect();
+    nodes.extend(missing_nodes(state, &listed));
+    for node in &mut nodes {
+        if let Some(managed) = state.redis.servers.iter().find(|s| node["addr"] == s.addr) {
+            node["name"] = json!(managed.name);
+            node["pid"] = json!(managed.pid.filter(|pid| process::signal(*pid, None)));
+        }
+    }
+    nodes
+}
+
+/// Managed servers not among `listed`: not answering, or not (yet) replicating.
+fn missing_nodes(state: &ClusterState, listed: &[String]) -> Vec<Value> {
+    state
+        .redis
+        .servers
+        .iter()
+        .filter(|s| !listed.contains(&s.addr))
+        .map(|s| json!({"addr": s.addr, "role": "unknown", "lag": null}))
+        .collect()
+}
+
+/// The parts of `INFO replication` of a primary that tell its replicas' lag.
+#[derive(Debug, Default, PartialEq)]
+struct Replication {
+    offset: u64,
+    replicas: Vec<ReplicaLine>,
+}
+
+/// One `slaveN:ip=…,port=…,state=…,offset=…,lag=…` line.
+#[derive(Debug, Default, PartialEq)]
+struct ReplicaLine {
+    addr: String,
+    state: String,
+    offset: u64,
+    seconds_since_ack: u64,
+}
+
+impl Replication {
+    fn parse(info: &str) -> Replication {
+        let mut replication = Replication::default();
+        for line in info.lines().map(str::trim) {
+            if let Some(offset) = line.strip_prefix("master_repl_offset:") {
+                replication.offset = offset.parse().unwrap_or(0);
+                continue;
+            }
+            let Some((name, fields)) = line.split_once(':') else {
+                continue;
+            };
+            if !name.starts_with("slave")
+                || name
+                    .strip_prefix("slave")
+                    .is_some_and(|n| n.parse::<u32>().is_err())
+            {
+                continue;
+            }
+            let field = |key: &str| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+                    .unwrap_or_default()
+            };
+            replication.replicas.push(ReplicaLine {
+                addr: format!("{}:{}", field("ip"), field("port")),
+                state: field("state").to_string(),
+                offset: field("offset").parse().unwrap_or(0),
+                seconds_since_ack: field("lag").parse().unwrap_or(0),
+            });
+        }
+        replication
+    }
 }
 
 /// What Redis knows about the cluster; `None` where it could not say.
@@ -120,4 +238,36 @@ async fn redis_counters(
         *slot = handled.ok().flatten();
     }
     counters
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_primary_reports_its_replicas_and_their_offsets() {
+        let info = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\n\
+            slave0:ip=127.0.0.1,port=6401,state=online,offset=1200,lag=0\r\n\
+            slave1:ip=127.0.0.1,port=6402,state=wait_bgsave,offset=0,lag=3\r\n\
+            master_failover_state:no-failover\r\nmaster_repl_offset:1500\r\n";
+        let replication = Replication::parse(info);
+        assert_eq!(replication.offset, 1500);
+        assert_eq!(
+            replication.replicas,
+            vec![
+                ReplicaLine {
+                    addr: "127.0.0.1:6401".into(),
+                    state: "online".into(),
+                    offset: 1200,
+                    seconds_since_ack: 0
+                },
+                ReplicaLine {
+                    addr: "127.0.0.1:6402".into(),
+                    state: "wait_bgsave".into(),
+                    offset: 0,
+                    seconds_since_ack: 3
+                },
+            ]
+        );
+    }
 }

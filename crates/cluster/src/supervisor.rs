@@ -8,8 +8,9 @@
 //! taking requests, the replicas drain (SIGTERM), Redis flushes its AOF and exits.
 
 use crate::process::{self, Event, Spec};
+use crate::redis_group::{self, RedisMode};
 use crate::render::{self, RenderError, Upstream};
-use crate::state::{ClusterState, ProcessState, ReplicaState};
+use crate::state::{ClusterState, ProcessState, RedisState, ReplicaState};
 use clawgate_gateway::message::now_ms;
 use nix::sys::signal::Signal;
 use std::collections::BTreeSet;
@@ -28,7 +29,7 @@ const HEALTH_TIMEOUT: Duration = Duration::from_millis(800);
 /// count.
 pub const DESIRED_REPLICAS: &str = "desired-replicas";
 /// How long start-up waits for each part to become ready.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -41,12 +42,17 @@ pub struct ClusterSpec {
     pub listen: SocketAddr,
     /// Where pids, logs, generated configs and Redis's data live.
     pub state_dir: PathBuf,
-    /// An external Redis; `None` starts one.
+    /// An external Redis; `None` starts one (or a Sentinel group, see `redis_mode`).
     pub redis_url: Option<String>,
+    /// What Redis to start without `redis_url`.
+    pub redis_mode: RedisMode,
     /// Port of the first replica; the others follow.
     pub first_port: u16,
-    /// Port of the Redis this starts (0 = any free port).
+    /// Port of the Redis this starts (0 = any free port); a Sentinel group's servers take it
+    /// and the next two.
     pub redis_port: u16,
+    /// Port of the first sentinel (0 = any free port); the others follow.
+    pub sentinel_port: u16,
     /// Redis `maxmemory`.
     pub redis_maxmemory: String,
     /// The `clawgate` binary the replicas run.
@@ -84,7 +90,7 @@ pub enum ClusterError {
     NotReady(String),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
     move |source| ClusterError::Io {
         path: path.display().to_string(),
         source,
@@ -112,7 +118,7 @@ pub async fn up(
     })?;
     std::fs::create_dir_all(&spec.state_dir).map_err(io(&spec.state_dir))?;
     let state_dir = spec.state_dir.canonicalize().map_err(io(&spec.state_dir))?;
-    for sub in ["logs", "redis", "nginx-temp"] {
+    for sub in ["logs", "nginx-temp"] {
         let dir = state_dir.join(sub);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     }
@@ -132,48 +138,12 @@ pub async fn up(
     };
 
     // Redis.
-    let redis_stop = CancellationToken::new();
-    let mut redis_task: Option<JoinHandle<()>> = None;
-    state.redis.url = match &spec.redis_url {
-        Some(url) => url.clone(),
-        None => {
-            let program = find_program("redis-server").ok_or(ClusterError::MissingProgram {
-                program: "redis-server",
-                hint: "install it (Debian/Ubuntu: apt-get install redis-server) or pass --redis-url",
-            })?;
-            let port = if spec.redis_port == 0 {
-                free_port().map_err(io(&state_dir))?
-            } else {
-                spec.redis_port
-            };
-            let conf_path = state_dir.join("redis.conf");
-            let conf = render::redis_conf(
-                Some((port, &state_dir.join("redis"))),
-                &spec.redis_maxmemory,
-            )?;
-            std::fs::write(&conf_path, conf).map_err(io(&conf_path))?;
-            state.redis.managed = true;
-            redis_task = Some(tokio::spawn(process::supervise(
-                Spec {
-                    name: "redis".into(),
-                    program,
-                    args: vec![conf_path.display().to_string()],
-                    log: logs.join("redis.log"),
-                    stop_signal: Signal::SIGTERM,
-                    stop_grace: Duration::from_secs(10),
-                },
-                events.clone(),
-                redis_stop.clone(),
-            )));
-            format!("redis://127.0.0.1:{port}")
-        }
-    };
-    wait_for("Redis", || redis_answers(&state.redis.url)).await?;
+    let redis = redis_group::start(&spec, &state_dir, &events, &mut state.redis).await?;
 
     // Replicas.
     let mut running = Vec::new();
     for index in 0..spec.replicas {
-        let (replica, handle) = start_replica(&spec, index, &state.redis.url, &logs, &events);
+        let (replica, handle) = start_replica(&spec, index, &state.redis, &logs, &events);
         state.replicas.push(replica);
         running.push(handle);
     }
@@ -205,6 +175,7 @@ pub async fn up(
             // Graceful: finish the requests in flight, then exit.
             stop_signal: Signal::SIGQUIT,
             stop_grace: Duration::from_secs(10),
+            restart_after: Duration::ZERO,
         },
         events.clone(),
         nginx_stop.clone(),
@@ -254,7 +225,7 @@ pub async fn up(
                     while state.replicas.len() < usize::from(desired) {
                         let index = state.replicas.len() as u16;
                         let (replica, handle) =
-                            start_replica(&spec, index, &state.redis.url, &logs, &events);
+                            start_replica(&spec, index, &state.redis, &logs, &events);
                         tracing::info!(replica = %replica.id, port = replica.port, "scaling up");
                         state.replicas.push(replica);
                         running.push(handle);
@@ -299,7 +270,7 @@ pub async fn up(
         write_state(&state, &state_dir);
     }
 
-    tracing::info!("stopping: nginx, then the replicas (draining), then Redis");
+    tracing::info!("stopping: nginx, then the replicas (draining), then Redis (sentinels first)");
     nginx_stop.cancel();
     let _ = nginx_task.await;
     for handle in &running {
@@ -308,12 +279,17 @@ pub async fn up(
     for task in running.into_iter().map(|h| h.task).chain(draining) {
         let _ = task.await;
     }
-    redis_stop.cancel();
-    if let Some(task) = redis_task {
-        let _ = task.await;
-    }
+    redis.stop().await;
     state.nginx.pid = None;
     state.redis.pid = None;
+    for node in state
+        .redis
+        .servers
+        .iter_mut()
+        .chain(&mut state.redis.sentinels)
+    {
+        node.pid = None;
+    }
     for replica in &mut state.replicas {
         replica.process.pid = None;
         replica.healthy = false;
@@ -369,31 +345,37 @@ struct ReplicaHandle {
 fn start_replica(
     spec: &ClusterSpec,
     index: u16,
-    redis_url: &str,
+    redis: &RedisState,
     logs: &Path,
     events: &mpsc::UnboundedSender<Event>,
 ) -> (ReplicaState, ReplicaHandle) {
     let id = format!("replica-{}", index + 1);
     let port = spec.first_port.saturating_add(index);
     let stop = CancellationToken::new();
+    let mut args = vec![
+        "serve".into(),
+        "--config".into(),
+        spec.config.display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--replica-id".into(),
+        id.clone(),
+        "--redis-url".into(),
+        redis.url.clone(),
+    ];
+    if redis.managed && redis.mode == "sentinel" {
+        // A message is acknowledged once a Redis replica holds it too: a failover cannot lose it.
+        args.extend(["--redis-ack-replicas".into(), "1".into()]);
+    }
     let task = tokio::spawn(process::supervise(
         Spec {
             name: id.clone(),
             program: spec.clawgate.clone(),
-            args: vec![
-                "serve".into(),
-                "--config".into(),
-                spec.config.display().to_string(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--replica-id".into(),
-                id.clone(),
-                "--redis-url".into(),
-                redis_url.to_string(),
-            ],
+            args,
             log: logs.join(format!("{id}.log")),
             stop_signal: Signal::SIGTERM,
             stop_grace: spec.replica_grace,
+            restart_after: Duration::ZERO,
         },
         events.clone(),
         stop.clone(),
@@ -414,8 +396,18 @@ fn apply(state: &mut ClusterState, event: Event) {
     };
     let process: Option<&mut ProcessState> = match name {
         "nginx" => Some(&mut state.nginx),
-        "redis" => {
-            state.redis.pid = pid;
+        redis if redis.starts_with("redis") || redis.starts_with("sentinel-") => {
+            if redis == "redis" {
+                state.redis.pid = pid;
+            }
+            let nodes = state
+                .redis
+                .servers
+                .iter_mut()
+                .chain(&mut state.redis.sentinels);
+            for node in nodes.filter(|n| n.name == redis) {
+                node.pid = pid;
+            }
             None
         }
         id => state
@@ -523,22 +515,23 @@ pub(crate) async fn redis_answers(url: &str) -> bool {
     redis_connection(url).await.is_some()
 }
 
-/// A connection to the Redis at `url`, once it answered PING.
-pub(crate) async fn redis_connection(url: &str) -> Option<redis::aio::MultiplexedConnection> {
+/// A connection to the Redis primary at `url` (found through the sentinels of a
+/// `redis+sentinel://` URL) once it answered PING, and the primary's `host:port`.
+pub async fn redis_connection(url: &str) -> Option<(redis::aio::MultiplexedConnection, String)> {
     let config = clawgate_gateway::config::RedisConfig::for_url(url).ok()?;
     let finder =
         clawgate_gateway::state::primary::PrimaryFinder::new(&config, HEALTH_TIMEOUT).ok()?;
-    let client = finder.find().await.ok()?.client;
-    let connect = client.get_multiplexed_async_connection();
+    let primary = finder.find().await.ok()?;
+    let connect = primary.client.get_multiplexed_async_connection();
     let mut conn = tokio::time::timeout(HEALTH_TIMEOUT, connect)
         .await
         .ok()?
         .ok()?;
     let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
-    pong.ok().map(|_| conn)
+    pong.ok().map(|_| (conn, primary.address))
 }
 
-fn free_port() -> std::io::Result<u16> {
+pub(crate) fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

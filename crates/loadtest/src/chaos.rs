@@ -168,8 +168,11 @@ impl ChaosMonkey {
         match &event.fault {
             Fault::KillReplica(n) => self.signal_replica(*n, Signal::SIGKILL, "killed"),
             Fault::FreezeReplica(n) => self.signal_replica(*n, Signal::SIGSTOP, "froze"),
-            Fault::RedisRestart => self.signal_redis(Signal::SIGTERM, "stopped (SIGTERM)"),
-            Fault::RedisKill => self.signal_redis(Signal::SIGKILL, "killed"),
+            Fault::RedisRestart => {
+                self.signal_redis(Signal::SIGTERM, "stopped (SIGTERM)")
+                    .await
+            }
+            Fault::RedisKill => self.signal_redis(Signal::SIGKILL, "killed").await,
             Fault::LlmHang => self.llm_mode("hang").await,
             Fault::LlmError => self.llm_mode("error").await,
         }
@@ -206,17 +209,19 @@ impl ChaosMonkey {
         }
     }
 
-    fn signal_redis(&self, signal: Signal, verb: &str) -> String {
+    /// Signals the Redis the replicas write to: the lone server, or a Sentinel group's primary
+    /// (whose loss the sentinels answer with a failover).
+    async fn signal_redis(&self, signal: Signal, verb: &str) -> String {
         let state = match self.state() {
             Ok(state) => state,
             Err(e) => return e,
         };
-        match state.redis.pid {
-            Some(pid) => match send(pid, signal) {
-                Ok(()) => format!("Redis {verb} (pid {pid}); the supervisor restarts it"),
-                Err(e) => format!("could not signal Redis (pid {pid}): {e}"),
+        match clawgate_cluster::redis_group::primary_process(&state.redis).await {
+            Some((name, pid)) => match send(pid, signal) {
+                Ok(()) => format!("Redis {name} {verb} (pid {pid}); the supervisor restarts it"),
+                Err(e) => format!("could not signal Redis {name} (pid {pid}): {e}"),
             },
-            None => "the cluster does not run its own Redis".into(),
+            None => "the cluster does not run its own Redis (or no primary answers)".into(),
         }
     }
 

@@ -201,15 +201,11 @@ impl Monitor {
     }
 }
 
+/// The cluster's Redis primary (found through the sentinels of a Sentinel group).
 async fn connect(url: &str) -> Option<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(url).ok()?;
-    tokio::time::timeout(
-        Duration::from_millis(500),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .ok()?
-    .ok()
+    clawgate_cluster::supervisor::redis_connection(url)
+        .await
+        .map(|(conn, _)| conn)
 }
 
 fn round1(v: f64) -> f64 {

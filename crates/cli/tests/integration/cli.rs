@@ -63,6 +63,59 @@ async fn config_check_names_file_key_and_expectation_for_every_error() {
 }
 
 #[tokio::test]
+async fn config_check_accepts_sentinel_credentials_and_replicated_acknowledgements() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("sentinel.json");
+    let mut config = json!({
+        "redis": {
+            "sentinel": {"masterName": "velocity", "nodes": ["10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"]},
+            "username": "clawgate", "password": "${REDIS_PASSWORD}",
+            "ackReplicas": 1, "ackTimeoutMs": 800
+        }
+    });
+    std::fs::write(&file, config.to_string()).expect("write");
+    let name = file.display().to_string();
+    let (code, out) = config_check(&name, &[("REDIS_PASSWORD", "hunter2-redis")]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("\"velocity\"")
+            && out.contains("10.0.0.3:26379")
+            && out.contains("as user \"clawgate\"")
+            && out.contains("1 replica(s)")
+            && out.contains("800 ms"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("hunter2-redis"),
+        "the password was printed: {out}"
+    );
+
+    // The same as a URL.
+    config["redis"] = json!({"url": "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/velocity"});
+    std::fs::write(&file, config.to_string()).expect("write");
+    let (code, out) = config_check(&name, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 sentinel(s)"), "{out}");
+
+    config["redis"] = json!({
+        "sentinel": {"masterName": "", "nodes": ["10.0.0.1"]},
+        "url": "redis://127.0.0.1:6379",
+        "ackReplicas": -1
+    });
+    std::fs::write(&file, config.to_string()).expect("write");
+    let (code, out) = config_check(&name, &[]).await;
+    assert_eq!(code, 1, "{out}");
+    for expected in [
+        format!("{name}: redis.sentinel.nodes: expected sentinels as \"host:port\""),
+        format!("{name}: redis.sentinel.masterName: expected"),
+        format!("{name}: redis.url: give either redis.url or redis.sentinel"),
+        format!("{name}: redis.ackReplicas: expected"),
+    ] {
+        assert!(out.contains(&expected), "missing {expected:?} in:\n{out}");
+    }
+}
+
+#[tokio::test]
 async fn mock_llm_speaks_openai_and_ollama_and_obeys_control() {
     let port = free_port();
     let mut child = tokio::process::Command::new(binary())

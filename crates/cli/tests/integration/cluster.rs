@@ -451,7 +451,7 @@ async fn the_deploy_files_are_what_the_generators_write_and_pass_their_linters()
     // Redis: the settings `cluster up` runs with.
     assert_eq!(
         deploy_file("redis.conf"),
-        clawgate_cluster::render::redis_conf(None, "512mb").expect("render")
+        clawgate_cluster::render::redis_conf(None, "512mb", None).expect("render")
     );
 
     // Compose: the seed's services, restarted always, config mounted read-only.

@@ -136,3 +136,125 @@ async fn with_ack_replicas_every_acknowledged_message_survives_a_sentinel_failov
     );
     let _: Value = health;
 }
+
+/// `status["redis"]["nodes"]` by role: (primary address, replica addresses).
+fn roles(status: &Value) -> (Option<String>, Vec<String>) {
+    let nodes = status["redis"]["nodes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let addr = |n: &Value| n["addr"].as_str().unwrap_or_default().to_string();
+    let primary = nodes.iter().find(|n| n["role"] == "primary").map(addr);
+    let replicas = nodes
+        .iter()
+        .filter(|n| n["role"] == "replica")
+        .map(addr)
+        .collect();
+    (primary, replicas)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_up_with_sentinel_reports_roles_and_lag_and_survives_losing_the_primary() {
+    let llm = mock_llm(0).await;
+    let mut config = test_config(vec![openai_provider("primary", &llm, 10_000, 0)]);
+    config["redis"] = json!({"degradeAfterMs": 20000});
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cluster = TestCluster::start_with(dir, config, 2, &["--redis", "sentinel"]).await;
+
+    let (status, body) = cluster.converse("s", "m1", "hallo").await;
+    assert_eq!(status, 200, "{body}");
+    let report = cluster.status().await;
+    assert_eq!(report["redis"]["up"], true, "{report}");
+    assert_eq!(report["redis"]["mode"], "sentinel", "{report}");
+    assert_eq!(report["redis"]["role"], "primary", "{report}");
+    let nodes = report["redis"]["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{report}");
+    for node in nodes {
+        assert!(node["addr"].is_string(), "{report}");
+        assert!(node["lag"].is_u64(), "every server replicates: {report}");
+    }
+    let (old_primary, replicas) = roles(&report);
+    let old_primary = old_primary.expect("a primary");
+    assert_eq!(replicas.len(), 2, "{report}");
+    assert_eq!(report["redis"]["primary"], old_primary.as_str(), "{report}");
+    let sentinels = report["redis"]["sentinels"].as_array().expect("sentinels");
+    assert_eq!(sentinels.len(), 3, "{report}");
+    assert!(sentinels.iter().all(|s| s["up"] == true), "{report}");
+    // The replicas write to that primary and acknowledge only once a Redis replica holds the
+    // message too.
+    let replica_port = &report["replicas"][0]["port"];
+    let health: Value = reqwest::get(format!("http://127.0.0.1:{replica_port}/healthz"))
+        .await
+        .expect("healthz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["redis_ack_replicas"], 1, "{health}");
+    assert_eq!(health["redis_primary"], old_primary.as_str(), "{health}");
+
+    let primary_pid = nodes
+        .iter()
+        .find(|n| n["role"] == "primary")
+        .and_then(|n| n["pid"].as_i64())
+        .expect("the primary's pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(primary_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the primary");
+    let killed_at = Instant::now();
+    // Through nginx, the conversation goes on: refused (503) at worst while the sentinels
+    // promote a replica, never answered without its context.
+    let mut answered = None;
+    for attempt in 0..150 {
+        let (status, body) = cluster.converse("s", "m2", "nog iets").await;
+        if status == 200 {
+            answered = Some(body);
+            break;
+        }
+        assert_eq!(status, 503, "attempt {attempt}: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let body = answered.expect("answered after the failover");
+    assert_eq!(
+        user_turns(body["reply"]["text"].as_str().unwrap_or("")),
+        2,
+        "{body}"
+    );
+    let first_answer = killed_at.elapsed();
+
+    let report = eventually(
+        Duration::from_secs(40),
+        "the old primary back as a replica",
+        || async {
+            let report = cluster.status().await;
+            let (primary, replicas) = roles(&report);
+            (primary.is_some_and(|p| p != old_primary) && replicas.contains(&old_primary))
+                .then_some(report)
+        },
+    )
+    .await;
+    eprintln!(
+        "cluster sentinel: answered again {first_answer:?} after SIGKILL of the primary; now {}",
+        report["redis"]["primary"]
+    );
+
+    let pids: Vec<i64> = report["redis"]["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(
+            report["redis"]["sentinels"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
+        .filter_map(|n| n["pid"].as_i64())
+        .collect();
+    assert_eq!(pids.len(), 6, "{report}");
+    assert_eq!(cluster.stop().await, Some(0), "{}", cluster.logs());
+    for pid in pids {
+        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err();
+        assert!(gone, "process {pid} outlived the cluster");
+    }
+}

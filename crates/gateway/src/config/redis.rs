@@ -49,6 +49,36 @@ impl RedisConfig {
     }
 }
 
+impl RedisConfig {
+    /// One line for `config check`: where the primary is found, as whom, and when a message
+    /// counts as acknowledged. Never shows a password.
+    pub fn describe(&self) -> String {
+        let place = match &self.target {
+            RedisTarget::Single(url) => crate::state::link::redact(url),
+            RedisTarget::Sentinel(s) => format!(
+                "the primary Sentinel calls \"{}\", asked of {} sentinel(s) ({}){}",
+                s.master_name,
+                s.nodes.len(),
+                s.nodes.join(", "),
+                if s.tls { " over TLS" } else { "" }
+            ),
+        };
+        let login = match (&self.username, &self.password) {
+            (Some(user), _) => format!(", as user \"{user}\""),
+            (None, Some(_)) => ", with a password".to_string(),
+            (None, None) => String::new(),
+        };
+        let ack = match self.ack_replicas {
+            0 => "acknowledged once the primary holds a message".to_string(),
+            n => format!(
+                "acknowledged once the primary and {n} replica(s) hold a message (else 503 after {} ms)",
+                self.ack_timeout.as_millis()
+            ),
+        };
+        format!("{place}{login}; {ack}")
+    }
+}
+
 /// Where the Redis primary is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RedisTarget {

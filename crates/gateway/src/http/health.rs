@@ -38,6 +38,10 @@ pub async fn healthz(State(app): State<Arc<AppState>>) -> Response {
             (true, None) => "up",
         },
         "redis_error": refusing,
+        // Which server this replica writes to (a Sentinel group's current primary), and how
+        // many Redis replicas must hold a message before it is acknowledged.
+        "redis_primary": app.link.primary(),
+        "redis_ack_replicas": app.link.ack_replicas(),
         "degraded": !redis_up,
         "redis_down_mode": match app.redis_down_mode {
             RedisDownMode::Degrade => "degrade",

@@ -268,6 +268,14 @@ impl RedisLink {
             self.set_refusing(Some(reason.clone()));
             return;
         }
+        if let StateError::Unavailable(reason) = error
+            && reason.starts_with("LOADING")
+            && self.finder.is_sentinel()
+        {
+            // A server still loading its data set is no primary to use: ask the sentinels again.
+            self.lose_primary("Redis answered LOADING: asking the sentinels for the primary");
+            return;
+        }
         if error.is_unavailable() && self.up.swap(false, Ordering::AcqRel) {
             self.set_down_since(true);
             tracing::warn!(error = %error, "Redis unreachable; switching to degraded operation");

@@ -728,6 +728,16 @@ impl TestCluster {
 
     /// The same in `dir`, whose `state` directory may hold an earlier run's Redis data.
     pub async fn start_in(dir: TempDir, config: Value, replicas: u16) -> TestCluster {
+        TestCluster::start_with(dir, config, replicas, &[]).await
+    }
+
+    /// The same with more `cluster up` arguments (`--redis sentinel`).
+    pub async fn start_with(
+        dir: TempDir,
+        config: Value,
+        replicas: u16,
+        extra: &[&str],
+    ) -> TestCluster {
         let config_path = dir.path().join("clawgate.json");
         std::fs::write(&config_path, config.to_string()).expect("write config");
         let state_dir = dir.path().join("state");
@@ -747,6 +757,7 @@ impl TestCluster {
             .arg("--state-dir")
             .arg(&state_dir)
             .args(["--first-port", &first_port.to_string()])
+            .args(extra)
             .env_remove("LLM_API_KEY")
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -884,21 +895,17 @@ impl TestCluster {
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
     }
 
-    /// The Redis the cluster runs.
+    /// The Redis the cluster's replicas write to (a Sentinel group's primary).
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         let state: Value = serde_json::from_str(
             &std::fs::read_to_string(self.state_dir.join("cluster.json")).expect("state file"),
         )
         .expect("state json");
-        let url = state["redis"]["url"]
-            .as_str()
-            .expect("redis url")
-            .to_string();
-        redis::Client::open(url)
-            .expect("redis url")
-            .get_multiplexed_async_connection()
+        let url = state["redis"]["url"].as_str().expect("redis url");
+        clawgate_cluster::supervisor::redis_connection(url)
             .await
             .expect("redis connection")
+            .0
     }
 
     /// The logs of the supervisor and of every part.
