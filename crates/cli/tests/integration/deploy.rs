@@ -237,3 +237,104 @@ fn the_alerts_and_the_dashboard_name_only_metrics_and_labels_the_gateway_exports
         );
     }
 }
+
+#[test]
+fn the_deploy_files_run_redis_under_sentinel_and_scale_on_the_backlog() {
+    use clawgate_gateway::config::{RedisTarget, redis::parse_url};
+    let documents = kubernetes_documents();
+    let deployment = find(&documents, "Deployment", "clawgate");
+    let env = |name: &str| {
+        deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .and_then(|env| env.iter().find(|e| e["name"] == name))
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("no {name} in the replicas' env"))
+            .to_string()
+    };
+    // The replicas find the primary through the sentinels of the Redis StatefulSet's pods, and
+    // acknowledge once a Redis replica holds a message.
+    let redis = find(&documents, "StatefulSet", "clawgate-redis");
+    let pods = redis["spec"]["replicas"].as_u64().expect("replicas");
+    assert_eq!(pods, 3);
+    let Ok(RedisTarget::Sentinel(sentinel)) = parse_url(&env("REDIS_URL")) else {
+        panic!("REDIS_URL is not a Sentinel URL: {}", env("REDIS_URL"));
+    };
+    let service = redis["spec"]["serviceName"].as_str().expect("serviceName");
+    let expected: Vec<String> = (0..pods)
+        .map(|i| format!("clawgate-redis-{i}.{service}:26379"))
+        .collect();
+    assert_eq!(sentinel.nodes, expected);
+    assert_eq!(env("CLAWGATE_REDIS_ACK_REPLICAS"), "1");
+    let containers: Vec<&str> = redis["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(containers, ["redis", "sentinel"]);
+    let headless = find(&documents, "Service", "clawgate-redis");
+    assert_eq!(headless["spec"]["clusterIP"], "None", "per-pod DNS names");
+
+    // The scripts the pods start with are valid shell, and monitor the name the replicas ask for.
+    let scripts = &find(&documents, "ConfigMap", "clawgate-redis-scripts")["data"];
+    let dir = tempfile::tempdir().expect("temp dir");
+    for script in ["find-primary.sh", "start-redis.sh", "start-sentinel.sh"] {
+        let text = scripts[script].as_str().expect("script");
+        let path = dir.path().join(script);
+        std::fs::write(&path, text).expect("write");
+        let check = std::process::Command::new("sh")
+            .arg("-n")
+            .arg(&path)
+            .output()
+            .expect("sh -n");
+        assert!(
+            check.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+    assert!(
+        scripts["start-sentinel.sh"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("sentinel monitor {} ", sentinel.master_name))
+    );
+    // Its Redis runs with the settings `cluster up` uses.
+    let conf = scripts["redis.conf"].as_str().expect("redis.conf");
+    for line in deploy_file("redis.conf")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        assert!(
+            conf.lines().any(|l| l == line),
+            "{line} missing in the ConfigMap's redis.conf"
+        );
+    }
+
+    // The autoscaler follows the backlog, not CPU.
+    let hpa = find(&documents, "HorizontalPodAutoscaler", "clawgate");
+    let metrics = hpa["spec"]["metrics"].as_array().expect("metrics");
+    assert_eq!(metrics.len(), 1, "{metrics:?}");
+    assert_eq!(metrics[0]["pods"]["metric"]["name"], "clawgate_inbox_lag");
+
+    // Compose: the Sentinel override points every replica at three sentinels.
+    let compose: Value = serde_saphyr::from_str(&deploy_file("docker-compose.sentinel.yml"))
+        .unwrap_or_else(|e| panic!("deploy/docker-compose.sentinel.yml: {e}"));
+    for replica in ["replica-1", "replica-2", "replica-3"] {
+        let url = compose["services"][replica]["environment"]["REDIS_URL"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{replica}: REDIS_URL"));
+        let Ok(RedisTarget::Sentinel(sentinel)) = parse_url(url) else {
+            panic!("{replica}: {url}");
+        };
+        assert_eq!(sentinel.nodes.len(), 3);
+        for node in &sentinel.nodes {
+            let host = node.split(':').next().unwrap_or_default();
+            assert!(compose["services"][host].is_object(), "no service {host}");
+        }
+        assert_eq!(
+            compose["services"][replica]["environment"]["CLAWGATE_REDIS_ACK_REPLICAS"],
+            "1"
+        );
+    }
+}
