@@ -3,9 +3,15 @@
 //! model answers slowly (1.5 s) and the workers keep turns running behind the acknowledgements,
 //! as in a morning surge.
 //!
+//! A second phase measures what replicated acknowledgement (`redis.ackReplicas: 1`: `WAIT` for a
+//! Redis replica before the 200) adds: one primary with one replica, two replicas of clawgate on
+//! it (ackReplicas 0 and 1), the same open-loop rate to each in alternating rounds.
+//!
 //! Run: `cargo bench -p clawgate --bench webhooks` (knobs: `CLAWGATE_BENCH_SECONDS`, default 10;
 //! `CLAWGATE_BENCH_WEBHOOK_RATE`, default 5000; `CLAWGATE_BENCH_CONCURRENCY`, the replica's worker
-//! slots, default 1024). Writes `target/bench/webhooks.{json,md}`.
+//! slots, default 1024; `CLAWGATE_BENCH_ACK_RATE`, the second phase's rate, default 1000;
+//! `CLAWGATE_BENCH_ONLY=surge` or `replicated` runs one phase). Writes
+//! `target/bench/webhooks.{json,md}` and `target/bench/webhooks-replicated.{json,md}`.
 
 // A benchmark's printed report is its output; setup failures should stop it loudly.
 #![allow(
@@ -102,6 +108,99 @@ fn main() {
 }
 
 async fn run() {
+    let only = std::env::var("CLAWGATE_BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() || only == "surge" {
+        surge().await;
+    }
+    if only.is_empty() || only == "replicated" {
+        replicated().await;
+    }
+}
+
+/// Ack latency with and without `WAIT` for one Redis replica, at one rate, in one run.
+async fn replicated() {
+    let seconds = knob("CLAWGATE_BENCH_SECONDS", 10);
+    let rate = knob("CLAWGATE_BENCH_ACK_RATE", 1_000);
+    let primary = TestRedis::start_with(&["--repl-diskless-sync-delay", "0"]).await;
+    let port = primary.port.to_string();
+    let replica = TestRedis::start_with(&[
+        "--repl-diskless-sync-delay",
+        "0",
+        "--replicaof",
+        "127.0.0.1",
+        &port,
+    ])
+    .await;
+    eventually(Duration::from_secs(20), "the replica in sync", || async {
+        let info: String = replica.query(redis::cmd("INFO").arg("replication")).await;
+        info.contains("master_link_status:up").then_some(())
+    })
+    .await;
+    let llm = mock_llm(50).await;
+    let platforms = mock_platforms().await;
+    let mut gateways = Vec::new();
+    for ack_replicas in [0, 1] {
+        let mut config = test_config(vec![openai_provider("primary", &llm, 30_000, 0)]);
+        config["channels"] = channels_config(&platforms);
+        config["redis"] =
+            json!({"url": primary.url(), "ackReplicas": ack_replicas, "ackTimeoutMs": 1000});
+        let gateway = Gateway::start(config, "", &format!("ack{ack_replicas}")).await;
+        gateways.push(gateway);
+    }
+    let mut latency = [histogram(), histogram()];
+    let mut ok = [0u64, 0];
+    let mut sent = [0u64, 0];
+    let rounds = 4;
+    let per_round = rate * seconds / rounds;
+    let mut next = 2_000_000_000u64;
+    for (n, setting) in (0..rounds as usize * 2).map(|n| (n, n % 2)) {
+        let url = gateways[setting].url("/webhooks/whatsapp");
+        if n < 2 {
+            let warmup: Vec<_> = (0..300).map(|i| signed_webhook(next + i)).collect();
+            next += 300;
+            open_loop(&url, warmup, 1_000).await;
+        }
+        let bodies: Vec<_> = (0..per_round).map(|i| signed_webhook(next + i)).collect();
+        next += per_round;
+        let run = open_loop(&url, bodies, rate).await;
+        latency[setting].add(&run.latency).expect("histogram");
+        ok[setting] += run.ok;
+        sent[setting] += run.sent;
+    }
+    let figures: Vec<(f64, f64, f64)> = latency
+        .iter()
+        .map(|h| (ms(h, 0.5), ms(h, 0.99), ms(h, 0.999)))
+        .collect();
+    let added_p99 = figures[1].1 - figures[0].1;
+    for (setting, (p50, p99, p999)) in figures.iter().enumerate() {
+        println!(
+            "ackReplicas {setting}: {} of {} webhooks with 200 at {rate}/s, ack p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms",
+            ok[setting], sent[setting]
+        );
+    }
+    println!("replicated acknowledgement adds {added_p99:.2} ms at p99");
+    let report = json!({"rate": rate, "seconds_per_setting": seconds / 2, "rounds_per_setting": rounds / 2,
+        "ack_replicas_0": {"ok": ok[0], "sent": sent[0], "p50_ms": figures[0].0, "p99_ms": figures[0].1, "p999_ms": figures[0].2},
+        "ack_replicas_1": {"ok": ok[1], "sent": sent[1], "p50_ms": figures[1].0, "p99_ms": figures[1].1, "p999_ms": figures[1].2},
+        "added_p99_ms": added_p99});
+    let md = format!(
+        "| redis.ackReplicas | webhooks with 200 | ack p50 | p99 | p99.9 |\n| --- | --- | --- | --- | --- |\n| 0 | {} of {} | {:.2} ms | {:.2} ms | {:.2} ms |\n| 1 | {} of {} | {:.2} ms | {:.2} ms | {:.2} ms |\n",
+        ok[0],
+        sent[0],
+        figures[0].0,
+        figures[0].1,
+        figures[0].2,
+        ok[1],
+        sent[1],
+        figures[1].0,
+        figures[1].1,
+        figures[1].2
+    );
+    write_results("webhooks-replicated", &report, &md);
+}
+
+/// The morning surge: webhooks at `CLAWGATE_BENCH_WEBHOOK_RATE` while turns pile up.
+async fn surge() {
     let seconds = knob("CLAWGATE_BENCH_SECONDS", 10);
     let rate = knob("CLAWGATE_BENCH_WEBHOOK_RATE", 5_000);
     let redis = TestRedis::start().await;

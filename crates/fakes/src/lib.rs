@@ -14,7 +14,15 @@ use axum::response::{IntoResponse, Response};
 /// background until the runtime ends, with each request's peer address at hand; the address it
 /// got.
 pub(crate) async fn serve_locally(app: axum::Router) -> std::io::Result<std::net::SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    serve_on(tokio::net::TcpListener::bind("127.0.0.1:0").await?, app)
+}
+
+/// Serves `app` on `listener` in the background (a fake on an address other than loopback:
+/// a test network's host).
+pub(crate) fn serve_on(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+) -> std::io::Result<std::net::SocketAddr> {
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();

@@ -143,6 +143,17 @@ impl MockLlm {
         Ok(MockLlm { addr, shared })
     }
 
+    /// Serves on `listener` (a test network's address) in the background until the runtime
+    /// ends.
+    pub fn spawn_on(
+        listener: tokio::net::TcpListener,
+        options: Options,
+    ) -> std::io::Result<MockLlm> {
+        let shared = shared(options);
+        let addr = crate::serve_on(listener, router(shared.clone()))?;
+        Ok(MockLlm { addr, shared })
+    }
+
     /// Base URL for an `openai-compatible` provider (`…/v1`).
     pub fn openai_endpoint(&self) -> String {
         format!("http://{}/v1", self.addr)

@@ -18,6 +18,7 @@ mod deploy;
 mod escalation;
 mod failover;
 mod hardening;
+mod hosts;
 mod loadtest;
 mod platform_traffic;
 mod providers;

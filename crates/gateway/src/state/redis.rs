@@ -85,6 +85,26 @@ impl RedisStore {
         Ok(result)
     }
 
+    /// One command whose write must reach `redis.ackReplicas` replicas before the caller goes
+    /// on (the marker that a platform reply went out: lost in a failover, the reply would be
+    /// sent again). Without `ackReplicas`, like [`Self::query`].
+    async fn query_acknowledged<T: FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StateError> {
+        if self.link.ack_replicas() == 0 {
+            return self.query(cmd).await;
+        }
+        let mut lane = self.link.ack_lane()?;
+        let result = cmd.query_async(&mut lane).await.map_err(|e| {
+            let error = classify(&e);
+            self.link.report(&error);
+            error
+        })?;
+        self.link.wait_for_replicas(&mut lane).await?;
+        Ok(result)
+    }
+
     /// Sends `pipe` in one round trip.
     async fn query_pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StateError> {
         let mut conn = self.link.connection()?;
@@ -327,13 +347,10 @@ impl StateStore for RedisStore {
         for (field, value) in &commit.session {
             invocation.arg(*field).arg(value);
         }
-        // A reply about to go out on a platform must survive a failover: a new primary that
-        // lost it would answer the message again.
-        let result: Vec<Value> = if commit.release_lease {
-            self.invoke(&invocation).await?
-        } else {
-            self.invoke_acknowledged(&invocation).await?
-        };
+        // A reply must survive a failover before anyone sees it: a new primary that lost it
+        // would answer the message again (on a platform: a second message to the customer), and
+        // a web-chat customer's next turn would miss it from the conversation.
+        let result: Vec<Value> = self.invoke_acknowledged(&invocation).await?;
         match (result.first(), result.get(1)) {
             (Some(Value::Int(1)), _) => Ok(CommitOutcome::Committed),
             (Some(Value::Int(0)), Some(existing)) => Ok(CommitOutcome::AlreadyReplied(
@@ -417,7 +434,7 @@ impl StateStore for RedisStore {
     }
 
     async fn mark_delivered(&self, id: &DedupeId, outcome: &str) -> Result<(), StateError> {
-        self.query(
+        self.query_acknowledged(
             redis::cmd("SET")
                 .arg(keys::delivered(id))
                 .arg(outcome)

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub use clawgate_fakes::mock_llm::MockLlm;
+pub mod hosts;
 pub mod sentinel;
 
 use clawgate_fakes::mock_llm::Options;
