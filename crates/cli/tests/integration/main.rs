@@ -22,6 +22,7 @@ mod hosts;
 mod loadtest;
 mod platform_traffic;
 mod providers;
+mod redis_tls;
 mod reload;
 mod replicas;
 mod resilience;

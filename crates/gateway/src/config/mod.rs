@@ -11,7 +11,7 @@ pub mod redis;
 
 use crate::message::Channel;
 use reader::{Object, Reader, join};
-pub use redis::{RedisConfig, RedisDownMode, RedisTarget, SentinelConfig};
+pub use redis::{RedisConfig, RedisDownMode, RedisTarget, RedisTls, SentinelConfig};
 use secrecy::SecretString;
 use serde_json::Value;
 use std::fmt;
@@ -700,7 +700,7 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
             .map_or(DEFAULT_MAX_CONNECTIONS, |n| n as usize),
     };
 
-    let redis = redis::read(r, root);
+    let redis = redis::read(r, root, base_dir);
 
     let c = r
         .section(

@@ -29,6 +29,26 @@ pub struct RedisConfig {
     pub ack_replicas: u32,
     /// How long to wait for those replicas before answering 503 (the platform retries).
     pub ack_timeout: Duration,
+    /// The certificate authority that signed the servers' (and sentinels') TLS certificates,
+    /// for `rediss://` and `rediss+sentinel://`; without it the system's roots are trusted.
+    pub tls: Option<RedisTls>,
+}
+
+/// TLS settings beyond the `rediss` scheme.
+#[derive(Clone)]
+pub struct RedisTls {
+    /// Where the CA came from (`redis.tls.caFile`, resolved), for messages.
+    pub ca_file: std::path::PathBuf,
+    /// The CA certificate(s), PEM, read when the config is.
+    pub ca_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca_file", &self.ca_file)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedisConfig {
@@ -45,6 +65,7 @@ impl RedisConfig {
             command_timeout: Duration::from_secs(1),
             ack_replicas: 0,
             ack_timeout: Duration::from_millis(500),
+            tls: None,
         })
     }
 }
@@ -198,8 +219,8 @@ fn ms(value: Option<u64>, default: u64) -> Duration {
     Duration::from_millis(value.unwrap_or(default))
 }
 
-/// Reads the `redis` section.
-pub(super) fn read(r: &mut Reader, root: &Object) -> RedisConfig {
+/// Reads the `redis` section; `base_dir` anchors a relative `tls.caFile`.
+pub(super) fn read(r: &mut Reader, root: &Object, base_dir: &std::path::Path) -> RedisConfig {
     let empty = Object::new();
     let rd = r
         .section(
@@ -216,9 +237,38 @@ pub(super) fn read(r: &mut Reader, root: &Object) -> RedisConfig {
                 "degradeAfterMs",
                 "ackReplicas",
                 "ackTimeoutMs",
+                "tls",
             ],
         )
         .unwrap_or(&empty);
+    let tls = r
+        .section(rd, "redis", "tls", &["caFile"])
+        .and_then(|t| r.string(t, "redis.tls", "caFile"))
+        .and_then(|file| {
+            let path = base_dir.join(file);
+            match std::fs::read(&path) {
+                Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => {
+                    Some(RedisTls {
+                        ca_file: path,
+                        ca_pem: pem,
+                    })
+                }
+                Ok(_) => {
+                    r.error(
+                        "redis.tls.caFile",
+                        format!("expected a PEM certificate in {}", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    r.error(
+                        "redis.tls.caFile",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        });
     let sentinel = r.section(
         rd,
         "redis",
@@ -314,6 +364,7 @@ pub(super) fn read(r: &mut Reader, root: &Object) -> RedisConfig {
             r.integer(rd, "redis", "ackTimeoutMs", 1, 60_000, "milliseconds"),
             500,
         ),
+        tls,
     }
 }
 

@@ -24,6 +24,8 @@ pub struct PrimaryFinder {
     password: Option<String>,
     /// Bound on each connection attempt and each question.
     timeout: Duration,
+    /// The CA that signed the servers' and sentinels' certificates (`redis.tls.caFile`).
+    ca_pem: Option<Vec<u8>>,
     /// The sentinel that answered last, asked first next time.
     preferred: AtomicUsize,
 }
@@ -60,8 +62,25 @@ impl PrimaryFinder {
                 .as_ref()
                 .map(|p| p.expose_secret().to_string()),
             timeout,
+            ca_pem: config.tls.as_ref().map(|tls| tls.ca_pem.clone()),
             preferred: AtomicUsize::new(0),
         })
+    }
+
+    /// A client for `info`: over TLS it trusts `redis.tls.caFile` when one is configured, else
+    /// the system's roots.
+    fn open_client(&self, info: ConnectionInfo) -> Result<redis::Client, StateError> {
+        let opened = match (info.addr(), &self.ca_pem) {
+            (redis::ConnectionAddr::TcpTls { .. }, Some(ca)) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            _ => redis::Client::open(info),
+        };
+        opened.map_err(|e| StateError::Protocol(format!("invalid Redis connection settings: {e}")))
     }
 
     /// Whether the primary is found through sentinels (and can change).
@@ -96,8 +115,7 @@ impl PrimaryFinder {
             Endpoint::Single(info) => {
                 let info = self.with_credentials(info.clone());
                 let address = describe(&info);
-                let client = redis::Client::open(info)
-                    .map_err(|e| StateError::Protocol(format!("invalid Redis URL: {e}")))?;
+                let client = self.open_client(info)?;
                 Ok(Primary { client, address })
             }
             Endpoint::Sentinel(sentinel) => self.ask_sentinels(sentinel).await,
@@ -125,7 +143,7 @@ impl PrimaryFinder {
     }
 
     async fn ask_one(&self, sentinel: &SentinelConfig, node: &str) -> Result<Primary, StateError> {
-        let mut conn = self.connect(&sentinel_client(sentinel, node)?).await?;
+        let mut conn = self.connect(&self.sentinel_client(sentinel, node)?).await?;
         let answer: Option<(String, u16)> = self
             .bounded(
                 redis::cmd("SENTINEL")
@@ -141,8 +159,7 @@ impl PrimaryFinder {
             ))
         })?;
         let info = server_info(&host, port, sentinel.tls)?;
-        let client = redis::Client::open(self.with_credentials(info))
-            .map_err(|e| StateError::Protocol(e.to_string()))?;
+        let client = self.open_client(self.with_credentials(info))?;
         let mut primary = self.connect(&client).await?;
         let role: Vec<Value> = self
             .bounded(redis::cmd("ROLE").query_async(&mut primary))
@@ -160,6 +177,28 @@ impl PrimaryFinder {
             client,
             address: format!("{host}:{port}"),
         })
+    }
+
+    /// A client for one sentinel, with the sentinels' own credentials.
+    fn sentinel_client(
+        &self,
+        sentinel: &SentinelConfig,
+        node: &str,
+    ) -> Result<redis::Client, StateError> {
+        let (host, port) = node
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .ok_or_else(|| StateError::Protocol(format!("sentinel \"{node}\" is not host:port")))?;
+        let mut info = server_info(host, port, sentinel.tls)?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(username) = &sentinel.username {
+            settings = settings.set_username(username);
+        }
+        if let Some(password) = &sentinel.password {
+            settings = settings.set_password(password);
+        }
+        info = info.set_redis_settings(settings);
+        self.open_client(info)
     }
 
     async fn connect(
@@ -207,7 +246,7 @@ impl PrimaryFinder {
     ) {
         while !cancel.is_cancelled() {
             let subscribed = async {
-                let client = sentinel_client(sentinel, node)?;
+                let client = self.sentinel_client(sentinel, node)?;
                 let mut pubsub = self.bounded(client.get_async_pubsub()).await?;
                 self.bounded(pubsub.subscribe("+switch-master")).await?;
                 Ok::<_, StateError>(pubsub)
@@ -241,24 +280,6 @@ impl PrimaryFinder {
             }
         }
     }
-}
-
-/// A client for one sentinel, with the sentinels' own credentials.
-fn sentinel_client(sentinel: &SentinelConfig, node: &str) -> Result<redis::Client, StateError> {
-    let (host, port) = node
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-        .ok_or_else(|| StateError::Protocol(format!("sentinel \"{node}\" is not host:port")))?;
-    let mut info = server_info(host, port, sentinel.tls)?;
-    let mut settings = info.redis_settings().clone();
-    if let Some(username) = &sentinel.username {
-        settings = settings.set_username(username);
-    }
-    if let Some(password) = &sentinel.password {
-        settings = settings.set_password(password);
-    }
-    info = info.set_redis_settings(settings);
-    redis::Client::open(info).map_err(|e| StateError::Protocol(e.to_string()))
 }
 
 fn server_info(host: &str, port: u16, tls: bool) -> Result<ConnectionInfo, StateError> {

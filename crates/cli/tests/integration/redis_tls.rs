@@ -1,0 +1,166 @@
+//! Redis over TLS with a password: a certificate authority and a server certificate the test
+//! makes itself, a real `redis-server` that speaks only TLS, and replicas that trust the CA given
+//! in `redis.tls.caFile` (and refuse a server signed by another).
+
+use crate::support::*;
+use serde_json::json;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+const PASSWORD: &str = "tls-s3cret-password";
+
+/// A CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`: `ca.crt`,
+/// `server.crt`, `server.key`.
+fn make_certificates(dir: &Path, ca_name: &str) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, ca_name);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
+    let server_key = rcgen::KeyPair::generate().expect("server key");
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
+        .expect("server params")
+        .signed_by(&server_key, &ca)
+        .expect("server certificate");
+    std::fs::write(dir.join("ca.crt"), ca.pem()).expect("write");
+    std::fs::write(dir.join("server.crt"), server.pem()).expect("write");
+    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).expect("write");
+}
+
+/// A TLS client of the test's own, trusting `ca`.
+async fn tls_connection(port: u16, ca: &Path) -> redis::aio::MultiplexedConnection {
+    let info = format!("rediss://:{PASSWORD}@127.0.0.1:{port}");
+    redis::Client::build_with_tls(
+        info.as_str(),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(ca).expect("ca")),
+        },
+    )
+    .expect("client")
+    .get_multiplexed_async_connection()
+    .await
+    .expect("TLS connection")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_keeps_its_state_in_a_redis_that_speaks_only_tls_and_trusts_only_its_ca() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_certificates(dir.path(), "clawgate test CA");
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).expect("dir");
+    make_certificates(&other, "someone else's CA");
+
+    let port = free_port();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let mut server = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args(["--tls-cert-file", &path("server.crt")])
+        .args(["--tls-key-file", &path("server.key")])
+        .args(["--tls-ca-cert-file", &path("ca.crt")])
+        .args(["--tls-auth-clients", "no", "--requirepass", PASSWORD])
+        .args(["--save", "", "--appendonly", "no", "--dir", &path("")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server");
+    eventually(
+        Duration::from_secs(10),
+        "redis-server on its TLS port",
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+        },
+    )
+    .await;
+
+    let llm = mock_llm(0).await;
+    let mut config = test_config(vec![openai_provider("primary", &llm, 10_000, 0)]);
+    config["redis"] = json!({"url": format!("rediss://127.0.0.1:{port}"), "password": PASSWORD,
+        "tls": {"caFile": path("ca.crt")}, "commandTimeoutMs": 1000});
+    let gateway = Gateway::start(config.clone(), "", "tls").await;
+    assert_eq!(gateway.health().await["redis"], "up");
+    for (id, text) in [("m1", "hallo"), ("m2", "nog een vraag")] {
+        let (status, body) = gateway.send("tls", id, text, None).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, body) = gateway.send("tls", "m3", "en nu?", None).await;
+    assert_eq!(
+        user_turns(body["reply"]["text"].as_str().unwrap_or("")),
+        3,
+        "{body}"
+    );
+    // The conversation is in that Redis, read back over TLS.
+    let mut conn = tls_connection(port, &dir.path().join("ca.crt")).await;
+    let history: Vec<String> = redis::cmd("LRANGE")
+        .arg("oc:conv:{webchat:tls}")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("history");
+    assert_eq!(
+        history.len(),
+        6,
+        "three messages and three answers: {history:?}"
+    );
+    assert!(
+        !gateway.logs().contains(PASSWORD),
+        "the password reached the log"
+    );
+
+    // A replica told to trust another CA does not talk to this server.
+    config["redis"]["tls"]["caFile"] = json!(other.join("ca.crt"));
+    let suspicious = Gateway::start(config, "", "tls-other-ca").await;
+    let health = suspicious.health().await;
+    assert_eq!(health["redis"], "down", "{health}");
+    let logs = suspicious.logs();
+    assert!(
+        logs.to_lowercase().contains("certificate"),
+        "the log says why: {logs}"
+    );
+
+    let _ = server.kill().await;
+}
+
+#[tokio::test]
+async fn config_check_names_a_missing_or_unreadable_ca_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("clawgate.json");
+    std::fs::write(dir.path().join("not-a-cert.pem"), "hello").expect("write");
+    std::fs::write(
+        &file,
+        json!({"redis": {"url": "rediss://10.0.0.5:6380", "tls": {"caFile": "absent.crt"}}})
+            .to_string(),
+    )
+    .expect("write");
+    let name = file.display().to_string();
+    let (code, out) = run_cli(&["config", "check", &name], &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("{name}: redis.tls.caFile: cannot read"))
+            && out.contains("absent.crt"),
+        "{out}"
+    );
+    std::fs::write(
+        &file,
+        json!({"redis": {"url": "rediss://10.0.0.5:6380", "tls": {"caFile": "not-a-cert.pem"}}})
+            .to_string(),
+    )
+    .expect("write");
+    let (code, out) = run_cli(&["config", "check", &name], &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("expected a PEM certificate"), "{out}");
+}
