@@ -41,7 +41,7 @@ fn signed_webhook(i: u64) -> (Vec<u8>, String) {
         "field": "messages", "value": {"messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "31201234567", "phone_number_id": "106540352242922"},
         "contacts": [{"profile": {"name": "Bench"}, "wa_id": from}],
-        "messages": [{"from": from, "id": format!("wamid.BENCH{i:012}"), "timestamp": "1764054000",
+        "messages": [{"from": from, "id": format!("wamid.BENCH{i:012}"), "timestamp": now_secs().to_string(),
                       "type": "text", "text": {"body": "Waar is mijn pakket? VC482913577NL"}}]}}]}]})
     .to_string()
     .into_bytes();

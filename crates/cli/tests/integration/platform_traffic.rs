@@ -390,12 +390,12 @@ async fn a_reply_is_cut_to_max_reply_parts_and_a_text_over_the_limit_gets_a_noti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_older_than_max_message_age_is_not_answered() {
-    let (_redis, llm, platforms, gateway) = platform_gateway_with(|config| {
-        config["channels"]["maxMessageAgeHours"] = 168.into();
-    })
-    .await;
+    // The default: 168 hours, WhatsApp's retry window.
+    let (_redis, llm, platforms, gateway) = platform_gateway_with(|_| {}).await;
     // The reference payload was sent in November 2025: a replay, long past dedupe.
-    let (status, body) = gateway.whatsapp(fixture("whatsapp-text.json")).await;
+    let (status, body) = gateway
+        .whatsapp(fixture_verbatim("whatsapp-text.json"))
+        .await;
     assert_eq!((status, body["ignored"].as_u64()), (200, Some(1)), "{body}");
     // A fresh one is answered.
     gateway

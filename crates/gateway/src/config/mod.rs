@@ -597,6 +597,11 @@ fn unreachable_defaults() -> Config {
     )
 }
 
+/// Messages sent longer ago than this are not answered by default: WhatsApp retries an
+/// unacknowledged webhook for up to 7 days (Telegram keeps updates for 24 hours), so anything
+/// older is a replay, e.g. of a signed webhook whose 8-day dedupe marker has expired.
+const DEFAULT_MAX_MESSAGE_AGE_HOURS: u64 = 168;
+
 fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> Config {
     r.check_keys(
         root,
@@ -1131,6 +1136,7 @@ fn read_channels(r: &mut Reader, root: &Object) -> ChannelsConfig {
             10 * 365 * 24,
             "hours, 0 = no limit",
         )
+        .or(Some(DEFAULT_MAX_MESSAGE_AGE_HOURS))
         .filter(|hours| *hours > 0)
         .map(|hours| Duration::from_secs(hours * 3_600));
     ChannelsConfig {

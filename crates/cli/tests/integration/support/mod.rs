@@ -215,9 +215,41 @@ pub fn fixture_path(name: &str) -> PathBuf {
 }
 
 /// A wire-format fixture's exact bytes.
-pub fn fixture(name: &str) -> Vec<u8> {
+pub fn fixture_verbatim(name: &str) -> Vec<u8> {
     let path = fixture_path(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+/// A fixture as a platform would send it now: an inbound WhatsApp notification or Telegram
+/// update has its messages' send times (`timestamp`, `date`) set to the current time, since
+/// clawgate does not answer messages older than the platforms' retry window (the reference
+/// payloads are from 2025). Every other fixture is returned verbatim.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let bytes = fixture_verbatim(name);
+    let Ok(mut doc) = serde_json::from_slice::<Value>(&bytes) else {
+        return bytes;
+    };
+    let inbound = doc["object"] == "whatsapp_business_account" || doc.get("update_id").is_some();
+    if !inbound {
+        return bytes;
+    }
+    fn refresh(value: &mut Value, now: u64) {
+        match value {
+            Value::Object(fields) => {
+                for (key, field) in fields.iter_mut() {
+                    match (key.as_str(), &*field) {
+                        ("timestamp", Value::String(_)) => *field = json!(now.to_string()),
+                        ("date", Value::Number(_)) => *field = json!(now),
+                        _ => refresh(field, now),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|item| refresh(item, now)),
+            _ => {}
+        }
+    }
+    refresh(&mut doc, now_secs());
+    doc.to_string().into_bytes()
 }
 
 /// VeloCity's packages, the data the mock tracking API serves (the example's own file).
