@@ -124,7 +124,20 @@ pub fn install() -> Option<PrometheusHandle> {
         }
     };
     describe();
+    zero_series();
     Some(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// Series that exist from the start at 0, so "nothing was accepted" reads as 0 rather than as
+/// a missing series, and `rate()` counts the first message after a restart.
+fn zero_series() {
+    for channel in ["whatsapp", "telegram", "webchat", "api"] {
+        for store in ["redis", "memory"] {
+            metrics::counter!(MESSAGES_ACCEPTED, "channel" => channel, "store" => store)
+                .absolute(0);
+        }
+        metrics::counter!(MESSAGES_DUPLICATE, "channel" => channel).absolute(0);
+    }
 }
 
 fn describe() {

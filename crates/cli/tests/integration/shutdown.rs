@@ -1,4 +1,5 @@
-//! SIGTERM: readiness fails at once, no new entries are taken, running turns finish, exit 0.
+//! SIGTERM: readiness fails at once, no new entries are taken (a message sent meanwhile waits
+//! for another replica), running turns finish, exit 0.
 
 use crate::support::*;
 use std::time::Duration;
@@ -26,6 +27,12 @@ async fn sigterm_drains_running_turns_and_exits_cleanly() {
         },
     )
     .await;
+    // A message arriving meanwhile is still made durable, but this replica takes none of it:
+    // its workers stopped reading the inbox.
+    let (status, body) = gateway
+        .send("late", "m1", "sent after the signal", Some(0))
+        .await;
+    assert_eq!(status, 202, "accepted while draining: {body}");
     assert_eq!(
         gateway.exit_code(Duration::from_secs(15)).await,
         Some(0),
@@ -39,6 +46,27 @@ async fn sigterm_drains_running_turns_and_exits_cleanly() {
             .await;
         assert!(replied, "turn d{i} was cut off");
     }
+    let late_replied: bool = redis
+        .query(redis::cmd("EXISTS").arg("oc:replied:{webchat:late:m1}"))
+        .await;
+    assert!(
+        !late_replied,
+        "the draining replica answered a message sent after SIGTERM"
+    );
     let inbox: u64 = redis.query(redis::cmd("XLEN").arg("oc:inbox")).await;
-    assert_eq!(inbox, 0);
+    assert_eq!(inbox, 1, "only the late message waits");
+
+    // The next replica answers it (at once: an entry the draining replica's last read still
+    // handed it was given back, not left until claimIdleMs).
+    let next = Gateway::start(
+        test_config(vec![openai_provider("primary", &llm, 10_000, 0)]),
+        &redis.url(),
+        "r2",
+    )
+    .await;
+    let reply = next.reply_of("late", "m1").await;
+    assert_eq!(
+        reply["text"],
+        "[mock] user_turns=1 last=\"sent after the signal\""
+    );
 }

@@ -389,6 +389,20 @@ impl WorkerPool {
         entries: Vec<InboxEntry>,
         mut first: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
     ) {
+        if self.stop.is_cancelled() {
+            // A read that was blocking when the drain began can still hand this replica new
+            // entries: give them back at once, for a replica that is not leaving.
+            for entry in &entries {
+                self.release(&entry.id).await;
+            }
+            if !entries.is_empty() {
+                tracing::info!(
+                    entries = entries.len(),
+                    "draining: entries read after the stop were given back"
+                );
+            }
+            return;
+        }
         for entry in entries {
             let permits = match first.take() {
                 Some(p) => Some(p),

@@ -633,13 +633,33 @@ impl Gateway {
 
     /// The value of a counter or gauge line in `/metrics`, summed over label sets matching
     /// `labels` (a substring such as `provider="primary"`).
+    /// The sum of the series of metric `name` whose labels contain `labels`; fails the test when
+    /// there is no such series (a missing series is not a zero: a typo in a name must not pass
+    /// as "nothing happened").
     pub async fn metric(&self, name: &str, labels: &str) -> f64 {
-        self.get_text("/metrics")
-            .await
+        self.try_metric(name, labels).await.unwrap_or_else(|| {
+            panic!(
+                "no series {name} with {labels:?} in /metrics of {}",
+                self.replica_id
+            )
+        })
+    }
+
+    /// The same, `None` while no such series exists (for waiting until one counts something).
+    pub async fn try_metric(&self, name: &str, labels: &str) -> Option<f64> {
+        let text = self.get_text("/metrics").await;
+        let values: Vec<f64> = text
             .lines()
-            .filter(|l| l.starts_with(name) && l.contains(labels))
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.split(['{', ' '])
+                    .next()
+                    .is_some_and(|series| series == name)
+                    && l.contains(labels)
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
     }
 
     fn signal(&self, signal: nix::sys::signal::Signal) {
