@@ -564,7 +564,8 @@ async fn a_frozen_replica_is_taken_out_of_nginx_and_put_back_when_it_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_llm_pile_up_keeps_webhooks_acknowledged_fast_and_sheds_readiness() {
+async fn a_slow_llm_pile_up_keeps_webhooks_acknowledged_fast_sheds_readiness_and_answers_everyone_once()
+ {
     const CUSTOMERS: usize = 1_000;
     let llm = mock_llm(30_000).await;
     let platforms = mock_platforms().await;
@@ -657,6 +658,39 @@ async fn a_slow_llm_pile_up_keeps_webhooks_acknowledged_fast_and_sheds_readiness
     assert!(!logs.contains("taken out of nginx"), "{logs}");
     assert!(p99 < Duration::from_millis(500), "ack p99 {p99:?}");
     assert!(rss_mib.iter().all(|&mib| mib < 200), "{rss_mib:?}");
+
+    // The surge passes (the model is fast again): every acknowledged webhook is answered,
+    // exactly once, to its sender. Turns already waiting on the 30 s model finish on their own.
+    llm.set_latency(Duration::from_millis(10));
+    let sent = eventually(
+        Duration::from_secs(90),
+        "every surge message answered",
+        || async {
+            let sent = platforms.sent();
+            (sent.len() >= CUSTOMERS).then_some(sent)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent = if platforms.sent().len() > sent.len() {
+        platforms.sent()
+    } else {
+        sent
+    };
+    let mut per_customer: std::collections::HashMap<String, usize> =
+        std::collections::HashMap::new();
+    for reply in &sent {
+        *per_customer.entry(reply.to.clone()).or_default() += 1;
+    }
+    assert_eq!(per_customer.len(), CUSTOMERS, "every customer answered");
+    assert!(
+        per_customer.values().all(|&n| n == 1),
+        "answered twice: {:?}",
+        per_customer
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
