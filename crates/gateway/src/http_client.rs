@@ -13,6 +13,7 @@ use std::time::Duration;
 const MAX_IDLE_PER_HOST: usize = 256;
 
 /// Settings every outbound client shares.
+#[allow(clippy::disallowed_methods)] // the one place clients are built
 fn common() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(concat!("clawgate/", env!("CARGO_PKG_VERSION")))

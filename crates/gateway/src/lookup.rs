@@ -313,7 +313,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_without_the_value_asks_nothing_and_an_unreachable_service_is_unavailable() {
-        let client = reqwest::Client::new();
+        let client = crate::http_client::build().expect("client");
         assert_eq!(
             lookup().run(&client, "where is my parcel?").await,
             Outcome::NotApplicable

@@ -152,6 +152,7 @@ mod tests {
             "{refused:?}"
         );
         // The budget itself has room again a millisecond later, for another key.
+        #[allow(clippy::disallowed_methods)] // a plain unit test, no runtime to block
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(limiter.check("telegram:bot"), Ok(()));
     }
