@@ -7,17 +7,18 @@ use clawgate_cluster::supervisor::{self, ClusterSpec};
 use clawgate_cluster::{render, status};
 use clawgate_fakes::{mock_dispatcher, mock_llm, mock_platforms, mock_tracking};
 use clawgate_gateway::channels::egress::Egress;
+use clawgate_gateway::config::redis::redact;
 use clawgate_gateway::config::{Config, ConfigErrors, Overrides, ProviderKind};
 use clawgate_gateway::deadletter::{DeadLetters, Redriven};
 use clawgate_gateway::env_vars;
-use clawgate_gateway::escalation::{self, Dispatcher};
+use clawgate_gateway::escalation::Dispatcher;
 use clawgate_gateway::http_client;
 use clawgate_gateway::live::ConfigFile;
 use clawgate_gateway::llm::connections::Connections;
 use clawgate_gateway::logging;
 use clawgate_gateway::skills::SkillSet;
 use clawgate_gateway::state::StoreLimits;
-use clawgate_gateway::state::link::{RedisLink, redact};
+use clawgate_gateway::state::link::RedisLink;
 use clawgate_gateway::state::redis::RedisStore;
 use clawgate_gateway::state::{Resolution, StateStore};
 use clawgate_loadtest::{capacity as planning, plan};
@@ -969,10 +970,11 @@ async fn escalations(command: EscalationsCommand) -> anyhow::Result<ExitCode> {
             conversation,
         } => {
             let (_, _, store) = deployment(target).await?;
-            let found = match escalation::conversation_of(&store, &conversation).await? {
-                Some(key) => store.escalation(&key).await?,
-                None => None,
-            };
+            let found =
+                match clawgate_gateway::state::conversation_named(&store, &conversation).await? {
+                    Some(key) => store.escalation(&key).await?,
+                    None => None,
+                };
             match found {
                 Some(e) => {
                     writeln!(out, "{}", serde_json::to_string_pretty(&e)?)?;
@@ -991,7 +993,9 @@ async fn escalations(command: EscalationsCommand) -> anyhow::Result<ExitCode> {
             note,
         } => {
             let (_, _, store) = deployment(target).await?;
-            let Some(key) = escalation::conversation_of(&store, &conversation).await? else {
+            let Some(key) =
+                clawgate_gateway::state::conversation_named(&store, &conversation).await?
+            else {
                 say!(
                     "clawgate: no pending escalation for {conversation} (give channel:user or an ESC- reference)"
                 );

@@ -7,7 +7,7 @@
 //! the conversation back.
 
 use crate::config::EscalationConfig;
-use crate::message::{ConversationKey, HistoryEntry, InboundMessage, Role};
+use crate::message::{HistoryEntry, InboundMessage, Role};
 use backon::Retryable;
 use hmac::{Hmac, KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
@@ -208,23 +208,6 @@ impl Escalation {
     }
 }
 
-/// The conversation `target` names: a conversation key (`whatsapp:31612345678`) or the
-/// reference of a pending escalation (`ESC-3F9A12BC`). `None` when it names neither.
-pub async fn conversation_of(
-    store: &dyn crate::state::StateStore,
-    target: &str,
-) -> Result<Option<ConversationKey>, crate::state::StateError> {
-    if let Some(key) = ConversationKey::parse(target) {
-        return Ok(Some(key));
-    }
-    Ok(store
-        .escalations()
-        .await?
-        .into_iter()
-        .find(|e| e.reference.eq_ignore_ascii_case(target))
-        .and_then(|e| ConversationKey::parse(&e.conversation)))
-}
-
 /// The webhook body forwarding a customer's message sent while the hand-over is pending.
 pub fn message_event(reference: &str, msg: &InboundMessage) -> Value {
     json!({
@@ -285,14 +268,14 @@ pub fn customer_text(
     reference: &str,
 ) -> String {
     let text = texts
-        .and_then(|t| crate::skills::by_language(t, language))
+        .and_then(|t| crate::language::by_language(t, language))
         .map(str::to_string)
         .unwrap_or_else(|| {
             let defaults: BTreeMap<String, String> = default
                 .iter()
                 .map(|(l, t)| (l.to_string(), t.to_string()))
                 .collect();
-            crate::skills::by_language(&defaults, language)
+            crate::language::by_language(&defaults, language)
                 .unwrap_or_default()
                 .to_string()
         });
@@ -387,38 +370,7 @@ struct Refusal {
     retryable: bool,
 }
 
-impl Dispatcher {
-    /// Sends `event` and, when every attempt failed, keeps it in the dead-letter stream for
-    /// `clawgate deadletter retry`. Returns whether the dispatcher took it. Never fails the turn:
-    /// the customer is answered and the escalation recorded whatever the webhook does.
-    pub async fn deliver(
-        &self,
-        store: &dyn crate::state::StateStore,
-        reference: &str,
-        event: &Value,
-        key: &str,
-    ) -> bool {
-        let kind = event["event"].as_str().unwrap_or("escalation");
-        let outcome = match self.send(event, key).await {
-            Ok(()) => "sent",
-            Err(NotDelivered::NotConfigured) => "not_configured",
-            Err(NotDelivered::Failed(reason)) => {
-                tracing::error!(reference, %reason, event = kind, "dispatcher webhook failed; the event goes to the dead-letter stream");
-                if let Err(e) = crate::retry::while_unavailable(|| {
-                    store.dead_letter_escalation(reference, key, event, &reason)
-                })
-                .await
-                {
-                    tracing::error!(reference, error = %e, "could not dead-letter the dispatcher event");
-                }
-                "dead_letter"
-            }
-        };
-        metrics::counter!(crate::telemetry::ESCALATION_EVENTS, "event" => kind.to_string(), "outcome" => outcome)
-            .increment(1);
-        outcome == "sent"
-    }
-}
+impl Dispatcher {}
 
 /// `sha256=` and the hex HMAC-SHA256 of `body` under `secret` (the same scheme as Meta's
 /// `X-Hub-Signature-256`, which dispatch tools already know how to check).

@@ -237,6 +237,19 @@ impl LanguageDetector {
     }
 }
 
+/// The text for `language` in a per-language map, else English, else any (skills' answers,
+/// lookups' templates, escalation notices).
+pub fn by_language<'a>(
+    texts: &'a std::collections::BTreeMap<String, String>,
+    language: &str,
+) -> Option<&'a str> {
+    texts
+        .get(language)
+        .or_else(|| texts.get("en"))
+        .or_else(|| texts.values().next())
+        .map(String::as_str)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

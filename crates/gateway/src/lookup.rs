@@ -173,7 +173,7 @@ impl Lookup {
             .find(|a| a.condition.is_some())
             .or_else(|| applying().next())?
             .by_language;
-        let template = crate::skills::by_language(by_language, language)?;
+        let template = crate::language::by_language(by_language, language)?;
         Some(fill(template, values, |v| v.to_string()))
     }
 }

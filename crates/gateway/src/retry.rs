@@ -1,9 +1,7 @@
 //! The one retry policy: exponential backoff with full jitter, so replicas retrying the same
 //! failed provider do not hammer it in lockstep.
 
-use crate::state::StateError;
-use backon::{ExponentialBuilder, Retryable};
-use std::future::Future;
+use backon::ExponentialBuilder;
 use std::time::Duration;
 
 /// Backoff for up to `max_retries` further attempts: 100 ms doubling to at most 2 s, jittered.
@@ -24,17 +22,4 @@ pub fn state_backoff() -> ExponentialBuilder {
         .with_max_delay(Duration::from_secs(1))
         .with_max_times(20)
         .with_jitter()
-}
-
-/// Runs a state operation, retrying with [`state_backoff`] while Redis is unreachable or refuses
-/// writes (a full disk, a failover); any other error, or the last one, is returned.
-pub async fn while_unavailable<T, F, Fut>(operation: F) -> Result<T, StateError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StateError>>,
-{
-    operation
-        .retry(state_backoff())
-        .when(StateError::is_transient)
-        .await
 }

@@ -58,7 +58,7 @@ impl PartialEq for Skill {
 impl Skill {
     /// The canned answer in `language`, else English, else any.
     pub fn template(&self, language: &str) -> Option<&str> {
-        by_language(&self.templates, language)
+        crate::language::by_language(&self.templates, language)
     }
 
     /// How many of this skill's keywords occur in `lowered` (the lower-cased message), as whole
@@ -105,15 +105,6 @@ impl Escalate {
             .find(|p| p.is_match(text))
             .map(|p| format!("pattern \"{}\"", p.as_str()))
     }
-}
-
-/// The text for `language` in a per-language map, else English, else any.
-pub fn by_language<'a>(texts: &'a BTreeMap<String, String>, language: &str) -> Option<&'a str> {
-    texts
-        .get(language)
-        .or_else(|| texts.get("en"))
-        .or_else(|| texts.values().next())
-        .map(String::as_str)
 }
 
 /// What the triggers say about a message.

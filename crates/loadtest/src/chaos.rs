@@ -5,7 +5,7 @@
 //! `redis-kill@60s` (SIGKILL), `llm-hang@90s-120s` and `llm-error@90s-120s` (the mock model hangs
 //! or answers 500 in that window). Every event is recorded with what it did, for the report.
 
-use crate::plan::{PlanError, parse_duration};
+use crate::options::{PlanError, parse_duration};
 use clawgate_cluster::state::ClusterState;
 use nix::sys::signal::Signal;
 use serde::Serialize;

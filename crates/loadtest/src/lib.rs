@@ -17,6 +17,7 @@ pub mod chaos;
 pub mod collect;
 pub mod customer;
 pub mod monitor;
+pub mod options;
 pub mod plan;
 pub mod progress;
 pub mod report;

@@ -75,7 +75,7 @@ impl RedisConfig {
     /// counts as acknowledged. Never shows a password.
     pub fn describe(&self) -> String {
         let place = match &self.target {
-            RedisTarget::Single(url) => crate::state::link::redact(url),
+            RedisTarget::Single(url) => redact(url),
             RedisTarget::Sentinel(s) => format!(
                 "the primary Sentinel calls \"{}\", asked of {} sentinel(s) ({}){}",
                 s.master_name,
@@ -152,7 +152,7 @@ pub fn parse_url(url: &str) -> Result<RedisTarget, String> {
             .map_err(|e| {
                 format!(
                     "expected a Redis URL such as \"redis://127.0.0.1:6379\" or \"redis+sentinel://host:26379,host:26379/mymaster\", found \"{}\" ({e})",
-                    crate::state::link::redact(url)
+                    redact(url)
                 )
             });
     };
@@ -182,6 +182,16 @@ pub fn parse_url(url: &str) -> Result<RedisTarget, String> {
         password,
         tls,
     }))
+}
+
+/// A Redis URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 fn check_nodes(nodes: &[String]) -> Result<(), String> {

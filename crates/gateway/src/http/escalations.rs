@@ -4,7 +4,6 @@
 
 use super::AppState;
 use super::error::ApiError;
-use crate::escalation;
 use crate::state::{Resolution, StateError};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -57,7 +56,7 @@ pub async fn show(
         return e.into_response();
     }
     let (store, _) = app.ingress.current_store();
-    let found = match escalation::conversation_of(store, &target).await {
+    let found = match crate::state::conversation_named(store, &target).await {
         Ok(Some(conversation)) => store.escalation(&conversation).await,
         Ok(None) => Ok(None),
         Err(e) => Err(e),
@@ -110,7 +109,7 @@ pub async fn resolve(
         }
     };
     let (store, _) = app.ingress.current_store();
-    let conversation = match escalation::conversation_of(store, &target).await {
+    let conversation = match crate::state::conversation_named(store, &target).await {
         Ok(Some(conversation)) => conversation,
         Ok(None) => return no_escalation(&target).into_response(),
         Err(e) => return store_error(e).into_response(),

@@ -306,7 +306,7 @@ impl RedisLink {
         } else {
             Err(StateError::Unavailable(format!(
                 "Redis at {} does not answer",
-                redact(&config.url)
+                crate::config::redis::redact(&config.url)
             )))
         }
     }
@@ -549,15 +549,5 @@ pub fn classify(e: &redis::RedisError) -> StateError {
             StateError::Unavailable(e.to_string())
         }
         _ => StateError::Protocol(e.to_string()),
-    }
-}
-
-/// A Redis URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
     }
 }

@@ -388,3 +388,35 @@ pub trait StateStore: Send + Sync {
         note: &str,
     ) -> Result<Resolution, StateError>;
 }
+
+/// Runs a state operation, retrying with [`crate::retry::state_backoff`] while Redis is
+/// unreachable or refuses writes (a full disk, a failover); any other error, or the last one, is
+/// returned.
+pub async fn while_unavailable<T, F, Fut>(operation: F) -> Result<T, StateError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StateError>>,
+{
+    use backon::Retryable;
+    operation
+        .retry(crate::retry::state_backoff())
+        .when(StateError::is_transient)
+        .await
+}
+
+/// The conversation `target` names: a conversation key (`whatsapp:31612345678`) or the
+/// reference of a pending escalation (`ESC-3F9A12BC`). `None` when it names neither.
+pub async fn conversation_named(
+    store: &dyn StateStore,
+    target: &str,
+) -> Result<Option<ConversationKey>, StateError> {
+    if let Some(key) = ConversationKey::parse(target) {
+        return Ok(Some(key));
+    }
+    Ok(store
+        .escalations()
+        .await?
+        .into_iter()
+        .find(|e| e.reference.eq_ignore_ascii_case(target))
+        .and_then(|e| ConversationKey::parse(&e.conversation)))
+}

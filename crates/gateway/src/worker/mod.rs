@@ -15,7 +15,7 @@ use crate::state::link::RedisLink;
 use crate::state::memory::{MemoryStore, QueuedMessage};
 use crate::state::redis::RedisStore;
 use crate::state::{StateStore, keys};
-use crate::{retry, telemetry};
+use crate::telemetry;
 use futures_util::FutureExt;
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -477,7 +477,7 @@ impl WorkerPool {
             Ok(TurnEnd::Discarded) => {}
             Ok(TurnEnd::Replied(_) | TurnEnd::AlreadyAnswered(_)) => {
                 self.handled.fetch_add(1, Ordering::Relaxed);
-                let acked = retry::while_unavailable(|| self.inbox.ack(&id)).await;
+                let acked = crate::state::while_unavailable(|| self.inbox.ack(&id)).await;
                 if let Err(e) = acked {
                     // The reply is on record; whoever claims the entry finds it and just acks.
                     tracing::warn!(entry = %entry.id, error = %e, "could not acknowledge a finished entry");

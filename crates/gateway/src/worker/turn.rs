@@ -15,8 +15,8 @@ use crate::llm::{ChatMessage, Prompt};
 use crate::lookup;
 use crate::message::{Channel, HistoryEntry, InboundMessage, Role, StoredReply, now_ms};
 use crate::replies::ReplyWaiters;
-use crate::retry::while_unavailable;
 use crate::skills::{Routing, Skill, SkillLibrary, SkillSet};
+use crate::state::while_unavailable;
 use crate::state::{
     CommitOutcome, ConversationSnapshot, LaterMessage, ReplyDeadLetter, StateError, StateStore,
     TurnCommit, TurnStart, WaitReason, keys,
@@ -264,9 +264,7 @@ async fn answer(
             for m in std::iter::once(msg).chain(later.iter().map(|(_, m)| m)) {
                 let key = format!("{reference}:{}", m.dedupe_id().as_str());
                 let event = escalation::message_event(reference, m);
-                live.dispatcher
-                    .deliver(store, reference, &event, &key)
-                    .await;
+                notify_dispatcher(&live.dispatcher, store, reference, &event, &key).await;
             }
             Completion {
                 text: escalation::customer_text(
@@ -294,10 +292,14 @@ async fn answer(
             );
             tracing::info!(conversation = %msg.conversation(), reference = %handover.reference, skill = %skill.name, "conversation handed over to a person");
             let event = handover.created_event();
-            handover.notified = live
-                .dispatcher
-                .deliver(store, &handover.reference, &event, &handover.reference)
-                .await;
+            handover.notified = notify_dispatcher(
+                &live.dispatcher,
+                store,
+                &handover.reference,
+                &event,
+                &handover.reference,
+            )
+            .await;
             let text = escalation::customer_text(
                 skill.escalate.as_ref().map(|e| &e.answer),
                 &escalation::DEFAULT_ANSWER,
@@ -572,4 +574,34 @@ fn build_prompt(
         messages,
         template_answer,
     }
+}
+
+/// Sends `event` and, when every attempt failed, keeps it in the dead-letter stream for
+/// `clawgate deadletter retry`. Returns whether the dispatcher took it. Never fails the turn:
+/// the customer is answered and the escalation recorded whatever the webhook does.
+async fn notify_dispatcher(
+    dispatcher: &crate::escalation::Dispatcher,
+    store: &dyn StateStore,
+    reference: &str,
+    event: &serde_json::Value,
+    key: &str,
+) -> bool {
+    let kind = event["event"].as_str().unwrap_or("escalation");
+    let outcome = match dispatcher.send(event, key).await {
+        Ok(()) => "sent",
+        Err(crate::escalation::NotDelivered::NotConfigured) => "not_configured",
+        Err(crate::escalation::NotDelivered::Failed(reason)) => {
+            tracing::error!(reference, %reason, event = kind, "dispatcher webhook failed; the event goes to the dead-letter stream");
+            if let Err(e) =
+                while_unavailable(|| store.dead_letter_escalation(reference, key, event, &reason))
+                    .await
+            {
+                tracing::error!(reference, error = %e, "could not dead-letter the dispatcher event");
+            }
+            "dead_letter"
+        }
+    };
+    metrics::counter!(crate::telemetry::ESCALATION_EVENTS, "event" => kind.to_string(), "outcome" => outcome)
+        .increment(1);
+    outcome == "sent"
 }
