@@ -8,7 +8,7 @@
 //! message of a platform batch that could not be read, kept as it came; nothing to re-drive). A
 //! retried entry leaves the stream only when the retry succeeded.
 
-use crate::channels::egress::Egress;
+use crate::egress::Egress;
 use crate::escalation::{Dispatcher, NotDelivered};
 use crate::message::{Channel, DedupeId, InboundMessage};
 use crate::state::link::{RedisLink, classify};

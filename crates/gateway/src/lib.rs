@@ -5,10 +5,12 @@
 //! and keeps every conversation in Redis so no customer repeats themselves when a replica dies.
 //! Start at [`server::run`]; DESIGN.md explains the whole path.
 
+pub mod app;
 pub mod channels;
 pub mod classify;
 pub mod config;
 pub mod deadletter;
+pub mod egress;
 pub mod env_vars;
 pub mod escalation;
 pub mod http;

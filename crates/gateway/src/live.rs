@@ -13,8 +13,8 @@
 //! worker pool, conversation limits, the skills folder) is reported as needing a restart and
 //! keeps its value from start-up.
 
-use crate::channels::egress::Egress;
 use crate::config::{Config, Overrides};
+use crate::egress::Egress;
 use crate::escalation::Dispatcher;
 use crate::language::LanguageDetector;
 use crate::llm::chain::ProviderChain;

@@ -256,6 +256,21 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A WhatsApp business-scoped user id (BSUID; Meta's send API takes it as `recipient`, not
+/// `to`): a two-letter country code, a period, then up to 128 letters and
+/// digits (a parent BSUID has `ENT.` after the country code), e.g. `NL.1234567890`.
+pub fn is_business_scoped_id(id: &str) -> bool {
+    let Some((country, rest)) = id.split_once('.') else {
+        return false;
+    };
+    let rest = rest.strip_prefix("ENT.").unwrap_or(rest);
+    country.len() == 2
+        && country.bytes().all(|b| b.is_ascii_uppercase())
+        && !rest.is_empty()
+        && rest.len() <= 128
+        && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,9 +2,10 @@
 //! drain in order (readiness fails, intake stops, running turns finish within the grace period,
 //! held requests are answered, the server closes).
 
+use crate::app::AppState;
 use crate::config::Config;
 use crate::http::connections;
-use crate::http::{AppState, router};
+use crate::http::router;
 use crate::live::{ConfigFile, LiveConfig};
 use crate::replies::ReplyWaiters;
 use crate::skills::SkillLibrary;

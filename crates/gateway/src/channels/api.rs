@@ -8,8 +8,8 @@
 //! answer and adds no turn. `stream: true` answers as server-sent chunks.
 
 use super::{Waited, accept_and_wait, check_id};
-use crate::http::AppState;
-use crate::http::error::ApiError;
+use crate::app::AppState;
+use crate::app::error::ApiError;
 use crate::message::{Channel, InboundMessage, StoredReply};
 use axum::Json;
 use axum::body::Bytes;
@@ -51,7 +51,7 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             "the API channel is not configured (channels.api.token)",
         ));
     };
-    if crate::http::bearer_matches(headers, &config.token) {
+    if crate::app::bearer_matches(headers, &config.token) {
         Ok(())
     } else {
         Err(ApiError::unauthorized(

@@ -8,8 +8,8 @@
 //! Only a body that is not a notification at all, or a bad signature, gets a 4xx.
 
 use super::identity;
-use crate::http::AppState;
-use crate::http::error::ApiError;
+use crate::app::AppState;
+use crate::app::error::ApiError;
 use crate::message::{Channel, InboundMessage};
 use crate::state::Acceptance;
 use crate::telemetry;
@@ -168,7 +168,7 @@ pub async fn ingest(
     };
     for read in reads {
         let action = match &read.action {
-            Action::Answer { msg, .. } if super::egress::utf16_len(&msg.text) > max_text => {
+            Action::Answer { msg, .. } if crate::egress::utf16_len(&msg.text) > max_text => {
                 "too_long"
             }
             Action::Answer { msg, .. } if msg.unsupported.is_some() => "unsupported",

@@ -6,14 +6,13 @@
 
 pub mod api;
 pub mod batch;
-pub mod egress;
 pub mod identity;
 pub mod telegram;
 pub mod webchat;
 pub mod whatsapp;
 
-use crate::http::AppState;
-use crate::http::error::ApiError;
+use crate::app::AppState;
+use crate::app::error::ApiError;
 use crate::message::{InboundMessage, StoredReply};
 use crate::state::Acceptance;
 use std::time::{Duration, Instant};
@@ -81,13 +80,13 @@ pub fn describe(config: &crate::config::Config) -> Vec<(&'static str, String)> {
 /// (and cut to that, so an essay is neither stored whole nor read by the model); `None` when
 /// it is within the limit or already marked.
 pub fn over_limit(msg: &InboundMessage, limit: usize) -> Option<InboundMessage> {
-    if msg.unsupported.is_some() || egress::utf16_len(&msg.text) <= limit {
+    if msg.unsupported.is_some() || crate::egress::utf16_len(&msg.text) <= limit {
         return None;
     }
     let mut capped = msg.clone();
     capped
         .text
-        .truncate(egress::utf16_prefix_end(&capped.text, limit));
+        .truncate(crate::egress::utf16_prefix_end(&capped.text, limit));
     capped.text.push('…');
     capped.unsupported = Some(crate::message::TOO_LONG.into());
     Some(capped)

@@ -6,8 +6,8 @@
 //! voice notes and other non-text messages get the text-only notice.
 
 use super::batch::{self, Read, Reading};
-use crate::http::AppState;
-use crate::http::error::ApiError;
+use crate::app::AppState;
+use crate::app::error::ApiError;
 use crate::message::{Channel, InboundMessage};
 use crate::telemetry;
 use axum::Json;

@@ -4,8 +4,8 @@
 //! adds no turn.
 
 use super::{Waited, accept_and_wait, check_id};
-use crate::http::AppState;
-use crate::http::error::ApiError;
+use crate::app::AppState;
+use crate::app::error::ApiError;
 use crate::ingress::Origin;
 use crate::message::{Channel, ConversationKey, DedupeId, InboundMessage, StoredReply};
 use axum::Json;

@@ -8,8 +8,9 @@
 //! answered.
 
 use super::batch::{self, Action, Read, Reading};
-use crate::http::AppState;
-use crate::http::error::ApiError;
+use crate::app::AppState;
+use crate::app::error::ApiError;
+use crate::message::is_business_scoped_id as is_bsuid;
 use crate::message::{Channel, InboundMessage};
 use crate::telemetry;
 use axum::Json;
@@ -355,25 +356,6 @@ fn read_system(message: &Value, sender: Sender) -> Read {
 /// A WhatsApp id: the phone number in international format, digits only.
 fn is_wa_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// A business-scoped user id: a two-letter country code, a period, then up to 128 letters and
-/// digits (a parent BSUID has `ENT.` after the country code), e.g. `NL.1234567890`.
-fn is_bsuid(id: &str) -> bool {
-    let Some((country, rest)) = id.split_once('.') else {
-        return false;
-    };
-    let rest = rest.strip_prefix("ENT.").unwrap_or(rest);
-    country.len() == 2
-        && country.bytes().all(|b| b.is_ascii_uppercase())
-        && !rest.is_empty()
-        && rest.len() <= 128
-        && rest.bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
-/// Whether a reply address is a BSUID (Meta's send API takes it as `recipient`, not `to`).
-pub fn is_business_scoped_id(address: &str) -> bool {
-    is_bsuid(address)
 }
 
 /// The customer's text: `text.body`, the title of a button or list reply, a template button's

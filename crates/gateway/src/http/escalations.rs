@@ -2,8 +2,8 @@
 //! <escalation.apiToken>`: list the conversations waiting for a person, read one, resolve one
 //! (the bot then answers the customer again). The same as `clawgate escalations list | resolve`.
 
-use super::AppState;
-use super::error::ApiError;
+use crate::app::AppState;
+use crate::app::error::ApiError;
 use crate::state::{Resolution, StateError};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -21,7 +21,7 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             "the escalations API is not configured (escalation.apiToken)",
         ));
     };
-    if super::bearer_matches(headers, token) {
+    if crate::app::bearer_matches(headers, token) {
         Ok(())
     } else {
         Err(ApiError::unauthorized(

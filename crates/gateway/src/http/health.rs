@@ -2,7 +2,7 @@
 //! cannot reach Redis still answers in degraded mode and must not be restarted for it);
 //! readiness says whether a load balancer should send traffic here.
 
-use super::AppState;
+use crate::app::AppState;
 use crate::config::RedisDownMode;
 use crate::telemetry;
 use axum::Json;

@@ -1,77 +1,24 @@
-//! The HTTP surface of a replica (DESIGN §5): router, shared state, body limits.
+//! The HTTP surface of a replica (DESIGN §5): the router and body limits; what handlers share
+//! is in [`crate::app`], the channels' handlers in [`crate::channels`].
 
 pub mod connections;
-pub mod error;
 pub mod escalations;
 pub mod health;
 
+use crate::app::AppState;
+use crate::app::error::ApiError;
 use crate::channels::webchat;
 use crate::channels::{api, telegram, whatsapp};
-use crate::config::RedisDownMode;
-use crate::ingress::Ingress;
-use crate::replies::ReplyWaiters;
-use crate::state::link::RedisLink;
-use crate::worker::WorkerPool;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use error::ApiError;
-use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// Largest web-chat request body; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Largest webhook or API request body (a WhatsApp batch, a long conversation sent by an OpenAI
 /// client); larger ones get 413.
 pub const MAX_WEBHOOK_BODY_BYTES: usize = 1024 * 1024;
-
-/// What handlers share.
-pub struct AppState {
-    /// This replica's id.
-    pub replica_id: String,
-    /// Process start, for `uptime_s`.
-    pub started: Instant,
-    /// Where accepted messages go.
-    pub ingress: Ingress,
-    /// Requests held open for replies.
-    pub waiters: Arc<ReplyWaiters>,
-    /// Redis health.
-    pub link: Arc<RedisLink>,
-    /// Redis-down behaviour, for health answers.
-    pub redis_down_mode: RedisDownMode,
-    /// The configuration, reloaded while the replica runs: web-chat wait, channel credentials
-    /// (for verifying webhooks), the escalations API token, the provider names.
-    pub live: Arc<crate::live::LiveConfig>,
-    /// The worker pool, for health answers.
-    pub pool: Arc<WorkerPool>,
-    /// Loaded skill names, for health answers.
-    pub skills: Arc<crate::skills::SkillLibrary>,
-    /// Metrics renderer (absent if another recorder was installed first).
-    pub metrics: Option<PrometheusHandle>,
-    /// Set at SIGTERM: readiness fails so balancers stop sending traffic.
-    pub draining: AtomicBool,
-    /// Cancelled when requests held open must answer now (202) because the server stops.
-    pub release_waiting: CancellationToken,
-}
-
-/// Whether `headers` carry `Authorization: Bearer <expected>`, compared in constant time.
-pub fn bearer_matches(headers: &axum::http::HeaderMap, expected: &secrecy::SecretString) -> bool {
-    use secrecy::ExposeSecret;
-    use subtle::ConstantTimeEq;
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    bool::from(
-        presented
-            .as_bytes()
-            .ct_eq(expected.expose_secret().as_bytes()),
-    )
-}
 
 /// The router of a replica.
 pub fn router(state: Arc<AppState>) -> Router {

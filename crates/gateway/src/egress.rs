@@ -6,7 +6,6 @@
 //! The bot token is part of Telegram's URLs, so transport errors are stripped of their URL before
 //! they are logged or stored.
 
-use super::whatsapp;
 use crate::config::{ChannelsConfig, TelegramConfig, WhatsappConfig};
 use crate::message::{Channel, InboundMessage};
 use crate::{retry, telemetry};
@@ -229,7 +228,7 @@ impl WhatsappClient {
         let account = account.unwrap_or(&self.default_account);
         // A customer who shares no phone number is addressed by their business-scoped user id,
         // which the send API takes as `recipient` instead of `to`.
-        let address_field = if whatsapp::is_business_scoped_id(to) {
+        let address_field = if crate::message::is_business_scoped_id(to) {
             "recipient"
         } else {
             "to"
