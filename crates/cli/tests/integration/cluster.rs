@@ -662,26 +662,7 @@ async fn a_slow_llm_pile_up_keeps_webhooks_acknowledged_fast_sheds_readiness_and
     // The surge passes (the model is fast again): every acknowledged webhook is answered,
     // exactly once, to its sender. Turns already waiting on the 30 s model finish on their own.
     llm.set_latency(Duration::from_millis(10));
-    let sent = eventually(
-        Duration::from_secs(90),
-        "every surge message answered",
-        || async {
-            let sent = platforms.sent();
-            (sent.len() >= CUSTOMERS).then_some(sent)
-        },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let sent = if platforms.sent().len() > sent.len() {
-        platforms.sent()
-    } else {
-        sent
-    };
-    let mut per_customer: std::collections::HashMap<String, usize> =
-        std::collections::HashMap::new();
-    for reply in &sent {
-        *per_customer.entry(reply.to.clone()).or_default() += 1;
-    }
+    let per_customer = replies_per_recipient(&platforms, CUSTOMERS, Duration::from_secs(90)).await;
     assert_eq!(per_customer.len(), CUSTOMERS, "every customer answered");
     assert!(
         per_customer.values().all(|&n| n == 1),

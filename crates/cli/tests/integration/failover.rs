@@ -105,21 +105,7 @@ async fn with_ack_replicas_every_acknowledged_message_survives_a_sentinel_failov
 
     // Every acknowledged WhatsApp message is answered exactly once.
     let expected: usize = sent_to.values().sum();
-    let sent = eventually(Duration::from_secs(30), "every reply", || async {
-        let sent = platforms.sent();
-        (sent.len() >= expected).then_some(sent)
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let sent = if platforms.sent().len() > sent.len() {
-        platforms.sent()
-    } else {
-        sent
-    };
-    let mut got: HashMap<String, usize> = HashMap::new();
-    for reply in &sent {
-        *got.entry(reply.to.clone()).or_default() += 1;
-    }
+    let got = replies_per_recipient(&platforms, expected, Duration::from_secs(30)).await;
     assert_eq!(
         got, sent_to,
         "replies per customer (exactly one per message)"

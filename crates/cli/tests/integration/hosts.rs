@@ -181,35 +181,31 @@ fn http() -> reqwest::Client {
         .expect("client")
 }
 
-async fn redis_info(addr: &str, section: &str) -> Option<String> {
+/// A connection to the Redis server or sentinel at `addr`, if it answers within a second.
+async fn connect(addr: &str) -> Option<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(format!("redis://{addr}")).ok()?;
-    let mut conn = tokio::time::timeout(
+    tokio::time::timeout(
         Duration::from_secs(1),
         client.get_multiplexed_async_connection(),
     )
     .await
     .ok()?
-    .ok()?;
+    .ok()
+}
+
+async fn redis_info(addr: &str, section: &str) -> Option<String> {
     redis::cmd("INFO")
         .arg(section)
-        .query_async(&mut conn)
+        .query_async(&mut connect(addr).await?)
         .await
         .ok()
 }
 
 async fn sentinel_field(addr: &str, field: &str) -> Option<String> {
-    let client = redis::Client::open(format!("redis://{addr}")).ok()?;
-    let mut conn = tokio::time::timeout(
-        Duration::from_secs(1),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .ok()?
-    .ok()?;
     let fields: Vec<String> = redis::cmd("SENTINEL")
         .arg("MASTER")
         .arg(MASTER_NAME)
-        .query_async(&mut conn)
+        .query_async(&mut connect(addr).await?)
         .await
         .ok()?;
     let at = fields.iter().position(|f| f == field)?;

@@ -1503,6 +1503,7 @@ fn default_replica_id(port: u16) -> String {
     format!("{host}-{port}")
 }
 
+/// `value` milliseconds, or `default` when the key is absent.
 fn ms(value: Option<u64>, default: u64) -> Duration {
     Duration::from_millis(value.unwrap_or(default))
 }

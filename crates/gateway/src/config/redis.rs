@@ -1,6 +1,7 @@
 //! The `redis` section: where the state lives (one Redis, or a primary that Sentinel watches and
 //! replaces), how the replica logs in, and how durable an acknowledgement must be.
 
+use super::ms;
 use super::reader::{Object, Reader};
 use secrecy::SecretString;
 use std::time::Duration;
@@ -223,10 +224,6 @@ fn check_master_name(name: &str) -> Result<(), String> {
             "expected the master's name as Sentinel knows it (letters, digits, '-', '_', '.'), found \"{name}\""
         ))
     }
-}
-
-fn ms(value: Option<u64>, default: u64) -> Duration {
-    Duration::from_millis(value.unwrap_or(default))
 }
 
 /// Reads the `redis` section; `base_dir` anchors a relative `tls.caFile`.

@@ -76,13 +76,8 @@ impl RedisStore {
             return self.invoke(invocation).await;
         }
         let mut lane = self.link.ack_lane()?;
-        let result = invocation.invoke_async(&mut lane).await.map_err(|e| {
-            let error = classify(&e);
-            self.link.report(&error);
-            error
-        })?;
-        self.link.wait_for_replicas(&mut lane).await?;
-        Ok(result)
+        let result = invocation.invoke_async(&mut lane).await;
+        self.replicated(result, &mut lane).await
     }
 
     /// One command whose write must reach `redis.ackReplicas` replicas before the caller goes
@@ -96,13 +91,23 @@ impl RedisStore {
             return self.query(cmd).await;
         }
         let mut lane = self.link.ack_lane()?;
-        let result = cmd.query_async(&mut lane).await.map_err(|e| {
+        let result = cmd.query_async(&mut lane).await;
+        self.replicated(result, &mut lane).await
+    }
+
+    /// The result of a write made on `lane`, once `WAIT` confirmed it on the replicas.
+    async fn replicated<T>(
+        &self,
+        result: redis::RedisResult<T>,
+        lane: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<T, StateError> {
+        let value = result.map_err(|e| {
             let error = classify(&e);
             self.link.report(&error);
             error
         })?;
-        self.link.wait_for_replicas(&mut lane).await?;
-        Ok(result)
+        self.link.wait_for_replicas(lane).await?;
+        Ok(value)
     }
 
     /// Sends `pipe` in one round trip.

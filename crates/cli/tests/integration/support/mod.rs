@@ -214,6 +214,25 @@ pub fn fixture_path(name: &str) -> PathBuf {
     repository_path(&format!("fixtures/{name}"))
 }
 
+/// Replies the fake platforms received, counted per recipient: once at least `expected` arrived
+/// (within `timeout`), and a second later, so a reply sent twice is counted twice.
+pub async fn replies_per_recipient(
+    platforms: &MockPlatforms,
+    expected: usize,
+    timeout: Duration,
+) -> std::collections::HashMap<String, usize> {
+    eventually(timeout, "every reply", || async {
+        (platforms.sent().len() >= expected).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut counts = std::collections::HashMap::new();
+    for reply in platforms.sent() {
+        *counts.entry(reply.to).or_default() += 1;
+    }
+    counts
+}
+
 /// A wire-format fixture's exact bytes.
 pub fn fixture_verbatim(name: &str) -> Vec<u8> {
     let path = fixture_path(name);
