@@ -16,8 +16,10 @@ use crate::message::{
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock: the same as std's at run time, and one a paused test can move.
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// Degraded mode keeps dedupe markers and replies for an hour, not days: they live in this
 /// process's memory and die with it anyway.
@@ -642,5 +644,84 @@ mod tests {
             .unwrap_or_default();
         let ids: Vec<&str> = history.iter().map(|e| e.message_id.as_str()).collect();
         assert_eq!(ids, vec!["b", "b", "c", "c"]);
+    }
+
+    /// Runs one whole turn of `m` (accept, begin, commit) as worker `holder`.
+    async fn answer(store: &MemoryStore, m: &InboundMessage, seq: u64, holder: &str) {
+        assert!(matches!(
+            store.begin_turn(m, seq, holder, false, false).await,
+            Ok(TurnStart::Ready(_))
+        ));
+        assert!(store.commit_turn(&commit(m, seq, holder)).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_conversation_is_forgotten_only_after_its_ttl_without_turns() {
+        let (store, _rx) = MemoryStore::new(limits(), 10);
+        let m1 = message("m1");
+        assert!(store.accept(&m1).await.is_ok());
+        answer(&store, &m1, 1, "w").await;
+        let conversation = m1.conversation();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(
+            store.history(&conversation).await.map(|h| h.len()).ok(),
+            Some(2)
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            store.history(&conversation).await.map(|h| h.len()).ok(),
+            Some(0),
+            "60 s after the last turn the conversation is gone"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_id_is_a_duplicate_until_the_dedupe_window_ends() {
+        let (store, _rx) = MemoryStore::new(limits(), 10);
+        assert!(matches!(
+            store.accept(&message("m1")).await,
+            Ok(Acceptance::Accepted { .. })
+        ));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(
+            store.accept(&message("m1")).await.ok(),
+            Some(Acceptance::Duplicate)
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(
+            matches!(
+                store.accept(&message("m1")).await,
+                Ok(Acceptance::Accepted { .. })
+            ),
+            "the marker expired with the dedupe window"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_nobody_renews_passes_to_another_worker_after_its_ttl() {
+        let (store, _rx) = MemoryStore::new(limits(), 10);
+        let (m1, m2) = (message("m1"), message("m2"));
+        for m in [&m1, &m2] {
+            assert!(store.accept(m).await.is_ok());
+        }
+        // w1 takes m1's turn and dies without committing or releasing.
+        assert!(matches!(
+            store.begin_turn(&m1, 1, "w1", false, false).await,
+            Ok(TurnStart::Ready(_))
+        ));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(
+            store.begin_turn(&m1, 1, "w2", false, false).await.ok(),
+            Some(TurnStart::Wait(WaitReason::Lease)),
+            "the lease still holds"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(
+            matches!(
+                store.begin_turn(&m1, 1, "w2", false, false).await,
+                Ok(TurnStart::Ready(_))
+            ),
+            "5 s after it was taken the lease is free"
+        );
     }
 }
