@@ -34,8 +34,14 @@ mod tests {
         let delays: Vec<Duration> = backoff(3).build().collect();
         assert_eq!(delays.len(), 3, "{delays:?}");
         // Jitter adds at most the delay itself: 100 ms doubling, capped at 2 s.
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(4)), "{delays:?}");
-        assert!(backoff(0).build().next().is_none(), "no retries when none are allowed");
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(4)),
+            "{delays:?}"
+        );
+        assert!(
+            backoff(0).build().next().is_none(),
+            "no retries when none are allowed"
+        );
     }
 
     #[test]
@@ -43,7 +49,10 @@ mod tests {
         let delays: Vec<Duration> = state_backoff().build().collect();
         assert_eq!(delays.len(), 20);
         let total: Duration = delays.iter().sum();
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)), "{delays:?}");
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(2)),
+            "{delays:?}"
+        );
         assert!(
             total >= Duration::from_secs(8) && total <= Duration::from_secs(40),
             "{total:?}"

@@ -190,3 +190,93 @@ async fn a_reply_slower_than_the_wait_budget_is_answered_202_then_fetched() {
     let reply = gateway.reply_of("slow", "m1").await;
     assert_eq!(reply["provider"], "primary");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_allowed_origins_pages_may_call_the_web_chat_api_from_a_browser() {
+    let redis = TestRedis::start().await;
+    let llm = mock_llm(0).await;
+    let mut config = test_config(vec![openai_provider("primary", &llm, 10_000, 0)]);
+    config["webchat"]["allowedOrigins"] = serde_json::json!(["https://track.velocity.example"]);
+    let gateway = Gateway::start(config, &redis.url(), "cors").await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let preflight = |origin: &'static str| {
+        http.request(
+            reqwest::Method::OPTIONS,
+            gateway.url("/v1/webchat/messages"),
+        )
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+    };
+    // The portal's page: the browser's preflight is answered and allows the call.
+    let response = preflight("https://track.velocity.example")
+        .await
+        .expect("preflight");
+    assert!(response.status().is_success(), "{}", response.status());
+    let headers = response.headers();
+    assert_eq!(
+        headers
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://track.velocity.example")
+    );
+    let methods = headers
+        .get("access-control-allow-methods")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(methods.contains("POST"), "{methods}");
+    // Another site: no permission, so its browser refuses to send or read.
+    let response = preflight("https://evil.example").await.expect("preflight");
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "{:?}",
+        response.headers()
+    );
+    // The call itself carries the permission for the portal.
+    let response = http
+        .post(gateway.url("/v1/webchat/messages"))
+        .header("origin", "https://track.velocity.example")
+        .json(&serde_json::json!({"session_id": "cors", "message_id": "m1", "text": "hoi"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://track.velocity.example")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_no_other_page_may_call_the_web_chat_api() {
+    let (_redis, _llm, gateway) = one_replica(0).await;
+    let response = reqwest::Client::new()
+        .request(
+            reqwest::Method::OPTIONS,
+            gateway.url("/v1/webchat/messages"),
+        )
+        .header("origin", "https://track.velocity.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("preflight");
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "{:?}",
+        response.headers()
+    );
+}

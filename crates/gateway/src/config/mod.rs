@@ -226,6 +226,9 @@ pub struct WorkersConfig {
 pub struct WebchatConfig {
     /// How long `POST /v1/webchat/messages` waits for the reply before answering 202.
     pub reply_wait: Duration,
+    /// Web pages (exact origins, `https://track.example.nl`) whose scripts may call the web-chat
+    /// API from the customer's browser; none by default, so only the gateway's own pages can.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Where skills are read from.
@@ -795,13 +798,33 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
     };
 
     let wc = r
-        .section(root, "", "webchat", &["replyWaitMs"])
+        .section(root, "", "webchat", &["replyWaitMs", "allowedOrigins"])
         .unwrap_or(&empty);
+    let allowed_origins: Vec<String> = r
+        .value(
+            wc,
+            "webchat",
+            "allowedOrigins",
+            "an array of origins such as \"https://track.example.nl\"",
+            |v| {
+                v.as_array()?
+                    .iter()
+                    .map(|o| o.as_str().map(str::to_string))
+                    .collect()
+            },
+        )
+        .unwrap_or_default();
+    for (i, origin) in allowed_origins.iter().enumerate() {
+        if let Err(message) = check_origin(origin) {
+            r.error(format!("webchat.allowedOrigins[{i}]"), message);
+        }
+    }
     let webchat = WebchatConfig {
         reply_wait: ms(
             r.integer(wc, "webchat", "replyWaitMs", 0, 600_000, "milliseconds"),
             30_000,
         ),
+        allowed_origins,
     };
 
     let s = r
@@ -1503,6 +1526,22 @@ fn default_replica_id(port: u16) -> String {
     format!("{host}-{port}")
 }
 
+/// An origin as browsers send it: `scheme://host[:port]`, nothing after (no path, no slash).
+fn check_origin(origin: &str) -> Result<(), String> {
+    let valid = origin.split_once("://").is_some_and(|(scheme, rest)| {
+        matches!(scheme, "http" | "https")
+            && !rest.is_empty()
+            && !rest.contains(['/', '?', '#', '*'])
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected an origin such as \"https://track.example.nl\" (scheme and host, no path), found \"{origin}\""
+        ))
+    }
+}
+
 /// `value` milliseconds, or `default` when the key is absent.
 fn ms(value: Option<u64>, default: u64) -> Duration {
     Duration::from_millis(value.unwrap_or(default))
@@ -1553,6 +1592,29 @@ mod tests {
         assert_eq!(config.redis.down_mode, RedisDownMode::Degrade);
         assert!(config.webchat.reply_wait >= Duration::from_secs(25));
         assert_eq!(config.skills.dir, PathBuf::from("/etc/clawgate/skills"));
+    }
+
+    #[test]
+    fn allowed_origins_are_exact_origins() {
+        let config = parse(r#"{"webchat": {"allowedOrigins": ["https://track.velocity.example", "http://localhost:8080"]}}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.webchat.allowed_origins.len(), 2);
+        assert!(parse(r#"{}"#).is_ok_and(|c| c.webchat.allowed_origins.is_empty()));
+        let errors = match parse(
+            r#"{"webchat": {"allowedOrigins": ["https://ok.example", "https://track.example/chat", "*"]}}"#,
+        ) {
+            Ok(_) => panic!("accepted a path and a wildcard"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            errors.contains("webchat.allowedOrigins[1]: expected an origin"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("webchat.allowedOrigins[2]: expected an origin"),
+            "{errors}"
+        );
+        assert!(!errors.contains("allowedOrigins[0]"), "{errors}");
     }
 
     #[test]

@@ -20,13 +20,32 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// client); larger ones get 413.
 pub const MAX_WEBHOOK_BODY_BYTES: usize = 1024 * 1024;
 
-/// The router of a replica.
-pub fn router(state: Arc<AppState>) -> Router {
+/// The web-chat API, callable from the browsers of the pages `webchat.allowedOrigins` names
+/// (CORS: preflights answered; the list is read from the live config, so an edit applies
+/// without a restart). Other origins get no CORS headers and their browsers refuse the answer.
+fn webchat_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    use axum::http::{HeaderName, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let live = state.live.clone();
+    let allowed = AllowOrigin::predicate(move |origin, _request| {
+        let origin = origin.as_bytes();
+        live.current()
+            .config
+            .webchat
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed.as_bytes() == origin)
+    });
+    let cors = CorsLayer::new()
+        .allow_origin(allowed)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .max_age(std::time::Duration::from_secs(600));
     Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/livez", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
         .route("/v1/webchat/messages", post(webchat::post_message))
         .route(
             "/v1/webchat/sessions/{session_id}/messages",
@@ -36,6 +55,17 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/webchat/sessions/{session_id}/messages/{message_id}",
             get(webchat::message_status),
         )
+        .layer(cors)
+}
+
+/// The router of a replica.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/livez", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .merge(webchat_routes(&state))
         .route(
             "/webhooks/whatsapp",
             get(whatsapp::verify)
