@@ -85,7 +85,7 @@ async fn scenario(breaker: Value, seconds: u64, rate: u64, fallback_ms: u64, tag
     ]);
     config["llm"]["circuitBreaker"] = breaker;
     config["llm"]["deadlineMs"] = json!(30_000);
-    config["webchat"] = json!({"replyWaitMs": 30_000});
+    config["webchat"] = json!({"replyWaitMs": 30_000, "sessionTokens": "off"});
     config["workers"] = json!({"concurrency": 4096});
     let gateway = Gateway::start(config, &redis.url(), "r1").await;
     primary.set_mode(Mode::Hang);

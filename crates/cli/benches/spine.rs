@@ -213,7 +213,7 @@ fn bench_config_over(
     provider["httpVersion"] = json!(http_version);
     let mut config = test_config(vec![provider]);
     config["workers"] = json!({"concurrency": concurrency});
-    config["webchat"] = json!({"replyWaitMs": 30_000});
+    config["webchat"] = json!({"replyWaitMs": 30_000, "sessionTokens": "off"});
     // The closed loops send one customer's turns back to back, thousands a minute; flood control
     // would (rightly) hold such a customer back, so it is off here: this measures the spine.
     config["conversations"] = json!({"floodControl": {"messagesPerMinute": 0}});

@@ -26,6 +26,7 @@ pub mod message;
 pub mod replies;
 pub mod retry;
 pub mod server;
+pub mod session_token;
 pub mod skills;
 pub mod state;
 pub mod telemetry;

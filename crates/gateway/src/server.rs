@@ -141,6 +141,7 @@ pub async fn run(
         metrics,
         draining: AtomicBool::new(false),
         release_waiting: CancellationToken::new(),
+        session_token_key: Default::default(),
     });
     let http_stop = CancellationToken::new();
     let app =

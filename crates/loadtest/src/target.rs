@@ -8,6 +8,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use sha2::Sha256;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Why one attempt failed.
@@ -58,6 +60,17 @@ pub struct Target {
     base: String,
     whatsapp: Option<Whatsapp>,
     telegram: Option<Telegram>,
+    /// Web-chat sessions as a widget holds them: the gateway issues each customer's session
+    /// id and token (`POST /v1/webchat/sessions`) before the first message.
+    sessions: Arc<Mutex<WebchatSessions>>,
+}
+
+/// The customers' web-chat sessions: by the load test's own name, and the tokens by the
+/// gateway's session id.
+#[derive(Default)]
+struct WebchatSessions {
+    by_name: HashMap<String, String>,
+    tokens: HashMap<String, String>,
 }
 
 impl Target {
@@ -85,7 +98,48 @@ impl Target {
                     secret_token: t.secret_token.clone(),
                     api_base: t.api_base.clone(),
                 }),
+            sessions: Arc::default(),
         })
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, WebchatSessions> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The gateway's session id for the customer's session `name`, created on first use.
+    async fn session(&self, name: &str) -> Result<String, Refused> {
+        if let Some(id) = self.sessions().by_name.get(name) {
+            return Ok(id.clone());
+        }
+        let response = self
+            .http
+            .post(self.url("/v1/webchat/sessions"))
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let (Some(id), Some(token)) = (body["session_id"].as_str(), body["token"].as_str()) else {
+            return Err(refused(status, &body));
+        };
+        let mut sessions = self.sessions();
+        sessions.by_name.insert(name.to_string(), id.to_string());
+        sessions.tokens.insert(id.to_string(), token.to_string());
+        Ok(id.to_string())
+    }
+
+    /// `Authorization: Bearer <token>` for the session a web-chat path names.
+    fn bearer_for(&self, path: &str) -> Option<String> {
+        let id = path
+            .strip_prefix("/v1/webchat/sessions/")?
+            .split('/')
+            .next()?;
+        self.sessions()
+            .tokens
+            .get(id)
+            .map(|token| format!("Bearer {token}"))
     }
 
     /// The HTTP client (shared by the run's other calls to the gateway).
@@ -123,10 +177,15 @@ impl Target {
         message_id: &str,
         text: &str,
     ) -> Result<WebchatAnswer, Refused> {
+        let session = self.session(session).await?;
+        let bearer = self
+            .bearer_for(&format!("/v1/webchat/sessions/{session}"))
+            .unwrap_or_default();
         let body = json!({"session_id": session, "message_id": message_id, "text": text});
         let response = self
             .http
             .post(self.url("/v1/webchat/messages"))
+            .header(reqwest::header::AUTHORIZATION, bearer)
             .json(&body)
             .send()
             .await
@@ -158,6 +217,7 @@ impl Target {
 
     /// The stored history of a web-chat session, oldest first.
     pub async fn webchat_history(&self, session: &str) -> Result<Vec<Value>, Refused> {
+        let session = self.session(session).await?;
         match self
             .get(&format!("/v1/webchat/sessions/{session}/messages"))
             .await?
@@ -169,12 +229,11 @@ impl Target {
 
     /// `GET base + path`: the status and the JSON body (null when it is not JSON).
     async fn get(&self, path: &str) -> Result<(u16, Value), Refused> {
-        let response = self
-            .http
-            .get(self.url(path))
-            .send()
-            .await
-            .map_err(transport)?;
+        let mut request = self.http.get(self.url(path));
+        if let Some(bearer) = self.bearer_for(path) {
+            request = request.header(reqwest::header::AUTHORIZATION, bearer);
+        }
+        let response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
         Ok((status, response.json().await.unwrap_or(Value::Null)))
     }

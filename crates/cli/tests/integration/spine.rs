@@ -280,3 +280,111 @@ async fn by_default_no_other_page_may_call_the_web_chat_api() {
         response.headers()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_chat_session_is_private_to_whoever_holds_its_token() {
+    let redis = TestRedis::start().await;
+    let llm = mock_llm(0).await;
+    let mut config = test_config(vec![openai_provider("primary", &llm, 10_000, 0)]);
+    // The default: tokens required.
+    config["webchat"] = serde_json::json!({"replyWaitMs": 15000});
+    let a = Gateway::start(config.clone(), &redis.url(), "a").await;
+    let b = Gateway::start(config, &redis.url(), "b").await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let new_session = |gateway: &Gateway| http.post(gateway.url("/v1/webchat/sessions")).send();
+    let created: serde_json::Value = new_session(&a)
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let (session, token) = (
+        created["session_id"].as_str().expect("id").to_string(),
+        created["token"].as_str().expect("token").to_string(),
+    );
+    let other: serde_json::Value = new_session(&b)
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    assert_ne!(other["session_id"], created["session_id"]);
+    let post = |gateway: &Gateway, bearer: Option<&str>, id: &str| {
+        let mut request = http.post(gateway.url("/v1/webchat/messages")).json(
+            &serde_json::json!({"session_id": session, "message_id": id, "text": "mijn pakket"}),
+        );
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        request.send()
+    };
+    // Without the token, or with another session's, nothing is accepted.
+    let response = post(&a, None, "m0").await.expect("post");
+    assert_eq!(response.status(), 401);
+    let reason: serde_json::Value = response.json().await.expect("json");
+    assert!(reason.to_string().contains("token"), "{reason}");
+    let response = post(&a, other["token"].as_str(), "m0").await.expect("post");
+    assert_eq!(response.status(), 401);
+    // With it, on any replica (they share the signing key).
+    assert_eq!(
+        post(&a, Some(&token), "m1").await.expect("post").status(),
+        200
+    );
+    let response = post(&b, Some(&token), "m2").await.expect("post");
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(
+        user_turns(body["reply"]["text"].as_str().unwrap_or("")),
+        2,
+        "{body}"
+    );
+
+    // The history: only with the token.
+    let history_url = b.url(&format!("/v1/webchat/sessions/{session}/messages"));
+    assert_eq!(
+        http.get(&history_url).send().await.expect("get").status(),
+        401
+    );
+    let tampered = format!("{token}0");
+    assert_eq!(
+        http.get(&history_url)
+            .bearer_auth(&tampered)
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        401
+    );
+    let history: serde_json::Value = http
+        .get(&history_url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        history["messages"].as_array().map(Vec::len),
+        Some(4),
+        "{history}"
+    );
+    let status_url = a.url(&format!("/v1/webchat/sessions/{session}/messages/m1"));
+    assert_eq!(
+        http.get(&status_url).send().await.expect("get").status(),
+        401
+    );
+    assert_eq!(
+        http.get(&status_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        200
+    );
+    assert!(!a.logs().contains(&token), "a token reached the log");
+}

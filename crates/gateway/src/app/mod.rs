@@ -42,6 +42,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Cancelled when requests held open must answer now (202) because the server stops.
     pub release_waiting: CancellationToken,
+    /// Signs and checks web-chat session tokens.
+    pub session_token_key: crate::session_token::TokenKey,
 }
 
 /// Whether `headers` carry `Authorization: Bearer <expected>`, compared in constant time.

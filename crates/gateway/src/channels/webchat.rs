@@ -2,6 +2,11 @@
 //! budget, answers with the reply in the same response, whichever replica produced it; otherwise
 //! 202 with where to fetch it. A client resending the same `message_id` gets the same reply and
 //! adds no turn.
+//!
+//! Sessions are private: `POST /v1/webchat/sessions` issues a random session id and its token,
+//! and with `webchat.sessionTokens: "required"` (the default) every other call on the session
+//! needs `Authorization: Bearer <token>`; without it, 401, so nobody reads a conversation by
+//! guessing its id.
 
 use super::{Waited, accept_and_wait, check_id};
 use crate::app::AppState;
@@ -12,7 +17,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -96,13 +101,64 @@ fn pending(session_id: &str, message_id: &str) -> Response {
         .into_response()
 }
 
+/// `POST /v1/webchat/sessions`: a new private session, `{"session_id", "token",
+/// "expires_at"}` (Unix seconds). The widget keeps both for the browser session.
+pub async fn create_session(State(app): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let live = app.live.current();
+    let (store, origin) = app.ingress.current_store();
+    let key = app
+        .session_token_key
+        .get(
+            live.config.webchat.token_secret.as_ref(),
+            store,
+            origin == Origin::Redis,
+        )
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot issue a session now: {e}")))?;
+    let session_id = crate::session_token::new_session_id();
+    let expires_at = crate::message::now_ms() / 1000 + live.config.webchat.token_ttl.as_secs();
+    let token = crate::session_token::mint(&key, &session_id, expires_at);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"session_id": session_id, "token": token, "expires_at": expires_at})),
+    )
+        .into_response())
+}
+
+/// Whether the caller holds `session_id`'s token (always, with `sessionTokens: "off"`).
+async fn authorize(app: &AppState, headers: &HeaderMap, session_id: &str) -> Result<(), ApiError> {
+    let live = app.live.current();
+    if !live.config.webchat.session_tokens {
+        return Ok(());
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let (store, origin) = app.ingress.current_store();
+    let key = app
+        .session_token_key
+        .get(
+            live.config.webchat.token_secret.as_ref(),
+            store,
+            origin == Origin::Redis,
+        )
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot check the session now: {e}")))?;
+    crate::session_token::verify(&key, session_id, presented, crate::message::now_ms() / 1000)
+        .map_err(|e| ApiError::unauthorized(e.reason()))
+}
+
 /// `POST /v1/webchat/messages`.
 pub async fn post_message(
     State(app): State<Arc<AppState>>,
     Query(query): Query<WaitQuery>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let message = parse_message(&body?)?;
+    authorize(&app, &headers, &message.session_id).await?;
     // The body is dropped here: held across the wait, its bytes would pin the connection's 8 KiB
     // read buffer and make the server allocate another.
     let budget = app.live.current().config.webchat.reply_wait;
@@ -128,8 +184,10 @@ pub async fn post_message(
 pub async fn history(
     State(app): State<Arc<AppState>>,
     Path(session_id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     check_id("session_id", &session_id, false)?;
+    authorize(&app, &headers, &session_id).await?;
     let (store, origin) = app.ingress.current_store();
     let conversation = ConversationKey::new(Channel::Webchat, &session_id);
     let messages = store
@@ -149,9 +207,11 @@ pub async fn history(
 pub async fn message_status(
     State(app): State<Arc<AppState>>,
     Path((session_id, message_id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     check_id("session_id", &session_id, false)?;
     check_id("message_id", &message_id, true)?;
+    authorize(&app, &headers, &session_id).await?;
     let id = DedupeId::new(Channel::Webchat, &session_id, &message_id);
     let (store, _) = app.ingress.current_store();
     let unavailable =

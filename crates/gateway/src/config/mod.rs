@@ -229,6 +229,14 @@ pub struct WebchatConfig {
     /// Web pages (exact origins, `https://track.example.nl`) whose scripts may call the web-chat
     /// API from the customer's browser; none by default, so only the gateway's own pages can.
     pub allowed_origins: Vec<String>,
+    /// Whether every web-chat call needs the session's token (`webchat.sessionTokens`:
+    /// `"required"`, the default, or `"off"` behind a server's own authentication).
+    pub session_tokens: bool,
+    /// Signs session tokens (`webchat.tokenSecret`); without it the replicas share a random
+    /// key kept in Redis.
+    pub token_secret: Option<SecretString>,
+    /// How long a session token is valid after it was issued.
+    pub token_ttl: Duration,
 }
 
 /// Where skills are read from.
@@ -798,7 +806,18 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
     };
 
     let wc = r
-        .section(root, "", "webchat", &["replyWaitMs", "allowedOrigins"])
+        .section(
+            root,
+            "",
+            "webchat",
+            &[
+                "replyWaitMs",
+                "allowedOrigins",
+                "sessionTokens",
+                "tokenSecret",
+                "tokenTtlSeconds",
+            ],
+        )
         .unwrap_or(&empty);
     let allowed_origins: Vec<String> = r
         .value(
@@ -825,6 +844,16 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
             30_000,
         ),
         allowed_origins,
+        session_tokens: r
+            .choice(wc, "webchat", "sessionTokens", &["required", "off"])
+            .is_none_or(|choice| choice == "required"),
+        token_secret: r
+            .string(wc, "webchat", "tokenSecret")
+            .map(SecretString::from),
+        token_ttl: Duration::from_secs(
+            r.integer(wc, "webchat", "tokenTtlSeconds", 60, 90 * 86_400, "seconds")
+                .unwrap_or(86_400),
+        ),
     };
 
     let s = r

@@ -46,6 +46,7 @@ fn webchat_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         ])
         .max_age(std::time::Duration::from_secs(600));
     Router::new()
+        .route("/v1/webchat/sessions", post(webchat::create_session))
         .route("/v1/webchat/messages", post(webchat::post_message))
         .route(
             "/v1/webchat/sessions/{session_id}/messages",

@@ -76,6 +76,13 @@ pub fn delivered(id: &DedupeId) -> String {
 
 /// `oc:metrics:gateway:{replica_id}`: one replica's counters (`handled`, `running`,
 /// `updated_at`), refreshed every few seconds.
+/// `oc:secret:{name}`: a random key every replica shares (web-chat session tokens are signed
+/// with it when `webchat.tokenSecret` is not set). Never expires.
+pub fn secret(name: &str) -> String {
+    format!("oc:secret:{{{name}}}")
+}
+
+/// `oc:metrics:gateway:{replica_id}`.
 pub fn replica_metrics(replica_id: &str) -> String {
     format!("oc:metrics:gateway:{{{replica_id}}}")
 }

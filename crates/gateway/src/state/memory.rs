@@ -74,6 +74,7 @@ struct Inner {
     escalations: HashMap<ConversationKey, (Escalation, Instant)>,
     /// Links between platform identities (`channel:identity` → user), until they expire.
     identities: HashMap<String, (String, Instant)>,
+    secrets: HashMap<String, Vec<u8>>,
 }
 
 impl Inner {
@@ -305,6 +306,16 @@ impl StateStore for MemoryStore {
     async fn seen(&self, id: &DedupeId) -> Result<bool, StateError> {
         let now = Instant::now();
         Ok(self.lock().seen.get(id.as_str()).is_some_and(|e| *e > now))
+    }
+
+    async fn shared_secret(&self, name: &str) -> Result<Vec<u8>, StateError> {
+        // This process's own: nothing is shared without Redis.
+        Ok(self
+            .lock()
+            .secrets
+            .entry(name.to_string())
+            .or_insert_with(|| rand::random::<[u8; 32]>().to_vec())
+            .clone())
     }
 
     async fn history(

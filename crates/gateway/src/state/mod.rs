@@ -373,6 +373,10 @@ pub trait StateStore: Send + Sync {
     /// The pending escalations, oldest first.
     async fn escalations(&self) -> Result<Vec<Escalation>, StateError>;
 
+    /// A random secret named `name` that every replica on this store shares: made by the first
+    /// to ask (32 random bytes), then read by all.
+    async fn shared_secret(&self, name: &str) -> Result<Vec<u8>, StateError>;
+
     /// A conversation's latest escalation, pending or resolved.
     async fn escalation(
         &self,

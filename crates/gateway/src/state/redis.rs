@@ -418,6 +418,19 @@ impl StateStore for RedisStore {
         self.query(redis::cmd("EXISTS").arg(keys::seen(id))).await
     }
 
+    async fn shared_secret(&self, name: &str) -> Result<Vec<u8>, StateError> {
+        let key = keys::secret(name);
+        let candidate = hex::encode(rand::random::<[u8; 32]>());
+        // The first replica's candidate wins; replicated like an accepted message, so a
+        // failover cannot hand out a second secret.
+        let _: Value = self
+            .query_acknowledged(redis::cmd("SET").arg(&key).arg(&candidate).arg("NX"))
+            .await?;
+        let secret: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
+        let secret = secret.ok_or_else(|| StateError::Protocol(format!("{key} vanished")))?;
+        hex::decode(&secret).map_err(|e| StateError::Protocol(format!("{key} is not hex: {e}")))
+    }
+
     async fn history(
         &self,
         conversation: &ConversationKey,

@@ -343,7 +343,7 @@ pub fn example_skills() -> PathBuf {
 pub fn test_config(providers: Vec<Value>) -> Value {
     json!({
         "workers": {"claimIdleMs": 1000, "leaseTtlMs": 2000, "concurrency": 64},
-        "webchat": {"replyWaitMs": 15000},
+        "webchat": {"replyWaitMs": 15000, "sessionTokens": "off"},
         "gateway": {"shutdownGraceMs": 10000},
         "redis": {"commandTimeoutMs": 500},
         "skills": {"dir": example_skills()},
