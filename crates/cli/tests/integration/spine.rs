@@ -191,6 +191,15 @@ async fn a_reply_slower_than_the_wait_budget_is_answered_202_then_fetched() {
     assert_eq!(reply["provider"], "primary");
 }
 
+/// The origin a CORS answer lets read it, if any.
+fn allowed_origin(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get("access-control-allow-origin")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_allowed_origins_pages_may_call_the_web_chat_api_from_a_browser() {
     let redis = TestRedis::start().await;
@@ -219,9 +228,7 @@ async fn only_the_allowed_origins_pages_may_call_the_web_chat_api_from_a_browser
     assert!(response.status().is_success(), "{}", response.status());
     let headers = response.headers();
     assert_eq!(
-        headers
-            .get("access-control-allow-origin")
-            .and_then(|v| v.to_str().ok()),
+        allowed_origin(&response).as_deref(),
         Some("https://track.velocity.example")
     );
     let methods = headers
@@ -232,14 +239,7 @@ async fn only_the_allowed_origins_pages_may_call_the_web_chat_api_from_a_browser
     assert!(methods.contains("POST"), "{methods}");
     // Another site: no permission, so its browser refuses to send or read.
     let response = preflight("https://evil.example").await.expect("preflight");
-    assert!(
-        response
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none(),
-        "{:?}",
-        response.headers()
-    );
+    assert_eq!(allowed_origin(&response), None, "{:?}", response.headers());
     // The call itself carries the permission for the portal.
     let response = http
         .post(gateway.url("/v1/webchat/messages"))
@@ -250,10 +250,7 @@ async fn only_the_allowed_origins_pages_may_call_the_web_chat_api_from_a_browser
         .expect("post");
     assert_eq!(response.status(), 200);
     assert_eq!(
-        response
-            .headers()
-            .get("access-control-allow-origin")
-            .and_then(|v| v.to_str().ok()),
+        allowed_origin(&response).as_deref(),
         Some("https://track.velocity.example")
     );
 }
@@ -271,14 +268,7 @@ async fn by_default_no_other_page_may_call_the_web_chat_api() {
         .send()
         .await
         .expect("preflight");
-    assert!(
-        response
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none(),
-        "{:?}",
-        response.headers()
-    );
+    assert_eq!(allowed_origin(&response), None, "{:?}", response.headers());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,16 +105,7 @@ fn pending(session_id: &str, message_id: &str) -> Response {
 /// "expires_at"}` (Unix seconds). The widget keeps both for the browser session.
 pub async fn create_session(State(app): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let live = app.live.current();
-    let (store, origin) = app.ingress.current_store();
-    let key = app
-        .session_token_key
-        .get(
-            live.config.webchat.token_secret.as_ref(),
-            store,
-            origin == Origin::Redis,
-        )
-        .await
-        .map_err(|e| ApiError::unavailable(format!("cannot issue a session now: {e}")))?;
+    let key = token_key(&app, &live).await?;
     let session_id = crate::session_token::new_session_id();
     let expires_at = crate::message::now_ms() / 1000 + live.config.webchat.token_ttl.as_secs();
     let token = crate::session_token::mint(&key, &session_id, expires_at);
@@ -123,6 +114,19 @@ pub async fn create_session(State(app): State<Arc<AppState>>) -> Result<Response
         Json(json!({"session_id": session_id, "token": token, "expires_at": expires_at})),
     )
         .into_response())
+}
+
+/// The key session tokens are signed with now (503 when it cannot be had).
+async fn token_key(app: &AppState, live: &crate::live::Live) -> Result<Vec<u8>, ApiError> {
+    let (store, origin) = app.ingress.current_store();
+    app.session_token_key
+        .get(
+            live.config.webchat.token_secret.as_ref(),
+            store,
+            origin == Origin::Redis,
+        )
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot check session tokens now: {e}")))
 }
 
 /// Whether the caller holds `session_id`'s token (always, with `sessionTokens: "off"`).
@@ -136,16 +140,7 @@ async fn authorize(app: &AppState, headers: &HeaderMap, session_id: &str) -> Res
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let (store, origin) = app.ingress.current_store();
-    let key = app
-        .session_token_key
-        .get(
-            live.config.webchat.token_secret.as_ref(),
-            store,
-            origin == Origin::Redis,
-        )
-        .await
-        .map_err(|e| ApiError::unavailable(format!("cannot check the session now: {e}")))?;
+    let key = token_key(app, &live).await?;
     crate::session_token::verify(&key, session_id, presented, crate::message::now_ms() / 1000)
         .map_err(|e| ApiError::unauthorized(e.reason()))
 }
