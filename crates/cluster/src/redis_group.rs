@@ -286,9 +286,8 @@ pub(crate) async fn sentinel_master(addr: &str) -> Option<Vec<String>> {
         .await
         .ok()?
         .ok()?;
-    let mut question = redis::cmd("SENTINEL");
-    question.arg("MASTER").arg(SENTINEL_MASTER);
-    tokio::time::timeout(Duration::from_millis(800), question.query_async(&mut conn))
+    let question = clawgate_gateway::state::observe::sentinel_master(&mut conn, SENTINEL_MASTER);
+    tokio::time::timeout(Duration::from_millis(800), question)
         .await
         .ok()?
         .ok()

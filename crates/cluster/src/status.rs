@@ -5,7 +5,7 @@ use crate::process;
 use crate::state::ClusterState;
 use crate::supervisor::{answers, readiness_url, redis_connection};
 use clawgate_gateway::message::now_ms;
-use clawgate_gateway::state::keys;
+use clawgate_gateway::state::observe;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
@@ -92,9 +92,7 @@ async fn redis_nodes(
     primary: &str,
     state: &ClusterState,
 ) -> Vec<Value> {
-    let info: String = redis::cmd("INFO")
-        .arg("replication")
-        .query_async(&mut conn)
+    let info = observe::replication_info(&mut conn)
         .await
         .unwrap_or_default();
     let replication = Replication::parse(&info);
@@ -198,46 +196,22 @@ async fn redis_counters(
     mut conn: redis::aio::MultiplexedConnection,
     state: &ClusterState,
 ) -> RedisCounters {
-    let mut counters = RedisCounters {
-        handled: vec![None; state.replicas.len()],
-        ..RedisCounters::default()
-    };
-    let info: redis::RedisResult<String> = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut conn)
-        .await;
-    counters.used_memory = info.ok().and_then(|info| {
-        info.lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok())
-    });
-    let groups: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(keys::INBOX)
-        .query_async(&mut conn)
-        .await;
-    if let Ok(groups) = groups {
-        for group in groups {
-            let fields: std::collections::HashMap<String, redis::Value> =
-                redis::from_redis_value(group).unwrap_or_default();
-            let number = |name: &str| {
-                fields
-                    .get(name)
-                    .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
-            };
-            counters.inbox_lag = number("lag");
-            counters.inbox_pending = number("pending");
-        }
+    let backlog = observe::inbox_backlog(&mut conn).await;
+    let mut handled = Vec::with_capacity(state.replicas.len());
+    for replica in &state.replicas {
+        handled.push(
+            observe::turns_handled(&mut conn, &replica.id)
+                .await
+                .ok()
+                .flatten(),
+        );
     }
-    for (slot, replica) in counters.handled.iter_mut().zip(&state.replicas) {
-        let handled: redis::RedisResult<Option<u64>> = redis::cmd("HGET")
-            .arg(keys::replica_metrics(&replica.id))
-            .arg("handled")
-            .query_async(&mut conn)
-            .await;
-        *slot = handled.ok().flatten();
+    RedisCounters {
+        used_memory: observe::used_memory(&mut conn).await,
+        inbox_lag: backlog.lag,
+        inbox_pending: backlog.pending,
+        handled,
     }
-    counters
 }
 
 #[cfg(test)]

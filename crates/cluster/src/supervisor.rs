@@ -527,8 +527,9 @@ pub async fn redis_connection(url: &str) -> Option<(redis::aio::MultiplexedConne
         .await
         .ok()?
         .ok()?;
-    let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
-    pong.ok().map(|_| (conn, primary.address))
+    clawgate_gateway::state::observe::answers(&mut conn)
+        .await
+        .then_some((conn, primary.address))
 }
 
 pub(crate) fn free_port() -> std::io::Result<u16> {

@@ -4,7 +4,7 @@
 //! replicas publish in `oc:metrics:gateway:{id}`).
 
 use clawgate_cluster::state::ClusterState;
-use clawgate_gateway::state::keys;
+use clawgate_gateway::state::observe;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -99,11 +99,7 @@ impl Monitor {
         let mut broken = false;
         if let Some(conn) = redis.as_mut() {
             for replica in &state.replicas {
-                let value: redis::RedisResult<Option<u64>> = redis::cmd("HGET")
-                    .arg(keys::replica_metrics(&replica.id))
-                    .arg("handled")
-                    .query_async(conn)
-                    .await;
+                let value = observe::turns_handled(conn, &replica.id).await;
                 match value {
                     Ok(v) => {
                         handled.insert(replica.id.clone(), v);

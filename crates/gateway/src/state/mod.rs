@@ -9,6 +9,7 @@
 pub mod keys;
 pub mod link;
 pub mod memory;
+pub mod observe;
 pub mod primary;
 pub mod redis;
 
