@@ -46,17 +46,28 @@ async fn tls_connection(port: u16, ca: &Path) -> redis::aio::MultiplexedConnecti
     .expect("TLS connection")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_keeps_its_state_in_a_redis_that_speaks_only_tls_and_trusts_only_its_ca() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    make_certificates(dir.path(), "clawgate test CA");
-    let other = dir.path().join("other");
-    std::fs::create_dir_all(&other).expect("dir");
-    make_certificates(&other, "someone else's CA");
+/// A Redis server's options here: the password (also to its primary), no persistence.
+fn server_options(dir: &str) -> Vec<&str> {
+    vec![
+        "--requirepass",
+        PASSWORD,
+        "--masterauth",
+        PASSWORD,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        dir,
+    ]
+}
 
-    let port = free_port();
-    let path = |name: &str| dir.path().join(name).display().to_string();
-    let mut server = tokio::process::Command::new("redis-server")
+/// A `redis-server` (or, with `--sentinel` among `extra`, a sentinel) that speaks only TLS on
+/// `port`, with the certificates of `dir` and the test's password.
+async fn tls_server(dir: &Path, port: u16, extra: &[&str]) -> tokio::process::Child {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let server = tokio::process::Command::new("redis-server")
+        .args(extra)
         .args([
             "--port",
             "0",
@@ -68,23 +79,33 @@ async fn a_replica_keeps_its_state_in_a_redis_that_speaks_only_tls_and_trusts_on
         .args(["--tls-cert-file", &path("server.crt")])
         .args(["--tls-key-file", &path("server.key")])
         .args(["--tls-ca-cert-file", &path("ca.crt")])
-        .args(["--tls-auth-clients", "no", "--requirepass", PASSWORD])
-        .args(["--save", "", "--appendonly", "no", "--dir", &path("")])
+        .args(["--tls-auth-clients", "no", "--tls-replication", "yes"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("redis-server");
-    eventually(
-        Duration::from_secs(10),
-        "redis-server on its TLS port",
-        || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-        },
-    )
+    eventually(Duration::from_secs(10), "a TLS port", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+    })
     .await;
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_keeps_its_state_in_a_redis_that_speaks_only_tls_and_trusts_only_its_ca() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_certificates(dir.path(), "clawgate test CA");
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).expect("dir");
+    make_certificates(&other, "someone else's CA");
+
+    let port = free_port();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let data = path("");
+    let mut server = tls_server(dir.path(), port, &server_options(&data)).await;
 
     let llm = mock_llm(0).await;
     let mut config = test_config(vec![openai_provider("primary", &llm, 10_000, 0)]);
@@ -163,4 +184,71 @@ async fn config_check_names_a_missing_or_unreadable_ca_file() {
     let (code, out) = run_cli(&["config", "check", &name], &[]).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("expected a PEM certificate"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_and_servers_over_tls_lead_a_replica_to_its_primary() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_certificates(dir.path(), "clawgate test CA");
+    let (primary_port, replica_port, sentinel_port) = (free_port(), free_port(), free_port());
+    let primary_dir = dir.path().join("primary");
+    let replica_dir = dir.path().join("replica");
+    for d in [&primary_dir, &replica_dir] {
+        std::fs::create_dir_all(d).expect("dir");
+    }
+    let primary_data = primary_dir.display().to_string();
+    let _primary = tls_server(dir.path(), primary_port, &server_options(&primary_data)).await;
+    let replica_data = replica_dir.display().to_string();
+    let primary_port_text = primary_port.to_string();
+    let mut replica_options = server_options(&replica_data);
+    replica_options.extend(["--replicaof", "127.0.0.1", primary_port_text.as_str()]);
+    let _replica = tls_server(dir.path(), replica_port, &replica_options).await;
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "sentinel monitor secure 127.0.0.1 {primary_port} 1\n\
+             sentinel auth-pass secure {PASSWORD}\n\
+             sentinel down-after-milliseconds secure 1000\n\
+             requirepass {PASSWORD}\n"
+        ),
+    )
+    .expect("sentinel conf");
+    let conf = conf.display().to_string();
+    let _sentinel = tls_server(dir.path(), sentinel_port, &[conf.as_str(), "--sentinel"]).await;
+
+    let llm = mock_llm(0).await;
+    let mut config = test_config(vec![openai_provider("primary", &llm, 10_000, 0)]);
+    config["redis"] = json!({
+        "sentinel": {"masterName": "secure", "nodes": [format!("127.0.0.1:{sentinel_port}")],
+                     "password": PASSWORD, "tls": true},
+        "password": PASSWORD,
+        "tls": {"caFile": dir.path().join("ca.crt")}});
+    let gateway = Gateway::start(config, "", "tls-sentinel").await;
+    let health = eventually(
+        Duration::from_secs(15),
+        "the replica on the primary",
+        || async {
+            let health = gateway.health().await;
+            (health["redis"] == "up").then_some(health)
+        },
+    )
+    .await;
+    assert_eq!(
+        health["redis_primary"],
+        format!("127.0.0.1:{primary_port}"),
+        "{health}"
+    );
+    for (id, text) in [("m1", "hallo"), ("m2", "en verder?")] {
+        let (status, body) = gateway.send("tls-sentinel", id, text, None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            user_turns(body["reply"]["text"].as_str().unwrap_or("")),
+            if id == "m1" { 1 } else { 2 }
+        );
+    }
+    assert!(
+        !gateway.logs().contains(PASSWORD),
+        "the password reached the log"
+    );
 }
