@@ -17,6 +17,7 @@
 //! records nothing (a reply lost on the way), `{"duplicate_next": N}` records each of the next N
 //! twice (a reply delivered twice): faults the load test's checks must catch.
 
+use axum::extract::ConnectInfo;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -42,6 +43,9 @@ pub struct Sent {
     /// WhatsApp business-scoped user id) or `chat_id` (Telegram).
     #[serde(default)]
     pub address_field: String,
+    /// The IP address the send came from (which replica, in a test with several hosts).
+    #[serde(default)]
+    pub sender: String,
 }
 
 /// What a Bot API call carried: its JSON body, its form-encoded body, or its query string.
@@ -187,6 +191,7 @@ impl MockPlatforms {
         });
         let app = router(shared.clone());
         let server = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             let _ = axum::serve(listener, app).await;
         });
         let guard = Arc::new(StopOnDrop(server.abort_handle()));
@@ -253,7 +258,9 @@ impl MockPlatforms {
 
 /// Serves the fake on `listener` until the process ends.
 pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
-    axum::serve(listener, router(Arc::new(Shared::default()))).await
+    let app = router(Arc::new(Shared::default()))
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app).await
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -281,6 +288,7 @@ fn graph_error(status: StatusCode, code: i64, message: &str) -> Response {
 
 async fn whatsapp_send(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Path((_version, phone_number_id)): Path<(String, String)>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -330,6 +338,7 @@ async fn whatsapp_send(
             "recipient"
         }
         .into(),
+        sender: peer.ip().to_string(),
     });
     let wamid = format!("wamid.MOCK{phone_number_id}{count:08}");
     Json(
@@ -403,6 +412,7 @@ fn chat_id_value(parameter: &Value) -> Option<Value> {
 /// `/bot{token}/{method}`: the Bot API methods clawgate and the official client libraries call.
 async fn telegram_call(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Path((bot, method)): Path<(String, String)>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
@@ -413,7 +423,7 @@ async fn telegram_call(
     }
     let parameters = telegram_parameters(&headers, query.as_deref(), &body);
     match method.as_str() {
-        "sendMessage" => telegram_send(&shared, &parameters),
+        "sendMessage" => telegram_send(&shared, &parameters, peer.ip()),
         "answerCallbackQuery" => {
             match parameters.get("callback_query_id").and_then(Value::as_str) {
                 Some(id) if !id.is_empty() => {
@@ -447,7 +457,7 @@ async fn telegram_call(
     }
 }
 
-fn telegram_send(shared: &Shared, parameters: &Parameters) -> Response {
+fn telegram_send(shared: &Shared, parameters: &Parameters, sender: std::net::IpAddr) -> Response {
     let Some(chat_id) = parameters.get("chat_id").and_then(chat_id_value) else {
         return telegram_failure(
             StatusCode::BAD_REQUEST,
@@ -486,6 +496,7 @@ fn telegram_send(shared: &Shared, parameters: &Parameters) -> Response {
         to,
         text: text.to_string(),
         address_field: "chat_id".into(),
+        sender: sender.to_string(),
     });
     Json(
         json!({"ok": true, "result": {"message_id": count, "date": 0,
