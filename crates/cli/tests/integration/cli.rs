@@ -280,8 +280,8 @@ async fn mock_platforms_records_sends_in_order_and_fails_on_request() {
     assert_eq!(
         all,
         json!([
-            {"channel": "whatsapp", "to": "31612345678", "text": "Your package VC482913577NL is out for delivery, expected between 14:00 and 16:00.", "address_field": "to"},
-            {"channel": "telegram", "to": "5123456789", "text": "Pickup for 14 parcels is booked for tomorrow between 09:00 and 12:00.", "address_field": "chat_id"}
+            {"channel": "whatsapp", "to": "31612345678", "text": "Your package VC482913577NL is out for delivery, expected between 14:00 and 16:00.", "address_field": "to", "sender": "127.0.0.1"},
+            {"channel": "telegram", "to": "5123456789", "text": "Pickup for 14 parcels is booked for tomorrow between 09:00 and 12:00.", "address_field": "chat_id", "sender": "127.0.0.1"}
         ])
     );
     let only: Value = http
