@@ -46,17 +46,21 @@ pub struct AppState {
     pub session_token_key: crate::session_token::TokenKey,
 }
 
+/// The token of `Authorization: Bearer <token>`, or `""` without one.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> &str {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+}
+
 /// Whether `headers` carry `Authorization: Bearer <expected>`, compared in constant time.
 pub fn bearer_matches(headers: &axum::http::HeaderMap, expected: &secrecy::SecretString) -> bool {
     use secrecy::ExposeSecret;
     use subtle::ConstantTimeEq;
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
     bool::from(
-        presented
+        bearer_token(headers)
             .as_bytes()
             .ct_eq(expected.expose_secret().as_bytes()),
     )

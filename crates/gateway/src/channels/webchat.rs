@@ -135,11 +135,7 @@ async fn authorize(app: &AppState, headers: &HeaderMap, session_id: &str) -> Res
     if !live.config.webchat.session_tokens {
         return Ok(());
     }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let presented = crate::app::bearer_token(headers);
     let key = token_key(app, &live).await?;
     crate::session_token::verify(&key, session_id, presented, crate::message::now_ms() / 1000)
         .map_err(|e| ApiError::unauthorized(e.reason()))

@@ -6,7 +6,7 @@
 use crate::message::{InboundMessage, now_ms};
 use crate::state::StateError;
 use crate::state::keys::{DEADLETTER, GROUP, INBOX};
-use crate::state::link::{RedisLink, classify};
+use crate::state::link::RedisLink;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{AsyncConnectionConfig, Value};
@@ -66,9 +66,7 @@ impl RedisInbox {
     }
 
     fn fail(&self, e: redis::RedisError) -> StateError {
-        let error = classify(&e);
-        self.link.report(&error);
-        error
+        self.link.failed(&e)
     }
 
     /// Creates the consumer group (and the stream) if missing, starting from the stream's first

@@ -184,11 +184,7 @@ impl RedisLink {
             .query_async(lane)
             .await;
         metrics::histogram!(telemetry::REDIS_ACK_WAIT).record(started.elapsed().as_secs_f64());
-        let confirmed = confirmed.map_err(|e| {
-            let error = classify(&e);
-            self.report(&error);
-            error
-        })?;
+        let confirmed = confirmed.map_err(|e| self.failed(&e))?;
         if confirmed < u64::from(self.ack_replicas) {
             metrics::counter!(telemetry::REDIS_ACK_SHORTFALLS).increment(1);
             return Err(StateError::Refused(format!(
@@ -281,6 +277,14 @@ impl RedisLink {
             tracing::warn!(error = %error, "Redis unreachable; switching to degraded operation");
             self.state.send_replace(Some(false));
         }
+    }
+
+    /// What a failed command means, reported so the link reacts at once (a dropped connection,
+    /// a demoted primary, a full disk) instead of at the next ping.
+    pub fn failed(&self, e: &redis::RedisError) -> StateError {
+        let error = classify(e);
+        self.report(&error);
+        error
     }
 
     /// Drops the connections to the primary and wakes the health loop to find it again: it

@@ -5,7 +5,7 @@
 //! conversation's keys), which a single Redis or a Sentinel-managed primary runs atomically. A
 //! Redis Cluster deployment needs the inbox sharded per slot; that is not built yet.
 
-use super::link::{RedisLink, classify};
+use super::link::RedisLink;
 use super::{
     Acceptance, CommitOutcome, ConversationSnapshot, ReplyDeadLetter, Resolution, Session,
     StateError, StateStore, StoreLimits, TurnCommit, TurnStart, WaitReason, keys,
@@ -49,20 +49,17 @@ impl RedisStore {
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, StateError> {
         let mut conn = self.link.connection()?;
-        invocation.invoke_async(&mut conn).await.map_err(|e| {
-            let error = classify(&e);
-            self.link.report(&error);
-            error
-        })
+        invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.link.failed(&e))
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StateError> {
         let mut conn = self.link.connection()?;
-        cmd.query_async(&mut conn).await.map_err(|e| {
-            let error = classify(&e);
-            self.link.report(&error);
-            error
-        })
+        cmd.query_async(&mut conn)
+            .await
+            .map_err(|e| self.link.failed(&e))
     }
 
     /// Runs a script whose writes must reach `redis.ackReplicas` replicas before the caller
@@ -101,11 +98,7 @@ impl RedisStore {
         result: redis::RedisResult<T>,
         lane: &mut redis::aio::MultiplexedConnection,
     ) -> Result<T, StateError> {
-        let value = result.map_err(|e| {
-            let error = classify(&e);
-            self.link.report(&error);
-            error
-        })?;
+        let value = result.map_err(|e| self.link.failed(&e))?;
         self.link.wait_for_replicas(lane).await?;
         Ok(value)
     }
@@ -113,11 +106,9 @@ impl RedisStore {
     /// Sends `pipe` in one round trip.
     async fn query_pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StateError> {
         let mut conn = self.link.connection()?;
-        pipe.query_async(&mut conn).await.map_err(|e| {
-            let error = classify(&e);
-            self.link.report(&error);
-            error
-        })
+        pipe.query_async(&mut conn)
+            .await
+            .map_err(|e| self.link.failed(&e))
     }
 }
 
