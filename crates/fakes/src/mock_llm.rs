@@ -9,6 +9,12 @@
 //! `{"jitter_ms": N}`, `{"slow_ms": N}`, `{"fail_next": N}` (N answers with HTTP 500, then back
 //! to the mode), `{"reply": "text"}` (answer this instead of the echo, as a model scripted for a
 //! scenario; `""` goes back to the echo). `GET /stats` counts requests by outcome.
+//!
+//! A request with `"stream": true` is answered as the real APIs stream: OpenAI's server-sent
+//! `chat.completion.chunk` events ending in `data: [DONE]` (with a usage chunk when
+//! `stream_options.include_usage`), Ollama's one JSON object per line ending with
+//! `"done": true`; one chunk per word, `{"chunk_ms": N}` apart. `{"cut_next": N}` breaks the
+//! next N streamed answers off halfway (the connection drops), as a provider dying mid-answer.
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderValue, StatusCode, Version, header};
@@ -82,6 +88,10 @@ struct Behaviour {
     fail_next: u64,
     /// A scripted answer that replaces the echo (what a real model would say to a given prompt).
     reply: Option<String>,
+    /// Pause between two chunks of a streamed answer.
+    chunk_ms: u64,
+    /// Streamed answers still to break off halfway.
+    cut_next: u64,
 }
 
 #[derive(Default)]
@@ -199,6 +209,16 @@ impl MockLlm {
         self.shared.connections()
     }
 
+    /// Sets the pause between two chunks of a streamed answer.
+    pub fn set_chunk_pause(&self, pause: Duration) {
+        self.shared.behaviour().chunk_ms = pause.as_millis() as u64;
+    }
+
+    /// Breaks the next `n` streamed answers off halfway.
+    pub fn cut_next(&self, n: u64) {
+        self.shared.behaviour().cut_next = n;
+    }
+
     /// Successful answers sent so far.
     pub fn answered(&self) -> u64 {
         self.shared.counters.answered.load(Ordering::SeqCst)
@@ -214,6 +234,8 @@ fn shared(options: Options) -> Arc<Shared> {
             slow_ms: 5_000,
             fail_next: 0,
             reply: None,
+            chunk_ms: 0,
+            cut_next: 0,
         }),
         counters: Counters::default(),
         peers: Mutex::new(HashSet::new()),
@@ -246,6 +268,10 @@ struct Seen {
     user_turns: usize,
     last_user: String,
     prompt_chars: usize,
+    /// `"stream": true`.
+    stream: bool,
+    /// `"stream_options": {"include_usage": true}`.
+    include_usage: bool,
 }
 
 fn content_text(content: &Value) -> String {
@@ -287,6 +313,11 @@ fn read_request(body: &[u8]) -> Result<Seen, String> {
         user_turns,
         last_user,
         prompt_chars,
+        stream: request.get("stream").and_then(Value::as_bool) == Some(true),
+        include_usage: request
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            == Some(true),
     })
 }
 
@@ -395,6 +426,42 @@ async fn openai_chat(
     let text = scripted.unwrap_or_else(|| answer_text(&seen));
     let completion_tokens = text.split_whitespace().count();
     let prompt_tokens = seen.prompt_chars / 4 + 1;
+    let usage = json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    });
+    if seen.stream {
+        let chunk = |delta: Value, finish: Value| {
+            let chunk = json!({
+                "id": format!("chatcmpl-mock-{id}"),
+                "object": "chat.completion.chunk",
+                "created": unix_seconds(),
+                "model": seen.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            });
+            format!("data: {chunk}\n\n")
+        };
+        let mut frames = vec![chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )];
+        frames.extend(words(&text).map(|w| chunk(json!({"content": w}), Value::Null)));
+        frames.push(chunk(json!({}), json!("stop")));
+        if seen.include_usage {
+            let last = json!({
+                "id": format!("chatcmpl-mock-{id}"),
+                "object": "chat.completion.chunk",
+                "created": unix_seconds(),
+                "model": seen.model,
+                "choices": [],
+                "usage": usage,
+            });
+            frames.push(format!("data: {last}\n\n"));
+        }
+        frames.push("data: [DONE]\n\n".to_string());
+        return streamed(&shared, frames, "text/event-stream");
+    }
     Json(json!({
         "id": format!("chatcmpl-mock-{id}"),
         "object": "chat.completion",
@@ -405,13 +472,60 @@ async fn openai_chat(
             "message": {"role": "assistant", "content": text},
             "finish_reason": "stop",
         }],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        "usage": usage,
     }))
     .into_response()
+}
+
+/// The answer cut into chunks the way models stream: one word each, with its leading space.
+fn words(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let start = rest.len() - rest.trim_start().len();
+        let end = rest[start..].find(' ').map_or(rest.len(), |i| start + i);
+        let (word, after) = rest.split_at(end);
+        rest = after;
+        Some(word)
+    })
+}
+
+/// A streamed response of `frames`, `chunk_ms` apart; a cut one stops halfway with an error,
+/// which drops the connection mid-answer.
+fn streamed(shared: &Shared, frames: Vec<String>, content_type: &'static str) -> Response {
+    let (pause, cut) = {
+        let mut b = shared.behaviour();
+        let cut = b.cut_next > 0;
+        b.cut_next = b.cut_next.saturating_sub(1);
+        (Duration::from_millis(b.chunk_ms), cut)
+    };
+    let keep = if cut { frames.len() / 2 } else { frames.len() };
+    let total = frames.len();
+    let body = futures_util::stream::unfold(
+        (frames.into_iter().take(keep).enumerate(), cut),
+        move |(mut frames, cut)| async move {
+            match frames.next() {
+                Some((i, frame)) => {
+                    if i > 0 && i + 1 < total && !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                    Some((Ok(axum::body::Bytes::from(frame)), (frames, cut)))
+                }
+                None if cut => Some((
+                    Err(std::io::Error::other("mock: answer cut off")),
+                    (frames, false),
+                )),
+                None => None,
+            }
+        },
+    );
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
 }
 
 async fn ollama_chat(
@@ -434,6 +548,24 @@ async fn ollama_chat(
     };
     shared.counters.answered.fetch_add(1, Ordering::SeqCst);
     let text = scripted.unwrap_or_else(|| answer_text(&seen));
+    if seen.stream {
+        let line = |content: &str, done: bool| {
+            let mut line = json!({
+                "model": seen.model,
+                "created_at": rfc3339(unix_seconds()),
+                "message": {"role": "assistant", "content": content},
+                "done": done,
+            });
+            if done {
+                line["done_reason"] = json!("stop");
+                line["eval_count"] = json!(text.split_whitespace().count());
+            }
+            format!("{line}\n")
+        };
+        let mut frames: Vec<String> = words(&text).map(|w| line(w, false)).collect();
+        frames.push(line("", true));
+        return streamed(&shared, frames, "application/x-ndjson");
+    }
     Json(json!({
         "model": seen.model,
         "created_at": rfc3339(unix_seconds()),
@@ -467,6 +599,8 @@ struct Control {
     slow_ms: Option<u64>,
     fail_next: Option<u64>,
     reply: Option<String>,
+    chunk_ms: Option<u64>,
+    cut_next: Option<u64>,
 }
 
 fn behaviour_json(b: &Behaviour) -> Value {
@@ -477,13 +611,15 @@ fn behaviour_json(b: &Behaviour) -> Value {
         "slow_ms": b.slow_ms,
         "fail_next": b.fail_next,
         "reply": b.reply,
+        "chunk_ms": b.chunk_ms,
+        "cut_next": b.cut_next,
     })
 }
 
 async fn control(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
     let control: Control = match crate::control_body(
         &body,
-        r#"{"mode": "ok"|"error"|"rate_limited"|"hang"|"slow", "latency_ms", "jitter_ms", "slow_ms", "fail_next", "reply"}"#,
+        r#"{"mode": "ok"|"error"|"rate_limited"|"hang"|"slow", "latency_ms", "jitter_ms", "slow_ms", "fail_next", "reply", "chunk_ms", "cut_next"}"#,
     ) {
         Ok(control) => control,
         Err(refused) => return *refused,
@@ -503,6 +639,12 @@ async fn control(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> 
     }
     if let Some(n) = control.fail_next {
         b.fail_next = n;
+    }
+    if let Some(ms) = control.chunk_ms {
+        b.chunk_ms = ms;
+    }
+    if let Some(n) = control.cut_next {
+        b.cut_next = n;
     }
     if let Some(reply) = control.reply {
         b.reply = Some(reply).filter(|r| !r.is_empty());

@@ -13,6 +13,8 @@ pub mod deadletter;
 pub mod egress;
 pub mod env_vars;
 pub mod escalation;
+pub mod event_stream;
+pub mod events;
 pub mod http;
 pub mod http_client;
 pub mod inbox;

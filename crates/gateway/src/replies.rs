@@ -9,7 +9,7 @@
 use crate::message::{DedupeId, StoredReply};
 use crate::state::keys;
 use crate::state::link::RedisLink;
-use futures_util::StreamExt;
+use crate::state::pubsub::Subscriber;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -110,57 +110,21 @@ impl ReplyWaiters {
         cancel: CancellationToken,
     ) {
         let channel = keys::reply_channel(&replica_id);
-        let mut state = link.watch();
-        loop {
-            if cancel.is_cancelled() {
-                return;
-            }
-            if !link.is_up() {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = state.changed() => continue,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-            let subscribed = async {
-                let client = link
-                    .client()
-                    .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
-                Ok::<_, redis::RedisError>(pubsub)
-            };
-            let pubsub = match tokio::time::timeout(link.command_timeout() * 2, subscribed).await {
-                Ok(Ok(pubsub)) => pubsub,
-                _ => {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                    }
-                }
-            };
-            tracing::debug!(%channel, "listening for replies");
-            self.resubscribed.send_modify(|generation| *generation += 1);
-            let mut messages = pubsub.into_on_message();
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    message = messages.next() => match message {
-                        Some(message) => self.dispatch(message.get_payload_bytes()),
-                        None => break,
-                    },
-                    // A silently dead connection never ends the stream: follow the health loop.
-                    _ = state.changed() => {
-                        if !link.is_up() {
-                            break;
-                        }
-                    }
-                }
-            }
-            tracing::debug!(%channel, "reply subscription lost; resubscribing");
-        }
+        crate::state::pubsub::follow(link, channel, self, cancel).await;
+    }
+}
+
+impl Subscriber for ReplyWaiters {
+    fn subscribed(&self) {
+        self.resubscribed.send_modify(|generation| *generation += 1);
     }
 
+    fn message(&self, payload: &[u8]) {
+        self.dispatch(payload);
+    }
+}
+
+impl ReplyWaiters {
     fn dispatch(&self, payload: &[u8]) {
         #[derive(Deserialize)]
         struct Published {

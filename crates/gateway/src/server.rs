@@ -4,6 +4,7 @@
 
 use crate::app::AppState;
 use crate::config::Config;
+use crate::event_stream::hub::EventHub;
 use crate::http::connections;
 use crate::http::router;
 use crate::live::{ConfigFile, LiveConfig};
@@ -105,6 +106,8 @@ pub async fn run(
             .clone()
             .listen(link.clone(), replica_id.clone(), background.clone()),
     );
+    let events = Arc::new(EventHub::default());
+    tokio::spawn(events.clone().listen(link.clone(), background.clone()));
     let ctx = Arc::new(TurnContext {
         replica_id: replica_id.clone(),
         skills: skills.clone(),
@@ -112,6 +115,7 @@ pub async fn run(
         order_wait: config.workers.order_wait,
         waiters: waiters.clone(),
         http: http.clone(),
+        events: events.clone(),
     });
     let pool = WorkerPool::new(
         ctx,
@@ -133,6 +137,7 @@ pub async fn run(
             config.redis.degrade_after,
         ),
         waiters,
+        events,
         link,
         redis_down_mode: config.redis.down_mode,
         live,

@@ -92,6 +92,10 @@ pub const REDIS_ACK_SHORTFALLS: &str = "clawgate_redis_ack_shortfalls_total";
 pub const REDIS_REFUSING_WRITES: &str = "clawgate_redis_refusing_writes";
 /// 1 while the replica serves from in-process state.
 pub const DEGRADED: &str = "clawgate_degraded";
+/// Web-chat event streams (SSE) open on this replica.
+pub const WEBCHAT_EVENT_STREAMS: &str = "clawgate_webchat_event_streams";
+/// Session events sent to widgets, by type.
+pub const WEBCHAT_EVENTS_SENT: &str = "clawgate_webchat_events_sent_total";
 
 /// Turn and provider latency buckets, seconds: from a cached answer to a slow local model.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -143,6 +147,14 @@ fn zero_series() {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(MESSAGES_ACCEPTED, "Messages durably accepted at ingress.");
+    describe_gauge!(
+        WEBCHAT_EVENT_STREAMS,
+        "Web-chat event streams (SSE) open on this replica."
+    );
+    describe_counter!(
+        WEBCHAT_EVENTS_SENT,
+        "Session events sent to widgets, by type."
+    );
     describe_counter!(
         MESSAGES_DUPLICATE,
         "Inbound messages recognised as duplicates."

@@ -30,3 +30,4 @@ mod shutdown;
 mod skills;
 mod spine;
 mod support;
+mod webchat_live;

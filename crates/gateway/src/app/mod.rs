@@ -25,6 +25,8 @@ pub struct AppState {
     pub ingress: Ingress,
     /// Requests held open for replies.
     pub waiters: Arc<ReplyWaiters>,
+    /// Web-chat event streams open on this replica.
+    pub events: Arc<crate::event_stream::hub::EventHub>,
     /// Redis health.
     pub link: Arc<RedisLink>,
     /// Redis-down behaviour, for health answers.

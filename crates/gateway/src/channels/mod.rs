@@ -9,6 +9,7 @@ pub mod batch;
 pub mod identity;
 pub mod telegram;
 pub mod webchat;
+pub mod webchat_events;
 pub mod whatsapp;
 
 use crate::app::AppState;
@@ -146,6 +147,10 @@ pub async fn accept_and_wait(
     let mut waiter = app.waiters.register(&id);
     let (acceptance, origin) = app.ingress.accept(msg).await?;
     let duplicate = acceptance == Acceptance::Duplicate;
+    if !duplicate && crate::events::keeps_events(msg.channel) {
+        // Redis announces the new event to every replica; this covers degraded mode.
+        app.events.wake(msg.conversation().as_str());
+    }
     let store = app.ingress.store(origin);
     let deadline = Instant::now() + wait;
     let poll = if duplicate {

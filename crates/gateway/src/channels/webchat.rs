@@ -109,11 +109,10 @@ pub async fn create_session(State(app): State<Arc<AppState>>) -> Result<Response
     let session_id = crate::session_token::new_session_id();
     let expires_at = crate::message::now_ms() / 1000 + live.config.webchat.token_ttl.as_secs();
     let token = crate::session_token::mint(&key, &session_id, expires_at);
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"session_id": session_id, "token": token, "expires_at": expires_at})),
+    Ok(
+        Json(json!({"session_id": session_id, "token": token, "expires_at": expires_at}))
+            .into_response(),
     )
-        .into_response())
 }
 
 /// The key session tokens are signed with now (503 when it cannot be had).
@@ -131,11 +130,20 @@ async fn token_key(app: &AppState, live: &crate::live::Live) -> Result<Vec<u8>, 
 
 /// Whether the caller holds `session_id`'s token (always, with `sessionTokens: "off"`).
 async fn authorize(app: &AppState, headers: &HeaderMap, session_id: &str) -> Result<(), ApiError> {
+    authorize_token(app, crate::app::bearer_token(headers), session_id).await
+}
+
+/// Whether `presented` is `session_id`'s token (always, with `sessionTokens: "off"`); for the
+/// event stream, whose browser API cannot set headers, the token may come in the query.
+pub(super) async fn authorize_token(
+    app: &AppState,
+    presented: &str,
+    session_id: &str,
+) -> Result<(), ApiError> {
     let live = app.live.current();
     if !live.config.webchat.session_tokens {
         return Ok(());
     }
-    let presented = crate::app::bearer_token(headers);
     let key = token_key(app, &live).await?;
     crate::session_token::verify(&key, session_id, presented, crate::message::now_ms() / 1000)
         .map_err(|e| ApiError::unauthorized(e.reason()))

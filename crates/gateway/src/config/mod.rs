@@ -237,6 +237,14 @@ pub struct WebchatConfig {
     pub token_secret: Option<SecretString>,
     /// How long a session token is valid after it was issued.
     pub token_ttl: Duration,
+    /// Events kept per session for `Last-Event-ID` resumption (`webchat.eventsMaxLength`); older
+    /// ones are trimmed, and they all expire with the conversation.
+    pub events_max_length: usize,
+    /// Whether web-chat turns ask the model to stream, so the customer reads the answer as it is
+    /// written (`webchat.streaming`, default true).
+    pub streaming: bool,
+    /// The widget's title when the page gives none (`webchat.title`).
+    pub title: String,
 }
 
 /// Where skills are read from.
@@ -816,6 +824,9 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
                 "sessionTokens",
                 "tokenSecret",
                 "tokenTtlSeconds",
+                "eventsMaxLength",
+                "streaming",
+                "title",
             ],
         )
         .unwrap_or(&empty);
@@ -854,6 +865,13 @@ fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir: &Path) -> 
             r.integer(wc, "webchat", "tokenTtlSeconds", 60, 90 * 86_400, "seconds")
                 .unwrap_or(86_400),
         ),
+        events_max_length: r
+            .integer(wc, "webchat", "eventsMaxLength", 10, 100_000, "events")
+            .unwrap_or(500) as usize,
+        streaming: r.boolean(wc, "webchat", "streaming").unwrap_or(true),
+        title: r
+            .string(wc, "webchat", "title")
+            .unwrap_or_else(|| "Chat".to_string()),
     };
 
     let s = r

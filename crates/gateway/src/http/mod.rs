@@ -7,8 +7,8 @@ pub mod health;
 
 use crate::app::AppState;
 use crate::app::error::ApiError;
-use crate::channels::webchat;
 use crate::channels::{api, telegram, whatsapp};
+use crate::channels::{webchat, webchat_events};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -55,6 +55,10 @@ fn webchat_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .route(
             "/v1/webchat/sessions/{session_id}/messages/{message_id}",
             get(webchat::message_status),
+        )
+        .route(
+            "/v1/webchat/sessions/{session_id}/events",
+            get(webchat_events::events),
         )
         .layer(cors)
 }

@@ -17,13 +17,14 @@ use super::ollama::OllamaProvider;
 use super::openai::OpenAiProvider;
 use super::ratelimit::Budget;
 use super::template::TemplateProvider;
-use super::{Prompt, Provider, ProviderError};
+use super::{AnswerSink, Prompt, Provider, ProviderError};
 use crate::config::{BreakerConfig, HedgingConfig, LlmConfig, ProviderKind};
 use crate::state::link::RedisLink;
 use crate::{retry, telemetry};
 use backon::BackoffBuilder;
 use futures_util::future::BoxFuture;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -212,7 +213,21 @@ impl ProviderChain {
     /// account the message came in on: its share of each budget is limited separately.
     pub async fn complete(&self, prompt: &Prompt, rate_key: &str) -> Completion {
         let deadline = Instant::now() + self.deadline;
-        self.walk(0, prompt, rate_key, deadline).await
+        self.walk(0, prompt, rate_key, deadline, None).await
+    }
+
+    /// Like [`ProviderChain::complete`], with the answer handed to `sink` as the model writes
+    /// it. A provider that fails before its first delta falls through unseen; one that fails
+    /// after it resets the sink, and the next provider's answer follows.
+    pub async fn complete_streaming(
+        &self,
+        prompt: &Prompt,
+        rate_key: &str,
+        sink: &dyn AnswerSink,
+    ) -> Completion {
+        let deadline = Instant::now() + self.deadline;
+        let gate = Gate::new(sink);
+        self.walk(0, prompt, rate_key, deadline, Some(&gate)).await
     }
 
     /// The chain from `from` on.
@@ -222,15 +237,16 @@ impl ProviderChain {
         prompt: &'a Prompt,
         rate_key: &'a str,
         deadline: Instant,
+        gate: Option<&'a Gate<'a>>,
     ) -> BoxFuture<'a, Completion> {
         Box::pin(async move {
             for position in from..self.links.len() {
                 if let Some(after) = self.hedge_delay(position, deadline) {
                     return self
-                        .hedged(position, after, prompt, rate_key, deadline)
+                        .hedged(position, after, prompt, rate_key, deadline, gate)
                         .await;
                 }
-                match self.ask(position, prompt, rate_key, deadline).await {
+                match self.ask(position, prompt, rate_key, deadline, gate).await {
                     Ok(text) => return self.answered(position, text),
                     Err(skip) => self.skipped(position, &skip),
                 }
@@ -253,9 +269,10 @@ impl ProviderChain {
         prompt: &Prompt,
         rate_key: &str,
         deadline: Instant,
+        gate: Option<&Gate<'_>>,
     ) -> Completion {
         let provider = self.links[position].provider.name().to_string();
-        let original = self.ask(position, prompt, rate_key, deadline);
+        let original = self.ask(position, prompt, rate_key, deadline, gate);
         tokio::pin!(original);
         tokio::select! {
             result = &mut original => {
@@ -263,13 +280,13 @@ impl ProviderChain {
                     Ok(text) => self.answered(position, text),
                     Err(skip) => {
                         self.skipped(position, &skip);
-                        self.walk(position + 1, prompt, rate_key, deadline).await
+                        self.walk(position + 1, prompt, rate_key, deadline, gate).await
                     }
                 };
             }
             _ = tokio::time::sleep(after) => {}
         }
-        let hedge = self.ask(position + 1, prompt, rate_key, deadline);
+        let hedge = self.ask(position + 1, prompt, rate_key, deadline, gate);
         tokio::pin!(hedge);
         let won = |winner: &'static str| {
             metrics::counter!(telemetry::PROVIDER_HEDGES, "provider" => provider.clone(), "winner" => winner)
@@ -303,7 +320,8 @@ impl ProviderChain {
             }
             Err(skip) => {
                 self.skipped(second_position, &skip);
-                self.walk(position + 2, prompt, rate_key, deadline).await
+                self.walk(position + 2, prompt, rate_key, deadline, gate)
+                    .await
             }
         }
     }
@@ -327,6 +345,7 @@ impl ProviderChain {
         prompt: &Prompt,
         rate_key: &str,
         deadline: Instant,
+        gate: Option<&Gate<'_>>,
     ) -> Result<String, Skip> {
         let link = &self.links[position];
         let last = position + 1 == self.links.len();
@@ -360,7 +379,7 @@ impl ProviderChain {
                 link.timeout.min(remaining)
             };
             let started = Instant::now();
-            let result = attempt(link, prompt, timeout).await;
+            let result = attempt(link, prompt, timeout, gate).await;
             let latency = started.elapsed();
             match breaker_verdict(&result, timeout < link.timeout) {
                 // A success only resets counters: the answer need not wait for Redis to count
@@ -432,10 +451,80 @@ fn breaker_verdict(
     }
 }
 
-/// One bounded attempt, recorded in the provider metrics.
-async fn attempt(link: &Link, prompt: &Prompt, timeout: Duration) -> Result<String, ProviderError> {
+/// Decides whose deltas reach the sink when attempts overlap (retries, fallbacks, hedges): the
+/// first attempt to write owns the stream; a later one is heard only once the owner failed,
+/// starting with everything it wrote so far. Whatever wins, the final answer replaces the
+/// streamed text.
+struct Gate<'a> {
+    sink: &'a dyn AnswerSink,
+    owner: Mutex<Option<u64>>,
+    attempts: AtomicU64,
+}
+
+impl<'a> Gate<'a> {
+    fn new(sink: &'a dyn AnswerSink) -> Gate<'a> {
+        Gate {
+            sink,
+            owner: Mutex::new(None),
+            attempts: AtomicU64::new(0),
+        }
+    }
+
+    /// A new attempt's number.
+    fn attempt(&self) -> u64 {
+        self.attempts.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Attempt `attempt` wrote `delta`; `so_far` is all it wrote, `delta` included.
+    fn delta(&self, attempt: u64, so_far: &str, delta: &str) {
+        let mut owner = self.owner.lock().unwrap_or_else(|p| p.into_inner());
+        match *owner {
+            None => {
+                *owner = Some(attempt);
+                self.sink.delta(so_far);
+            }
+            Some(current) if current == attempt => self.sink.delta(delta),
+            Some(_) => {}
+        }
+    }
+
+    /// Attempt `attempt` failed: if it owned the stream, what it wrote is void.
+    fn failed(&self, attempt: u64) {
+        let mut owner = self.owner.lock().unwrap_or_else(|p| p.into_inner());
+        if *owner == Some(attempt) {
+            *owner = None;
+            self.sink.reset();
+        }
+    }
+}
+
+/// One bounded attempt, recorded in the provider metrics; streamed through `gate` when given.
+async fn attempt(
+    link: &Link,
+    prompt: &Prompt,
+    timeout: Duration,
+    gate: Option<&Gate<'_>>,
+) -> Result<String, ProviderError> {
     let started = Instant::now();
-    let result = match tokio::time::timeout(timeout, link.provider.complete(prompt)).await {
+    let answered = match gate {
+        None => tokio::time::timeout(timeout, link.provider.complete(prompt)).await,
+        Some(gate) => {
+            let attempt = gate.attempt();
+            let so_far = Mutex::new(String::new());
+            let on_delta = |delta: &str| {
+                let mut text = so_far.lock().unwrap_or_else(|p| p.into_inner());
+                text.push_str(delta);
+                gate.delta(attempt, &text, delta);
+            };
+            let answered =
+                tokio::time::timeout(timeout, link.provider.stream(prompt, &on_delta)).await;
+            if !matches!(answered, Ok(Ok(_))) {
+                gate.failed(attempt);
+            }
+            answered
+        }
+    };
+    let result = match answered {
         Ok(Err(ProviderError::Timeout(_))) | Err(_) => Err(ProviderError::Timeout(timeout)),
         Ok(result) => result,
     };

@@ -87,6 +87,17 @@ impl ProviderError {
     }
 }
 
+/// Receives an answer as the model writes it, so a customer reads it before it is complete.
+pub trait AnswerSink: Send + Sync {
+    /// More text of the answer.
+    fn delta(&self, text: &str);
+    /// The text sent so far is void (its provider failed mid-answer); another answer follows.
+    fn reset(&self);
+}
+
+/// Called with each piece of an answer a provider streams.
+pub type OnDelta<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
 /// A source of answers.
 #[async_trait]
 pub trait Provider: Send + Sync {
@@ -95,6 +106,18 @@ pub trait Provider: Send + Sync {
 
     /// One attempt; the chain bounds it with the provider's timeout.
     async fn complete(&self, prompt: &Prompt) -> Result<String, ProviderError>;
+
+    /// One attempt that hands the answer to `on_delta` as it is written and returns it whole.
+    /// Providers that cannot stream answer at once (nothing streamed: the whole answer follows
+    /// as the turn's final answer).
+    async fn stream(
+        &self,
+        prompt: &Prompt,
+        on_delta: OnDelta<'_>,
+    ) -> Result<String, ProviderError> {
+        let _ = on_delta;
+        self.complete(prompt).await
+    }
 }
 
 /// The request body both chat APIs accept: serialised straight from the prompt, so no copy of
@@ -106,12 +129,23 @@ pub(crate) struct ChatBody<'a> {
     pub stream: bool,
 }
 
-/// Sends `body` as JSON and parses the answer as `T`, mapping transport and status failures to
-/// [`ProviderError`]. Shared by the HTTP providers.
-pub(crate) async fn post_json<T: serde::de::DeserializeOwned>(
+impl<'a> ChatBody<'a> {
+    /// The body asking `model` to answer `prompt`, streamed or whole.
+    pub fn new(model: &'a str, prompt: &'a Prompt, stream: bool) -> ChatBody<'a> {
+        ChatBody {
+            model,
+            messages: &prompt.messages,
+            stream,
+        }
+    }
+}
+
+/// Sends `body` as JSON and returns the successful response, mapping transport and status
+/// failures to [`ProviderError`]. Shared by the HTTP providers.
+async fn post(
     request: reqwest::RequestBuilder,
     body: &ChatBody<'_>,
-) -> Result<T, ProviderError> {
+) -> Result<reqwest::Response, ProviderError> {
     let response = request.json(body).send().await.map_err(transport_error)?;
     let status = response.status();
     if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
@@ -124,10 +158,59 @@ pub(crate) async fn post_json<T: serde::de::DeserializeOwned>(
             detail: text.chars().take(200).collect(),
         });
     }
-    response
+    Ok(response)
+}
+
+/// Sends `body` as JSON and parses the answer as `T`.
+pub(crate) async fn post_json<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+    body: &ChatBody<'_>,
+) -> Result<T, ProviderError> {
+    post(request, body)
+        .await?
         .json()
         .await
         .map_err(|e| ProviderError::InvalidResponse(format!("unexpected answer: {e}")))
+}
+
+/// Whether a streamed answer goes on after a line.
+pub(crate) enum Flow {
+    /// More lines follow.
+    More,
+    /// The answer is complete.
+    Done,
+}
+
+/// Sends `body` (with `stream: true`) and hands each line of the streamed response to `line`
+/// as it arrives, until it says the answer is complete. A stream that ends before that is a
+/// failed attempt: the answer is incomplete.
+pub(crate) async fn post_streaming(
+    request: reqwest::RequestBuilder,
+    body: &ChatBody<'_>,
+    mut line: impl FnMut(&str) -> Result<Flow, ProviderError> + Send,
+) -> Result<(), ProviderError> {
+    let mut response = post(request, body).await?;
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let chunk = response.chunk().await.map_err(transport_error)?;
+        let Some(chunk) = chunk else {
+            return Err(ProviderError::Connect(
+                "the streamed answer ended before it was complete".into(),
+            ));
+        };
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let raw: Vec<u8> = pending.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&raw);
+            let text = text.trim_end_matches(['\r', '\n']);
+            if text.is_empty() {
+                continue;
+            }
+            if let Flow::Done = line(text)? {
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// Non-empty answer text, or the error naming the field that lacked it.

@@ -53,6 +53,16 @@ pub fn identity(channel: Channel, identity: &str) -> String {
     format!("oc:identity:{{{}:{identity}}}", channel.as_str())
 }
 
+/// `oc:events:{channel:user}`: a web-chat session's live events (a stream, trimmed, expiring
+/// with the conversation).
+pub fn events(c: &ConversationKey) -> String {
+    format!("oc:events:{{{c}}}")
+}
+
+/// The pub/sub channel that announces new session events (the payload is the conversation), so
+/// every replica's open event streams read on.
+pub const EVENTS_CHANNEL: &str = "oc:events";
+
 /// `oc:lease:{channel:user}`: who runs the conversation's current turn.
 pub fn lease(c: &ConversationKey) -> String {
     format!("oc:lease:{{{c}}}")

@@ -10,6 +10,7 @@ use super::{
     StateError, StateStore, StoreLimits, TurnCommit, TurnStart, WaitReason,
 };
 use crate::escalation::{self, Escalation};
+use crate::events::{SessionEvent, StoredEvent};
 use crate::message::{
     Channel, ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply,
 };
@@ -40,6 +41,31 @@ struct Conversation {
     seq_issued: u64,
     seq_done: u64,
     expires: Instant,
+    /// The session's live events, oldest first, with the id of the newest ever written.
+    events: VecDeque<StoredEvent>,
+    last_event: (u64, u64),
+}
+
+impl Conversation {
+    /// Appends events with ids ordered like Redis stream ids (`<ms>-<n>`), keeping `max`.
+    fn append_events(&mut self, events: &[SessionEvent], max: usize) {
+        for event in events {
+            let ms = crate::message::now_ms();
+            self.last_event = if ms > self.last_event.0 {
+                (ms, 0)
+            } else {
+                (self.last_event.0, self.last_event.1 + 1)
+            };
+            let (ms, n) = self.last_event;
+            self.events.push_back(StoredEvent {
+                id: format!("{ms}-{n}"),
+                json: serde_json::to_string(event).unwrap_or_default(),
+            });
+            while self.events.len() > max {
+                self.events.pop_front();
+            }
+        }
+    }
 }
 
 impl Conversation {
@@ -50,6 +76,8 @@ impl Conversation {
             seq_issued: 0,
             seq_done: 0,
             expires,
+            events: VecDeque::new(),
+            last_event: (0, 0),
         }
     }
 }
@@ -168,6 +196,9 @@ impl StateStore for MemoryStore {
         conversation.seq_issued += 1;
         conversation.expires = now + self.limits.conversation_ttl;
         let seq = conversation.seq_issued;
+        if let Some(event) = SessionEvent::accepted(msg) {
+            conversation.append_events(&[event], self.limits.events_max_length);
+        }
         permit.send(QueuedMessage {
             msg: msg.clone(),
             seq,
@@ -257,6 +288,7 @@ impl StateStore for MemoryStore {
         if session.escalation_pending.is_some() {
             conversation.expires = now + retention.max(self.limits.conversation_ttl);
         }
+        conversation.append_events(&commit.events, self.limits.events_max_length);
         if commit.release_lease {
             inner.release(&key, commit.holder);
         }
@@ -439,6 +471,58 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
+    async fn append_events(
+        &self,
+        conversation: &ConversationKey,
+        events: &[SessionEvent],
+    ) -> Result<(), StateError> {
+        let now = Instant::now();
+        let max = self.limits.events_max_length;
+        let mut inner = self.lock();
+        let c = inner.conversation(conversation, now);
+        c.append_events(events, max);
+        // The events live as long as the conversation; a session that has them is alive.
+        c.expires = c.expires.max(now + self.limits.conversation_ttl);
+        Ok(())
+    }
+
+    async fn events_after(
+        &self,
+        conversation: &ConversationKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StateError> {
+        let now = Instant::now();
+        let inner = self.lock();
+        let Some(c) = inner
+            .conversations
+            .get(conversation)
+            .filter(|c| c.expires > now)
+        else {
+            return Ok(Vec::new());
+        };
+        Ok(c.events
+            .iter()
+            .filter(|e| after.is_none_or(|after| crate::events::is_after(&e.id, after)))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn last_event_id(
+        &self,
+        conversation: &ConversationKey,
+    ) -> Result<Option<String>, StateError> {
+        let now = Instant::now();
+        Ok(self
+            .lock()
+            .conversations
+            .get(conversation)
+            .filter(|c| c.expires > now)
+            .and_then(|c| c.events.back())
+            .map(|e| e.id.clone()))
+    }
+
     async fn escalations(&self) -> Result<Vec<Escalation>, StateError> {
         let now = Instant::now();
         let mut pending: Vec<Escalation> = self
@@ -504,17 +588,7 @@ mod tests {
     use crate::message::{Channel, Role, now_ms};
 
     fn limits() -> StoreLimits {
-        StoreLimits {
-            conversation_ttl: Duration::from_secs(60),
-            history_limit: 4,
-            dedupe_ttl: Duration::from_secs(60),
-            lease_ttl: Duration::from_secs(5),
-            inbox_max_length: 100,
-            coalesce_max: 0,
-            flood_interval: Duration::ZERO,
-            flood_tolerance: Duration::ZERO,
-            escalation_retention: Duration::from_secs(600),
-        }
+        StoreLimits::for_tests()
     }
 
     fn message(id: &str) -> InboundMessage {
@@ -550,6 +624,7 @@ mod tests {
             release_lease: true,
             later: Vec::new(),
             escalation: None,
+            events: Vec::new(),
         }
     }
 

@@ -11,9 +11,11 @@ pub mod link;
 pub mod memory;
 pub mod observe;
 pub mod primary;
+pub mod pubsub;
 pub mod redis;
 
 use crate::escalation::Escalation;
+use crate::events::{SessionEvent, StoredEvent};
 use crate::message::{
     Channel, ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply,
 };
@@ -163,6 +165,9 @@ pub struct TurnCommit<'a> {
     pub later: Vec<LaterMessage>,
     /// The hand-over this turn starts (the session fields marking it pending are in `session`).
     pub escalation: Option<Escalation>,
+    /// The session events this turn writes (the answer, a hand-over notice); empty for
+    /// channels without events.
+    pub events: Vec<SessionEvent>,
 }
 
 /// What resolving an escalation found.
@@ -236,6 +241,8 @@ pub struct StoreLimits {
     pub flood_tolerance: Duration,
     /// How long a pending escalation keeps its conversation alive, and a resolved one readable.
     pub escalation_retention: Duration,
+    /// Session events kept per conversation (`webchat.eventsMaxLength`).
+    pub events_max_length: usize,
 }
 
 impl StoreLimits {
@@ -255,6 +262,26 @@ impl StoreLimits {
             flood_interval: config.conversations.flood_control.turn_interval(),
             flood_tolerance: config.conversations.flood_control.turn_interval() * FLOOD_BURST,
             escalation_retention: config.escalation.retention,
+            events_max_length: config.webchat.events_max_length,
+        }
+    }
+}
+
+#[cfg(test)]
+impl StoreLimits {
+    /// Short lifetimes and small bounds for unit tests of the stores and their users.
+    pub(crate) fn for_tests() -> StoreLimits {
+        StoreLimits {
+            conversation_ttl: Duration::from_secs(60),
+            history_limit: 4,
+            dedupe_ttl: Duration::from_secs(60),
+            lease_ttl: Duration::from_secs(5),
+            inbox_max_length: 100,
+            coalesce_max: 0,
+            flood_interval: Duration::ZERO,
+            flood_tolerance: Duration::ZERO,
+            escalation_retention: Duration::from_secs(600),
+            events_max_length: 100,
         }
     }
 }
@@ -275,7 +302,8 @@ pub const IDENTITY_TTL: Duration = Duration::from_secs(90 * 86_400);
 #[async_trait]
 pub trait StateStore: Send + Sync {
     /// Dedupes, numbers and enqueues `msg` in one atomic step; `Accepted` means durable (Redis)
-    /// or queued in-process (memory).
+    /// or queued in-process (memory). A web-chat message's `message` event is written in the
+    /// same step.
     async fn accept(&self, msg: &InboundMessage) -> Result<Acceptance, StateError>;
 
     /// Tries to start the turn of message `seq`: not yet answered, lease free, predecessors done
@@ -370,6 +398,29 @@ pub trait StateStore: Send + Sync {
         event: &serde_json::Value,
         reason: &str,
     ) -> Result<(), StateError>;
+
+    /// Appends events to a session's event stream (bounded, expiring with the conversation) and
+    /// announces them to every replica.
+    async fn append_events(
+        &self,
+        conversation: &ConversationKey,
+        events: &[SessionEvent],
+    ) -> Result<(), StateError>;
+
+    /// A session's events after `after` (from the oldest kept when `None`), oldest first, at
+    /// most `limit`.
+    async fn events_after(
+        &self,
+        conversation: &ConversationKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StateError>;
+
+    /// The id of a session's newest event, if it has any.
+    async fn last_event_id(
+        &self,
+        conversation: &ConversationKey,
+    ) -> Result<Option<String>, StateError>;
 
     /// The pending escalations, oldest first.
     async fn escalations(&self) -> Result<Vec<Escalation>, StateError>;

@@ -11,6 +11,7 @@ use super::{
     StateError, StateStore, StoreLimits, TurnCommit, TurnStart, WaitReason, keys,
 };
 use crate::escalation::Escalation;
+use crate::events::{self, SessionEvent, StoredEvent};
 use crate::message::{
     Channel, ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply,
 };
@@ -19,9 +20,18 @@ use redis::{FromRedisValue, Script, ScriptInvocation, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
-static ACCEPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/accept.lua")));
+/// The scripts that write session events start with the shared `append_events` function.
+macro_rules! with_events {
+    ($file:literal) => {
+        concat!(include_str!("scripts/events.lua"), include_str!($file))
+    };
+}
+
+static ACCEPT: LazyLock<Script> = LazyLock::new(|| Script::new(with_events!("scripts/accept.lua")));
+static APPEND_EVENTS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(with_events!("scripts/append_events.lua")));
 static BEGIN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/begin.lua")));
-static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/commit.lua")));
+static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(with_events!("scripts/commit.lua")));
 static SKIP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/skip.lua")));
 static RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/renew_leases.lua")));
@@ -201,12 +211,19 @@ impl StateStore for RedisStore {
                     .key(keys::session(&conversation))
                     .key(keys::INBOX)
                     .key(keys::pending(&conversation))
+                    .key(keys::events(&conversation))
                     .arg(secs(self.limits.dedupe_ttl))
                     .arg(secs(self.limits.conversation_ttl))
                     .arg(self.limits.inbox_max_length)
                     .arg(keys::ENTRY_VERSION)
                     .arg(json)
-                    .arg("1"),
+                    .arg("1")
+                    .arg(events::encode(
+                        &SessionEvent::accepted(msg).into_iter().collect::<Vec<_>>(),
+                    ))
+                    .arg(self.limits.events_max_length)
+                    .arg(keys::EVENTS_CHANNEL)
+                    .arg(conversation.as_str()),
             )
             .await?;
         match result {
@@ -317,7 +334,8 @@ impl StateStore for RedisStore {
             .key(keys::lease(&conversation))
             .key(keys::pending(&conversation))
             .key(keys::escalation(&conversation))
-            .key(keys::ESCALATIONS);
+            .key(keys::ESCALATIONS)
+            .key(keys::events(&conversation));
         for m in &commit.later {
             invocation.key(keys::replied(&m.id));
         }
@@ -339,7 +357,11 @@ impl StateStore for RedisStore {
             .arg(if commit.release_lease { "1" } else { "0" })
             .arg(serde_json::Value::Array(later).to_string())
             .arg(escalation)
-            .arg(secs(self.limits.escalation_retention));
+            .arg(secs(self.limits.escalation_retention))
+            .arg(events::encode(&commit.events))
+            .arg(self.limits.events_max_length)
+            .arg(keys::EVENTS_CHANNEL)
+            .arg(conversation.as_str());
         for (field, value) in &commit.session {
             invocation.arg(*field).arg(value);
         }
@@ -577,6 +599,74 @@ impl StateStore for RedisStore {
             )
             .await?;
         Ok(())
+    }
+
+    async fn append_events(
+        &self,
+        conversation: &ConversationKey,
+        events: &[SessionEvent],
+    ) -> Result<(), StateError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let _: i64 = self
+            .invoke(
+                APPEND_EVENTS
+                    .key(keys::events(conversation))
+                    .arg(events::encode(events))
+                    .arg(self.limits.events_max_length)
+                    .arg(secs(self.limits.conversation_ttl))
+                    .arg(keys::EVENTS_CHANNEL)
+                    .arg(conversation.as_str()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn events_after(
+        &self,
+        conversation: &ConversationKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StateError> {
+        let start = match after {
+            // Exclusive: the client has that one.
+            Some(id) => {
+                let (ms, n) = events::parse_id(id);
+                format!("({ms}-{n}")
+            }
+            None => "-".to_string(),
+        };
+        let mut command = redis::cmd("XRANGE");
+        command
+            .arg(keys::events(conversation))
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit);
+        let entries: Vec<(String, Vec<(String, String)>)> = self.query(&command).await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(id, fields)| {
+                let json = fields.into_iter().find(|(f, _)| f == "e")?.1;
+                Some(StoredEvent { id, json })
+            })
+            .collect())
+    }
+
+    async fn last_event_id(
+        &self,
+        conversation: &ConversationKey,
+    ) -> Result<Option<String>, StateError> {
+        let mut command = redis::cmd("XREVRANGE");
+        command
+            .arg(keys::events(conversation))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+        let entries: Vec<(String, Value)> = self.query(&command).await?;
+        Ok(entries.into_iter().next().map(|(id, _)| id))
     }
 
     async fn escalations(&self) -> Result<Vec<Escalation>, StateError> {

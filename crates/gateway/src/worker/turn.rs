@@ -9,6 +9,9 @@
 
 use crate::classify;
 use crate::escalation::{self, Escalation};
+use crate::event_stream::hub::EventHub;
+use crate::event_stream::publisher;
+use crate::events::{self, SessionEvent};
 use crate::live::{Live, LiveConfig};
 use crate::llm::chain::Completion;
 use crate::llm::{ChatMessage, Prompt};
@@ -50,6 +53,8 @@ pub struct TurnContext {
     pub waiters: Arc<ReplyWaiters>,
     /// The outbound HTTP client, for skills' lookups.
     pub http: reqwest::Client,
+    /// Web-chat event streams open on this replica, woken when a turn writes events.
+    pub events: Arc<EventHub>,
 }
 
 /// How a turn ended.
@@ -361,7 +366,7 @@ async fn answer(
                     prompt.template_answer = answer;
                 }
             }
-            live.chain.complete(&prompt, &msg.rate_key()).await
+            ask_model(ctx, live, store, msg, &prompt).await
         }
     };
 
@@ -438,11 +443,15 @@ async fn answer(
             .then(|| keys::reply_channel(&msg.ingress_replica)),
         release_lease: !sent_by_platform(msg.channel),
         later: later_commits,
+        events: answer_events(msg, &reply, &later, escalation.as_ref()),
         escalation,
     };
     let outcome = while_unavailable(|| store.commit_turn(&commit)).await?;
     match outcome {
         CommitOutcome::Committed => {
+            if !commit.events.is_empty() {
+                ctx.events.wake(msg.conversation().as_str());
+            }
             let channel = msg.channel.as_str();
             metrics::counter!(telemetry::MESSAGES_REPLIED, "channel" => channel, "provider" => completion.provider)
                 .increment(1);
@@ -469,6 +478,60 @@ async fn answer(
             Ok(TurnEnd::Discarded)
         }
     }
+}
+
+/// Asks the provider chain; on channels with live events the customer sees the agent typing
+/// and, with `webchat.streaming`, the answer as the model writes it.
+async fn ask_model(
+    ctx: &TurnContext,
+    live: &Live,
+    store: &dyn StateStore,
+    msg: &InboundMessage,
+    prompt: &Prompt,
+) -> Completion {
+    let rate_key = msg.rate_key();
+    if !events::keeps_events(msg.channel) {
+        return live.chain.complete(prompt, &rate_key).await;
+    }
+    let (turn_events, writer) =
+        publisher::channel(store, &ctx.events, msg.conversation(), &msg.message_id);
+    turn_events.typing();
+    let streaming = live.config.webchat.streaming;
+    let asked = async move {
+        let completion = if streaming {
+            live.chain
+                .complete_streaming(prompt, &rate_key, &turn_events)
+                .await
+        } else {
+            live.chain.complete(prompt, &rate_key).await
+        };
+        // Ends the writer once the last delta is written: the answer's commit comes after.
+        drop(turn_events);
+        completion
+    };
+    tokio::join!(asked, writer.run()).0
+}
+
+/// The session events a committed turn writes: its answer (covering the later messages it
+/// answered too) and, when it hands the conversation over, the notice.
+fn answer_events(
+    msg: &InboundMessage,
+    reply: &StoredReply,
+    later: &[(u64, InboundMessage)],
+    escalation: Option<&Escalation>,
+) -> Vec<SessionEvent> {
+    if !events::keeps_events(msg.channel) {
+        return Vec::new();
+    }
+    let covers = later.iter().map(|(_, m)| m.message_id.clone()).collect();
+    let mut written = vec![SessionEvent::answer(reply, covers)];
+    if let Some(handover) = escalation {
+        written.push(SessionEvent::Handover {
+            message_id: msg.message_id.clone(),
+            reference: handover.reference.clone(),
+        });
+    }
+    written
 }
 
 /// Hands the reply to the customer: wakes the web-chat or API request held open on this replica

@@ -7,6 +7,7 @@
 pub use clawgate_fakes::mock_llm::MockLlm;
 pub mod hosts;
 pub mod sentinel;
+pub mod sse;
 
 use clawgate_fakes::mock_llm::Options;
 use clawgate_fakes::mock_platforms::{MockPlatforms, Sent};
@@ -643,6 +644,20 @@ impl Gateway {
             .get(&format!("/v1/webchat/sessions/{session}/messages"))
             .await;
         assert_eq!(status, 200, "{body}");
+        body["messages"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The history of a private session.
+    pub async fn history_with_token(&self, session: &str, token: &str) -> Vec<Value> {
+        let response = self
+            .http
+            .get(self.url(&format!("/v1/webchat/sessions/{session}/messages")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET history");
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.expect("json");
         body["messages"].as_array().cloned().unwrap_or_default()
     }
 

@@ -6,6 +6,8 @@
 -- ARGV[6] '1' = keep the message in the conversation's pending hash until it is answered: a later
 -- turn of the same customer can answer it together with its own message, and a later message
 -- waiting for it knows it is alive (not lost)
+-- KEYS[5] oc:events:{conv}   ARGV[7] the session's events for this message ('' = none)
+-- ARGV[8] events max length   ARGV[9] events channel   ARGV[10] conversation
 -- Returns the message's sequence number (>= 1), 0 for a duplicate, -1 when the inbox is full.
 if redis.call('EXISTS', KEYS[1]) == 1 then
   -- A write, so that an acknowledged retry's WAIT also covers the first acceptance (WAIT
@@ -24,4 +26,5 @@ if ARGV[6] == '1' then
   redis.call('HSET', KEYS[4], seq, ARGV[5])
   redis.call('EXPIRE', KEYS[4], ARGV[2])
 end
+append_events(KEYS[5], ARGV[7], ARGV[8], ARGV[2], ARGV[9], ARGV[10])
 return seq

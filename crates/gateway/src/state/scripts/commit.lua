@@ -7,11 +7,13 @@
 -- ARGV[9] pub/sub channel ('' = none)   ARGV[10] pub/sub payload
 -- ARGV[11] '1' to release the lease ('0' keeps it until the reply is sent on its platform)
 -- ARGV[12] later messages answered by this turn, as JSON: [{seq, entry, reply, channel, payload}]
---          with their reply keys in KEYS[8..] and KEYS[5] = oc:pending:{conv}
+--          with their reply keys in KEYS[9..] and KEYS[5] = oc:pending:{conv}
 -- KEYS[6] oc:escalation:{conv}   KEYS[7] oc:escalations
 -- ARGV[13] the escalation this turn starts, as a JSON object of string fields ('' = none)
 -- ARGV[14] escalation retention (s): a conversation with a pending escalation lives this long
--- ARGV[15..] session field, value, ...
+-- KEYS[8] oc:events:{conv}   ARGV[15] the session's events of this turn ('' = none)
+-- ARGV[16] events max length   ARGV[17] events channel   ARGV[18] conversation
+-- ARGV[19..] session field, value, ...
 -- Returns {1} when committed, {0, existing reply JSON} when another turn committed first.
 local function release()
   if redis.call('GET', KEYS[4]) == ARGV[8] then
@@ -30,7 +32,7 @@ redis.call('HDEL', KEYS[5], ARGV[7])
 -- Later messages taken into this turn: each gets the reply on record (unless a turn of its own
 -- answered it meanwhile) and its history entry, in order, before the answer.
 for i, later in ipairs(cjson.decode(ARGV[12])) do
-  if redis.call('SET', KEYS[7 + i], later.reply, 'EX', ARGV[2], 'NX') then
+  if redis.call('SET', KEYS[8 + i], later.reply, 'EX', ARGV[2], 'NX') then
     redis.call('RPUSH', KEYS[2], later.entry)
     if later.channel ~= '' then
       redis.call('PUBLISH', later.channel, later.payload)
@@ -45,7 +47,7 @@ local done = tonumber(redis.call('HGET', KEYS[3], 'seq_done')) or 0
 if last_seq > done then
   redis.call('HSET', KEYS[3], 'seq_done', last_seq)
 end
-for i = 15, #ARGV, 2 do
+for i = 19, #ARGV, 2 do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
 end
 if ARGV[13] ~= '' then
@@ -65,6 +67,7 @@ if redis.call('HEXISTS', KEYS[3], 'escalation_pending') == 1 then
 end
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('EXPIRE', KEYS[3], ttl)
+append_events(KEYS[8], ARGV[15], ARGV[16], ttl, ARGV[17], ARGV[18])
 if ARGV[11] == '1' then
   release()
 end

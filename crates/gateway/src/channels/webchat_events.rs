@@ -1,0 +1,157 @@
+//! `GET /v1/webchat/sessions/{id}/events`: a session's live events as server-sent events.
+//!
+//! Every event carries its id (the Redis stream id); a reconnecting `EventSource` sends the last
+//! one as `Last-Event-ID` and any replica resumes right after it, so the widget sees every event
+//! once and in order across reconnections and replica deaths. A first connection (no id) starts
+//! at the session's newest event: the widget reads the history for what came before. The
+//! stream opens with a `ready` event whose id is where it starts, so even a client that saw no
+//! event yet resumes from there. The stream ends when the replica drains (the client reconnects
+//! elsewhere) and when the store cannot be read.
+
+use super::check_id;
+use super::webchat::authorize_token;
+use crate::app::AppState;
+use crate::app::error::ApiError;
+use crate::event_stream::hub::Watch;
+use crate::events::StoredEvent;
+use crate::message::{Channel, ConversationKey};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Events read from the store at once.
+const READ_BATCH: usize = 100;
+/// A stream re-reads the store this often even without a wake-up (a missed publish).
+const POLL: Duration = Duration::from_secs(10);
+/// Comment lines keep idle connections (and the proxies on their way) open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How soon a browser reconnects after the stream ends.
+const RECONNECT: Duration = Duration::from_millis(500);
+
+/// Query parameters of the event stream.
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    /// The session token, for clients that cannot set `Authorization` (`EventSource`).
+    token: Option<String>,
+    /// Where to resume when the client cannot send `Last-Event-ID` (a reloaded page).
+    last_event_id: Option<String>,
+}
+
+/// `GET /v1/webchat/sessions/{session_id}/events`.
+pub async fn events(
+    State(app): State<Arc<AppState>>,
+    Path(session_id): Path<String>,
+    Query(query): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_id("session_id", &session_id, false)?;
+    let presented = match crate::app::bearer_token(&headers) {
+        "" => query.token.as_deref().unwrap_or(""),
+        token => token,
+    };
+    authorize_token(&app, presented, &session_id).await?;
+    let conversation = ConversationKey::new(Channel::Webchat, &session_id);
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or(query.last_event_id)
+        .filter(|id| !id.is_empty());
+    // Registered before the first read, so nothing written meanwhile goes unnoticed.
+    let watch = app.events.watch(&conversation);
+    let start = match resume {
+        Some(id) => id,
+        None => app
+            .ingress
+            .current_store()
+            .0
+            .last_event_id(&conversation)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("cannot read the session's events: {e}")))?
+            .unwrap_or_else(|| "0-0".to_string()),
+    };
+    let ready = Event::default()
+        .id(start.clone())
+        .event("ready")
+        .retry(RECONNECT)
+        .data(r#"{"type":"ready"}"#);
+    let follow = Follow {
+        app,
+        conversation,
+        cursor: start,
+        buffer: VecDeque::new(),
+        watch,
+    };
+    let stream = futures_util::stream::once(async move { Ok::<_, Infallible>(ready) })
+        .chain(futures_util::stream::unfold(follow, next));
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response();
+    // nginx buffers proxied responses unless told not to; events must pass at once.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// One open stream's place in its session.
+struct Follow {
+    app: Arc<AppState>,
+    conversation: ConversationKey,
+    /// The id of the last event sent.
+    cursor: String,
+    /// Events read but not sent yet.
+    buffer: VecDeque<StoredEvent>,
+    watch: Watch,
+}
+
+/// The next event of the stream; `None` ends it.
+async fn next(mut follow: Follow) -> Option<(Result<Event, Infallible>, Follow)> {
+    loop {
+        if let Some(event) = follow.buffer.pop_front() {
+            follow.cursor = event.id.clone();
+            return Some((Ok(to_sse(event)), follow));
+        }
+        if follow.app.release_waiting.is_cancelled() {
+            return None;
+        }
+        let app = follow.app.clone();
+        let (store, _) = app.ingress.current_store();
+        match store
+            .events_after(&follow.conversation, Some(&follow.cursor), READ_BATCH)
+            .await
+        {
+            Ok(events) if !events.is_empty() => follow.buffer.extend(events),
+            Ok(_) => {
+                tokio::select! {
+                    _ = follow.watch.news(POLL) => {}
+                    _ = app.release_waiting.cancelled() => return None,
+                }
+            }
+            Err(e) => {
+                tracing::debug!(conversation = %follow.conversation, error = %e, "event stream ends: the store cannot be read");
+                return None;
+            }
+        }
+    }
+}
+
+/// An SSE event named by the stored event's `type`.
+fn to_sse(event: StoredEvent) -> Event {
+    #[derive(Deserialize)]
+    struct Named {
+        r#type: String,
+    }
+    let name = serde_json::from_str::<Named>(&event.json)
+        .map(|n| n.r#type)
+        .unwrap_or_else(|_| "message".to_string());
+    metrics::counter!(crate::telemetry::WEBCHAT_EVENTS_SENT, "type" => name.clone()).increment(1);
+    Event::default().id(event.id).event(name).data(event.json)
+}

@@ -1,0 +1,162 @@
+//! Writing a turn's passing events (typing, the model's deltas, resets) to the session's event
+//! stream in order, without holding the model up.
+//!
+//! The provider hands deltas to a [`TurnEvents`] (a channel); the [`EventWriter`] runs beside the
+//! model call and writes whatever has queued up in one append: the first delta goes out at once,
+//! and while an append is on its way the next deltas gather, so a fast model costs fewer writes
+//! instead of more latency. The writer ends when the turn drops its `TurnEvents`, after the last
+//! delta is written, so the answer committed next always comes after its deltas.
+
+use super::hub::EventHub;
+use crate::events::SessionEvent;
+use crate::llm::AnswerSink;
+use crate::message::ConversationKey;
+use crate::state::StateStore;
+use tokio::sync::mpsc;
+
+/// The sending side: what a turn (and its provider) reports.
+pub struct TurnEvents {
+    queue: mpsc::UnboundedSender<SessionEvent>,
+    message_id: String,
+}
+
+/// The writing side, run beside the model call.
+pub struct EventWriter<'a> {
+    queue: mpsc::UnboundedReceiver<SessionEvent>,
+    store: &'a dyn StateStore,
+    hub: &'a EventHub,
+    conversation: ConversationKey,
+}
+
+/// A turn's event channel for the answer to `message_id` in `conversation`.
+pub fn channel<'a>(
+    store: &'a dyn StateStore,
+    hub: &'a EventHub,
+    conversation: ConversationKey,
+    message_id: &str,
+) -> (TurnEvents, EventWriter<'a>) {
+    let (queue, receiver) = mpsc::unbounded_channel();
+    (
+        TurnEvents {
+            queue,
+            message_id: message_id.to_string(),
+        },
+        EventWriter {
+            queue: receiver,
+            store,
+            hub,
+            conversation,
+        },
+    )
+}
+
+impl TurnEvents {
+    /// The agent started writing.
+    pub fn typing(&self) {
+        let _ = self.queue.send(SessionEvent::Typing {
+            message_id: self.message_id.clone(),
+        });
+    }
+}
+
+impl AnswerSink for TurnEvents {
+    fn delta(&self, text: &str) {
+        let _ = self.queue.send(SessionEvent::Delta {
+            message_id: self.message_id.clone(),
+            text: text.to_string(),
+        });
+    }
+
+    fn reset(&self) {
+        let _ = self.queue.send(SessionEvent::Reset {
+            message_id: self.message_id.clone(),
+        });
+    }
+}
+
+impl EventWriter<'_> {
+    /// Writes queued events until the turn's [`TurnEvents`] is dropped and the queue is empty.
+    /// A failed write is logged and skipped: these events are a courtesy, the committed answer
+    /// is what counts.
+    pub async fn run(mut self) {
+        while let Some(first) = self.queue.recv().await {
+            let mut batch = vec![first];
+            while let Ok(next) = self.queue.try_recv() {
+                batch.push(next);
+            }
+            let batch = coalesce(batch);
+            match self.store.append_events(&self.conversation, &batch).await {
+                Ok(()) => self.hub.wake(self.conversation.as_str()),
+                Err(e) => {
+                    tracing::debug!(conversation = %self.conversation, error = %e, "live events not written")
+                }
+            }
+        }
+    }
+}
+
+/// Joins adjacent deltas into one event: the widget shows the same text, with fewer events.
+fn coalesce(events: Vec<SessionEvent>) -> Vec<SessionEvent> {
+    let mut joined: Vec<SessionEvent> = Vec::with_capacity(events.len());
+    for event in events {
+        match (joined.last_mut(), event) {
+            (
+                Some(SessionEvent::Delta {
+                    message_id: last_id,
+                    text: last,
+                }),
+                SessionEvent::Delta { message_id, text },
+            ) if *last_id == message_id => last.push_str(&text),
+            (_, event) => joined.push(event),
+        }
+    }
+    joined
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Channel;
+    use crate::state::StoreLimits;
+    use crate::state::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn deltas_written_while_another_write_is_out_arrive_joined_and_in_order() {
+        let limits = StoreLimits::for_tests();
+        let (store, _queue) = MemoryStore::new(limits, 8);
+        let hub = EventHub::default();
+        let conversation = ConversationKey::new(Channel::Webchat, "ws_1");
+        let (events, writer) = channel(&store, &hub, conversation.clone(), "m1");
+        events.typing();
+        events.delta("Je ");
+        events.delta("pakket");
+        events.reset();
+        events.delta("Uw pakket");
+        drop(events);
+        writer.run().await;
+        let written: Vec<SessionEvent> = store
+            .events_after(&conversation, None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| serde_json::from_str(&e.json).unwrap())
+            .collect();
+        let delta = |text: &str| SessionEvent::Delta {
+            message_id: "m1".into(),
+            text: text.into(),
+        };
+        assert_eq!(
+            written,
+            [
+                SessionEvent::Typing {
+                    message_id: "m1".into()
+                },
+                delta("Je pakket"),
+                SessionEvent::Reset {
+                    message_id: "m1".into()
+                },
+                delta("Uw pakket"),
+            ]
+        );
+    }
+}
