@@ -1,6 +1,7 @@
 //! Fakes of what lies outside clawgate and cannot run here, as real HTTP servers speaking the
 //! real wire formats. Used by `clawgate mock llm`, by the integration tests and by benchmarks.
 
+pub mod host_page;
 pub mod mock_dispatcher;
 pub mod mock_llm;
 pub mod mock_platforms;

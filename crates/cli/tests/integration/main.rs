@@ -31,3 +31,4 @@ mod skills;
 mod spine;
 mod support;
 mod webchat_live;
+mod widget;

@@ -4,6 +4,7 @@
 pub mod connections;
 pub mod escalations;
 pub mod health;
+pub mod widget;
 
 use crate::app::AppState;
 use crate::app::error::ApiError;
@@ -70,6 +71,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/livez", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/widget.js", get(widget::script))
+        .route("/chat", get(widget::page))
         .merge(webchat_routes(&state))
         .route(
             "/webhooks/whatsapp",

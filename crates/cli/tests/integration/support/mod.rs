@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub use clawgate_fakes::mock_llm::MockLlm;
+pub mod browser;
 pub mod hosts;
 pub mod sentinel;
 pub mod sse;
