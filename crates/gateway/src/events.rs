@@ -82,9 +82,9 @@ impl SessionEvent {
         }
     }
 
-    /// The event a message's acceptance writes, for channels that keep events.
+    /// The event a message's acceptance writes, when its conversation keeps events.
     pub fn accepted(msg: &InboundMessage) -> Option<SessionEvent> {
-        keeps_events(msg.channel).then(|| SessionEvent::Message {
+        keeps_events(msg).then(|| SessionEvent::Message {
             message_id: msg.message_id.clone(),
             text: msg.text.clone(),
             ts: msg.received_at_ms,
@@ -104,10 +104,10 @@ impl SessionEvent {
     }
 }
 
-/// Whether conversations of `channel` keep live events (only the web chat has a page that
-/// follows them).
-pub fn keeps_events(channel: Channel) -> bool {
-    channel == Channel::Webchat
+/// Whether `msg`'s turn writes live events: web chat (a page follows them) and API requests
+/// that asked for `stream: true`.
+pub fn keeps_events(msg: &InboundMessage) -> bool {
+    msg.channel == Channel::Webchat || msg.streamed
 }
 
 /// An event as read back, with its id (a Redis stream id, `<ms>-<n>`; ordered).

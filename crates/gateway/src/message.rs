@@ -117,6 +117,24 @@ pub struct InboundMessage {
     /// conversation may be keyed on the number they wrote from before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// The client follows the answer as it is written (the OpenAI-compatible API's
+    /// `stream: true`): the turn writes live events for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub streamed: bool,
+    /// The conversation so far as the client sent it, used instead of the stored history: a
+    /// stateless OpenAI client (no `user`, no session header) sends the whole conversation with
+    /// every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Vec<ContextTurn>>,
+}
+
+/// One earlier message of a conversation a client sent along.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContextTurn {
+    /// Who wrote it.
+    pub role: Role,
+    /// What was written.
+    pub text: String,
 }
 
 impl InboundMessage {
@@ -139,6 +157,8 @@ impl InboundMessage {
             account: None,
             unsupported: None,
             reply_to: None,
+            streamed: false,
+            context: None,
         }
     }
 

@@ -187,3 +187,189 @@ async fn the_api_needs_its_token_checks_its_input_and_retries_are_idempotent() {
         .expect("json");
     assert_eq!(models["data"][0]["id"], "clawgate");
 }
+
+/// `data:` payloads of a streamed response, read as they arrive; `on_first_text` runs when the
+/// first chunk with answer text is in.
+async fn stream_chunks<F, Fut>(response: reqwest::Response, on_first_text: F) -> Vec<String>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut response = response;
+    let (mut pending, mut data) = (String::new(), Vec::new());
+    let mut on_first_text = Some(on_first_text);
+    while let Some(bytes) = response.chunk().await.expect("chunk") {
+        pending.push_str(&String::from_utf8_lossy(&bytes));
+        while let Some(end) = pending.find("\n\n") {
+            let block: String = pending.drain(..end + 2).collect();
+            for line in block.lines() {
+                if let Some(payload) = line.strip_prefix("data: ") {
+                    let has_text = serde_json::from_str::<Value>(payload).is_ok_and(|c| {
+                        c["choices"][0]["delta"]["content"]
+                            .as_str()
+                            .is_some_and(|t| !t.is_empty())
+                    });
+                    if has_text && let Some(first) = on_first_text.take() {
+                        first().await;
+                    }
+                    data.push(payload.to_string());
+                }
+            }
+        }
+    }
+    data
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_true_passes_the_models_words_on_as_it_writes_them() {
+    let redis = TestRedis::start().await;
+    let llm = mock_llm(0).await;
+    llm.set_chunk_pause(std::time::Duration::from_millis(150));
+    let a = Gateway::start(config_with_api(&llm), &redis.url(), "a").await;
+    let _b = Gateway::start(config_with_api(&llm), &redis.url(), "b").await;
+    let response = reqwest::Client::new()
+        .post(a.url("/v1/chat/completions"))
+        .bearer_auth(API_TOKEN)
+        .header("idempotency-key", "live-1")
+        .json(
+            &json!({"user": "live", "stream": true, "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "where is my parcel now"}]}),
+        )
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 200);
+    let committed_at_first_text = std::sync::Mutex::new(None);
+    let data = stream_chunks(response, || async {
+        // The first words are in while the model is still writing: nothing is committed yet.
+        let reply: Option<String> = redis
+            .query(redis::cmd("GET").arg("oc:replied:{api:live-1}"))
+            .await;
+        *committed_at_first_text.lock().unwrap() = Some(reply.is_some());
+    })
+    .await;
+    assert_eq!(*committed_at_first_text.lock().unwrap(), Some(false));
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("chunk"))
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let expected = "[mock] user_turns=1 last=\"where is my parcel now\"";
+    assert_eq!(text, expected);
+    let pieces = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        })
+        .count();
+    assert!(
+        pieces >= 4,
+        "streamed word by word, not at the end: {data:?}"
+    );
+    // include_usage: a last chunk with no choices and the usage.
+    let usage = chunks.last().expect("usage chunk");
+    assert_eq!(usage["choices"], json!([]));
+    assert!(
+        usage["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0,
+        "{usage}"
+    );
+    assert_eq!(
+        usage["usage"]["total_tokens"].as_u64(),
+        Some(
+            usage["usage"]["prompt_tokens"].as_u64().unwrap_or(0)
+                + usage["usage"]["completion_tokens"].as_u64().unwrap_or(0)
+        )
+    );
+
+    // The same request again (a client retrying): the answer on record, no new turn.
+    let again = reqwest::Client::new()
+        .post(a.url("/v1/chat/completions"))
+        .bearer_auth(API_TOKEN)
+        .header("idempotency-key", "live-1")
+        .json(&json!({"user": "live", "stream": true,
+                      "messages": [{"role": "user", "content": "where is my parcel now"}]}))
+        .send()
+        .await
+        .expect("POST");
+    let data = stream_chunks(again, || async {}).await;
+    let text: String = data
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(text, expected);
+    assert_eq!(llm.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateless_client_sends_the_context_and_a_pending_reply_is_not_retried_into_new_turns() {
+    let redis = TestRedis::start().await;
+    let llm = mock_llm(0).await;
+    let mut config = config_with_api(&llm);
+    config["webchat"]["replyWaitMs"] = json!(400);
+    let gateway = Gateway::start(config, &redis.url(), "r1").await;
+    // No `user`, no session header: the messages are the conversation (a chat app's way).
+    let (status, answer) = chat(
+        &gateway,
+        json!({"messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "my parcel VC123"},
+            {"role": "assistant", "content": "It is on its way."},
+            {"role": "user", "content": "when will it come?"}]}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        content(&answer),
+        "[mock] user_turns=2 last=\"when will it come?\"",
+        "the earlier messages were the context"
+    );
+
+    // A slow model: the reply is pending after the wait. The official SDKs retry a 504 on
+    // their own unless told not to; each retry would be a new turn.
+    llm.set_latency(std::time::Duration::from_millis(1500));
+    let response = reqwest::Client::new()
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth(API_TOKEN)
+        .json(&json!({"user": "slow", "messages": [{"role": "user", "content": "hello?"}]}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 504);
+    assert_eq!(
+        response
+            .headers()
+            .get("x-should-retry")
+            .and_then(|v| v.to_str().ok()),
+        Some("false")
+    );
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "reply_pending");
+
+    // GET /v1/models/{id}.
+    let http = reqwest::Client::new();
+    let model = |id: &'static str| {
+        http.get(gateway.url(&format!("/v1/models/{id}")))
+            .bearer_auth(API_TOKEN)
+            .send()
+    };
+    let found = model("clawgate").await.expect("GET");
+    assert_eq!(found.status(), 200);
+    let found: Value = found.json().await.expect("json");
+    assert_eq!(
+        (found["id"].as_str(), found["object"].as_str()),
+        (Some("clawgate"), Some("model"))
+    );
+    assert_eq!(model("gpt-4o").await.expect("GET").status(), 404);
+}

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod batch;
+pub mod event_follow;
 pub mod identity;
 pub mod telegram;
 pub mod webchat;
@@ -147,7 +148,7 @@ pub async fn accept_and_wait(
     let mut waiter = app.waiters.register(&id);
     let (acceptance, origin) = app.ingress.accept(msg).await?;
     let duplicate = acceptance == Acceptance::Duplicate;
-    if !duplicate && crate::events::keeps_events(msg.channel) {
+    if !duplicate && crate::events::keeps_events(msg) {
         // Redis announces the new event to every replica; this covers degraded mode.
         app.events.wake(msg.conversation().as_str());
     }

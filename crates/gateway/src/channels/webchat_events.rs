@@ -9,10 +9,10 @@
 //! elsewhere) and when the store cannot be read.
 
 use super::check_id;
+use super::event_follow::follow;
 use super::webchat::authorize_token;
 use crate::app::AppState;
 use crate::app::error::ApiError;
-use crate::event_stream::hub::Watch;
 use crate::events::StoredEvent;
 use crate::message::{Channel, ConversationKey};
 use axum::extract::{Path, Query, State};
@@ -21,15 +21,10 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::Deserialize;
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Events read from the store at once.
-const READ_BATCH: usize = 100;
-/// A stream re-reads the store this often even without a wake-up (a missed publish).
-const POLL: Duration = Duration::from_secs(10);
 /// Comment lines keep idle connections (and the proxies on their way) open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How soon a browser reconnects after the stream ends.
@@ -82,15 +77,9 @@ pub async fn events(
         .event("ready")
         .retry(RECONNECT)
         .data(r#"{"type":"ready"}"#);
-    let follow = Follow {
-        app,
-        conversation,
-        cursor: start,
-        buffer: VecDeque::new(),
-        watch,
-    };
-    let stream = futures_util::stream::once(async move { Ok::<_, Infallible>(ready) })
-        .chain(futures_util::stream::unfold(follow, next));
+    let events = follow(app, conversation, start, watch).map(|event| Ok(to_sse(event)));
+    let stream =
+        futures_util::stream::once(async move { Ok::<_, Infallible>(ready) }).chain(events);
     let mut response = Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response();
@@ -99,48 +88,6 @@ pub async fn events(
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
-}
-
-/// One open stream's place in its session.
-struct Follow {
-    app: Arc<AppState>,
-    conversation: ConversationKey,
-    /// The id of the last event sent.
-    cursor: String,
-    /// Events read but not sent yet.
-    buffer: VecDeque<StoredEvent>,
-    watch: Watch,
-}
-
-/// The next event of the stream; `None` ends it.
-async fn next(mut follow: Follow) -> Option<(Result<Event, Infallible>, Follow)> {
-    loop {
-        if let Some(event) = follow.buffer.pop_front() {
-            follow.cursor = event.id.clone();
-            return Some((Ok(to_sse(event)), follow));
-        }
-        if follow.app.release_waiting.is_cancelled() {
-            return None;
-        }
-        let app = follow.app.clone();
-        let (store, _) = app.ingress.current_store();
-        match store
-            .events_after(&follow.conversation, Some(&follow.cursor), READ_BATCH)
-            .await
-        {
-            Ok(events) if !events.is_empty() => follow.buffer.extend(events),
-            Ok(_) => {
-                tokio::select! {
-                    _ = follow.watch.news(POLL) => {}
-                    _ = app.release_waiting.cancelled() => return None,
-                }
-            }
-            Err(e) => {
-                tracing::debug!(conversation = %follow.conversation, error = %e, "event stream ends: the store cannot be read");
-                return None;
-            }
-        }
-    }
 }
 
 /// An SSE event named by the stored event's `type`.

@@ -89,6 +89,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(api::chat_completions).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY_BYTES)),
         )
         .route("/v1/models", get(api::models))
+        .route("/v1/models/{id}", get(api::model))
         .route("/v1/escalations", get(escalations::list))
         .route("/v1/escalations/{target}", get(escalations::show))
         .route(

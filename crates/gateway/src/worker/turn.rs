@@ -346,15 +346,22 @@ async fn answer(
                 None => None,
             };
             // The history moves into the prompt: it is not kept twice while the model thinks.
-            let mut prompt = build_prompt(
-                live,
-                &skills,
-                skill,
-                &language,
-                snapshot.history,
-                msg,
-                &later,
-            );
+            // A stateless client's own account of the conversation replaces it.
+            let history = match &msg.context {
+                Some(turns) => turns
+                    .iter()
+                    .map(|turn| HistoryEntry {
+                        role: turn.role,
+                        text: turn.text.clone(),
+                        ts: msg.received_at_ms,
+                        message_id: String::new(),
+                        skill: None,
+                        provider: None,
+                    })
+                    .collect(),
+                None => snapshot.history,
+            };
+            let mut prompt = build_prompt(live, &skills, skill, &language, history, msg, &later);
             if let Some((lookup, outcome)) = &lookup {
                 if let (Some(context), Some(system)) =
                     (lookup::context(outcome), prompt.messages.first_mut())
@@ -490,7 +497,7 @@ async fn ask_model(
     prompt: &Prompt,
 ) -> Completion {
     let rate_key = msg.rate_key();
-    if !events::keeps_events(msg.channel) {
+    if !events::keeps_events(msg) {
         return live.chain.complete(prompt, &rate_key).await;
     }
     let (turn_events, writer) =
@@ -520,7 +527,7 @@ fn answer_events(
     later: &[(u64, InboundMessage)],
     escalation: Option<&Escalation>,
 ) -> Vec<SessionEvent> {
-    if !events::keeps_events(msg.channel) {
+    if !events::keeps_events(msg) {
         return Vec::new();
     }
     let covers = later.iter().map(|(_, m)| m.message_id.clone()).collect();
