@@ -26,10 +26,24 @@ pub(crate) fn serve_on(
 ) -> std::io::Result<std::net::SocketAddr> {
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let _ = axum::serve(listener, app).await;
+        let _ = serve_forever(listener, app).await;
     });
     Ok(addr)
+}
+
+/// Serves `app` on `listener` until the process ends, with each request's peer address at hand.
+/// Small writes (a streamed answer's words) go out at once, as real servers send them: without
+/// `TCP_NODELAY`, Nagle's algorithm and the client's delayed ACK hold a word back ~40 ms.
+pub(crate) async fn serve_forever(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app).await
 }
 
 /// Parses a fake's `POST /control` body, or answers 400 saying which fields it takes

@@ -88,7 +88,7 @@ impl MockDispatcher {
 
 /// Serves the fake on `listener` until the process ends (`clawgate mock dispatcher`).
 pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
-    axum::serve(listener, router(Arc::new(Shared::default()))).await
+    crate::serve_forever(listener, router(Arc::new(Shared::default()))).await
 }
 
 fn router(shared: Arc<Shared>) -> Router {

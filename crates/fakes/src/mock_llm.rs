@@ -111,6 +111,8 @@ const MAX_PEERS: usize = 100_000;
 
 struct Shared {
     behaviour: Mutex<Behaviour>,
+    /// When the latest streamed answer's first words went out (for latency benchmarks).
+    first_words_sent: Mutex<Option<(std::time::Instant, std::time::SystemTime)>>,
     counters: Counters,
     /// The client addresses chat requests came from: one per connection.
     peers: Mutex<HashSet<SocketAddr>>,
@@ -219,6 +221,16 @@ impl MockLlm {
         self.shared.behaviour().cut_next = n;
     }
 
+    /// When the latest streamed answer's first words were handed to the connection: monotonic
+    /// and wall-clock time (a browser in the same machine compares with the latter).
+    pub fn first_words_sent(&self) -> Option<(std::time::Instant, std::time::SystemTime)> {
+        *self
+            .shared
+            .first_words_sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Successful answers sent so far.
     pub fn answered(&self) -> u64 {
         self.shared.counters.answered.load(Ordering::SeqCst)
@@ -239,13 +251,13 @@ fn shared(options: Options) -> Arc<Shared> {
         }),
         counters: Counters::default(),
         peers: Mutex::new(HashSet::new()),
+        first_words_sent: Mutex::new(None),
     })
 }
 
 /// Serves the mock on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, options: Options) -> std::io::Result<()> {
-    let app = router(shared(options)).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).await
+    crate::serve_forever(listener, router(shared(options))).await
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -460,7 +472,8 @@ async fn openai_chat(
             frames.push(format!("data: {last}\n\n"));
         }
         frames.push("data: [DONE]\n\n".to_string());
-        return streamed(&shared, frames, "text/event-stream");
+        // Frame 0 is the role chunk; the words start at 1.
+        return streamed(&shared, frames, 1, "text/event-stream");
     }
     Json(json!({
         "id": format!("chatcmpl-mock-{id}"),
@@ -494,7 +507,12 @@ fn words(text: &str) -> impl Iterator<Item = &str> {
 
 /// A streamed response of `frames`, `chunk_ms` apart; a cut one stops halfway with an error,
 /// which drops the connection mid-answer.
-fn streamed(shared: &Shared, frames: Vec<String>, content_type: &'static str) -> Response {
+fn streamed(
+    shared: &Arc<Shared>,
+    frames: Vec<String>,
+    first_words: usize,
+    content_type: &'static str,
+) -> Response {
     let (pause, cut) = {
         let mut b = shared.behaviour();
         let cut = b.cut_next > 0;
@@ -503,21 +521,32 @@ fn streamed(shared: &Shared, frames: Vec<String>, content_type: &'static str) ->
     };
     let keep = if cut { frames.len() / 2 } else { frames.len() };
     let total = frames.len();
+    let shared = shared.clone();
     let body = futures_util::stream::unfold(
         (frames.into_iter().take(keep).enumerate(), cut),
-        move |(mut frames, cut)| async move {
-            match frames.next() {
-                Some((i, frame)) => {
-                    if i > 0 && i + 1 < total && !pause.is_zero() {
-                        tokio::time::sleep(pause).await;
+        move |(mut frames, cut)| {
+            let shared = shared.clone();
+            async move {
+                match frames.next() {
+                    Some((i, frame)) => {
+                        if i > 0 && i + 1 < total && !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
+                        if i == first_words {
+                            *shared
+                                .first_words_sent
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner()) =
+                                Some((std::time::Instant::now(), std::time::SystemTime::now()));
+                        }
+                        Some((Ok(axum::body::Bytes::from(frame)), (frames, cut)))
                     }
-                    Some((Ok(axum::body::Bytes::from(frame)), (frames, cut)))
+                    None if cut => Some((
+                        Err(std::io::Error::other("mock: answer cut off")),
+                        (frames, false),
+                    )),
+                    None => None,
                 }
-                None if cut => Some((
-                    Err(std::io::Error::other("mock: answer cut off")),
-                    (frames, false),
-                )),
-                None => None,
             }
         },
     );
@@ -564,7 +593,7 @@ async fn ollama_chat(
         };
         let mut frames: Vec<String> = words(&text).map(|w| line(w, false)).collect();
         frames.push(line("", true));
-        return streamed(&shared, frames, "application/x-ndjson");
+        return streamed(&shared, frames, 0, "application/x-ndjson");
     }
     Json(json!({
         "model": seen.model,

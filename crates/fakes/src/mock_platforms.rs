@@ -191,8 +191,7 @@ impl MockPlatforms {
         });
         let app = router(shared.clone());
         let server = tokio::spawn(async move {
-            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-            let _ = axum::serve(listener, app).await;
+            let _ = crate::serve_forever(listener, app).await;
         });
         let guard = Arc::new(StopOnDrop(server.abort_handle()));
         Ok((
@@ -258,9 +257,7 @@ impl MockPlatforms {
 
 /// Serves the fake on `listener` until the process ends.
 pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
-    let app = router(Arc::new(Shared::default()))
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app).await
+    crate::serve_forever(listener, router(Arc::new(Shared::default()))).await
 }
 
 fn router(shared: Arc<Shared>) -> Router {

@@ -114,7 +114,7 @@ async fn run(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> 
         .route("/areas/{postal_code}", get(area))
         .route("/control", post(control))
         .with_state(shared);
-    axum::serve(listener, app).await
+    crate::serve_forever(listener, app).await
 }
 
 async fn package(State(shared): State<Arc<Shared>>, Path(number): Path<String>) -> Response {

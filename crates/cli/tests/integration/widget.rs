@@ -262,6 +262,28 @@ async fn a_customer_chats_on_the_chat_page_and_finds_the_conversation_after_a_re
     assert_eq!(after, before);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(shown(&browser).await, before, "nothing replayed twice");
+
+    // A complaint hands the conversation to a person: the widget says so, with the reference.
+    type_and_send(&browser, "My parcel arrived damaged", true).await;
+    let answers = final_answers(&browser, 3, Duration::from_secs(20)).await;
+    let reference = regex::Regex::new(r"ESC-[0-9A-F]+")
+        .expect("regex")
+        .find(&answers[2])
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| panic!("no reference in {:?}", answers[2]));
+    let notice = browser
+        .until(
+            "the hand-over notice",
+            Duration::from_secs(5),
+            &in_widget("const n = root.querySelector('.notice'); return n && n.textContent;"),
+        )
+        .await;
+    assert_eq!(
+        notice,
+        json!(format!(
+            "A colleague will take over this conversation. Your reference: {reference}"
+        ))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
