@@ -62,6 +62,22 @@ fn webchat_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
             get(webchat_events::events),
         )
         .layer(cors)
+        .layer(axum::middleware::from_fn(preflight_no_content))
+}
+
+/// Answers a CORS preflight with 204 No Content (tower-http's CORS layer answers 200 with an
+/// empty body; 204 is what the Fetch standard's examples and most servers send, and what
+/// clients check for).
+async fn preflight_no_content(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let preflight = request.method() == axum::http::Method::OPTIONS;
+    let mut response = next.run(request).await;
+    if preflight && response.status() == axum::http::StatusCode::OK {
+        *response.status_mut() = axum::http::StatusCode::NO_CONTENT;
+    }
+    response
 }
 
 /// The router of a replica.
