@@ -1,6 +1,8 @@
-//! Headless Chromium driven over WebDriver (chromedriver), for the widget's tests. Each browser
-//! gets its own chromedriver on a free port and its own empty profile; the driver and every
-//! Chromium process it started are killed (as one process group) when the browser is dropped.
+//! A headless browser driven over WebDriver, for the widget's tests: Chromium through
+//! chromedriver (what `scripts/test` installs and CI runs), or Firefox through geckodriver with
+//! `CLAWGATE_TEST_BROWSER=firefox` (the driver from `cargo install geckodriver`, on `PATH`). Each
+//! browser gets its own driver on a free port and its own empty profile; the driver and every
+//! browser process it started are killed (as one process group) when the browser is dropped.
 
 use super::{eventually, free_port};
 use fantoccini::{Client, ClientBuilder};
@@ -12,6 +14,8 @@ use tempfile::TempDir;
 
 const CHROMEDRIVER: &str = "chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
+const GECKODRIVER: &str = "geckodriver";
+const FIREFOX: &str = "/usr/bin/firefox-esr";
 
 /// A headless Chromium session.
 pub struct Browser {
@@ -25,37 +29,53 @@ impl Browser {
     pub async fn start(width: u32, height: u32) -> Browser {
         let port = free_port();
         let profile = tempfile::tempdir().expect("profile dir");
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
+        let firefox = std::env::var("CLAWGATE_TEST_BROWSER").is_ok_and(|b| b == "firefox");
+        let (program, port_arg) = if firefox {
+            (GECKODRIVER, format!("--port={port}"))
+        } else {
+            (CHROMEDRIVER, format!("--port={port}"))
+        };
+        let driver = Command::new(program)
+            .arg(port_arg)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            // Its own process group, so Chromium's processes go when the test kills it.
+            // Its own process group, so the browser's processes go when the test kills it.
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot start {CHROMEDRIVER} ({e}); scripts/test installs chromium and chromium-driver")
+                panic!("cannot start {program} ({e}); scripts/test installs chromium and chromium-driver")
             });
         let url = format!("http://127.0.0.1:{port}");
-        let capabilities = json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless=new",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-dev-shm-usage",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--disable-extensions",
-                    format!("--window-size={width},{height}"),
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
-            },
-        });
+        let capabilities = if firefox {
+            json!({
+                "browserName": "firefox",
+                "moz:firefoxOptions": {
+                    "binary": FIREFOX,
+                    "args": ["-headless", format!("--width={width}"), format!("--height={height}"), "-profile", profile.path().display().to_string()],
+                },
+            })
+        } else {
+            json!({
+                "browserName": "chrome",
+                "goog:chromeOptions": {
+                    "binary": CHROMIUM,
+                    "args": [
+                        "--headless=new",
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--disable-dev-shm-usage",
+                        "--disable-quic",
+                        "--no-first-run",
+                        "--disable-background-networking",
+                        "--disable-component-update",
+                        "--disable-sync",
+                        "--disable-extensions",
+                        format!("--window-size={width},{height}"),
+                        format!("--user-data-dir={}", profile.path().display()),
+                    ],
+                },
+            })
+        };
         let capabilities = match capabilities {
             Value::Object(map) => map,
             _ => unreachable!(),
