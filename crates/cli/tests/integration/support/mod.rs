@@ -879,22 +879,31 @@ impl TestCluster {
         format!("http://{}{path}", self.listen)
     }
 
-    /// `POST /v1/webchat/messages` through nginx.
+    /// `POST /v1/webchat/messages` through nginx. A request that fails before any answer is sent
+    /// once more with the same message id, as the widget does: when the supervisor reloads
+    /// nginx (a replica taken out of or back into the upstream), the old workers close their
+    /// idle keep-alive connections, and a request racing that close never reached nginx (HTTP
+    /// keep-alive's known race). Dedupe makes the resend safe: an accepted message is not
+    /// queued twice, and a lost one would still show as a missing or doubled turn.
     pub async fn send(&self, session: &str, message_id: &str, text: &str) -> (u16, Value) {
         let body = json!({"session_id": session, "message_id": message_id, "text": text});
-        match self
-            .http
-            .post(self.url("/v1/webchat/messages"))
-            .json(&body)
-            .send()
-            .await
-        {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                (status, response.json().await.unwrap_or(Value::Null))
+        let mut last_error = String::new();
+        for _ in 0..2 {
+            match self
+                .http
+                .post(self.url("/v1/webchat/messages"))
+                .json(&body)
+                .send()
+                .await
+            {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    return (status, response.json().await.unwrap_or(Value::Null));
+                }
+                Err(e) => last_error = e.to_string(),
             }
-            Err(e) => (0, json!({"error": e.to_string()})),
         }
+        (0, json!({"error": last_error}))
     }
 
     /// A message through nginx and its reply: a `202` (the reply was not ready within the wait,
