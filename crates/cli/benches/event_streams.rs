@@ -326,15 +326,10 @@ async fn kills(report: &mut Value, markdown: &mut String) {
                         reconnects += 1;
                         let last = stream.last_id.clone();
                         stream = loop {
-                            let resumed = http
-                                .get(&url)
-                                .header("last-event-id", &last)
-                                .send()
-                                .await;
-                            if resumed.is_ok_and(|r| r.status() == 200) {
-                                break SseStream::open(&http, &url, Some(&last)).await;
+                            match SseStream::try_open(&http, &url, Some(&last)).await {
+                                Ok(resumed) => break resumed,
+                                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                             }
-                            tokio::time::sleep(Duration::from_millis(200)).await;
                         };
                     }
                 }

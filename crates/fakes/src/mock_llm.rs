@@ -444,15 +444,25 @@ async fn openai_chat(
         "total_tokens": prompt_tokens + completion_tokens,
     });
     if seen.stream {
-        let chunk = |delta: Value, finish: Value| {
-            let chunk = json!({
+        // One `chat.completion.chunk` frame with these choices and, for the last, the usage.
+        let frame = |choices: Value, usage: Option<&Value>| {
+            let mut chunk = json!({
                 "id": format!("chatcmpl-mock-{id}"),
                 "object": "chat.completion.chunk",
                 "created": unix_seconds(),
                 "model": seen.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                "choices": choices,
             });
+            if let Some(usage) = usage {
+                chunk["usage"] = usage.clone();
+            }
             format!("data: {chunk}\n\n")
+        };
+        let chunk = |delta: Value, finish: Value| {
+            frame(
+                json!([{"index": 0, "delta": delta, "finish_reason": finish}]),
+                None,
+            )
         };
         let mut frames = vec![chunk(
             json!({"role": "assistant", "content": ""}),
@@ -461,15 +471,7 @@ async fn openai_chat(
         frames.extend(words(&text).map(|w| chunk(json!({"content": w}), Value::Null)));
         frames.push(chunk(json!({}), json!("stop")));
         if seen.include_usage {
-            let last = json!({
-                "id": format!("chatcmpl-mock-{id}"),
-                "object": "chat.completion.chunk",
-                "created": unix_seconds(),
-                "model": seen.model,
-                "choices": [],
-                "usage": usage,
-            });
-            frames.push(format!("data: {last}\n\n"));
+            frames.push(frame(json!([]), Some(&usage)));
         }
         frames.push("data: [DONE]\n\n".to_string());
         // Frame 0 is the role chunk; the words start at 1.

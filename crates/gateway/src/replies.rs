@@ -45,7 +45,7 @@ pub struct ReplyWaiters {
 /// A registered wait; dropping it unregisters.
 pub struct Waiter<'a> {
     waiters: &'a ReplyWaiters,
-    id: String,
+    id: DedupeId,
     generation: u64,
     reply: watch::Receiver<Option<StoredReply>>,
     resubscribed: watch::Receiver<u64>,
@@ -69,7 +69,7 @@ impl ReplyWaiters {
         registry.next_generation += 1;
         Waiter {
             waiters: self,
-            id: id.as_str().to_string(),
+            id: id.clone(),
             generation,
             reply,
             resubscribed: self.resubscribed.subscribe(),
@@ -139,6 +139,11 @@ impl ReplyWaiters {
 }
 
 impl Waiter<'_> {
+    /// The message whose reply this waits for.
+    pub fn id(&self) -> &DedupeId {
+        &self.id
+    }
+
     /// Waits until the reply arrives, or until a resubscription means a publish may have been
     /// missed (`None`: the caller re-reads the store), or until `poll` passes (`None` as well).
     pub async fn wait(&mut self, poll: Duration) -> Option<StoredReply> {
@@ -156,12 +161,12 @@ impl Waiter<'_> {
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
         let mut registry = self.waiters.lock();
-        if let Some(awaited) = registry.awaited.get_mut(&self.id)
+        if let Some(awaited) = registry.awaited.get_mut(self.id.as_str())
             && awaited.generation == self.generation
         {
             awaited.waiters -= 1;
             if awaited.waiters == 0 {
-                registry.awaited.remove(&self.id);
+                registry.awaited.remove(self.id.as_str());
             }
         }
     }

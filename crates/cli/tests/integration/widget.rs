@@ -20,16 +20,23 @@ fn in_widget(body: &str) -> String {
     )
 }
 
+/// What `body` (run in the widget's shadow root, see [`in_widget`]) returns now.
+async fn widget_value(browser: &Browser, body: &str) -> Value {
+    browser.run(&in_widget(body), vec![]).await
+}
+
+/// Opens `url` in the browser.
+async fn open(browser: &Browser, url: &str) {
+    browser
+        .client
+        .goto(url)
+        .await
+        .unwrap_or_else(|e| panic!("open {url}: {e}"));
+}
+
 /// `[role, text]` of every message shown, in order.
 async fn shown(browser: &Browser) -> Vec<(String, String)> {
-    let messages = browser
-        .run(
-            &in_widget(
-                "return Array.from(root.querySelectorAll('.msg')).map(n => [n.classList.contains('user') ? 'user' : 'agent', n.querySelector('.text').textContent]);",
-            ),
-            vec![],
-        )
-        .await;
+    let messages = widget_value(browser, "return Array.from(root.querySelectorAll('.msg')).map(n => [n.classList.contains('user') ? 'user' : 'agent', n.querySelector('.text').textContent]);").await;
     messages
         .as_array()
         .cloned()
@@ -74,21 +81,14 @@ async fn final_answers(browser: &Browser, count: usize, timeout: Duration) -> Ve
 /// Records, from now on, every live event the widget announces and every text its answers
 /// show, in `window.__seen`.
 async fn record(browser: &Browser) {
-    browser
-        .run(
-            &in_widget(
-                "window.__seen = {events: [], texts: [], states: []};
+    widget_value(browser, "window.__seen = {events: [], texts: [], states: []};
                  new MutationObserver(() => window.__seen.states.push(host.getAttribute('data-state')))
                    .observe(host, {attributes: true, attributeFilter: ['data-state']});
                  host.addEventListener('clawgate:event', e => window.__seen.events.push([e.detail.id, e.detail.type]));
                  new MutationObserver(() => {
                    for (const n of root.querySelectorAll('.msg.agent .text')) window.__seen.texts.push(n.textContent);
                  }).observe(root, {subtree: true, childList: true, characterData: true});
-                 return true;",
-            ),
-            vec![],
-        )
-        .await;
+                 return true;").await;
 }
 
 async fn recorded(browser: &Browser) -> Value {
@@ -177,23 +177,12 @@ async fn a_customer_chats_on_the_chat_page_and_finds_the_conversation_after_a_re
     config["webchat"] = json!({"title": "VeloCity"});
     let gateway = Gateway::start(config, &redis.url(), "r1").await;
     let browser = Browser::start(1000, 800).await;
-    browser
-        .client
-        .goto(&gateway.url("/chat?lang=en"))
-        .await
-        .expect("open /chat");
+    open(&browser, &gateway.url("/chat?lang=en")).await;
     until_state(&browser, "ready", Duration::from_secs(10)).await;
     assert_eq!(browser.client.title().await.expect("title"), "VeloCity");
     // Accessible: the conversation is a live region, the input has a label.
-    let a11y = browser
-        .run(
-            &in_widget(
-                "const log = root.querySelector('[role=log]'); const input = root.querySelector('textarea');
-                 return [log.getAttribute('aria-live'), root.querySelector('label[for=' + input.id + ']').textContent, root.activeElement === input];",
-            ),
-            vec![],
-        )
-        .await;
+    let a11y = widget_value(&browser, "const log = root.querySelector('[role=log]'); const input = root.querySelector('textarea');
+                 return [log.getAttribute('aria-live'), root.querySelector('label[for=' + input.id + ']').textContent, root.activeElement === input];").await;
     assert_eq!(a11y, json!(["polite", "Type your message", true]));
     record(&browser).await;
 
@@ -229,12 +218,8 @@ async fn a_customer_chats_on_the_chat_page_and_finds_the_conversation_after_a_re
         "every partial text is the start of the answer: {texts:?}"
     );
     assert_each_once_in_order(&seen["events"]);
-    let typing_hidden = browser
-        .run(
-            &in_widget("return root.querySelector('.typing').hidden;"),
-            vec![],
-        )
-        .await;
+    let typing_hidden =
+        widget_value(&browser, "return root.querySelector('.typing').hidden;").await;
     assert_eq!(typing_hidden, json!(true));
 
     // Keyboard only: Enter sends. The answer has the context of the first turn.
@@ -309,20 +294,15 @@ async fn a_page_on_an_allowed_origin_embeds_the_widget_and_another_origin_is_ref
 
     let browser = Browser::start(1000, 800).await;
 
-    browser
-        .client
-        .goto(&format!("{}/", allowed.origin()))
-        .await
-        .expect("page");
+    open(&browser, &format!("{}/", allowed.origin())).await;
     open_bubble(&browser).await;
     until_state(&browser, "ready", Duration::from_secs(10)).await;
     // The page is Dutch: so are the widget's labels.
-    let placeholder = browser
-        .run(
-            &in_widget("return root.querySelector('textarea').placeholder;"),
-            vec![],
-        )
-        .await;
+    let placeholder = widget_value(
+        &browser,
+        "return root.querySelector('textarea').placeholder;",
+    )
+    .await;
     assert_eq!(placeholder, json!("Typ je bericht"));
     llm.set_reply(Some(DUTCH_ANSWER));
     type_and_send(&browser, "Waar is mijn pakket VC123456?", true).await;
@@ -349,19 +329,14 @@ async fn a_page_on_an_allowed_origin_embeds_the_widget_and_another_origin_is_ref
         .await;
     assert_eq!(fills, json!(true));
 
-    browser
-        .client
-        .goto(&format!("{}/", refused.origin()))
-        .await
-        .expect("page");
+    open(&browser, &format!("{}/", refused.origin())).await;
     open_bubble(&browser).await;
     until_state(&browser, "unavailable", Duration::from_secs(10)).await;
-    let status = browser
-        .run(
-            &in_widget("return root.querySelector('[role=status]').textContent;"),
-            vec![],
-        )
-        .await;
+    let status = widget_value(
+        &browser,
+        "return root.querySelector('[role=status]').textContent;",
+    )
+    .await;
     assert!(
         status.as_str().unwrap_or("").contains("niet beschikbaar"),
         "{status}"
@@ -378,11 +353,7 @@ async fn the_customer_sees_the_whole_answer_once_when_the_replica_holding_the_st
     config["webchat"] = json!({});
     let cluster = TestCluster::start(config, 3).await;
     let browser = Browser::start(1000, 800).await;
-    browser
-        .client
-        .goto(&cluster.url("/chat?lang=en"))
-        .await
-        .expect("open /chat");
+    open(&browser, &cluster.url("/chat?lang=en")).await;
     until_state(&browser, "ready", Duration::from_secs(10)).await;
     record(&browser).await;
     type_and_send(&browser, "Where is my parcel?", true).await;

@@ -5,6 +5,7 @@
 //! be read.
 
 use crate::app::AppState;
+use crate::app::error::ApiError;
 use crate::event_stream::hub::Watch;
 use crate::events::StoredEvent;
 use crate::message::ConversationKey;
@@ -17,6 +18,22 @@ use std::time::Duration;
 const READ_BATCH: usize = 100;
 /// A stream re-reads the store this often even without a wake-up (a missed publish).
 const POLL: Duration = Duration::from_secs(10);
+
+/// The id of `conversation`'s newest event (`0-0` when it has none): where a stream that
+/// resumes from nothing starts, so it carries only what comes next.
+pub async fn newest_event(
+    app: &AppState,
+    conversation: &ConversationKey,
+) -> Result<String, ApiError> {
+    Ok(app
+        .ingress
+        .current_store()
+        .0
+        .last_event_id(conversation)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot read the conversation's events: {e}")))?
+        .unwrap_or_else(|| "0-0".to_string()))
+}
 
 /// `conversation`'s events after `cursor`, as they come; `watch` must be registered before the
 /// cursor was taken, so nothing written in between goes unnoticed.

@@ -15,8 +15,11 @@ pub mod whatsapp;
 
 use crate::app::AppState;
 use crate::app::error::ApiError;
+use crate::ingress::Origin;
 use crate::message::{InboundMessage, StoredReply};
+use crate::replies::Waiter;
 use crate::state::Acceptance;
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 /// One line per channel for `clawgate config check`: where its messages come in, how they are
@@ -131,53 +134,83 @@ pub fn check_id(what: &str, id: &str, allow_colon: bool) -> Result<(), ApiError>
     }
 }
 
-/// Accepts `msg` (durably, or in-process when degraded) and waits up to `wait` for its reply,
-/// whichever replica produces it. A duplicate gets the reply already on record.
+/// `msg` as it is accepted: cut to its channel's text limit and marked for the too-long notice
+/// when it is over it.
+pub fn within_limit<'m>(app: &AppState, msg: &'m InboundMessage) -> Cow<'m, InboundMessage> {
+    match over_limit(
+        msg,
+        app.live.current().config.channels.max_text(msg.channel),
+    ) {
+        Some(capped) => Cow::Owned(capped),
+        None => Cow::Borrowed(msg),
+    }
+}
+
+/// Accepts `msg` (durably, or in-process when degraded); a new message of a conversation that
+/// keeps live events wakes this replica's streams of it (Redis announces it to the others; this
+/// covers degraded mode).
+pub async fn accept(
+    app: &AppState,
+    msg: &InboundMessage,
+) -> Result<(Acceptance, Origin), ApiError> {
+    let (acceptance, origin) = app.ingress.accept(msg).await?;
+    if acceptance != Acceptance::Duplicate && crate::events::keeps_events(msg) {
+        app.events.wake(msg.conversation().as_str());
+    }
+    Ok((acceptance, origin))
+}
+
+/// Accepts `msg` and waits up to `wait` for its reply, whichever replica produces it. A
+/// duplicate gets the reply already on record.
 pub async fn accept_and_wait(
     app: &AppState,
     msg: &InboundMessage,
     wait: Duration,
 ) -> Result<Waited, ApiError> {
-    let capped = over_limit(
-        msg,
-        app.live.current().config.channels.max_text(msg.channel),
-    );
-    let msg = capped.as_ref().unwrap_or(msg);
-    let id = msg.dedupe_id();
+    let msg = within_limit(app, msg);
     // Register before accepting so a fast reply cannot slip past.
-    let mut waiter = app.waiters.register(&id);
-    let (acceptance, origin) = app.ingress.accept(msg).await?;
+    let waiter = app.waiters.register(&msg.dedupe_id());
+    let (acceptance, origin) = accept(app, &msg).await?;
     let duplicate = acceptance == Acceptance::Duplicate;
-    if !duplicate && crate::events::keeps_events(msg) {
-        // Redis announces the new event to every replica; this covers degraded mode.
-        app.events.wake(msg.conversation().as_str());
-    }
+    Ok(wait_for_reply(app, waiter, origin, duplicate, wait).await)
+}
+
+/// Waits up to `wait` for the reply `waiter` was registered for, re-reading the store in case
+/// the wake-up was missed; `on_record` says the message was accepted earlier (its reply may be
+/// there already: look at once, and often).
+pub async fn wait_for_reply(
+    app: &AppState,
+    mut waiter: Waiter<'_>,
+    origin: Origin,
+    on_record: bool,
+    wait: Duration,
+) -> Waited {
     let store = app.ingress.store(origin);
     let deadline = Instant::now() + wait;
-    let poll = if duplicate {
+    let poll = if on_record {
         POLL_DUPLICATE
     } else {
         POLL_FIRST_ACCEPT
     };
-    let mut check_store = duplicate;
+    let mut check_store = on_record;
     loop {
         if check_store {
-            match store.reply(&id).await {
-                Ok(Some(reply)) => return Ok(Waited::Replied(reply)),
+            match store.reply(waiter.id()).await {
+                Ok(Some(reply)) => return Waited::Replied(reply),
                 Ok(None) => {}
                 Err(e) => tracing::debug!(error = %e, "reply lookup failed while waiting"),
             }
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Ok(Waited::Pending);
+            return Waited::Pending;
         }
         tokio::select! {
             reply = waiter.wait(poll.min(remaining)) => match reply {
-                Some(reply) => return Ok(Waited::Replied(reply)),
+                Some(reply) => return Waited::Replied(reply),
                 None => check_store = true,
             },
-            _ = app.release_waiting.cancelled() => return Ok(Waited::Pending),
+            _ = app.release_waiting.cancelled() => return Waited::Pending,
         }
     }
 }

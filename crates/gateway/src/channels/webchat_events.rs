@@ -9,7 +9,7 @@
 //! elsewhere) and when the store cannot be read.
 
 use super::check_id;
-use super::event_follow::follow;
+use super::event_follow::{follow, newest_event};
 use super::webchat::authorize_token;
 use crate::app::AppState;
 use crate::app::error::ApiError;
@@ -63,14 +63,7 @@ pub async fn events(
     let watch = app.events.watch(&conversation);
     let start = match resume {
         Some(id) => id,
-        None => app
-            .ingress
-            .current_store()
-            .0
-            .last_event_id(&conversation)
-            .await
-            .map_err(|e| ApiError::unavailable(format!("cannot read the session's events: {e}")))?
-            .unwrap_or_else(|| "0-0".to_string()),
+        None => newest_event(&app, &conversation).await?,
     };
     let ready = Event::default()
         .id(start.clone())

@@ -118,6 +118,11 @@ impl Inner {
         conversation
     }
 
+    /// The conversation if it exists and has not expired (read-only: nothing is created).
+    fn live_conversation(&self, key: &ConversationKey, now: Instant) -> Option<&Conversation> {
+        self.conversations.get(key).filter(|c| c.expires > now)
+    }
+
     fn live_reply(&self, id: &str, now: Instant) -> Option<StoredReply> {
         self.replies
             .get(id)
@@ -357,9 +362,7 @@ impl StateStore for MemoryStore {
         let now = Instant::now();
         Ok(self
             .lock()
-            .conversations
-            .get(conversation)
-            .filter(|c| c.expires > now)
+            .live_conversation(conversation, now)
             .map(|c| c.history.iter().cloned().collect())
             .unwrap_or_default())
     }
@@ -494,11 +497,7 @@ impl StateStore for MemoryStore {
     ) -> Result<Vec<StoredEvent>, StateError> {
         let now = Instant::now();
         let inner = self.lock();
-        let Some(c) = inner
-            .conversations
-            .get(conversation)
-            .filter(|c| c.expires > now)
-        else {
+        let Some(c) = inner.live_conversation(conversation, now) else {
             return Ok(Vec::new());
         };
         Ok(c.events
@@ -516,9 +515,7 @@ impl StateStore for MemoryStore {
         let now = Instant::now();
         Ok(self
             .lock()
-            .conversations
-            .get(conversation)
-            .filter(|c| c.expires > now)
+            .live_conversation(conversation, now)
             .and_then(|c| c.events.back())
             .map(|e| e.id.clone()))
     }

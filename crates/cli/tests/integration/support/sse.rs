@@ -25,27 +25,41 @@ impl SseStream {
     /// Opens `url` with an optional `Last-Event-ID`; panics unless it answers 200
     /// `text/event-stream`.
     pub async fn open(http: &reqwest::Client, url: &str, last_event_id: Option<&str>) -> SseStream {
+        match SseStream::try_open(http, url, last_event_id).await {
+            Ok(stream) => stream,
+            Err(why) => panic!("events of {url}: {why}"),
+        }
+    }
+
+    /// The same, with why it could not be opened (a replica gone, an HTTP error) instead of a
+    /// panic, for clients that reconnect.
+    pub async fn try_open(
+        http: &reqwest::Client,
+        url: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<SseStream, String> {
         let mut request = http.get(url).header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
         }
-        let response = request.send().await.expect("GET events");
-        assert_eq!(response.status(), 200, "events of {url}");
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        if response.status() != 200 {
+            return Err(format!("HTTP {}", response.status()));
+        }
         let content_type = response
             .headers()
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        assert!(
-            content_type.starts_with("text/event-stream"),
-            "{content_type}"
-        );
-        SseStream {
+        if !content_type.starts_with("text/event-stream") {
+            return Err(format!("content type {content_type}"));
+        }
+        Ok(SseStream {
             response,
             pending: String::new(),
             last_id: last_event_id.unwrap_or("").to_string(),
-        }
+        })
     }
 
     /// The next event, or `None` when the stream ended or nothing came within `timeout`.

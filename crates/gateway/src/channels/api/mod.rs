@@ -264,64 +264,58 @@ impl Completion {
         json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
     }
 
-    /// One `chat.completion.chunk`.
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Event {
-        let chunk = json!({
+    /// One `chat.completion.chunk` with `choices` and, when given, one more top-level field
+    /// (`clawgate`, `usage`).
+    fn chunk_with(&self, choices: Value, extra: Option<(&str, Value)>) -> Event {
+        let mut chunk = json!({
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            "choices": choices,
         });
+        if let Some((field, value)) = extra {
+            chunk[field] = value;
+        }
         Event::default().data(chunk.to_string())
+    }
+
+    /// The single choice of a chunk.
+    fn choice(delta: Value, finish_reason: Option<&str>) -> Value {
+        json!([{"index": 0, "delta": delta, "finish_reason": finish_reason}])
     }
 
     /// The chunk that opens the answer.
     fn role_chunk(&self) -> Event {
-        self.chunk(json!({"role": "assistant", "content": ""}), None)
+        self.chunk_with(
+            Self::choice(json!({"role": "assistant", "content": ""}), None),
+            None,
+        )
     }
 
     /// Says the text streamed so far is void: its provider failed mid-answer and another
     /// provider's answer follows.
     fn reset_chunk(&self) -> Event {
-        let chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": null}],
-            "clawgate": {"reset": true},
-        });
-        Event::default().data(chunk.to_string())
+        self.chunk_with(
+            Self::choice(json!({}), None),
+            Some(("clawgate", json!({"reset": true}))),
+        )
     }
 
     /// A chunk of answer text.
     fn text_chunk(&self, text: &str) -> Event {
-        self.chunk(json!({"content": text}), None)
+        self.chunk_with(Self::choice(json!({"content": text}), None), None)
     }
 
     /// What ends a streamed answer: the finish chunk, the usage chunk when asked for, and
     /// `[DONE]`.
     fn closing(&self, reply_text: &str, skill: &str, provider: &str) -> Vec<Event> {
-        let finish = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-            "clawgate": self.clawgate(skill, provider),
-        });
-        let mut events = vec![Event::default().data(finish.to_string())];
+        let mut events = vec![self.chunk_with(
+            Self::choice(json!({}), Some("stop")),
+            Some(("clawgate", self.clawgate(skill, provider))),
+        )];
         if self.include_usage {
-            let usage = json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [],
-                "usage": self.usage(reply_text),
-            });
-            events.push(Event::default().data(usage.to_string()));
+            events.push(self.chunk_with(json!([]), Some(("usage", self.usage(reply_text)))));
         }
         events.push(Event::default().data("[DONE]"));
         events

@@ -8,8 +8,8 @@
 use super::{Completion, pending};
 use crate::app::AppState;
 use crate::app::error::ApiError;
-use crate::channels::event_follow::follow;
-use crate::channels::{Waited, accept_and_wait, over_limit};
+use crate::channels::event_follow::{follow, newest_event};
+use crate::channels::{Waited, accept, wait_for_reply, within_limit};
 use crate::events::{SessionEvent, StoredEvent};
 use crate::message::{InboundMessage, StoredReply};
 use crate::state::Acceptance;
@@ -30,31 +30,23 @@ pub(super) async fn answer(
     completion: Completion,
 ) -> Result<Response, ApiError> {
     let wait = app.live.current().config.webchat.reply_wait;
-    let msg = over_limit(
-        &msg,
-        app.live.current().config.channels.max_text(msg.channel),
-    )
-    .unwrap_or(msg);
+    let msg = within_limit(&app, &msg).into_owned();
     let conversation = msg.conversation();
     // Registered, and the cursor taken, before the message is accepted: no event of its turn
     // can come before them.
     let watch = app.events.watch(&conversation);
-    let cursor = app
-        .ingress
-        .current_store()
-        .0
-        .last_event_id(&conversation)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("cannot read the conversation: {e}")))?
-        .unwrap_or_else(|| "0-0".to_string());
-    let (acceptance, _) = app.ingress.accept(&msg).await?;
+    let cursor = newest_event(&app, &conversation).await?;
+    let (acceptance, origin) = accept(&app, &msg).await?;
     if acceptance == Acceptance::Duplicate {
-        return Ok(match accept_and_wait(&app, &msg, wait).await? {
-            Waited::Replied(reply) => whole(&completion, &reply),
-            Waited::Pending => pending(&msg.message_id, wait),
-        });
+        // A repeated request: the answer on record (or the one still being written), whole.
+        let waiter = app.waiters.register(&msg.dedupe_id());
+        return Ok(
+            match wait_for_reply(&app, waiter, origin, true, wait).await {
+                Waited::Replied(reply) => whole(&completion, &reply),
+                Waited::Pending => pending(&msg.message_id, wait),
+            },
+        );
     }
-    app.events.wake(conversation.as_str());
     let answering = Answering {
         queue: VecDeque::from([completion.role_chunk()]),
         events: Box::pin(follow(app, conversation, cursor, watch)),
