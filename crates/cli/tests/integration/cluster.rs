@@ -102,6 +102,22 @@ struct Tally {
     not_exactly_once: Vec<String>,
 }
 
+impl Tally {
+    /// Every message answered, with its context, exactly once in the history. On failure the
+    /// cluster's logs are printed first and the tally last, so the end of a long CI log names
+    /// what went wrong.
+    fn assert_all_answered_once(&self, cluster: &TestCluster, messages: usize) {
+        let clean = self.errors.is_empty()
+            && self.wrong_context.is_empty()
+            && self.not_exactly_once.is_empty()
+            && self.answered == messages;
+        if !clean {
+            println!("{}", cluster.logs());
+            panic!("expected {messages} messages answered once each: {self:#?}");
+        }
+    }
+}
+
 async fn tally(cluster: &TestCluster, mut set: JoinSet<Conversation>) -> Tally {
     let mut tally = Tally::default();
     let mut sessions = Vec::new();
@@ -193,10 +209,7 @@ async fn a_replica_killed_under_load_loses_nothing_and_is_back_within_two_second
     let recovered = back_again(&cluster, 1, victim).await;
     let tally = tally(&cluster, set).await;
     println!("replica crash: {tally:?}, back and serving {recovered:?} after SIGKILL");
-    assert!(tally.errors.is_empty(), "{tally:#?}\n{}", cluster.logs());
-    assert!(tally.wrong_context.is_empty(), "{tally:#?}");
-    assert!(tally.not_exactly_once.is_empty(), "{tally:#?}");
-    assert_eq!(tally.answered, 30 * 6);
+    tally.assert_all_answered_once(&cluster, 30 * 6);
     assert!(
         recovered < Duration::from_secs(2),
         "back after {recovered:?}"
@@ -220,10 +233,7 @@ async fn a_rolling_restart_under_load_loses_nothing() {
     }
     let tally = tally(&cluster, set).await;
     println!("rolling restart: {tally:?}");
-    assert!(tally.errors.is_empty(), "{tally:#?}\n{}", cluster.logs());
-    assert!(tally.wrong_context.is_empty(), "{tally:#?}");
-    assert!(tally.not_exactly_once.is_empty(), "{tally:#?}");
-    assert_eq!(tally.answered, 20 * 12);
+    tally.assert_all_answered_once(&cluster, 20 * 12);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,9 +352,7 @@ async fn scaling_up_and_down_under_load_loses_nothing() {
     assert_eq!(code, 0, "{out}");
     let tally = tally(&cluster, set).await;
     println!("scale 1 → 3 → 1: {tally:?}");
-    assert!(tally.errors.is_empty(), "{tally:#?}\n{}", cluster.logs());
-    assert!(tally.wrong_context.is_empty(), "{tally:#?}");
-    assert!(tally.not_exactly_once.is_empty(), "{tally:#?}");
+    tally.assert_all_answered_once(&cluster, 20 * 10);
     let report = cluster.status().await;
     assert_eq!(
         report["replicas"].as_array().map(Vec::len),

@@ -806,6 +806,8 @@ pub struct TestCluster {
     pub state_dir: PathBuf,
     _dir: TempDir,
     http: reqwest::Client,
+    /// A client that keeps no idle connections: a resend never reuses one nginx is closing.
+    fresh_http: reqwest::Client,
 }
 
 impl TestCluster {
@@ -860,6 +862,11 @@ impl TestCluster {
                 .no_proxy()
                 .build()
                 .expect("client"),
+            fresh_http: reqwest::Client::builder()
+                .no_proxy()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("client"),
         };
         // The supervisor announces itself once every part answers and its state file is written.
         let log_path = cluster._dir.path().join("cluster.log");
@@ -880,17 +887,23 @@ impl TestCluster {
     }
 
     /// `POST /v1/webchat/messages` through nginx. A request that fails before any answer is sent
-    /// once more with the same message id, as the widget does: when the supervisor reloads
-    /// nginx (a replica taken out of or back into the upstream), the old workers close their
-    /// idle keep-alive connections, and a request racing that close never reached nginx (HTTP
-    /// keep-alive's known race). Dedupe makes the resend safe: an accepted message is not
-    /// queued twice, and a lost one would still show as a missing or doubled turn.
+    /// again with the same message id, as the widget does: when the supervisor reloads nginx (a
+    /// replica taken out of or back into the upstream), the old workers close their idle
+    /// keep-alive connections, and a request racing that close never reached nginx (HTTP
+    /// keep-alive's known race). A reload closes every pooled connection at once, so resends go
+    /// on new connections. Dedupe makes the resend safe: an accepted message is not queued
+    /// twice, and a lost one would still show as a missing or doubled turn.
     pub async fn send(&self, session: &str, message_id: &str, text: &str) -> (u16, Value) {
         let body = json!({"session_id": session, "message_id": message_id, "text": text});
         let mut last_error = String::new();
-        for _ in 0..2 {
-            match self
-                .http
+        for (attempt, http) in [&self.http, &self.fresh_http, &self.fresh_http]
+            .into_iter()
+            .enumerate()
+        {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            match http
                 .post(self.url("/v1/webchat/messages"))
                 .json(&body)
                 .send()
@@ -900,7 +913,7 @@ impl TestCluster {
                     let status = response.status().as_u16();
                     return (status, response.json().await.unwrap_or(Value::Null));
                 }
-                Err(e) => last_error = e.to_string(),
+                Err(e) => last_error = format!("{e:?}"),
             }
         }
         (0, json!({"error": last_error}))
@@ -925,7 +938,8 @@ impl TestCluster {
                     return (200, response.json().await.unwrap_or(Value::Null));
                 }
                 if status != 202 && status != 404 {
-                    return (status, Value::Null);
+                    let body = response.text().await.unwrap_or_default();
+                    return (status, json!({"fetching_reply": body}));
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
