@@ -37,7 +37,7 @@ async fn drive(
     rate: u64,
     tag: &str,
 ) -> Vec<(f64, Duration, String)> {
-    let http = reqwest::Client::new();
+    let http = support::http_client();
     let url = gateway.url("/v1/webchat/messages");
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();

@@ -80,7 +80,7 @@ impl MockProcess {
             child: Some(child),
             port,
         };
-        let http = reqwest::Client::new();
+        let http = support::http_client();
         eventually(Duration::from_secs(10), "the mock model", || async {
             http.get(format!("{}/control", mock.base()))
                 .send()
@@ -102,7 +102,7 @@ impl MockProcess {
     }
 
     async fn control(&self, body: Value) {
-        reqwest::Client::new()
+        support::http_client()
             .post(format!("{}/control", self.base()))
             .json(&body)
             .send()

@@ -116,7 +116,7 @@ impl Ingress {
     }
 
     async fn route(&self, msg: &InboundMessage) -> Result<(Acceptance, Origin), IngressError> {
-        let arrived = std::time::Instant::now();
+        let arrived = tokio::time::Instant::now();
         loop {
             if self.link.is_up() {
                 match self.redis.accept(msg).await {

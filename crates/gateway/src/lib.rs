@@ -6,9 +6,11 @@
 //! Start at [`server::run`]; DESIGN.md explains the whole path.
 
 pub mod app;
+pub mod background;
 pub mod channels;
 pub mod classify;
 pub mod config;
+pub mod config_summary;
 pub mod deadletter;
 pub mod egress;
 pub mod env_vars;

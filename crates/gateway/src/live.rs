@@ -13,6 +13,7 @@
 //! worker pool, conversation limits, the skills folder) is reported as needing a restart and
 //! keeps its value from start-up.
 
+use crate::background::Background;
 use crate::config::{Config, Overrides};
 use crate::egress::Egress;
 use crate::escalation::Dispatcher;
@@ -94,8 +95,8 @@ pub struct LiveConfig {
     link: Arc<RedisLink>,
     /// Skills get the new lookup URLs.
     skills: Arc<SkillLibrary>,
-    /// Parent of every version's guard loop; cancelled at shutdown.
-    background: CancellationToken,
+    /// Runs every version's guard loop; stopped at shutdown.
+    background: Background,
     /// What turns and handlers read.
     current: ArcSwap<Live>,
     /// Reload bookkeeping.
@@ -111,10 +112,10 @@ impl LiveConfig {
         http: reqwest::Client,
         link: Arc<RedisLink>,
         skills: Arc<SkillLibrary>,
-        background: CancellationToken,
+        background: Background,
     ) -> Arc<LiveConfig> {
         let first = Arc::new(build(&config, &http, &link, &background, config.clone()));
-        spawn_guards(&first);
+        spawn_guards(&background, &first);
         let last_bytes = file.as_ref().and_then(|f| std::fs::read(&f.path).ok());
         Arc::new(LiveConfig {
             file,
@@ -196,7 +197,7 @@ impl LiveConfig {
             &self.background,
             config,
         ));
-        spawn_guards(&live);
+        spawn_guards(&self.background, &live);
         self.current.swap(live).guards.cancel();
         {
             let mut status = self.lock();
@@ -292,7 +293,7 @@ fn build(
     startup: &Config,
     http: &reqwest::Client,
     link: &Arc<RedisLink>,
-    background: &CancellationToken,
+    background: &Background,
     mut config: Config,
 ) -> Live {
     config.gateway.listen = startup.gateway.listen;
@@ -314,14 +315,14 @@ fn build(
         languages: LanguageDetector::new(&config.agent.languages),
         dispatcher: Dispatcher::new(&config.escalation, http),
         egress: Egress::from_config(&config.channels, http),
-        guards: background.child_token(),
+        guards: background.stopping().child_token(),
         config,
     }
 }
 
 /// Runs `live`'s breaker and budget loop until it is replaced or the replica stops.
-fn spawn_guards(live: &Arc<Live>) {
+fn spawn_guards(background: &Background, live: &Arc<Live>) {
     let running = live.clone();
     let stop = live.guards.clone();
-    tokio::spawn(async move { running.chain.run_guards(stop).await });
+    background.spawn(async move { running.chain.run_guards(stop).await });
 }

@@ -3,6 +3,7 @@
 //! held requests are answered, the server closes).
 
 use crate::app::AppState;
+use crate::background::Background;
 use crate::config::Config;
 use crate::event_stream::hub::EventHub;
 use crate::http::connections;
@@ -19,8 +20,9 @@ use crate::worker::turn::TurnContext;
 use crate::{http_client, ingress::Ingress, telemetry};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
@@ -48,7 +50,7 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let started = Instant::now();
     let metrics = telemetry::install();
-    let background = CancellationToken::new();
+    let background = Background::new();
     let replica_id = config.gateway.replica_id.clone();
 
     let link = RedisLink::new(&config.redis)?;
@@ -61,7 +63,7 @@ pub async fn run(
             "refusing messages with 503 until Redis is back (redis.downMode = reject)".to_string()
         }
     });
-    tokio::spawn(link.clone().run_health(background.clone()));
+    background.spawn(link.clone().run_health(background.stopping()));
     let limits = StoreLimits::from_config(&config);
     let redis = Arc::new(RedisStore::new(link.clone(), limits.clone()));
     let (memory, memory_queue) = MemoryStore::new(limits, config.workers.memory_queue);
@@ -71,10 +73,10 @@ pub async fn run(
         &config.skills.dir,
         config.skills.lookup_urls.clone(),
     ));
-    tokio::spawn(
+    background.spawn(
         skills
             .clone()
-            .watch(config.skills.reload_interval, background.clone()),
+            .watch(config.skills.reload_interval, background.stopping()),
     );
     let http = http_client::build()?;
     let live = LiveConfig::start(
@@ -85,7 +87,7 @@ pub async fn run(
         skills.clone(),
         background.clone(),
     );
-    tokio::spawn(live.clone().watch(background.clone()));
+    background.spawn(live.clone().watch(background.stopping()));
     let skill_names: Vec<String> = skills
         .current()
         .names()
@@ -101,13 +103,13 @@ pub async fn run(
         .collect();
 
     let waiters = Arc::new(ReplyWaiters::default());
-    tokio::spawn(
-        waiters
-            .clone()
-            .listen(link.clone(), replica_id.clone(), background.clone()),
-    );
+    background.spawn(waiters.clone().listen(
+        link.clone(),
+        replica_id.clone(),
+        background.stopping(),
+    ));
     let events = Arc::new(EventHub::default());
-    tokio::spawn(events.clone().listen(link.clone(), background.clone()));
+    background.spawn(events.clone().listen(link.clone(), background.stopping()));
     let ctx = Arc::new(TurnContext {
         replica_id: replica_id.clone(),
         skills: skills.clone(),
@@ -124,7 +126,7 @@ pub async fn run(
         memory.clone(),
         config.workers.clone(),
     );
-    let feeding = pool.start(memory_queue, background.clone());
+    let feeding = pool.start(memory_queue, &background);
 
     let state = Arc::new(AppState {
         replica_id: replica_id.clone(),
@@ -147,6 +149,7 @@ pub async fn run(
         draining: AtomicBool::new(false),
         release_waiting: CancellationToken::new(),
         session_token_key: Default::default(),
+        background: background.clone(),
     });
     let http_stop = CancellationToken::new();
     let app =
@@ -157,7 +160,7 @@ pub async fn run(
         connections::Limits::from_config(&config.gateway),
         http_stop.clone(),
     );
-    let mut server = tokio::spawn(server);
+    let mut server = background.spawn(server);
     tracing::info!(
         replica_id = %replica_id,
         listen = %config.gateway.listen,
@@ -170,7 +173,7 @@ pub async fn run(
     tokio::select! {
         _ = shutdown.cancelled() => {}
         ended = &mut server => {
-            background.cancel();
+            background.stop(BACKGROUND_STOP_GRACE).await;
             return flatten(ended);
         }
     }
@@ -194,15 +197,18 @@ pub async fn run(
     state.release_waiting.cancel();
     http_stop.cancel();
     let closed = tokio::time::timeout(HTTP_CLOSE_GRACE, &mut server).await;
-    background.cancel();
-    match closed {
-        Ok(ended) => flatten(ended),
-        Err(_) => {
-            tracing::warn!("HTTP connections still open after the drain; closing anyway");
-            Ok(())
-        }
+    if closed.is_err() {
+        tracing::warn!("HTTP connections still open after the drain; closing anyway");
+        server.abort();
     }
+    if !background.stop(BACKGROUND_STOP_GRACE).await {
+        tracing::warn!("background tasks still running after the drain; exiting anyway");
+    }
+    closed.map_or(Ok(()), flatten)
 }
+
+/// How long background tasks (health checks, reload watcher, guard loops) get to end once told.
+const BACKGROUND_STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// How long held-open requests and the HTTP server get to close after the turns drained.
 const HTTP_CLOSE_GRACE: Duration = Duration::from_secs(5);

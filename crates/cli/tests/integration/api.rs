@@ -82,7 +82,7 @@ async fn the_same_user_keeps_the_conversation_across_calls_and_replicas() {
 async fn stream_true_answers_with_server_sent_chunks() {
     let (redis, llm) = (TestRedis::start().await, mock_llm(0).await);
     let gateway = Gateway::start(config_with_api(&llm), &redis.url(), "r1").await;
-    let response = reqwest::Client::new()
+    let response = http_client()
         .post(gateway.url("/v1/chat/completions"))
         .bearer_auth(API_TOKEN)
         .json(&json!({"user": "streamer", "stream": true,
@@ -176,7 +176,7 @@ async fn the_api_needs_its_token_checks_its_input_and_retries_are_idempotent() {
     assert_eq!(content(&first), content(&again));
     assert_eq!(llm.requests(), 1, "a retried request asked the model again");
 
-    let models = reqwest::Client::new()
+    let models = http_client()
         .get(gateway.url("/v1/models"))
         .bearer_auth(API_TOKEN)
         .send()
@@ -227,7 +227,7 @@ async fn stream_true_passes_the_models_words_on_as_it_writes_them() {
     llm.set_chunk_pause(std::time::Duration::from_millis(150));
     let a = Gateway::start(config_with_api(&llm), &redis.url(), "a").await;
     let _b = Gateway::start(config_with_api(&llm), &redis.url(), "b").await;
-    let response = reqwest::Client::new()
+    let response = http_client()
         .post(a.url("/v1/chat/completions"))
         .bearer_auth(API_TOKEN)
         .header("idempotency-key", "live-1")
@@ -288,7 +288,7 @@ async fn stream_true_passes_the_models_words_on_as_it_writes_them() {
     );
 
     // The same request again (a client retrying): the answer on record, no new turn.
-    let again = reqwest::Client::new()
+    let again = http_client()
         .post(a.url("/v1/chat/completions"))
         .bearer_auth(API_TOKEN)
         .header("idempotency-key", "live-1")
@@ -339,7 +339,7 @@ async fn a_stateless_client_sends_the_context_and_a_pending_reply_is_not_retried
     // A slow model: the reply is pending after the wait. The official SDKs retry a 504 on
     // their own unless told not to; each retry would be a new turn.
     llm.set_latency(std::time::Duration::from_millis(1500));
-    let response = reqwest::Client::new()
+    let response = http_client()
         .post(gateway.url("/v1/chat/completions"))
         .bearer_auth(API_TOKEN)
         .json(&json!({"user": "slow", "messages": [{"role": "user", "content": "hello?"}]}))
@@ -358,7 +358,7 @@ async fn a_stateless_client_sends_the_context_and_a_pending_reply_is_not_retried
     assert_eq!(body["error"]["code"], "reply_pending");
 
     // GET /v1/models/{id}.
-    let http = reqwest::Client::new();
+    let http = http_client();
     let model = |id: &'static str| {
         http.get(gateway.url(&format!("/v1/models/{id}")))
             .bearer_auth(API_TOKEN)

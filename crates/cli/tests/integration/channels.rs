@@ -191,7 +191,7 @@ async fn the_whatsapp_verification_handshake_echoes_the_challenge_only_for_the_r
             "/webhooks/whatsapp?hub.mode={mode}&hub.verify_token={token}&hub.challenge=1158201444"
         ))
     };
-    let http = reqwest::Client::new();
+    let http = http_client();
     let right = http
         .get(url("subscribe", WHATSAPP_VERIFY_TOKEN))
         .send()

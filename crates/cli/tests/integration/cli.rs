@@ -132,7 +132,7 @@ async fn mock_llm_speaks_openai_and_ollama_and_obeys_control() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn mock llm");
-    let http = reqwest::Client::new();
+    let http = http_client();
     let base = format!("http://127.0.0.1:{port}");
     let chat = json!({"model": "gpt-4o-mini", "messages": [
         {"role": "system", "content": "be brief"},
@@ -230,7 +230,7 @@ async fn mock_platforms_records_sends_in_order_and_fails_on_request() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn mock platforms");
-    let http = reqwest::Client::new();
+    let http = http_client();
     let base = format!("http://127.0.0.1:{port}");
     let whatsapp = fixture("whatsapp-send-request.json");
     let sent: reqwest::Response = eventually(
@@ -339,7 +339,7 @@ async fn mock_platforms_take_what_the_official_client_libraries_send() {
     let platforms = mock_platforms().await;
     let base = platforms.base_url();
     let bot = format!("{base}/bot7000000001:TEST");
-    let http = reqwest::Client::new();
+    let http = http_client();
     let me: Value = http
         .post(format!("{bot}/getMe"))
         .send()

@@ -112,7 +112,7 @@ impl Tally {
             && self.not_exactly_once.is_empty()
             && self.answered == messages;
         if !clean {
-            println!("{}", cluster.logs());
+            eprintln!("{}", cluster.logs());
             panic!("expected {messages} messages answered once each: {self:#?}");
         }
     }
@@ -742,7 +742,7 @@ async fn a_message_sent_while_redis_restarts_waits_for_it_and_keeps_its_context(
         .expect("replica port");
     signal(redis_pid, nix::sys::signal::Signal::SIGTERM);
     // The replica notices...
-    let http = reqwest::Client::new();
+    let http = http_client();
     eventually(
         Duration::from_secs(5),
         "the replica to see Redis down",

@@ -245,7 +245,7 @@ async fn a_dispatcher_that_is_down_gets_the_escalation_from_the_dead_letter_stre
     );
 
     // The escalation API (token-protected) shows it as not notified.
-    let http = reqwest::Client::new();
+    let http = http_client();
     let unauthorized = http
         .get(gateway.url("/v1/escalations"))
         .send()

@@ -100,7 +100,7 @@ async fn redis_refusing_writes_gets_503_and_readiness_fails_then_the_message_is_
     }
 
     snapshot(&redis, &data, false).await;
-    let response = reqwest::Client::new()
+    let response = http_client()
         .post(gateway.url("/v1/webchat/messages"))
         .json(&serde_json::json!({"session_id": "disk", "message_id": "m3", "text": "when?"}))
         .send()
@@ -328,7 +328,7 @@ async fn at_the_connection_cap_the_oldest_idle_connections_make_way_for_new_clie
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A new client still gets its answer: the oldest idle connections were closed for it.
-    let fresh = reqwest::Client::new();
+    let fresh = http_client();
     let answer = fresh
         .post(gateway.url("/v1/webchat/messages"))
         .json(&serde_json::json!({"session_id": "cap", "message_id": "m1", "text": "hello"}))

@@ -106,7 +106,7 @@ async fn sighup_reloads_at_once_and_a_rotated_api_token_replaces_the_old_one() {
     let ask = |token: &'static str| {
         let gateway = &gateway;
         async move {
-            reqwest::Client::new()
+            http_client()
                 .post(gateway.url("/v1/chat/completions"))
                 .bearer_auth(token)
                 .json(&json!({"model": "x", "user": "u1",

@@ -223,7 +223,7 @@ async fn three_replicas_share_one_budget_and_spill_the_rest_to_the_fallback() {
             _ => 2,
         };
         let url = replicas[replica].url("/v1/webchat/messages");
-        let http = reqwest::Client::new();
+        let http = http_client();
         sends.spawn(async move {
             let body = json!({"session_id": format!("c{i}"), "message_id": "m1", "text": "where is my parcel?"});
             let response = http.post(&url).json(&body).send().await.expect("send");

@@ -152,7 +152,7 @@ async fn clawgate_mock_tracking_serves_the_data_file() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn");
-    let http = reqwest::Client::new();
+    let http = http_client();
     let url = format!("http://127.0.0.1:{port}/packages/VC482913577NL");
     let body: Value = eventually(Duration::from_secs(10), "the mock to answer", || async {
         let response = http.get(&url).send().await.ok()?;

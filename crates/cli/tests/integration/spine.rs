@@ -258,7 +258,7 @@ async fn only_the_allowed_origins_pages_may_call_the_web_chat_api_from_a_browser
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn by_default_no_other_page_may_call_the_web_chat_api() {
     let (_redis, _llm, gateway) = one_replica(0).await;
-    let response = reqwest::Client::new()
+    let response = http_client()
         .request(
             reqwest::Method::OPTIONS,
             gateway.url("/v1/webchat/messages"),

@@ -8,13 +8,6 @@ use std::time::Duration;
 
 const ANSWER: &str = "Your parcel VC123456 arrives tomorrow between nine and twelve o'clock.";
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-}
-
 /// A config with session tokens required (the default) and the given providers.
 fn private_config(providers: Vec<Value>) -> Value {
     let mut config = test_config(providers);
@@ -81,7 +74,7 @@ async fn the_answer_streams_live_and_a_reconnection_elsewhere_resumes_after_its_
     let config = private_config(vec![openai_provider("primary", &llm, 10_000, 0)]);
     let a = Gateway::start(config.clone(), &redis.url(), "a").await;
     let b = Gateway::start(config, &redis.url(), "b").await;
-    let http = client();
+    let http = http_client();
     let (session, token) = new_session(&http, &a).await;
     let events_path = format!("/v1/webchat/sessions/{session}/events");
 
@@ -190,7 +183,7 @@ async fn a_provider_failing_mid_answer_resets_the_stream_and_the_fallback_answer
         ollama_provider("fallback", &fallback, 10_000),
     ]);
     let gateway = Gateway::start(config, &redis.url(), "r1").await;
-    let http = client();
+    let http = http_client();
     let (session, token) = new_session(&http, &gateway).await;
     let url = gateway.url(&format!("/v1/webchat/sessions/{session}/events"));
     let mut stream = {

@@ -12,7 +12,7 @@ use crate::worker::WorkerPool;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// What handlers share.
@@ -46,6 +46,8 @@ pub struct AppState {
     pub release_waiting: CancellationToken,
     /// Signs and checks web-chat session tokens.
     pub session_token_key: crate::session_token::TokenKey,
+    /// Where handlers start work that outlives their request (answering a button press).
+    pub background: crate::background::Background,
 }
 
 /// The token of `Authorization: Bearer <token>`, or `""` without one.

@@ -20,7 +20,8 @@ use crate::message::{InboundMessage, StoredReply};
 use crate::replies::Waiter;
 use crate::state::Acceptance;
 use std::borrow::Cow;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// One line per channel for `clawgate config check`: where its messages come in, how they are
 /// checked, where replies go, and what each kind of message gets; channels left out of the

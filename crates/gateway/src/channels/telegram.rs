@@ -100,7 +100,7 @@ pub async fn receive(
     // Answered after the press is durable, off the webhook's path.
     if let Some(id) = update.pointer("/callback_query/id").and_then(Value::as_str) {
         let id = id.to_string();
-        tokio::spawn(async move {
+        app.background.spawn(async move {
             if let Err(reason) = live.egress.answer_callback_query(&id).await {
                 tracing::warn!(%reason, "a button press could not be answered; the customer's button spins until Telegram gives up");
             }

@@ -385,10 +385,8 @@ impl ProviderChain {
                 // A success only resets counters: the answer need not wait for Redis to count
                 // it (one round trip fewer before the turn commits).
                 Some(Verdict::Success) => {
-                    let guards = self.guards.clone();
-                    tokio::spawn(async move {
-                        guards.record(position, Verdict::Success, latency).await;
-                    });
+                    self.guards
+                        .record_in_background(position, Verdict::Success, latency);
                 }
                 // A failure is counted before the next attempt or provider, which must see it.
                 Some(verdict) => self.guards.record(position, verdict, latency).await,

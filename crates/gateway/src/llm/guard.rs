@@ -16,8 +16,10 @@ use crate::telemetry;
 use redis::Script;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/admit.lua")));
 static RECORD: LazyLock<Script> =
@@ -81,6 +83,8 @@ pub struct ProviderGuards {
     guards: Vec<Option<Guard>>,
     /// Replicas seen alive at the last heartbeat (at least 1): the divisor of a local share.
     live_replicas: AtomicU32,
+    /// Breaker updates and probes started off a turn's path; waited for when the loop stops.
+    bookkeeping: TaskTracker,
 }
 
 impl ProviderGuards {
@@ -111,6 +115,7 @@ impl ProviderGuards {
             settings,
             guards,
             live_replicas: AtomicU32::new(1),
+            bookkeeping: TaskTracker::new(),
         }
     }
 
@@ -223,6 +228,19 @@ impl ProviderGuards {
                 retry_after: over.retry_after,
             },
         }
+    }
+
+    /// Records `verdict` without waiting for it: a success only resets counters, so the answer
+    /// need not wait a Redis round trip for it.
+    pub fn record_in_background(
+        self: &Arc<Self>,
+        position: usize,
+        verdict: Verdict,
+        latency: Duration,
+    ) {
+        let guards = self.clone();
+        self.bookkeeping
+            .spawn(async move { guards.record(position, verdict, latency).await });
     }
 
     /// Counts how an attempt at `position` ended; `latency` feeds the hedging delay.
@@ -340,7 +358,11 @@ impl ProviderGuards {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => {
+                    self.bookkeeping.close();
+                    self.bookkeeping.wait().await;
+                    return;
+                }
                 _ = tick.tick() => {}
             }
             self.heartbeat().await;
@@ -356,7 +378,8 @@ impl ProviderGuards {
                 if state == BreakerState::Open && self.probe_due(guard).await {
                     let guards = self.clone();
                     let (provider, timeout) = (provider.clone(), *timeout);
-                    tokio::spawn(async move { guards.probe(position, provider, timeout).await });
+                    self.bookkeeping
+                        .spawn(async move { guards.probe(position, provider, timeout).await });
                 }
             }
         }

@@ -17,8 +17,9 @@ use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How often the health loop pings Redis.
@@ -318,26 +319,27 @@ impl RedisLink {
     /// Pings Redis every half second until `cancel`, (re)connecting as needed; under Sentinel
     /// also follows the sentinels' `+switch-master` announcements.
     pub async fn run_health(self: Arc<Self>, cancel: CancellationToken) {
-        if self.finder.is_sentinel() {
-            let link = self.clone();
-            let follow = cancel.clone();
-            tokio::spawn(async move {
+        let follow_switches = async {
+            if self.finder.is_sentinel() {
                 let switched = |to: String| {
-                    if link.primary().as_deref() != Some(to.as_str()) {
-                        link.lose_primary("a sentinel announced +switch-master");
+                    if self.primary().as_deref() != Some(to.as_str()) {
+                        self.lose_primary("a sentinel announced +switch-master");
                     }
                 };
-                link.finder.follow_switches(switched, follow).await;
-            });
-        }
-        loop {
-            self.check_once().await;
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
-                _ = self.find_again.notified() => {}
+                self.finder.follow_switches(switched, cancel.clone()).await;
             }
-        }
+        };
+        let ping = async {
+            loop {
+                self.check_once().await;
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+                    _ = self.find_again.notified() => {}
+                }
+            }
+        };
+        tokio::join!(follow_switches, ping);
     }
 
     async fn check_once(&self) {

@@ -8,6 +8,7 @@
 
 pub mod turn;
 
+use crate::background::Background;
 use crate::config::WorkersConfig;
 use crate::inbox::redis::{InboxEntry, RedisInbox};
 use crate::message::{ConversationKey, InboundMessage};
@@ -206,19 +207,20 @@ impl WorkerPool {
         })
     }
 
-    /// Starts the feeding loops; `shutdown` ends the background upkeep (after the drain).
+    /// Starts the feeding loops, and the upkeep (heartbeat, stats) on `background`, which ends it
+    /// after the drain.
     pub fn start(
         self: &Arc<Self>,
         memory_queue: mpsc::Receiver<QueuedMessage>,
-        shutdown: CancellationToken,
+        background: &Background,
     ) -> TaskTracker {
         let stop = self.stop.clone();
         let loops = TaskTracker::new();
         loops.spawn(self.clone().read_loop(stop.clone()));
         loops.spawn(self.clone().claim_loop(stop.clone()));
         loops.spawn(self.clone().memory_loop(memory_queue, stop));
-        tokio::spawn(self.clone().heartbeat_loop(shutdown.clone()));
-        tokio::spawn(self.clone().stats_loop(shutdown));
+        background.spawn(self.clone().heartbeat_loop(background.stopping()));
+        background.spawn(self.clone().stats_loop(background.stopping()));
         loops.close();
         loops
     }
