@@ -8,6 +8,7 @@
 pub mod process;
 pub mod redis_group;
 pub mod render;
+pub mod scale;
 pub mod state;
 pub mod status;
 pub mod supervisor;

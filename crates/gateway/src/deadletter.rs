@@ -70,6 +70,35 @@ pub enum Redriven {
     Dispatched,
 }
 
+/// What `deadletter retry` did with one id it was given (or one entry, with `--all`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryReport {
+    /// The entry's stream id.
+    pub id: String,
+    /// Who the entry is for (see [`DeadLetter::subject`]); empty for an unknown id.
+    pub subject: String,
+    /// What happened.
+    pub outcome: RetryOutcome,
+}
+
+/// The outcome of retrying one entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RetryOutcome {
+    /// No entry has that id.
+    NoSuchEntry,
+    /// Re-driven and removed from the stream.
+    Done(Redriven),
+    /// Failed again; the entry stays.
+    StillFailing(String),
+}
+
+impl RetryReport {
+    /// Whether this id still needs attention.
+    pub fn failed(&self) -> bool {
+        !matches!(self.outcome, RetryOutcome::Done(_))
+    }
+}
+
 /// Reads and re-drives dead letters.
 pub struct DeadLetters {
     link: Arc<RedisLink>,
@@ -127,6 +156,37 @@ impl DeadLetters {
                 }
             })
             .collect())
+    }
+
+    /// Retries the entries named by `ids` (every entry with `all`), oldest first; an id with no
+    /// entry is reported as such.
+    pub async fn retry_chosen(
+        &self,
+        ids: &[String],
+        all: bool,
+    ) -> Result<Vec<RetryReport>, StateError> {
+        let letters = self.list().await?;
+        let mut reports: Vec<RetryReport> = ids
+            .iter()
+            .filter(|id| !letters.iter().any(|l| &l.id == *id))
+            .map(|id| RetryReport {
+                id: id.clone(),
+                subject: String::new(),
+                outcome: RetryOutcome::NoSuchEntry,
+            })
+            .collect();
+        for letter in letters.iter().filter(|l| all || ids.contains(&l.id)) {
+            let outcome = match self.retry(letter).await {
+                Ok(redriven) => RetryOutcome::Done(redriven),
+                Err(reason) => RetryOutcome::StillFailing(reason),
+            };
+            reports.push(RetryReport {
+                id: letter.id.clone(),
+                subject: letter.subject(),
+                outcome,
+            });
+        }
+        Ok(reports)
     }
 
     /// Re-drives `letter`; on success it is removed from the stream.

@@ -100,6 +100,47 @@ pub struct CapacityReport {
     pub note: String,
 }
 
+impl CapacityReport {
+    /// The levels tried as a Markdown table, and the verdict, as `loadtest --find-capacity`
+    /// prints them.
+    pub fn markdown(&self) -> String {
+        let mut out = String::from(
+            "| customers | held | replies/s | p99 overhead | p99 e2e | errors | peak replica RSS | replica CPU | load generator CPU |\n\
+             | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        );
+        for l in &self.levels {
+            out.push_str(&format!(
+                "| {} | {} | {:.0} | {:.1} ms | {:.0} ms | {:.2} % | {} | {} | {:.0} % |\n",
+                l.customers,
+                if l.held {
+                    "yes".to_string()
+                } else {
+                    format!("no: {}", l.why.as_deref().unwrap_or(""))
+                },
+                l.throughput_per_s,
+                l.p99_overhead_ms,
+                l.p99_e2e_ms,
+                l.error_rate * 100.0,
+                l.peak_rss_bytes
+                    .map(|b| format!("{:.0} MiB", b as f64 / 1_048_576.0))
+                    .unwrap_or_else(|| "?".into()),
+                l.replica_cpu_percent
+                    .map(|c| format!("{c:.0} %"))
+                    .unwrap_or_else(|| "?".into()),
+                l.loadgen_cpu_percent,
+            ));
+        }
+        match self.held_customers {
+            Some(n) => out.push_str(&format!(
+                "\nHighest level that held: {n} concurrent customers on {} replica(s).\n",
+                self.replicas
+            )),
+            None => out.push_str("\nNo level held (start lower with --start).\n"),
+        }
+        out
+    }
+}
+
 /// Runs `plan` at rising customer counts until a level does not hold. The plan needs `llm` (the
 /// mock model's URL): every level runs with the model at `llm_latency` (the seed's 1.5 s).
 pub async fn find(plan: Plan, search: &Search) -> Result<CapacityReport, RunError> {
