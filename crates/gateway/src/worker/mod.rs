@@ -6,6 +6,7 @@
 //! entries this replica holds, running or waiting for their conversation, so a replica never
 //! hoards work that another replica could do.
 
+mod delivery;
 pub mod turn;
 
 use crate::background::Background;

@@ -16,13 +16,13 @@ use crate::live::{Live, LiveConfig};
 use crate::llm::chain::Completion;
 use crate::llm::{ChatMessage, Prompt};
 use crate::lookup;
-use crate::message::{Channel, HistoryEntry, InboundMessage, Role, StoredReply, now_ms};
+use crate::message::{HistoryEntry, InboundMessage, Role, StoredReply, now_ms};
 use crate::replies::ReplyWaiters;
 use crate::skills::{Routing, Skill, SkillLibrary, SkillSet};
 use crate::state::while_unavailable;
 use crate::state::{
-    CommitOutcome, ConversationSnapshot, LaterMessage, ReplyDeadLetter, StateError, StateStore,
-    TurnCommit, TurnStart, WaitReason, keys,
+    CommitOutcome, ConversationSnapshot, LaterMessage, StateError, StateStore, TurnCommit,
+    TurnStart, WaitReason,
 };
 use crate::telemetry;
 use std::sync::Arc;
@@ -30,6 +30,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::delivery::{DeliveryPath, deliver, notify_local};
 use super::{Job, LeaseRegistry};
 
 /// First and longest pause between two attempts to start a turn that must wait.
@@ -165,7 +166,7 @@ pub async fn run(
     drop(renewed);
     // Platform replies keep the lease through delivery; a web-chat commit released it already.
     // Best effort: a lease left behind expires by itself.
-    if result.is_err() || sent_by_platform(msg.channel) {
+    if result.is_err() || !DeliveryPath::of(msg.channel).releases_lease_at_commit() {
         let _ = store.release_lease(&conversation, &holder).await;
     }
     result
@@ -194,11 +195,64 @@ fn failpoint_turn_panic(msg: &InboundMessage) {
     }
 }
 
-/// Whether replies on `channel` leave through a platform API (as opposed to the HTTP response).
-fn sent_by_platform(channel: Channel) -> bool {
-    matches!(channel, Channel::Whatsapp | Channel::Telegram)
+/// The messages one turn answers and what it knows of their conversation.
+struct TurnInput<'m> {
+    msg: &'m InboundMessage,
+    /// Messages of the customer that arrived while the turn waited, answered together with it.
+    later: Vec<(u64, InboundMessage)>,
+    /// `msg` and the later messages' texts, one per line: what routing and the model read.
+    text: String,
+    snapshot_history: Vec<HistoryEntry>,
+    session: crate::state::Session,
 }
 
+impl<'m> TurnInput<'m> {
+    fn new(msg: &'m InboundMessage, snapshot: ConversationSnapshot) -> TurnInput<'m> {
+        let later = snapshot.later;
+        let text = if later.is_empty() {
+            msg.text.clone()
+        } else {
+            std::iter::once(msg.text.as_str())
+                .chain(later.iter().map(|(_, m)| m.text.as_str()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        TurnInput {
+            msg,
+            later,
+            text,
+            snapshot_history: snapshot.history,
+            session: snapshot.session,
+        }
+    }
+
+    fn messages(&self) -> impl Iterator<Item = &InboundMessage> {
+        std::iter::once(self.msg).chain(self.later.iter().map(|(_, m)| m))
+    }
+}
+
+/// What routing decided: the skill that answers and the language it answers in.
+struct Route<'s> {
+    skill: &'s Skill,
+    /// The conversation's language once known (kept in the session); `None` while only the
+    /// configured default applies.
+    known_language: Option<String>,
+    /// The language of the answer.
+    language: String,
+    /// The reference of the hand-over under way, if a person has the conversation.
+    pending_escalation: Option<String>,
+    /// Why this message hands the conversation to a person, if it does.
+    escalate: Option<String>,
+}
+
+/// The answer a turn commits, and the hand-over it starts, if any.
+struct Response {
+    completion: Completion,
+    escalation: Option<Escalation>,
+}
+
+/// A turn after its conversation is ready: route, respond (compose and ask, or a fixed notice),
+/// then commit. Delivery follows in [`run`].
 async fn answer(
     ctx: &TurnContext,
     live: &Live,
@@ -209,25 +263,26 @@ async fn answer(
     snapshot: ConversationSnapshot,
 ) -> Result<TurnEnd, TurnError> {
     failpoint_turn_panic(msg);
-    let later: Vec<(u64, InboundMessage)> = snapshot.later;
-    let routed_text = if later.is_empty() {
-        msg.text.clone()
-    } else {
-        std::iter::once(msg.text.as_str())
-            .chain(later.iter().map(|(_, m)| m.text.as_str()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
     // One snapshot of the skills for the whole turn, whatever a reload does meanwhile.
     let skills = ctx.skills.current();
-    // While a person has the conversation, it stays with the skill that handed it over.
-    let pending = snapshot.session.escalation_pending.clone();
-    let skill = match pending
+    let mut input = TurnInput::new(msg, snapshot);
+    let route = route(live, &skills, &input).await;
+    let response = respond(ctx, live, store, &skills, &route, &mut input).await;
+    commit(ctx, store, seq, holder, &route, &input, response).await
+}
+
+/// Picks the skill and the language. While a person has the conversation it stays with the
+/// skill that handed it over; otherwise the skills' triggers decide, and the model classifies
+/// what they cannot (when enabled).
+async fn route<'s>(live: &Live, skills: &'s SkillSet, input: &TurnInput<'_>) -> Route<'s> {
+    let (msg, session) = (input.msg, &input.session);
+    let pending_escalation = session.escalation_pending.clone();
+    let handed_over_by = pending_escalation
         .as_ref()
-        .and_then(|_| skills.get(snapshot.session.escalation_skill.as_deref()?))
-    {
+        .and_then(|_| skills.get(session.escalation_skill.as_deref()?));
+    let skill = match handed_over_by {
         Some(skill) => skill,
-        None => match skills.routing(&routed_text, snapshot.session.active_skill.as_deref()) {
+        None => match skills.routing(&input.text, session.active_skill.as_deref()) {
             Routing::Decided(skill) => skill,
             Routing::Undecided {
                 fallback,
@@ -236,7 +291,7 @@ async fn answer(
                 (Some(classify), None) => classify::classify(
                     &live.chain,
                     &candidates,
-                    &routed_text,
+                    &input.text,
                     &msg.rate_key(),
                     classify.timeout,
                 )
@@ -248,51 +303,74 @@ async fn answer(
     };
     // Once known, a conversation keeps its language; until then, what the customer writes says
     // most, the platform's locale next; the default is used but not remembered.
-    let known_language = snapshot
-        .session
+    let known_language = session
         .language
         .clone()
-        .or_else(|| live.languages.detect(&routed_text))
+        .or_else(|| live.languages.detect(&input.text))
         .or_else(|| msg.language.clone());
     let language = known_language
         .clone()
         .unwrap_or_else(|| live.config.agent.default_language.clone());
-    let escalate = match (&pending, &msg.unsupported, &skill.escalate) {
-        (None, None, Some(rule)) => rule.reason(&routed_text),
+    let escalate = match (&pending_escalation, &msg.unsupported, &skill.escalate) {
+        (None, None, Some(rule)) => rule.reason(&input.text),
         _ => None,
     };
-    let mut escalation = None;
-    let completion = match (&pending, escalate, &msg.unsupported) {
+    Route {
+        skill,
+        known_language,
+        language,
+        pending_escalation,
+        escalate,
+    }
+}
+
+/// The answer: the hand-over notices when a person has (or takes) the conversation, the
+/// text-only notice for what the agent cannot read, else the model's answer to the composed
+/// prompt.
+async fn respond(
+    ctx: &TurnContext,
+    live: &Live,
+    store: &dyn StateStore,
+    skills: &SkillSet,
+    route: &Route<'_>,
+    input: &mut TurnInput<'_>,
+) -> Response {
+    let (msg, skill, language) = (input.msg, route.skill, &route.language);
+    let fixed = |text: String| Completion {
+        text,
+        provider: escalation::PROVIDER.into(),
+    };
+    match (&route.pending_escalation, &route.escalate, &msg.unsupported) {
         // A person has the conversation: the bot does not answer for them. The dispatcher gets
         // each message; the customer hears that it reached them.
         (Some(reference), _, _) => {
-            for m in std::iter::once(msg).chain(later.iter().map(|(_, m)| m)) {
+            for m in input.messages() {
                 let key = format!("{reference}:{}", m.dedupe_id().as_str());
                 let event = escalation::message_event(reference, m);
                 notify_dispatcher(&live.dispatcher, store, reference, &event, &key).await;
             }
-            Completion {
-                text: escalation::customer_text(
+            Response {
+                completion: fixed(escalation::customer_text(
                     skill.escalate.as_ref().map(|e| &e.pending),
                     &escalation::DEFAULT_PENDING,
-                    &language,
+                    language,
                     reference,
-                ),
-                provider: escalation::PROVIDER.into(),
+                )),
+                escalation: None,
             }
         }
         // This message hands the conversation to a person. The dispatcher hears of it before the
         // commit, so a replica that dies in between sends it again, with the same reference and
         // idempotency key, when another replica retries the turn.
         (None, Some(reason), _) => {
-            let later_msgs: Vec<&InboundMessage> = later.iter().map(|(_, m)| m).collect();
+            let later_msgs: Vec<&InboundMessage> = input.later.iter().map(|(_, m)| m).collect();
             let mut handover = Escalation::new(
                 msg,
                 &later_msgs,
-                &snapshot.history,
+                &input.snapshot_history,
                 &skill.name,
-                &language,
-                reason,
+                language,
+                reason.clone(),
                 now_ms(),
             );
             tracing::info!(conversation = %msg.conversation(), reference = %handover.reference, skill = %skill.name, "conversation handed over to a person");
@@ -308,13 +386,12 @@ async fn answer(
             let text = escalation::customer_text(
                 skill.escalate.as_ref().map(|e| &e.answer),
                 &escalation::DEFAULT_ANSWER,
-                &language,
+                language,
                 &handover.reference,
             );
-            escalation = Some(handover);
-            Completion {
-                text,
-                provider: escalation::PROVIDER.into(),
+            Response {
+                completion: fixed(text),
+                escalation: Some(handover),
             }
         }
         // An image or voice note: the agent cannot read it, so it says so instead of guessing;
@@ -325,58 +402,106 @@ async fn answer(
             } else {
                 (&live.config.channels.unsupported_reply, "text-only-notice")
             };
-            Completion {
-                text: notices
-                    .get(&language)
-                    .or_else(|| notices.get("en"))
-                    .cloned()
-                    .unwrap_or_else(|| skills.general_template(&language).to_string()),
-                provider: provider.into(),
+            Response {
+                completion: Completion {
+                    text: notices
+                        .get(language)
+                        .or_else(|| notices.get("en"))
+                        .cloned()
+                        .unwrap_or_else(|| skills.general_template(language).to_string()),
+                    provider: provider.into(),
+                },
+                escalation: None,
             }
         }
         (None, None, None) => {
-            let lookup = match &skill.lookup {
-                Some(lookup) => {
-                    let outcome = lookup.run(&ctx.http, &routed_text).await;
-                    if let lookup::Outcome::Unavailable(_, reason) = &outcome {
-                        tracing::warn!(skill = %skill.name, %reason, "skill lookup unavailable; the answer says so");
-                    }
-                    Some((lookup, outcome))
-                }
-                None => None,
-            };
-            // The history moves into the prompt: it is not kept twice while the model thinks.
-            // A stateless client's own account of the conversation replaces it.
-            let history = match &msg.context {
-                Some(turns) => turns
-                    .iter()
-                    .map(|turn| HistoryEntry {
-                        role: turn.role,
-                        text: turn.text.clone(),
-                        ts: msg.received_at_ms,
-                        message_id: String::new(),
-                        skill: None,
-                        provider: None,
-                    })
-                    .collect(),
-                None => snapshot.history,
-            };
-            let mut prompt = build_prompt(live, &skills, skill, &language, history, msg, &later);
-            if let Some((lookup, outcome)) = &lookup {
-                if let (Some(context), Some(system)) =
-                    (lookup::context(outcome), prompt.messages.first_mut())
-                {
-                    system.content.push_str("\n\n");
-                    system.content.push_str(&context);
-                }
-                if let Some(answer) = lookup.answer(outcome, &language) {
-                    prompt.template_answer = answer;
-                }
+            let prompt = compose(ctx, live, skills, route, input).await;
+            Response {
+                completion: ask_model(ctx, live, store, msg, &prompt).await,
+                escalation: None,
             }
-            ask_model(ctx, live, store, msg, &prompt).await
         }
-    };
+    }
+}
 
+/// The prompt: system prompt (agent, language, skill, and what the skill's lookup found), the
+/// conversation so far, then the new message(s). The lookup's own answer becomes the template
+/// answer for when every model fails.
+async fn compose(
+    ctx: &TurnContext,
+    live: &Live,
+    skills: &SkillSet,
+    route: &Route<'_>,
+    input: &mut TurnInput<'_>,
+) -> Prompt {
+    let (msg, skill) = (input.msg, route.skill);
+    let lookup = match &skill.lookup {
+        Some(lookup) => {
+            let outcome = lookup.run(&ctx.http, &input.text).await;
+            if let lookup::Outcome::Unavailable(_, reason) = &outcome {
+                tracing::warn!(skill = %skill.name, %reason, "skill lookup unavailable; the answer says so");
+            }
+            Some((lookup, outcome))
+        }
+        None => None,
+    };
+    // The history moves into the prompt: it is not kept twice while the model thinks. A
+    // stateless client's own account of the conversation replaces it.
+    let history = match &msg.context {
+        Some(turns) => turns
+            .iter()
+            .map(|turn| HistoryEntry {
+                role: turn.role,
+                text: turn.text.clone(),
+                ts: msg.received_at_ms,
+                message_id: String::new(),
+                skill: None,
+                provider: None,
+            })
+            .collect(),
+        None => std::mem::take(&mut input.snapshot_history),
+    };
+    let mut prompt = build_prompt(
+        live,
+        skills,
+        skill,
+        &route.language,
+        history,
+        msg,
+        &input.later,
+    );
+    if let Some((lookup, outcome)) = &lookup {
+        if let (Some(context), Some(system)) =
+            (lookup::context(outcome), prompt.messages.first_mut())
+        {
+            system.content.push_str("\n\n");
+            system.content.push_str(&context);
+        }
+        if let Some(answer) = lookup.answer(outcome, &route.language) {
+            prompt.template_answer = answer;
+        }
+    }
+    prompt
+}
+
+/// Commits the answer atomically (history, reply, session, events, the later messages it
+/// covers); exactly one turn per message gets to, and a turn that lost the race discards its
+/// answer.
+async fn commit(
+    ctx: &TurnContext,
+    store: &dyn StateStore,
+    seq: u64,
+    holder: &str,
+    route: &Route<'_>,
+    input: &TurnInput<'_>,
+    response: Response,
+) -> Result<TurnEnd, TurnError> {
+    let (msg, skill, later) = (input.msg, route.skill, &input.later);
+    let Response {
+        completion,
+        escalation,
+    } = response;
+    let path = DeliveryPath::of(msg.channel);
     let now = now_ms();
     let entry = |role, text: &str, provider: Option<String>| HistoryEntry {
         role,
@@ -417,8 +542,7 @@ async fn answer(
                 covered_by: Some(msg.message_id.clone()),
                 ..reply.clone()
             },
-            notify_channel: (!sent_by_platform(m.channel) && m.ingress_replica != ctx.replica_id)
-                .then(|| keys::reply_channel(&m.ingress_replica)),
+            notify_channel: DeliveryPath::of(m.channel).notify_channel(m, &ctx.replica_id),
         })
         .collect();
     let commit = TurnCommit {
@@ -434,7 +558,7 @@ async fn answer(
         reply: reply.clone(),
         session: [
             Some(("active_skill", skill.name.clone())),
-            known_language.map(|l| ("language", l)),
+            route.known_language.clone().map(|l| ("language", l)),
             Some(("last_message_at", now.to_string())),
             escalation
                 .as_ref()
@@ -446,11 +570,10 @@ async fn answer(
         .into_iter()
         .flatten()
         .collect(),
-        notify_channel: (!sent_by_platform(msg.channel) && msg.ingress_replica != ctx.replica_id)
-            .then(|| keys::reply_channel(&msg.ingress_replica)),
-        release_lease: !sent_by_platform(msg.channel),
+        notify_channel: path.notify_channel(msg, &ctx.replica_id),
+        release_lease: path.releases_lease_at_commit(),
         later: later_commits,
-        events: answer_events(msg, &reply, &later, escalation.as_ref()),
+        events: answer_events(msg, &reply, later, escalation.as_ref()),
         escalation,
     };
     let outcome = while_unavailable(|| store.commit_turn(&commit)).await?;
@@ -479,7 +602,7 @@ async fn answer(
         CommitOutcome::AlreadyReplied(existing) => {
             metrics::counter!(telemetry::TURNS_DISCARDED).increment(1);
             tracing::info!(message_id = %msg.message_id, "message was answered by another worker meanwhile; this turn's answer is discarded");
-            if !sent_by_platform(msg.channel) {
+            if path == DeliveryPath::HeldRequest {
                 notify_local(ctx, msg, &existing);
             }
             Ok(TurnEnd::Discarded)
@@ -539,61 +662,6 @@ fn answer_events(
         });
     }
     written
-}
-
-/// Hands the reply to the customer: wakes the web-chat or API request held open on this replica
-/// (a request held elsewhere was woken by the commit's publish), or sends it on WhatsApp or
-/// Telegram. A platform reply that cannot be sent goes to the dead-letter stream with the reason;
-/// either way it is marked delivered, so it is never sent twice nor lost silently. `fresh` says
-/// this turn just committed it (nobody can have sent it yet).
-async fn deliver(
-    ctx: &TurnContext,
-    live: &Live,
-    store: &dyn StateStore,
-    msg: &InboundMessage,
-    reply: &StoredReply,
-    fresh: bool,
-) -> Result<(), StateError> {
-    if !sent_by_platform(msg.channel) {
-        notify_local(ctx, msg, reply);
-        return Ok(());
-    }
-    if reply.covered_by.is_some() {
-        // Answered together with an earlier message: that message's entry sends the reply.
-        return Ok(());
-    }
-    let id = msg.dedupe_id();
-    if !fresh && while_unavailable(|| store.delivered(&id)).await? {
-        return Ok(());
-    }
-    let outcome = match live.egress.deliver(msg, &reply.text).await {
-        Ok(()) => "sent",
-        Err(failure) => {
-            tracing::error!(
-                channel = %msg.channel,
-                message_id = %msg.message_id,
-                reason = %failure.reason,
-                "reply could not be sent; moving it to the dead-letter stream"
-            );
-            metrics::counter!(telemetry::EGRESS_DEAD_LETTERS, "channel" => msg.channel.as_str())
-                .increment(1);
-            let letter = ReplyDeadLetter {
-                msg,
-                text: &reply.text,
-                reason: &failure.reason,
-                chunks_sent: failure.chunks_sent,
-            };
-            while_unavailable(|| store.dead_letter_reply(&letter)).await?;
-            "dead_letter"
-        }
-    };
-    while_unavailable(|| store.mark_delivered(&id, outcome)).await
-}
-
-fn notify_local(ctx: &TurnContext, msg: &InboundMessage, reply: &StoredReply) {
-    if msg.ingress_replica == ctx.replica_id {
-        ctx.waiters.notify(&msg.dedupe_id(), reply);
-    }
 }
 
 /// System prompt (agent + language + skill), history, then the new message.
@@ -674,4 +742,96 @@ async fn notify_dispatcher(
     metrics::counter!(crate::telemetry::ESCALATION_EVENTS, "event" => kind.to_string(), "outcome" => outcome)
         .increment(1);
     outcome == "sent"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::background::Background;
+    use crate::config::Config;
+    use crate::message::Channel;
+    use crate::state::Session;
+    use crate::state::link::RedisLink;
+    use std::path::PathBuf;
+
+    fn velocity_skills() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/velocity/skills")
+    }
+
+    /// The built-in configuration (template answers only) with VeloCity's skills and languages.
+    fn live() -> Arc<Live> {
+        let mut config = Config::builtin();
+        config.agent.languages = vec!["nl".into(), "de".into(), "en".into()];
+        config.skills.dir = velocity_skills();
+        let link = RedisLink::new(&config.redis).expect("link");
+        let http = crate::http_client::build().expect("client");
+        let skills = Arc::new(SkillLibrary::load(&config.skills.dir, Default::default()));
+        LiveConfig::start(config, None, http, link, skills, Background::new()).current()
+    }
+
+    fn skills() -> SkillSet {
+        let (skills, errors) = SkillSet::load(&velocity_skills());
+        assert!(errors.is_empty(), "{errors:?}");
+        skills
+    }
+
+    fn input(msg: &InboundMessage, session: Session) -> TurnInput<'_> {
+        TurnInput::new(
+            msg,
+            ConversationSnapshot {
+                history: Vec::new(),
+                session,
+                later: Vec::new(),
+            },
+        )
+    }
+
+    fn whatsapp(text: &str) -> InboundMessage {
+        InboundMessage::new(
+            Channel::Whatsapp,
+            "31612345678",
+            "wamid.1",
+            text.into(),
+            "r1",
+        )
+    }
+
+    #[tokio::test]
+    async fn a_complaint_goes_to_the_complaints_skill_in_the_customer_s_language_and_hands_over() {
+        let (live, skills) = (live(), skills());
+        let msg = whatsapp("Mijn pakket is beschadigd aangekomen");
+        let route = route(&live, &skills, &input(&msg, Session::default())).await;
+        assert_eq!(route.skill.name, "complaints");
+        assert_eq!(route.known_language.as_deref(), Some("nl"));
+        assert!(route.escalate.is_some());
+        assert_eq!(route.pending_escalation, None);
+    }
+
+    #[tokio::test]
+    async fn while_a_person_has_the_conversation_it_stays_with_their_skill_and_never_hands_over_twice()
+     {
+        let (live, skills) = (live(), skills());
+        let session = Session {
+            escalation_pending: Some("ESC-1".into()),
+            escalation_skill: Some("complaints".into()),
+            language: Some("en".into()),
+            ..Session::default()
+        };
+        // A tracking question, and a word that would start a hand-over on its own.
+        let msg = whatsapp("Where is VC123456789NL? It is damaged");
+        let route = route(&live, &skills, &input(&msg, session)).await;
+        assert_eq!(route.skill.name, "complaints");
+        assert_eq!(route.pending_escalation.as_deref(), Some("ESC-1"));
+        assert_eq!(route.escalate, None);
+        assert_eq!(route.language, "en");
+    }
+
+    #[tokio::test]
+    async fn a_media_message_never_hands_over_whatever_its_caption_says() {
+        let (live, skills) = (live(), skills());
+        let mut msg = whatsapp("damaged");
+        msg.unsupported = Some("image".into());
+        let route = route(&live, &skills, &input(&msg, Session::default())).await;
+        assert_eq!(route.escalate, None);
+    }
 }
