@@ -193,6 +193,11 @@ impl Reader {
     }
 }
 
+/// `value` milliseconds, or `default` when the key is absent.
+pub(crate) fn ms(value: Option<u64>, default: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(value.unwrap_or(default))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! The `redis` section: where the state lives (one Redis, or a primary that Sentinel watches and
 //! replaces), how the replica logs in, and how durable an acknowledgement must be.
 
-use super::ms;
+use super::reader::ms;
 use super::reader::{Object, Reader};
 use secrecy::SecretString;
 use std::time::Duration;
