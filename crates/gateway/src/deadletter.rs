@@ -1,5 +1,6 @@
-//! The dead-letter stream (`oc:deadletter`) as an operator sees it: list what could not be
-//! processed or sent, with the reason, and re-drive it once the cause is fixed.
+//! Re-driving the dead-letter stream (`oc:deadletter`, kept by [`crate::inbox::dead_letters`]):
+//! list what could not be processed or sent, with the reason, and re-drive it once the cause is
+//! fixed.
 //!
 //! Four kinds of entries: `inbound` (a message that kept failing to be processed; retrying queues
 //! it again as a new turn at the end of its conversation), `outbound` (a reply that could not
@@ -10,54 +11,13 @@
 
 use crate::egress::Egress;
 use crate::escalation::{Dispatcher, NotDelivered};
-use crate::message::{Channel, DedupeId, InboundMessage};
-use crate::state::link::{RedisLink, classify};
+pub use crate::inbox::dead_letters::DeadLetter;
+use crate::inbox::dead_letters::DeadLetterStream;
+use crate::message::{Channel, DedupeId};
+use crate::state::link::RedisLink;
 use crate::state::redis::RedisStore;
-use crate::state::{Acceptance, StateError, StateStore, keys};
-use serde::Serialize;
-use std::collections::BTreeMap;
+use crate::state::{Acceptance, StateError, StateStore};
 use std::sync::Arc;
-
-/// One dead-letter entry.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeadLetter {
-    /// Stream entry id (also when it was dead-lettered, in ms).
-    pub id: String,
-    /// `inbound` or `outbound`.
-    pub kind: String,
-    /// Why it is here.
-    pub reason: String,
-    /// Every field of the entry.
-    pub fields: BTreeMap<String, String>,
-}
-
-impl DeadLetter {
-    /// The channel the entry belongs to, when known.
-    pub fn channel(&self) -> String {
-        self.fields
-            .get("channel")
-            .cloned()
-            .or_else(|| {
-                self.inbound_message()
-                    .map(|m| m.channel.as_str().to_string())
-            })
-            .unwrap_or_else(|| "?".into())
-    }
-
-    /// Who it concerns: the reply's recipient, or the message's conversation.
-    pub fn subject(&self) -> String {
-        self.fields
-            .get("to")
-            .or_else(|| self.fields.get("conversation"))
-            .cloned()
-            .or_else(|| self.inbound_message().map(|m| m.conversation().to_string()))
-            .unwrap_or_else(|| "?".into())
-    }
-
-    fn inbound_message(&self) -> Option<InboundMessage> {
-        serde_json::from_str(self.fields.get("m")?).ok()
-    }
-}
 
 /// What retrying one entry did.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,7 +61,7 @@ impl RetryReport {
 
 /// Reads and re-drives dead letters.
 pub struct DeadLetters {
-    link: Arc<RedisLink>,
+    stream: DeadLetterStream,
     store: RedisStore,
     egress: Egress,
     dispatcher: Dispatcher,
@@ -117,7 +77,7 @@ impl DeadLetters {
         dispatcher: Dispatcher,
     ) -> DeadLetters {
         DeadLetters {
-            link,
+            stream: DeadLetterStream::new(link),
             store,
             egress,
             dispatcher,
@@ -126,36 +86,7 @@ impl DeadLetters {
 
     /// Every entry, oldest first.
     pub async fn list(&self) -> Result<Vec<DeadLetter>, StateError> {
-        let mut conn = self.link.connection()?;
-        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(keys::DEADLETTER)
-            .arg("-")
-            .arg("+")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| classify(&e))?;
-        Ok(entries
-            .ids
-            .into_iter()
-            .map(|entry| {
-                let fields: BTreeMap<String, String> = entry
-                    .map
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        Some((k.clone(), redis::from_redis_value_ref::<String>(v).ok()?))
-                    })
-                    .collect();
-                DeadLetter {
-                    id: entry.id,
-                    kind: fields
-                        .get("kind")
-                        .cloned()
-                        .unwrap_or_else(|| "inbound".into()),
-                    reason: fields.get("reason").cloned().unwrap_or_default(),
-                    fields,
-                }
-            })
-            .collect())
+        self.stream.list().await
     }
 
     /// Retries the entries named by `ids` (every entry with `all`), oldest first; an id with no
@@ -199,11 +130,8 @@ impl DeadLetters {
             }
             _ => self.requeue(letter).await?,
         };
-        let mut conn = self.link.connection().map_err(|e| e.to_string())?;
-        let _: i64 = redis::cmd("XDEL")
-            .arg(keys::DEADLETTER)
-            .arg(&letter.id)
-            .query_async(&mut conn)
+        self.stream
+            .remove(&letter.id)
             .await
             .map_err(|e| format!("retried, but could not remove the entry: {e}"))?;
         Ok(outcome)
@@ -255,10 +183,8 @@ impl DeadLetters {
             .inbound_message()
             .ok_or("the entry holds no readable message (field `m`)")?;
         // The message was accepted once: forget that, so it is accepted again as a new turn.
-        let mut conn = self.link.connection().map_err(|e| e.to_string())?;
-        let _: i64 = redis::cmd("DEL")
-            .arg(keys::seen(&msg.dedupe_id()))
-            .query_async(&mut conn)
+        self.store
+            .forget_acceptance(&msg.dedupe_id())
             .await
             .map_err(|e| e.to_string())?;
         match self.store.accept(&msg).await.map_err(|e| e.to_string())? {

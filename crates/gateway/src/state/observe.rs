@@ -26,6 +26,44 @@ pub async fn turns_handled(
         .await
 }
 
+/// What a replica publishes about itself for the operators' tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaCounters {
+    /// Turns it finished since it started.
+    pub handled: u64,
+    /// Turns running now.
+    pub running: u64,
+}
+
+/// How long a replica's published counters outlive its last publication: a stopped replica's
+/// hash disappears by itself.
+const COUNTERS_TTL_SECS: u64 = 60;
+
+/// Publishes `counters` for `replica_id` (read back by [`turns_handled`]).
+pub async fn publish_replica_counters(
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+    replica_id: &str,
+    counters: ReplicaCounters,
+) -> redis::RedisResult<()> {
+    let key = keys::replica_metrics(replica_id);
+    redis::pipe()
+        .cmd("HSET")
+        .arg(&key)
+        .arg(HANDLED)
+        .arg(counters.handled)
+        .arg(RUNNING)
+        .arg(counters.running)
+        .arg(UPDATED_AT)
+        .arg(crate::message::now_ms())
+        .ignore()
+        .cmd("EXPIRE")
+        .arg(&key)
+        .arg(COUNTERS_TTL_SECS)
+        .ignore()
+        .query_async(conn)
+        .await
+}
+
 /// The inbox's consumer group as Redis sees it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Backlog {

@@ -54,6 +54,15 @@ impl RedisStore {
         RedisStore { link, limits }
     }
 
+    /// Forgets that `id` was accepted, so the same message is accepted again as a new turn
+    /// (re-driving a dead-lettered message; nothing else may undo deduplication).
+    pub async fn forget_acceptance(&self, id: &DedupeId) -> Result<(), StateError> {
+        let _: i64 = self
+            .query_acknowledged(redis::cmd("DEL").arg(keys::seen(id)))
+            .await?;
+        Ok(())
+    }
+
     async fn invoke<T: FromRedisValue>(
         &self,
         invocation: &ScriptInvocation<'_>,

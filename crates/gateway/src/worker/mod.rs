@@ -13,10 +13,11 @@ use crate::background::Background;
 use crate::config::WorkersConfig;
 use crate::inbox::redis::{InboxEntry, RedisInbox};
 use crate::message::{ConversationKey, InboundMessage};
+use crate::state::StateStore;
 use crate::state::link::RedisLink;
 use crate::state::memory::{MemoryStore, QueuedMessage};
+use crate::state::observe::{ReplicaCounters, publish_replica_counters};
 use crate::state::redis::RedisStore;
-use crate::state::{StateStore, keys};
 use crate::telemetry;
 use futures_util::FutureExt;
 use std::collections::{HashMap, HashSet};
@@ -612,23 +613,11 @@ impl WorkerPool {
         let Ok(mut conn) = self.link.connection() else {
             return;
         };
-        let key = keys::replica_metrics(&self.ctx.replica_id);
-        let result: redis::RedisResult<()> = redis::pipe()
-            .cmd("HSET")
-            .arg(&key)
-            .arg(crate::state::observe::HANDLED)
-            .arg(self.handled.load(Ordering::Relaxed))
-            .arg(crate::state::observe::RUNNING)
-            .arg(self.running.load(Ordering::Relaxed))
-            .arg(crate::state::observe::UPDATED_AT)
-            .arg(crate::message::now_ms())
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&key)
-            .arg(60)
-            .ignore()
-            .query_async(&mut conn)
-            .await;
+        let counters = ReplicaCounters {
+            handled: self.handled.load(Ordering::Relaxed),
+            running: self.running.load(Ordering::Relaxed) as u64,
+        };
+        let result = publish_replica_counters(&mut conn, &self.ctx.replica_id, counters).await;
         if let Err(e) = result {
             self.link.report(&crate::state::link::classify(&e));
         }
