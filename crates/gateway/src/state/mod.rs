@@ -476,3 +476,65 @@ pub async fn conversation_named(
         .find(|e| e.reference.eq_ignore_ascii_case(target))
         .and_then(|e| ConversationKey::parse(&e.conversation)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_redis_blip_is_waited_out_and_the_operation_goes_on() {
+        let calls = AtomicU32::new(0);
+        let started = Instant::now();
+        let result = while_unavailable(|| async {
+            match calls.fetch_add(1, Ordering::Relaxed) {
+                0..3 => Err(StateError::Unavailable("connection refused".into())),
+                _ => Ok("done"),
+            }
+        })
+        .await;
+        assert_eq!(result.ok(), Some("done"));
+        assert_eq!(calls.load(Ordering::Relaxed), 4);
+        // Three short waits (50 ms doubling, jittered), not the give-up time.
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_redis_refuses_are_retried_for_about_fifteen_seconds_then_given_up() {
+        let calls = AtomicU32::new(0);
+        let started = Instant::now();
+        let result: Result<(), StateError> = while_unavailable(|| async {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Err(StateError::Refused("MISCONF disk full".into()))
+        })
+        .await;
+        assert!(matches!(result, Err(StateError::Refused(_))));
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            21,
+            "first try and 20 retries"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(8) && waited <= Duration::from_secs(40),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_inbox_is_not_retried_the_caller_answers_503_at_once() {
+        let calls = AtomicU32::new(0);
+        let result: Result<(), StateError> = while_unavailable(|| async {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Err(StateError::Full("inbox past inboxMaxLength".into()))
+        })
+        .await;
+        assert!(matches!(result, Err(StateError::Full(_))));
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+    }
+}
