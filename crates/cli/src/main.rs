@@ -5,10 +5,12 @@ mod commands;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use clawgate_gateway::{env_vars, logging};
+use commands::audit::AuditCommand;
 use commands::cluster::{ClusterCommand, NginxConfigArgs};
 use commands::config::ConfigCommand;
 use commands::deadletter::DeadletterCommand;
 use commands::escalations::EscalationsCommand;
+use commands::forget::ForgetArgs;
 use commands::loadtest::LoadtestArgs;
 use commands::mock::MockCommand;
 use commands::serve::ServeArgs;
@@ -71,6 +73,14 @@ enum Command {
         #[command(subcommand)]
         command: EscalationsCommand,
     },
+    /// The audit trail of messages and replies.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Erase a customer on request: their conversation, session, replies, hand-over, events and
+    /// pending work in Redis, and (by deleting their key) the texts of their audit records.
+    Forget(ForgetArgs),
     /// Run the reference deployment on this host: Redis, replicas and nginx, supervised.
     Cluster {
         #[command(subcommand)]
@@ -116,6 +126,8 @@ fn main() -> ExitCode {
             Command::Config { command } => Ok(commands::config::run(command)),
             Command::Deadletter { command } => commands::deadletter::run(command).await,
             Command::Escalations { command } => commands::escalations::run(command).await,
+            Command::Audit { command } => commands::audit::run(command).await,
+            Command::Forget(args) => commands::forget::run(args).await,
             Command::Cluster { command } => commands::cluster::run(command).await,
             Command::NginxConfig(args) => commands::cluster::nginx_config(args),
             Command::Loadtest(args) => commands::loadtest::run(*args).await,

@@ -29,6 +29,7 @@ impl ConfigSummary {
         }
         settings.push(("chain".into(), describe_chain(config)));
         settings.push(("escalation".into(), describe_escalation(config)));
+        settings.push(("audit".into(), describe_audit(config)));
         settings.extend(
             crate::channels::describe(config)
                 .into_iter()
@@ -148,6 +149,26 @@ fn describe_escalation(config: &Config) -> String {
             "on (/v1/escalations)"
         } else {
             "off"
+        }
+    )
+}
+
+fn describe_audit(config: &Config) -> String {
+    let audit = &config.audit;
+    let Some(dir) = &audit.dir else {
+        return "off (audit.dir)".into();
+    };
+    format!(
+        "{} (a folder per replica), files of {} KiB, at most {} MiB per replica, kept {} days; texts {}",
+        dir.display(),
+        audit.max_file_bytes / 1024,
+        audit.max_total_bytes / (1024 * 1024),
+        audit.retention.as_secs() / 86_400,
+        match audit.text {
+            crate::config::AuditText::Full =>
+                "encrypted per customer (erased by `clawgate forget`)",
+            crate::config::AuditText::Hash => "as SHA-256 only",
+            crate::config::AuditText::Omit => "not kept",
         }
     )
 }

@@ -2,6 +2,7 @@
 //! and the replica runs in `degrade` mode; nowhere (503) in `reject` mode, when Redis is full or
 //! while the replica drains in degraded mode (in-process work would die with it).
 
+use crate::audit::{AuditEvent, AuditLog};
 use crate::config::RedisDownMode;
 use crate::message::{Channel, InboundMessage};
 use crate::state::link::RedisLink;
@@ -54,6 +55,8 @@ pub struct Ingress {
     degrade_after: Duration,
     /// Set at SIGTERM: degraded-mode intake stops, Redis intake continues (others process it).
     draining: AtomicBool,
+    /// Where accepted messages are recorded.
+    audit: AuditLog,
 }
 
 impl Ingress {
@@ -64,6 +67,7 @@ impl Ingress {
         memory: Arc<MemoryStore>,
         mode: RedisDownMode,
         degrade_after: Duration,
+        audit: AuditLog,
     ) -> Ingress {
         Ingress {
             link,
@@ -72,6 +76,7 @@ impl Ingress {
             mode,
             degrade_after,
             draining: AtomicBool::new(false),
+            audit,
         }
     }
 
@@ -91,6 +96,7 @@ impl Ingress {
         let result = self.route(msg).await;
         match &result {
             Ok((Acceptance::Accepted { .. }, origin)) => {
+                self.audit.record(AuditEvent::accepted(msg));
                 let store = match origin {
                     Origin::Redis => "redis",
                     Origin::Memory => "memory",

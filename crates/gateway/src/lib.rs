@@ -6,6 +6,7 @@
 //! Start at [`server::run`]; DESIGN.md explains the whole path.
 
 pub mod app;
+pub mod audit;
 pub mod background;
 pub mod channels;
 pub mod classify;
@@ -17,6 +18,7 @@ pub mod env_vars;
 pub mod escalation;
 pub mod event_stream;
 pub mod events;
+pub mod forget;
 pub mod http;
 pub mod http_client;
 pub mod inbox;

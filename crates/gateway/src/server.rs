@@ -3,6 +3,7 @@
 //! held requests are answered, the server closes).
 
 use crate::app::AppState;
+use crate::audit::AuditLog;
 use crate::background::Background;
 use crate::config::Config;
 use crate::event_stream::hub::EventHub;
@@ -110,6 +111,7 @@ pub async fn run(
     ));
     let events = Arc::new(EventHub::default());
     background.spawn(events.clone().listen(link.clone(), background.stopping()));
+    let audit = AuditLog::start(&config.audit, &replica_id, link.clone(), &background);
     let ctx = Arc::new(TurnContext {
         replica_id: replica_id.clone(),
         skills: skills.clone(),
@@ -118,6 +120,7 @@ pub async fn run(
         waiters: waiters.clone(),
         http: http.clone(),
         events: events.clone(),
+        audit: audit.clone(),
     });
     let pool = WorkerPool::new(
         ctx,
@@ -137,6 +140,7 @@ pub async fn run(
             memory,
             config.redis.down_mode,
             config.redis.degrade_after,
+            audit.clone(),
         ),
         waiters,
         events,
@@ -150,6 +154,7 @@ pub async fn run(
         release_waiting: CancellationToken::new(),
         session_token_key: Default::default(),
         background: background.clone(),
+        audit,
     });
     let http_stop = CancellationToken::new();
     let app =

@@ -4,6 +4,12 @@
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
+/// Audit records on disk (see `audit`).
+pub const AUDIT_RECORDS_WRITTEN: &str = "clawgate_audit_records_written_total";
+/// Audit records lost, by `reason`: `queue_full` (the writer fell behind), `write_failed` (the
+/// disk refused them: full, read-only, missing), `unserializable`.
+pub const AUDIT_RECORDS_DROPPED: &str = "clawgate_audit_records_dropped_total";
+
 /// Messages durably accepted at ingress, by `channel` and `store` (`redis` | `memory`).
 pub const MESSAGES_ACCEPTED: &str = "clawgate_messages_accepted_total";
 /// Inbound messages recognised as duplicates (platform retries, client resends), by `channel`.
@@ -142,10 +148,19 @@ fn zero_series() {
         }
         metrics::counter!(MESSAGES_DUPLICATE, "channel" => channel).absolute(0);
     }
+    metrics::counter!(AUDIT_RECORDS_WRITTEN).absolute(0);
+    for reason in ["queue_full", "write_failed"] {
+        metrics::counter!(AUDIT_RECORDS_DROPPED, "reason" => reason).absolute(0);
+    }
 }
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(AUDIT_RECORDS_WRITTEN, "Audit records written to disk.");
+    describe_counter!(
+        AUDIT_RECORDS_DROPPED,
+        "Audit records lost (queue full, disk full or read-only), by reason."
+    );
     describe_counter!(MESSAGES_ACCEPTED, "Messages durably accepted at ingress.");
     describe_gauge!(
         WEBCHAT_EVENT_STREAMS,

@@ -2,10 +2,12 @@
 //! (gateway, cluster, load test, fakes) and prints their typed results; the logic lives in the
 //! libraries, where it is tested without a process.
 
+pub mod audit;
 pub mod cluster;
 pub mod config;
 pub mod deadletter;
 pub mod escalations;
+pub mod forget;
 pub mod loadtest;
 pub mod mock;
 pub mod serve;

@@ -10,6 +10,7 @@
 )]
 
 mod api;
+mod audit;
 mod channels;
 mod cli;
 mod cluster;

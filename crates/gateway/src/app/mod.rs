@@ -46,6 +46,8 @@ pub struct AppState {
     pub release_waiting: CancellationToken,
     /// Signs and checks web-chat session tokens.
     pub session_token_key: crate::session_token::TokenKey,
+    /// The audit trail (for `/healthz`).
+    pub audit: crate::audit::AuditLog,
     /// Where handlers start work that outlives their request (answering a button press).
     pub background: crate::background::Background,
 }

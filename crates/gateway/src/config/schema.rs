@@ -34,6 +34,37 @@ pub struct Config {
     pub channels: ChannelsConfig,
     /// Handing conversations to a person: the dispatcher webhook and the escalations API.
     pub escalation: EscalationConfig,
+    /// The audit trail of messages and replies, on a bounded disk.
+    pub audit: AuditConfig,
+}
+
+/// The audit trail: one JSON line per accepted message and per reply sent, in files rotated by
+/// size, compressed, and deleted oldest first to stay within a bound.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Where each replica writes (into a folder named after it); `None`: no audit trail.
+    pub dir: Option<PathBuf>,
+    /// A file is closed and compressed once it reaches this size.
+    pub max_file_bytes: u64,
+    /// Bound on the replica's files together; the oldest are deleted first to stay within it.
+    pub max_total_bytes: u64,
+    /// Files older than this are deleted.
+    pub retention: Duration,
+    /// What a record keeps of a message's text.
+    pub text: AuditText,
+    /// Records waiting for the writer at most; more are dropped (counted), never waited for.
+    pub queue: usize,
+}
+
+/// What an audit record keeps of the text (`audit.text`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditText {
+    /// The text, encrypted with a key of the customer's own (deleted by `clawgate forget`).
+    Full,
+    /// Its SHA-256 only: proves what was said without keeping it.
+    Hash,
+    /// Nothing of it.
+    Omit,
 }
 
 /// Where escalated conversations go and who may resolve them.

@@ -51,6 +51,8 @@ pub async fn healthz(State(app): State<Arc<AppState>>) -> Response {
         "turns_running": app.pool.running(),
         "requests_waiting": app.waiters.len(),
         "log_lines_dropped": crate::logging::dropped_lines(),
+        // Records lost while the disk refused them are counted here, and answers go on.
+        "audit": app.audit.status(),
         "skills": app.skills.current().names(),
         "skill_errors": app.skills.errors(),
         "providers": app.live.current().chain.names(),

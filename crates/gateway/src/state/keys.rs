@@ -63,6 +63,12 @@ pub fn events(c: &ConversationKey) -> String {
 /// every replica's open event streams read on.
 pub const EVENTS_CHANNEL: &str = "oc:events";
 
+/// `oc:auditkey:{channel:user}`: the key the customer's audit texts are sealed with; deleting it
+/// erases them (named by the conversation's `channel:user` text, as audit records hold it).
+pub fn audit_key_of(conversation: &str) -> String {
+    format!("oc:auditkey:{{{conversation}}}")
+}
+
 /// `oc:lease:{channel:user}`: who runs the conversation's current turn.
 pub fn lease(c: &ConversationKey) -> String {
     format!("oc:lease:{{{c}}}")
@@ -84,15 +90,14 @@ pub fn delivered(id: &DedupeId) -> String {
     format!("oc:delivered:{{{}}}", id.as_str())
 }
 
-/// `oc:metrics:gateway:{replica_id}`: one replica's counters (`handled`, `running`,
-/// `updated_at`), refreshed every few seconds.
 /// `oc:secret:{name}`: a random key every replica shares (web-chat session tokens are signed
 /// with it when `webchat.tokenSecret` is not set). Never expires.
 pub fn secret(name: &str) -> String {
     format!("oc:secret:{{{name}}}")
 }
 
-/// `oc:metrics:gateway:{replica_id}`.
+/// `oc:metrics:gateway:{replica_id}`: one replica's counters (`handled`, `running`,
+/// `updated_at`), refreshed every few seconds.
 pub fn replica_metrics(replica_id: &str) -> String {
     format!("oc:metrics:gateway:{{{replica_id}}}")
 }

@@ -3,6 +3,7 @@
 //! platform refuses it). [`DeliveryPath`] is the one place that tells the two apart.
 
 use super::turn::TurnContext;
+use crate::audit::AuditEvent;
 use crate::live::Live;
 use crate::message::{Channel, InboundMessage, StoredReply};
 use crate::state::{ReplyDeadLetter, StateError, StateStore, keys, while_unavailable};
@@ -55,6 +56,12 @@ pub(super) async fn deliver(
 ) -> Result<(), StateError> {
     if DeliveryPath::of(msg.channel) == DeliveryPath::HeldRequest {
         notify_local(ctx, msg, reply);
+        // Recorded once, by the turn that committed it (not again when a re-claimed entry
+        // finds it answered).
+        if fresh && reply.covered_by.is_none() {
+            ctx.audit
+                .record(AuditEvent::replied(msg, reply, "answered"));
+        }
         return Ok(());
     }
     if reply.covered_by.is_some() {
@@ -86,6 +93,7 @@ pub(super) async fn deliver(
             "dead_letter"
         }
     };
+    ctx.audit.record(AuditEvent::replied(msg, reply, outcome));
     while_unavailable(|| store.mark_delivered(&id, outcome)).await
 }
 

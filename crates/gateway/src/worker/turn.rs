@@ -56,6 +56,8 @@ pub struct TurnContext {
     pub http: reqwest::Client,
     /// Web-chat event streams open on this replica, woken when a turn writes events.
     pub events: Arc<EventHub>,
+    /// Where replies handed to customers are recorded.
+    pub audit: crate::audit::AuditLog,
 }
 
 /// How a turn ended.

@@ -4,6 +4,7 @@
 //! parsing the command line uses too.
 
 mod agent;
+mod audit;
 mod channels;
 mod conversations;
 mod escalation;
@@ -34,6 +35,7 @@ pub(super) fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir:
             "llm",
             "channels",
             "escalation",
+            "audit",
         ],
     );
 
@@ -49,5 +51,6 @@ pub(super) fn read_config(r: &mut Reader, root: &Object, source: &str, base_dir:
         llm: llm::read(r, root),
         channels: channels::read(r, root),
         escalation: escalation::read(r, root),
+        audit: audit::read(r, root, base_dir),
     }
 }
