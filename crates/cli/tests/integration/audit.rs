@@ -11,10 +11,13 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+const ADMIN_TOKEN: &str = "operator-secret";
+
 fn audit_config(llm: &clawgate_fakes::mock_llm::MockLlm, redis_url: &str, dir: &Path) -> Value {
     let mut config = test_config(vec![openai_provider("primary", llm, 10_000, 0)]);
     config["redis"]["url"] = json!(redis_url);
     config["audit"] = json!({"dir": dir, "maxFileBytes": 65_536, "maxTotalBytes": 67_108_864});
+    config["gateway"]["adminToken"] = json!(ADMIN_TOKEN);
     config
 }
 
@@ -152,6 +155,31 @@ async fn the_audit_trail_tells_what_the_bot_said_and_forget_erases_the_customer(
     assert_eq!(other[0]["text"], "Waar is pakket 1?");
     let (status, _) = gateway.send("piet", "m2", "Nog een vraag", None).await;
     assert_eq!(status, 200);
+
+    // The operator erases the other customer over HTTP, with the admin token only.
+    let http = http_client();
+    let url = gateway.url("/v1/customers/webchat:piet");
+    let refused = http.delete(&url).send().await.expect("DELETE");
+    assert_eq!(refused.status(), 401);
+    let bad = http
+        .delete(gateway.url("/v1/customers/nobody"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(bad.status(), 400);
+    let erased = http
+        .delete(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(erased.status(), 200);
+    let report: Value = erased.json().await.expect("report");
+    assert_eq!(report["history_entries"], 4, "{report}");
+    assert_eq!(report["audit_key"], true, "{report}");
+    let other = search(&config, &["--conversation", "webchat:piet"]).await;
+    assert!(other.iter().all(|r| r.get("text").is_none()), "{other:?}");
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {

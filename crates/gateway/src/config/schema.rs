@@ -178,6 +178,9 @@ pub struct GatewayConfig {
     /// Open client connections at most; connections beyond are closed as soon as they are
     /// accepted, so a flood cannot use up the file descriptors the replica's own work needs.
     pub max_connections: usize,
+    /// Bearer token of the operator's endpoints (`DELETE /v1/customers/{id}`); none = they are
+    /// off.
+    pub admin_token: Option<SecretString>,
 }
 
 /// Conversation lifetime and history size.

@@ -2,6 +2,7 @@
 //! is in [`crate::app`], the channels' handlers in [`crate::channels`].
 
 pub mod connections;
+pub mod customers;
 pub mod escalations;
 pub mod health;
 pub mod widget;
@@ -12,7 +13,7 @@ use crate::channels::{api, telegram, whatsapp};
 use crate::channels::{webchat, webchat_events};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use std::sync::Arc;
 
 /// Largest web-chat request body; larger ones get 413.
@@ -112,6 +113,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/escalations/{target}/resolve",
             post(escalations::resolve),
         )
+        .route("/v1/customers/{customer}", delete(customers::forget))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -24,8 +24,9 @@ pub(super) fn read(r: &mut Reader, root: &Object, base_dir: &Path) -> AuditConfi
             ],
         )
         .unwrap_or(&empty);
+    // An empty string (`${AUDIT_DIR:-}`) means "off".
     let dir = r
-        .string(a, p, "dir")
+        .string_or_empty(a, p, "dir")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .map(|d| if d.is_absolute() { d } else { base_dir.join(d) });

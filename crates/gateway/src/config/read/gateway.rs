@@ -4,6 +4,7 @@ use super::super::defaults::{DEFAULT_MAX_CONNECTIONS, DEFAULT_PORT, default_repl
 use super::super::reader::{Object, Reader, ms};
 use super::super::schema::GatewayConfig;
 use super::super::validation::check_replica_id;
+use secrecy::SecretString;
 use std::net::SocketAddr;
 
 /// `gateway`: where the replica listens, what it is called, how long connections may idle.
@@ -23,6 +24,7 @@ pub(super) fn read(r: &mut Reader, root: &Object) -> GatewayConfig {
                 "headerTimeoutMs",
                 "bodyTimeoutMs",
                 "maxConnections",
+                "adminToken",
             ],
         )
         .unwrap_or(&empty);
@@ -91,5 +93,10 @@ pub(super) fn read(r: &mut Reader, root: &Object) -> GatewayConfig {
         max_connections: r
             .integer(g, "gateway", "maxConnections", 1, 1_000_000, "connections")
             .map_or(DEFAULT_MAX_CONNECTIONS, |n| n as usize),
+        // An empty string (`${ADMIN_TOKEN:-}`) means "not configured".
+        admin_token: r
+            .string_or_empty(g, "gateway", "adminToken")
+            .filter(|t| !t.is_empty())
+            .map(SecretString::from),
     }
 }
