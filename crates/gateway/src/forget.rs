@@ -4,10 +4,12 @@
 //! unreadable. It reports what it removed.
 //!
 //! Kept on purpose: the dedupe markers (`oc:seen:{channel:message id}`, no content), so a
-//! platform that resends an old webhook does not bring the message back.
+//! platform that resends an old webhook does not bring the message back. Not found: a WhatsApp
+//! or Telegram reply to a message the history no longer holds (past `historyLimit`): its key
+//! names only the platform's message id; it expires with the dedupe window (8 days).
 
 use crate::audit::customer_keys;
-use crate::message::{ConversationKey, DedupeId, HistoryEntry, InboundMessage};
+use crate::message::{Channel, ConversationKey, DedupeId, HistoryEntry, InboundMessage};
 use crate::state::link::{RedisLink, classify};
 use crate::state::{StateError, keys};
 use redis::aio::ConnectionManager;
@@ -74,13 +76,26 @@ pub async fn forget_customer(
     if let Some(kind) = channel_of(channel) {
         for id in &message_ids {
             let dedupe = DedupeId::new(kind, user, id);
-            let removed: i64 = redis::cmd("DEL")
-                .arg(keys::replied(&dedupe))
-                .arg(keys::delivered(&dedupe))
-                .query_async(&mut conn)
-                .await
-                .map_err(fail)?;
-            report.replies += u64::from(removed > 0);
+            report.replies += delete(
+                &mut conn,
+                &[keys::replied(&dedupe), keys::delivered(&dedupe)],
+            )
+            .await?
+            .min(1);
+        }
+        // Web-chat and API message ids carry the user: replies to messages the history no
+        // longer holds (past `historyLimit`) are found by name too.
+        if matches!(kind, Channel::Webchat | Channel::Api) {
+            let prefix = glob_escape(DedupeId::new(kind, user, "").as_str());
+            for pattern in [
+                format!("oc:replied:{{{prefix}*"),
+                format!("oc:delivered:{{{prefix}*"),
+            ] {
+                let removed = delete_matching(&mut conn, &pattern).await?;
+                if pattern.starts_with("oc:replied") {
+                    report.replies += removed;
+                }
+            }
         }
     }
 
@@ -115,8 +130,7 @@ pub async fn forget_customer(
     Ok(report)
 }
 
-fn channel_of(name: &str) -> Option<crate::message::Channel> {
-    use crate::message::Channel;
+fn channel_of(name: &str) -> Option<Channel> {
     [
         Channel::Webchat,
         Channel::Whatsapp,
@@ -127,13 +141,59 @@ fn channel_of(name: &str) -> Option<crate::message::Channel> {
     .find(|c| c.as_str() == name)
 }
 
+/// `text` with Redis glob characters escaped, to match it literally in a SCAN pattern.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// Deletes `names`; how many existed.
+async fn delete(conn: &mut ConnectionManager, names: &[String]) -> Result<u64, StateError> {
+    let removed: u64 = redis::cmd("DEL")
+        .arg(names)
+        .query_async(conn)
+        .await
+        .map_err(|e| classify(&e))?;
+    Ok(removed)
+}
+
+/// Deletes every key matching `pattern` (a SCAN, so Redis is never blocked); how many.
+async fn delete_matching(conn: &mut ConnectionManager, pattern: &str) -> Result<u64, StateError> {
+    let mut cursor: u64 = 0;
+    let mut removed = 0;
+    loop {
+        let (next, names): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_BATCH)
+            .query_async(conn)
+            .await
+            .map_err(|e| classify(&e))?;
+        if !names.is_empty() {
+            removed += delete(conn, &names).await?;
+        }
+        if next == 0 {
+            return Ok(removed);
+        }
+        cursor = next;
+    }
+}
+
 /// Deletes `oc:identity:{channel:*}` links whose target is `user`.
 async fn forget_identity_links(
     conn: &mut ConnectionManager,
     channel: &str,
     user: &str,
 ) -> Result<u64, StateError> {
-    let pattern = format!("oc:identity:{{{channel}:*");
+    let pattern = format!("oc:identity:{{{}:*", glob_escape(channel));
     let mut cursor: u64 = 0;
     let mut removed = 0;
     loop {
@@ -224,5 +284,19 @@ async fn remove_entries(
             return Ok(removed);
         }
         start = format!("({last}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_id_with_glob_characters_is_matched_literally() {
+        assert_eq!(
+            glob_escape("webchat:a*b?[c]\\:"),
+            "webchat:a\\*b\\?\\[c\\]\\\\:"
+        );
+        assert_eq!(glob_escape("whatsapp:31612345678"), "whatsapp:31612345678");
     }
 }

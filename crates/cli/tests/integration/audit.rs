@@ -333,6 +333,11 @@ async fn a_full_disk_loses_only_the_audit_records_of_its_time_and_answers_go_on(
     let found = |id: &str| records.iter().filter(|r| r["message_id"] == id).count() as u64;
     assert_eq!(found("before"), 2);
     let lost: u64 = during.iter().map(|id| 2 - found(id)).sum();
+    println!(
+        "full disk: {} messages answered while it was full, {dropped} audit records dropped, {lost} missing; all {} records after it freed written",
+        during.len(),
+        after.len() * 2
+    );
     assert_eq!(
         lost,
         dropped,

@@ -104,10 +104,11 @@ pub(super) fn notify_local(ctx: &TurnContext, msg: &InboundMessage, reply: &Stor
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn whatsapp(text: &str) -> InboundMessage {
+    /// A WhatsApp text from one customer, taken by replica `r1` (for the worker's unit tests).
+    pub(in crate::worker) fn whatsapp(text: &str) -> InboundMessage {
         InboundMessage::new(
             Channel::Whatsapp,
             "31612345678",

@@ -751,9 +751,9 @@ mod tests {
     use super::*;
     use crate::background::Background;
     use crate::config::Config;
-    use crate::message::Channel;
     use crate::state::Session;
     use crate::state::link::RedisLink;
+    use crate::worker::delivery::tests::whatsapp;
     use std::path::PathBuf;
 
     fn velocity_skills() -> PathBuf {
@@ -785,16 +785,6 @@ mod tests {
                 session,
                 later: Vec::new(),
             },
-        )
-    }
-
-    fn whatsapp(text: &str) -> InboundMessage {
-        InboundMessage::new(
-            Channel::Whatsapp,
-            "31612345678",
-            "wamid.1",
-            text.into(),
-            "r1",
         )
     }
 
