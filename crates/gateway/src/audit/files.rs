@@ -160,6 +160,13 @@ impl AuditFiles {
     }
 
     fn ensure_current(&mut self) -> io::Result<()> {
+        // A file deleted under the writer (its folder removed by hand, a volume remounted)
+        // would swallow records without a word: start a new one where it belongs.
+        if self.current.as_ref().is_some_and(|c| !c.path.exists()) {
+            tracing::warn!(dir = %self.dir.display(), "the audit file being written is gone; starting a new one");
+            self.current = None;
+            self.closed.retain(|(path, _)| path.exists());
+        }
         if self.current.is_some() {
             return Ok(());
         }
@@ -293,6 +300,22 @@ mod tests {
         assert!(names.iter().any(|n| n.ends_with(".jsonl.gz")), "{names:?}");
         assert_eq!(names.iter().filter(|n| n.ends_with(".jsonl")).count(), 1);
         assert_eq!(files.bytes_on_disk(), on_disk(&dir.path().join("r1")));
+    }
+
+    #[test]
+    fn a_folder_removed_while_written_is_made_again_and_no_record_vanishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = dir.path().join("r1");
+        let mut files = AuditFiles::open(replica.clone(), &config(4_096, 16_384));
+        assert_eq!(files.write(&[line(1)]).written, 1);
+        std::fs::remove_dir_all(&replica).unwrap();
+        assert_eq!(files.write(&[line(2)]).written, 1);
+        let contents: String = std::fs::read_dir(&replica)
+            .unwrap()
+            .flatten()
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .collect();
+        assert!(contents.contains("\"i\":2"), "{contents}");
     }
 
     #[test]
