@@ -30,11 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::*;
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// Open loop at `rate` messages/s for `duration` against `base`; latency from the intended send.
 async fn open_loop(base: &str, tag: &str, rate: u64, duration: Duration) -> (Histogram<u64>, u64) {
     let http = reqwest::Client::builder()

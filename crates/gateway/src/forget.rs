@@ -163,10 +163,13 @@ async fn delete(conn: &mut ConnectionManager, names: &[String]) -> Result<u64, S
     Ok(removed)
 }
 
-/// Deletes every key matching `pattern` (a SCAN, so Redis is never blocked); how many.
-async fn delete_matching(conn: &mut ConnectionManager, pattern: &str) -> Result<u64, StateError> {
+/// Every key matching `pattern`, read with SCAN (Redis is never blocked by a long walk).
+async fn matching_keys(
+    conn: &mut ConnectionManager,
+    pattern: &str,
+) -> Result<Vec<String>, StateError> {
     let mut cursor: u64 = 0;
-    let mut removed = 0;
+    let mut all = Vec::new();
     loop {
         let (next, names): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
@@ -177,14 +180,22 @@ async fn delete_matching(conn: &mut ConnectionManager, pattern: &str) -> Result<
             .query_async(conn)
             .await
             .map_err(|e| classify(&e))?;
-        if !names.is_empty() {
-            removed += delete(conn, &names).await?;
-        }
+        all.extend(names);
         if next == 0 {
-            return Ok(removed);
+            return Ok(all);
         }
         cursor = next;
     }
+}
+
+/// Deletes every key matching `pattern`; how many.
+async fn delete_matching(conn: &mut ConnectionManager, pattern: &str) -> Result<u64, StateError> {
+    let names = matching_keys(conn, pattern).await?;
+    let mut removed = 0;
+    for chunk in names.chunks(SCAN_BATCH) {
+        removed += delete(conn, chunk).await?;
+    }
+    Ok(removed)
 }
 
 /// Deletes `oc:identity:{channel:*}` links whose target is `user`.
@@ -194,38 +205,18 @@ async fn forget_identity_links(
     user: &str,
 ) -> Result<u64, StateError> {
     let pattern = format!("oc:identity:{{{}:*", glob_escape(channel));
-    let mut cursor: u64 = 0;
     let mut removed = 0;
-    loop {
-        let (next, names): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(SCAN_BATCH)
+    for name in matching_keys(conn, &pattern).await? {
+        let target: Option<String> = redis::cmd("GET")
+            .arg(&name)
             .query_async(conn)
             .await
             .map_err(|e| classify(&e))?;
-        for name in names {
-            let target: Option<String> = redis::cmd("GET")
-                .arg(&name)
-                .query_async(conn)
-                .await
-                .map_err(|e| classify(&e))?;
-            if target.as_deref() == Some(user) {
-                let _: i64 = redis::cmd("DEL")
-                    .arg(&name)
-                    .query_async(conn)
-                    .await
-                    .map_err(|e| classify(&e))?;
-                removed += 1;
-            }
+        if target.as_deref() == Some(user) {
+            removed += delete(conn, std::slice::from_ref(&name)).await?;
         }
-        if next == 0 {
-            return Ok(removed);
-        }
-        cursor = next;
     }
+    Ok(removed)
 }
 
 /// Deletes the entries of `stream` that concern `conversation` (acknowledging inbox entries a

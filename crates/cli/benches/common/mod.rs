@@ -22,6 +22,13 @@ pub fn ms(h: &Histogram<u64>, quantile: f64) -> f64 {
     h.value_at_quantile(quantile) as f64 / 1000.0
 }
 
+/// The middle value of several rounds' figures (the upper middle of an even count).
+#[allow(dead_code)] // not every benchmark takes several rounds
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// The load generator's runtime: two threads, like the machine's two cores it shares.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
