@@ -2,6 +2,7 @@
 
 use crate::support::*;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 fn config_with_api(llm: &clawgate_fakes::mock_llm::MockLlm) -> Value {
     let mut config = test_config(vec![openai_provider("primary", llm, 10_000, 0)]);
@@ -81,6 +82,10 @@ async fn the_same_user_keeps_the_conversation_across_calls_and_replicas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_true_answers_with_server_sent_chunks() {
     let (redis, llm) = (TestRedis::start().await, mock_llm(0).await);
+    // Words 20 ms apart, as a model writes them: words that arrive while the previous delta is
+    // being written are joined into the next write, so a mock sending all at once could be
+    // streamed in one piece, and the test would depend on the machine's speed.
+    llm.set_chunk_pause(Duration::from_millis(20));
     let gateway = Gateway::start(config_with_api(&llm), &redis.url(), "r1").await;
     let response = http_client()
         .post(gateway.url("/v1/chat/completions"))
