@@ -316,6 +316,12 @@ async fn start_everything(
     // Every message of a conversation stays in the model's context: a reply shows them all.
     config["conversations"] =
         json!({"floodControl": {"messagesPerMinute": 0}, "historyLimit": 100});
+    // The default lease (10 s), not the short one of the other tests: a turn sending a WhatsApp
+    // reply keeps its conversation's lease until the reply is marked sent, and cannot renew it
+    // while the primary fails over (about 2.3 s here). A lease shorter than the failover lets
+    // another replica take the answered entry and send the reply a second time (seen once with
+    // 2 s); that is the deployment's rule too: workers.leaseTtlMs must outlast a failover.
+    config["workers"]["leaseTtlMs"] = json!(10_000);
     config["redis"] = json!({
         "sentinel": {"masterName": MASTER_NAME, "nodes": sentinels},
         "ackReplicas": ack_replicas, "ackTimeoutMs": 1000,
