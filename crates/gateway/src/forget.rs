@@ -73,7 +73,7 @@ pub async fn forget_customer(
         .map(|e| e.message_id)
         .filter(|id| !id.is_empty())
         .collect();
-    if let Some(kind) = channel_of(channel) {
+    if let Some(kind) = Channel::named(channel) {
         for id in &message_ids {
             let dedupe = DedupeId::new(kind, user, id);
             report.replies += delete(
@@ -128,17 +128,6 @@ pub async fn forget_customer(
     report.dead_letters = remove_entries(&mut conn, keys::DEADLETTER, conversation, false).await?;
     report.audit_key = customer_keys::shred(link, conversation.as_str()).await?;
     Ok(report)
-}
-
-fn channel_of(name: &str) -> Option<Channel> {
-    [
-        Channel::Webchat,
-        Channel::Whatsapp,
-        Channel::Telegram,
-        Channel::Api,
-    ]
-    .into_iter()
-    .find(|c| c.as_str() == name)
 }
 
 /// `text` with Redis glob characters escaped, to match it literally in a SCAN pattern.

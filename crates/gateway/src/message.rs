@@ -36,6 +36,18 @@ impl Channel {
             Channel::Api => "api",
         }
     }
+
+    /// The channel [`Channel::as_str`] names, as an operator or a config file writes it.
+    pub fn named(name: &str) -> Option<Channel> {
+        [
+            Channel::Webchat,
+            Channel::Whatsapp,
+            Channel::Telegram,
+            Channel::Api,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == name)
+    }
 }
 
 impl fmt::Display for Channel {
@@ -67,14 +79,7 @@ impl ConversationKey {
     /// user, or braces (which would break the hash tag).
     pub fn parse(text: &str) -> Option<ConversationKey> {
         let (channel, user) = text.split_once(':')?;
-        let channel = [
-            Channel::Webchat,
-            Channel::Whatsapp,
-            Channel::Telegram,
-            Channel::Api,
-        ]
-        .into_iter()
-        .find(|c| c.as_str() == channel)?;
+        let channel = Channel::named(channel)?;
         (!user.is_empty() && !user.contains(['{', '}']))
             .then(|| ConversationKey::new(channel, user))
     }

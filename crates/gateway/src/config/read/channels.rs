@@ -118,14 +118,7 @@ pub(super) fn read(r: &mut Reader, root: &Object) -> ChannelsConfig {
     if let Some(limits) = r.object(c, "channels", "maxTextChars") {
         for name in limits.keys() {
             let path = "channels.maxTextChars";
-            let Some(channel) = [
-                Channel::Whatsapp,
-                Channel::Telegram,
-                Channel::Webchat,
-                Channel::Api,
-            ]
-            .into_iter()
-            .find(|c| c.as_str() == name) else {
+            let Some(channel) = Channel::named(name) else {
                 r.error(
                     format!("{path}.{name}"),
                     "unknown channel; expected whatsapp, telegram, webchat or api",
