@@ -87,7 +87,7 @@ pub struct RedisStatus {
 }
 
 /// One Redis server: the primary, a replica it reports, or a managed server it does not.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RedisNode {
     /// `host:port`.
     pub addr: String,
@@ -301,10 +301,7 @@ async fn redis_nodes(
         addr: primary.to_string(),
         role: "primary".into(),
         lag: Some(0),
-        state: None,
-        seconds_since_ack: None,
-        name: None,
-        pid: None,
+        ..RedisNode::default()
     }];
     for replica in &replication.replicas {
         nodes.push(RedisNode {
@@ -313,8 +310,7 @@ async fn redis_nodes(
             lag: Some(replication.offset.saturating_sub(replica.offset)),
             state: Some(replica.state.clone()),
             seconds_since_ack: Some(replica.seconds_since_ack),
-            name: None,
-            pid: None,
+            ..RedisNode::default()
         });
     }
     let listed: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
@@ -338,11 +334,7 @@ fn missing_nodes(state: &ClusterState, listed: &[String]) -> Vec<RedisNode> {
         .map(|s| RedisNode {
             addr: s.addr.clone(),
             role: "unknown".into(),
-            lag: None,
-            state: None,
-            seconds_since_ack: None,
-            name: None,
-            pid: None,
+            ..RedisNode::default()
         })
         .collect()
 }
