@@ -262,10 +262,7 @@ async fn a_redis_crash_under_load_keeps_answers_coming_and_the_aof_restores_what
     .await;
     let redis_back = crashed.elapsed();
     // Every replica notices and goes back to Redis by itself.
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let http = http_client();
     let ports: Vec<u64> = cluster.status().await["replicas"]
         .as_array()
         .into_iter()
@@ -585,10 +582,7 @@ async fn a_slow_llm_pile_up_keeps_webhooks_acknowledged_fast_sheds_readiness_and
     let cluster = Arc::new(TestCluster::start(config, 3).await);
 
     // The 08:17 surge: a thousand customers write within two seconds; the model takes 30 s.
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let http = http_client();
     let mut acks = JoinSet::new();
     for i in 0..CUSTOMERS {
         let cluster = cluster.clone();

@@ -207,10 +207,7 @@ async fn only_the_allowed_origins_pages_may_call_the_web_chat_api_from_a_browser
     let mut config = test_config(vec![openai_provider("primary", &llm, 10_000, 0)]);
     config["webchat"]["allowedOrigins"] = serde_json::json!(["https://track.velocity.example"]);
     let gateway = Gateway::start(config, &redis.url(), "cors").await;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let http = http_client();
     let preflight = |origin: &'static str| {
         http.request(
             reqwest::Method::OPTIONS,
@@ -280,10 +277,7 @@ async fn a_web_chat_session_is_private_to_whoever_holds_its_token() {
     config["webchat"] = serde_json::json!({"replyWaitMs": 15000});
     let a = Gateway::start(config.clone(), &redis.url(), "a").await;
     let b = Gateway::start(config, &redis.url(), "b").await;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let http = http_client();
     let new_session = |gateway: &Gateway| http.post(gateway.url("/v1/webchat/sessions")).send();
     let created: serde_json::Value = new_session(&a)
         .await

@@ -499,6 +499,7 @@ impl Gateway {
             child: Some(child),
             dir,
             http: reqwest::Client::builder()
+                .no_proxy()
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("http client"),
@@ -867,10 +868,7 @@ impl TestCluster {
             listen,
             state_dir,
             _dir: dir,
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .expect("client"),
+            http: http_client(),
             fresh_http: reqwest::Client::builder()
                 .no_proxy()
                 .pool_max_idle_per_host(0)
