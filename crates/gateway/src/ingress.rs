@@ -2,7 +2,7 @@
 //! and the replica runs in `degrade` mode; nowhere (503) in `reject` mode, when Redis is full or
 //! while the replica drains in degraded mode (in-process work would die with it).
 
-use crate::audit::{AuditEvent, AuditLog};
+use crate::audit::AuditLog;
 use crate::config::RedisDownMode;
 use crate::message::{Channel, InboundMessage};
 use crate::state::link::RedisLink;
@@ -96,7 +96,7 @@ impl Ingress {
         let result = self.route(msg).await;
         match &result {
             Ok((Acceptance::Accepted { .. }, origin)) => {
-                self.audit.record(AuditEvent::accepted(msg));
+                self.audit.accepted(msg);
                 let store = match origin {
                     Origin::Redis => "redis",
                     Origin::Memory => "memory",

@@ -183,12 +183,23 @@ impl AuditLog {
         }
     }
 
-    /// Queues `event` for the writer; when the queue is full it is dropped and counted.
-    pub fn record(&self, event: AuditEvent) {
+    /// Records `msg` as accepted.
+    pub fn accepted(&self, msg: &InboundMessage) {
+        self.record(|| AuditEvent::accepted(msg));
+    }
+
+    /// Records `reply` to `msg` as handed to the customer with `outcome`.
+    pub fn replied(&self, msg: &InboundMessage, reply: &StoredReply, outcome: &'static str) {
+        self.record(|| AuditEvent::replied(msg, reply, outcome));
+    }
+
+    /// Queues the event `make` builds for the writer; when the queue is full it is dropped and
+    /// counted. With no audit trail nothing is built: the hot path pays nothing for it.
+    fn record(&self, make: impl FnOnce() -> AuditEvent) {
         let Some(queue) = &self.queue else {
             return;
         };
-        if queue.try_send(event).is_err() {
+        if queue.try_send(make()).is_err() {
             self.counters.drop_records(1, "queue_full");
         }
     }

@@ -3,7 +3,6 @@
 //! platform refuses it). [`DeliveryPath`] is the one place that tells the two apart.
 
 use super::turn::TurnContext;
-use crate::audit::AuditEvent;
 use crate::live::Live;
 use crate::message::{Channel, InboundMessage, StoredReply};
 use crate::state::{ReplyDeadLetter, StateError, StateStore, keys, while_unavailable};
@@ -59,8 +58,7 @@ pub(super) async fn deliver(
         // Recorded once, by the turn that committed it (not again when a re-claimed entry
         // finds it answered).
         if fresh && reply.covered_by.is_none() {
-            ctx.audit
-                .record(AuditEvent::replied(msg, reply, "answered"));
+            ctx.audit.replied(msg, reply, "answered");
         }
         return Ok(());
     }
@@ -93,7 +91,7 @@ pub(super) async fn deliver(
             "dead_letter"
         }
     };
-    ctx.audit.record(AuditEvent::replied(msg, reply, outcome));
+    ctx.audit.replied(msg, reply, outcome);
     while_unavailable(|| store.mark_delivered(&id, outcome)).await
 }
 
