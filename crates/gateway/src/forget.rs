@@ -10,9 +10,9 @@
 
 use crate::audit::customer_keys;
 use crate::message::{Channel, ConversationKey, DedupeId, HistoryEntry, InboundMessage};
+use crate::state::connection::Connection;
 use crate::state::link::{RedisLink, classify};
 use crate::state::{StateError, keys};
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use std::collections::BTreeSet;
 
@@ -48,6 +48,7 @@ pub async fn forget_customer(
     conversation: &ConversationKey,
 ) -> Result<ForgetReport, StateError> {
     let mut conn = link.connection()?;
+    let layout = link.keys();
     let fail = |e: redis::RedisError| classify(&e);
     let mut report = ForgetReport {
         conversation: conversation.to_string(),
@@ -60,7 +61,7 @@ pub async fn forget_customer(
 
     // Replies are keyed by message id: read the ids from the history before it goes.
     let history: Vec<String> = redis::cmd("LRANGE")
-        .arg(keys::conversation(conversation))
+        .arg(layout.conversation(conversation))
         .arg(0)
         .arg(-1)
         .query_async(&mut conn)
@@ -78,7 +79,7 @@ pub async fn forget_customer(
             let dedupe = DedupeId::new(kind, user, id);
             report.replies += delete(
                 &mut conn,
-                &[keys::replied(&dedupe), keys::delivered(&dedupe)],
+                &[layout.replied(&dedupe), layout.delivered(&dedupe)],
             )
             .await?
             .min(1);
@@ -86,11 +87,9 @@ pub async fn forget_customer(
         // Web-chat and API message ids carry the user: replies to messages the history no
         // longer holds (past `historyLimit`) are found by name too.
         if matches!(kind, Channel::Webchat | Channel::Api) {
-            let prefix = glob_escape(DedupeId::new(kind, user, "").as_str());
-            for pattern in [
-                format!("oc:replied:{{{prefix}*"),
-                format!("oc:delivered:{{{prefix}*"),
-            ] {
+            let replies = layout.replies_glob(conversation, glob_escape);
+            let deliveries = replies.replacen("oc:replied:", "oc:delivered:", 1);
+            for pattern in [replies, deliveries] {
                 let removed = delete_matching(&mut conn, &pattern).await?;
                 if pattern.starts_with("oc:replied") {
                     report.replies += removed;
@@ -100,12 +99,12 @@ pub async fn forget_customer(
     }
 
     for key in [
-        keys::conversation(conversation),
-        keys::session(conversation),
-        keys::pending(conversation),
-        keys::escalation(conversation),
-        keys::events(conversation),
-        keys::lease(conversation),
+        layout.conversation(conversation),
+        layout.session(conversation),
+        layout.pending(conversation),
+        layout.escalation(conversation),
+        layout.events(conversation),
+        layout.lease(conversation),
     ] {
         let removed: i64 = redis::cmd("DEL")
             .arg(&key)
@@ -117,14 +116,20 @@ pub async fn forget_customer(
         }
     }
     let unlisted: i64 = redis::cmd("ZREM")
-        .arg(keys::ESCALATIONS)
+        .arg(layout.escalations_of(conversation.as_str()))
         .arg(conversation.as_str())
         .query_async(&mut conn)
         .await
         .map_err(fail)?;
     report.escalation_listed = unlisted > 0;
     report.identity_links = forget_identity_links(&mut conn, channel, user).await?;
-    report.inbox_entries = remove_entries(&mut conn, keys::INBOX, conversation, true).await?;
+    report.inbox_entries = remove_entries(
+        &mut conn,
+        &layout.inbox_of(conversation),
+        conversation,
+        true,
+    )
+    .await?;
     report.dead_letters = remove_entries(&mut conn, keys::DEADLETTER, conversation, false).await?;
     report.audit_key = customer_keys::shred(link, conversation.as_str()).await?;
     Ok(report)
@@ -142,54 +147,37 @@ fn glob_escape(text: &str) -> String {
     escaped
 }
 
-/// Deletes `names`; how many existed.
-async fn delete(conn: &mut ConnectionManager, names: &[String]) -> Result<u64, StateError> {
-    let removed: u64 = redis::cmd("DEL")
-        .arg(names)
-        .query_async(conn)
-        .await
-        .map_err(|e| classify(&e))?;
-    Ok(removed)
-}
-
-/// Every key matching `pattern`, read with SCAN (Redis is never blocked by a long walk).
-async fn matching_keys(
-    conn: &mut ConnectionManager,
-    pattern: &str,
-) -> Result<Vec<String>, StateError> {
-    let mut cursor: u64 = 0;
-    let mut all = Vec::new();
-    loop {
-        let (next, names): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(SCAN_BATCH)
+/// Deletes `names`, one command each (in a cluster they may live in different slots); how many
+/// existed.
+async fn delete(conn: &mut Connection, names: &[String]) -> Result<u64, StateError> {
+    let mut removed = 0;
+    for name in names {
+        let existed: u64 = redis::cmd("DEL")
+            .arg(name)
             .query_async(conn)
             .await
             .map_err(|e| classify(&e))?;
-        all.extend(names);
-        if next == 0 {
-            return Ok(all);
-        }
-        cursor = next;
+        removed += existed;
     }
+    Ok(removed)
+}
+
+/// Every key matching `pattern` (on every master of a cluster).
+async fn matching_keys(conn: &mut Connection, pattern: &str) -> Result<Vec<String>, StateError> {
+    conn.scan_match(pattern, SCAN_BATCH)
+        .await
+        .map_err(|e| classify(&e))
 }
 
 /// Deletes every key matching `pattern`; how many.
-async fn delete_matching(conn: &mut ConnectionManager, pattern: &str) -> Result<u64, StateError> {
+async fn delete_matching(conn: &mut Connection, pattern: &str) -> Result<u64, StateError> {
     let names = matching_keys(conn, pattern).await?;
-    let mut removed = 0;
-    for chunk in names.chunks(SCAN_BATCH) {
-        removed += delete(conn, chunk).await?;
-    }
-    Ok(removed)
+    delete(conn, &names).await
 }
 
 /// Deletes `oc:identity:{channel:*}` links whose target is `user`.
 async fn forget_identity_links(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     channel: &str,
     user: &str,
 ) -> Result<u64, StateError> {
@@ -211,7 +199,7 @@ async fn forget_identity_links(
 /// Deletes the entries of `stream` that concern `conversation` (acknowledging inbox entries a
 /// worker holds, so nobody claims them again); how many.
 async fn remove_entries(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     stream: &str,
     conversation: &ConversationKey,
     acknowledge: bool,

@@ -198,25 +198,39 @@ impl InboundMessage {
 ///
 /// Web-chat and API clients number their own messages, so there the session is part of the id
 /// (`webchat:session:msg`); platform message ids are globally unique (`whatsapp:wamid…`).
+/// It also knows its conversation: in the sharded key layout a message's keys live in its
+/// conversation's shard, so that accepting and answering it each stay in one cluster slot.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct DedupeId(String);
+pub struct DedupeId {
+    id: String,
+    conversation: ConversationKey,
+}
 
 impl DedupeId {
     /// The dedupe id of message `message_id` from `user` on `channel`.
     pub fn new(channel: Channel, user: &str, message_id: &str) -> Self {
-        match channel {
+        let id = match channel {
             Channel::Webchat | Channel::Api => {
-                DedupeId(format!("{}:{user}:{message_id}", channel.as_str()))
+                format!("{}:{user}:{message_id}", channel.as_str())
             }
             Channel::Whatsapp | Channel::Telegram => {
-                DedupeId(format!("{}:{message_id}", channel.as_str()))
+                format!("{}:{message_id}", channel.as_str())
             }
+        };
+        DedupeId {
+            id,
+            conversation: ConversationKey::new(channel, user),
         }
     }
 
-    /// The hash-tag content.
+    /// The id as key names carry it.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.id
+    }
+
+    /// The conversation the message belongs to.
+    pub fn conversation(&self) -> &ConversationKey {
+        &self.conversation
     }
 }
 

@@ -7,7 +7,6 @@
 //! publish may have been missed.
 
 use crate::message::{DedupeId, StoredReply};
-use crate::state::keys;
 use crate::state::link::RedisLink;
 use crate::state::pubsub::Subscriber;
 use serde::Deserialize;
@@ -109,8 +108,8 @@ impl ReplyWaiters {
         replica_id: String,
         cancel: CancellationToken,
     ) {
-        let channel = keys::reply_channel(&replica_id);
-        crate::state::pubsub::follow(link, channel, self, cancel).await;
+        let channels = link.keys().reply_channels(&replica_id);
+        crate::state::pubsub::follow(link, channels, self, cancel).await;
     }
 }
 

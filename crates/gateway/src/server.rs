@@ -121,6 +121,7 @@ pub async fn run(
         http: http.clone(),
         events: events.clone(),
         audit: audit.clone(),
+        keys: link.keys().clone(),
     });
     let pool = WorkerPool::new(
         ctx,

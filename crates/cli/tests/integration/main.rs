@@ -23,6 +23,7 @@ mod hosts;
 mod loadtest;
 mod platform_traffic;
 mod providers;
+mod redis_cluster;
 mod redis_tls;
 mod reload;
 mod replicas;

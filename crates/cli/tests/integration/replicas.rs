@@ -6,7 +6,11 @@ use std::time::Duration;
 
 /// Each message of `session` has exactly one user and one assistant entry, in order, and the
 /// assistant of the k-th message saw k user turns.
-async fn assert_answered_once_in_order(gateway: &Gateway, session: &str, messages: &[&str]) {
+pub(crate) async fn assert_answered_once_in_order(
+    gateway: &Gateway,
+    session: &str,
+    messages: &[&str],
+) {
     let history = gateway.history(session).await;
     assert_eq!(history.len(), messages.len() * 2, "{session}: {history:#?}");
     for (k, pair) in history.chunks(2).enumerate() {

@@ -1,5 +1,6 @@
-//! The `redis` section: where the state lives (one Redis, or a primary that Sentinel watches and
-//! replaces), how the replica logs in, and how durable an acknowledgement must be.
+//! The `redis` section: where the state lives (one Redis, a primary that Sentinel watches and
+//! replaces, or a Redis Cluster), how the replica logs in, how the keys are laid out, and how
+//! durable an acknowledgement must be.
 
 use super::reader::ms;
 use super::reader::{Object, Reader};
@@ -10,7 +11,8 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     /// The deployment as one text, for messages and `config check`: a `redis://` or
-    /// `rediss://` URL, or `redis+sentinel://host:port,host:port/masterName`.
+    /// `rediss://` URL, `redis+sentinel://host:port,host:port/masterName`, or
+    /// `redis+cluster://host:port,host:port`.
     pub url: String,
     /// Where the primary is found.
     pub target: RedisTarget,
@@ -33,7 +35,15 @@ pub struct RedisConfig {
     /// The certificate authority that signed the servers' (and sentinels') TLS certificates,
     /// for `rediss://` and `rediss+sentinel://`; without it the system's roots are trusted.
     pub tls: Option<RedisTls>,
+    /// Inbox shards (`redis.shards`): `None` keeps the unsharded key layout of one Redis; a
+    /// cluster always shards (16 unless configured), so its work spreads over the masters.
+    pub shards: Option<u16>,
 }
+
+/// Shards of a Redis Cluster deployment when `redis.shards` is not set: enough that three or
+/// four masters each get a fair share, few enough that each replica's blocking readers (one per
+/// shard on a cluster) stay cheap.
+pub const DEFAULT_CLUSTER_SHARDS: u16 = 16;
 
 /// TLS settings beyond the `rediss` scheme.
 #[derive(Clone)]
@@ -67,11 +77,21 @@ impl RedisConfig {
             ack_replicas: 0,
             ack_timeout: Duration::from_millis(500),
             tls: None,
+            shards: None,
         })
     }
 }
 
 impl RedisConfig {
+    /// The inbox shards of the key layout: `None` for the unsharded layout of one Redis.
+    pub fn shard_count(&self) -> Option<u16> {
+        match (&self.target, self.shards) {
+            (_, Some(shards)) => Some(shards),
+            (RedisTarget::Cluster(_), None) => Some(DEFAULT_CLUSTER_SHARDS),
+            _ => None,
+        }
+    }
+
     /// One line for `config check`: where the primary is found, as whom, and when a message
     /// counts as acknowledged. Never shows a password.
     pub fn describe(&self) -> String {
@@ -83,6 +103,13 @@ impl RedisConfig {
                 s.nodes.len(),
                 s.nodes.join(", "),
                 if s.tls { " over TLS" } else { "" }
+            ),
+            RedisTarget::Cluster(c) => format!(
+                "a Redis Cluster reached through {} seed node(s) ({}){}, {} inbox shards",
+                c.nodes.len(),
+                c.nodes.join(", "),
+                if c.tls { " over TLS" } else { "" },
+                self.shard_count().unwrap_or(DEFAULT_CLUSTER_SHARDS)
             ),
         };
         let login = match (&self.username, &self.password) {
@@ -108,6 +135,18 @@ pub enum RedisTarget {
     Single(String),
     /// The primary Sentinel names, found through its sentinels and found again after a failover.
     Sentinel(SentinelConfig),
+    /// A Redis Cluster, found through its seed nodes; the topology (slots moving, failovers) is
+    /// followed by the redis crate's cluster client.
+    Cluster(ClusterConfig),
+}
+
+/// A Redis Cluster deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// Seed nodes, `host:port`: any reachable one tells the whole topology.
+    pub nodes: Vec<String>,
+    /// TLS to every node (`rediss+cluster://`, or `redis.cluster.tls`).
+    pub tls: bool,
 }
 
 /// A Sentinel deployment.
@@ -134,10 +173,33 @@ pub enum RedisDownMode {
     Reject,
 }
 
-/// Reads a deployment URL: `redis://`, `rediss://`, `unix://`, or
+/// Reads a deployment URL: `redis://`, `rediss://`, `unix://`,
 /// `redis+sentinel://[user:password@]host:port[,host:port…]/masterName` (`rediss+sentinel://`
-/// for TLS); the credentials of a Sentinel URL are the sentinels'.
+/// for TLS; the credentials of a Sentinel URL are the sentinels'), or
+/// `redis+cluster://host:port[,host:port…]` (`rediss+cluster://` for TLS).
 pub fn parse_url(url: &str) -> Result<RedisTarget, String> {
+    let cluster = url
+        .strip_prefix("redis+cluster://")
+        .map(|rest| (rest, false))
+        .or_else(|| {
+            url.strip_prefix("rediss+cluster://")
+                .map(|rest| (rest, true))
+        });
+    if let Some((rest, tls)) = cluster {
+        if rest.contains('@') {
+            return Err(
+                "a cluster URL names only the seed nodes; give the credentials in redis.username / redis.password"
+                    .into(),
+            );
+        }
+        let nodes: Vec<String> = rest
+            .trim_end_matches('/')
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        check_host_ports(&nodes, "cluster seed nodes")?;
+        return Ok(RedisTarget::Cluster(ClusterConfig { nodes, tls }));
+    }
     let sentinel = url
         .strip_prefix("redis+sentinel://")
         .map(|rest| (rest, false))
@@ -196,8 +258,15 @@ pub fn redact(url: &str) -> String {
 }
 
 fn check_nodes(nodes: &[String]) -> Result<(), String> {
+    check_host_ports(nodes, "sentinels")
+}
+
+/// Every one of `nodes` is `host:port`, and there is at least one.
+fn check_host_ports(nodes: &[String], what: &str) -> Result<(), String> {
     if nodes.is_empty() {
-        return Err("expected at least one sentinel, as \"host:port\"".into());
+        return Err(format!(
+            "expected at least one of the {what}, as \"host:port\""
+        ));
     }
     for node in nodes {
         let valid = node
@@ -205,7 +274,7 @@ fn check_nodes(nodes: &[String]) -> Result<(), String> {
             .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
         if !valid {
             return Err(format!(
-                "expected sentinels as \"host:port\", found \"{node}\""
+                "expected {what} as \"host:port\", found \"{node}\""
             ));
         }
     }
@@ -245,6 +314,8 @@ pub(super) fn read(r: &mut Reader, root: &Object, base_dir: &std::path::Path) ->
                 "ackReplicas",
                 "ackTimeoutMs",
                 "tls",
+                "cluster",
+                "shards",
             ],
         )
         .unwrap_or(&empty);
@@ -282,8 +353,44 @@ pub(super) fn read(r: &mut Reader, root: &Object, base_dir: &std::path::Path) ->
         "sentinel",
         &["masterName", "nodes", "username", "password", "tls"],
     );
-    let (url, target) = match sentinel {
-        Some(s) => {
+    let cluster = r.section(rd, "redis", "cluster", &["nodes", "tls"]);
+    let (url, target) = match (sentinel, cluster) {
+        (_, Some(c)) => {
+            if rd.contains_key("url") || rd.contains_key("sentinel") {
+                r.error(
+                    "redis.cluster",
+                    "give one of redis.url, redis.sentinel and redis.cluster",
+                );
+            }
+            let nodes: Vec<String> = r
+                .value(
+                    c,
+                    "redis.cluster",
+                    "nodes",
+                    "an array of \"host:port\" strings",
+                    |v| {
+                        v.as_array()?
+                            .iter()
+                            .map(|n| n.as_str().map(str::to_string))
+                            .collect()
+                    },
+                )
+                .unwrap_or_default();
+            if let Err(message) = check_host_ports(&nodes, "cluster seed nodes") {
+                r.error("redis.cluster.nodes", message);
+            }
+            let tls = r.boolean(c, "redis.cluster", "tls").unwrap_or(false);
+            let scheme = if tls {
+                "rediss+cluster"
+            } else {
+                "redis+cluster"
+            };
+            (
+                format!("{scheme}://{}", nodes.join(",")),
+                RedisTarget::Cluster(ClusterConfig { nodes, tls }),
+            )
+        }
+        (Some(s), None) => {
             if rd.contains_key("url") {
                 r.error(
                     "redis.url",
@@ -330,7 +437,7 @@ pub(super) fn read(r: &mut Reader, root: &Object, base_dir: &std::path::Path) ->
                 RedisTarget::Sentinel(config),
             )
         }
-        None => {
+        (None, None) => {
             let url = r
                 .string(rd, "redis", "url")
                 .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
@@ -372,6 +479,9 @@ pub(super) fn read(r: &mut Reader, root: &Object, base_dir: &std::path::Path) ->
             500,
         ),
         tls,
+        shards: r
+            .integer(rd, "redis", "shards", 1, 1024, "inbox shards")
+            .map(|n| n as u16),
     }
 }
 
@@ -398,5 +508,22 @@ mod tests {
             Ok(RedisTarget::Single("redis://127.0.0.1:6379".into()))
         );
         assert!(parse_url("http://x").is_err());
+    }
+
+    #[test]
+    fn cluster_urls_name_the_seed_nodes() {
+        assert_eq!(
+            parse_url("redis+cluster://10.0.0.1:7000,10.0.0.2:7000"),
+            Ok(RedisTarget::Cluster(ClusterConfig {
+                nodes: vec!["10.0.0.1:7000".into(), "10.0.0.2:7000".into()],
+                tls: false,
+            }))
+        );
+        assert!(matches!(
+            parse_url("rediss+cluster://10.0.0.1:7000"),
+            Ok(RedisTarget::Cluster(ClusterConfig { tls: true, .. }))
+        ));
+        assert!(parse_url("redis+cluster://10.0.0.1").is_err());
+        assert!(parse_url("redis+cluster://:pw@10.0.0.1:7000").is_err());
     }
 }

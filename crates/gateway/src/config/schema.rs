@@ -2,7 +2,9 @@
 //! (`read/`) fill them from JSON; everything else reads them.
 
 use super::defaults::DEFAULT_MAX_TEXT;
-pub use super::redis::{RedisConfig, RedisDownMode, RedisTarget, RedisTls, SentinelConfig};
+pub use super::redis::{
+    ClusterConfig, RedisConfig, RedisDownMode, RedisTarget, RedisTls, SentinelConfig,
+};
 use crate::message::Channel;
 use secrecy::SecretString;
 use std::net::SocketAddr;

@@ -1,13 +1,12 @@
 //! Which sessions have open event streams on this replica, and waking them.
 //!
-//! Every replica subscribes once to `oc:events`, where the scripts that write a session's events
+//! Every replica subscribes once to the events channels (`oc:events`, one per shard when sharded), where the scripts that write a session's events
 //! publish the conversation's name; a stream of that session on this replica then reads on from
 //! its last event id. An idle stream costs one map entry and one watch receiver, never a Redis
 //! connection. After a resubscription every stream reads again (a publish may have been missed);
 //! streams also re-read on a slow timer, so even a lost wake-up only delays an event.
 
 use crate::message::ConversationKey;
-use crate::state::keys;
 use crate::state::link::RedisLink;
 use crate::state::pubsub::Subscriber;
 use std::collections::HashMap;
@@ -81,7 +80,8 @@ impl EventHub {
 
     /// Follows `oc:events` until `cancel`.
     pub async fn listen(self: Arc<Self>, link: Arc<RedisLink>, cancel: CancellationToken) {
-        crate::state::pubsub::follow(link, keys::EVENTS_CHANNEL.to_string(), self, cancel).await;
+        let channels = link.keys().events_channels();
+        crate::state::pubsub::follow(link, channels, self, cancel).await;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Watched>> {

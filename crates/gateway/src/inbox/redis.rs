@@ -1,23 +1,46 @@
-//! Consuming `oc:inbox` through the `workers` consumer group: read new entries, take over entries
+//! Consuming the inbox through the `workers` consumer group: read new entries, take over entries
 //! a dead replica left pending (`XAUTOCLAIM`), keep the entries this replica holds fresh so a slow
 //! turn is never taken from a living replica, acknowledge and trim finished entries, and move
 //! entries that keep failing to `oc:deadletter`.
+//!
+//! The inbox is one stream (`oc:inbox`) in the unsharded layout and one stream per shard in the
+//! sharded one; every replica reads every shard through the same group, so no shard is left
+//! unread when a replica dies and each entry goes to one consumer at a time. On one Redis a
+//! single blocking read covers all shards; in a cluster each shard has its own blocking reader
+//! (one read may not span slots), on a connection of its own to the shard's master.
 
 use crate::message::{InboundMessage, now_ms};
 use crate::state::StateError;
-use crate::state::keys::{DEADLETTER, GROUP, INBOX};
+use crate::state::connection::Connection;
+use crate::state::keys::{DEADLETTER, GROUP};
 use crate::state::link::RedisLink;
-use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+use redis::Value;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
-use redis::{AsyncConnectionConfig, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Where an inbox entry is: its shard's stream and its id there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntryId {
+    /// The inbox stream (shard) holding it.
+    pub stream: String,
+    /// The stream entry id.
+    pub id: String,
+}
+
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.stream, self.id)
+    }
+}
 
 /// One inbox entry as delivered to this replica.
 #[derive(Debug, Clone)]
 pub struct InboxEntry {
-    /// Stream entry id.
-    pub id: String,
+    /// Where the entry is.
+    pub id: EntryId,
     /// How many times the group has delivered it (1 on first read).
     pub deliveries: u64,
     /// The message and its sequence number, or why the entry cannot be read.
@@ -25,7 +48,7 @@ pub struct InboxEntry {
 }
 
 impl InboxEntry {
-    fn from_stream(entry: &StreamId, deliveries: u64) -> InboxEntry {
+    fn from_stream(stream: &str, entry: &StreamId, deliveries: u64) -> InboxEntry {
         let content = match (entry.get::<String>("m"), entry.get::<u64>("seq")) {
             (Some(json), Some(seq)) => serde_json::from_str::<InboundMessage>(&json)
                 .map(|msg| (msg, seq))
@@ -33,7 +56,10 @@ impl InboxEntry {
             _ => Err("entry lacks the `m` or `seq` field".to_string()),
         };
         InboxEntry {
-            id: entry.id.clone(),
+            id: EntryId {
+                stream: stream.to_string(),
+                id: entry.id.clone(),
+            },
             deliveries,
             content,
         }
@@ -69,47 +95,79 @@ impl RedisInbox {
         self.link.failed(&e)
     }
 
-    /// Creates the consumer group (and the stream) if missing, starting from the stream's first
-    /// entry so messages accepted before any worker existed are processed.
-    pub async fn ensure_group(&self) -> Result<(), StateError> {
-        let mut conn = self.link.connection()?;
-        let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(INBOX)
-            .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut conn)
-            .await;
-        match created {
-            Err(e) if e.code() != Some("BUSYGROUP") => Err(self.fail(e)),
-            _ => Ok(()),
+    /// The inbox streams, by shard.
+    pub fn streams(&self) -> Vec<String> {
+        self.link.keys().inboxes()
+    }
+
+    /// How the streams are read: all at once by one blocking read (one Redis), or each by a
+    /// reader of its own (a cluster, where one read may not span slots).
+    pub fn readers(&self) -> Vec<Vec<String>> {
+        match self.link.cluster() {
+            Some(_) => self.streams().into_iter().map(|s| vec![s]).collect(),
+            None => vec![self.streams()],
         }
     }
 
-    /// A connection of its own for blocking reads, so `BLOCK` never delays other commands.
-    pub async fn read_connection(
-        &self,
-        block: Duration,
-    ) -> Result<MultiplexedConnection, StateError> {
+    /// Creates the consumer groups (and the streams) if missing, starting from each stream's
+    /// first entry so messages accepted before any worker existed are processed.
+    pub async fn ensure_group(&self) -> Result<(), StateError> {
+        let conn = self.link.connection()?;
+        let creations = self.streams().into_iter().map(|stream| {
+            let mut conn = conn.clone();
+            async move {
+                redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async::<()>(&mut conn)
+                    .await
+            }
+        });
+        for created in futures_util::future::join_all(creations).await {
+            match created {
+                Err(e) if e.code() != Some("BUSYGROUP") => return Err(self.fail(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A connection of its own for blocking reads, so `BLOCK` never delays other commands (in a
+    /// cluster: a cluster connection of its own, which reaches the master owning the shard and
+    /// follows it when the slot moves).
+    pub async fn read_connection(&self, block: Duration) -> Result<Connection, StateError> {
+        let timeout = block + self.link.command_timeout();
+        if let Some(cluster) = self.link.cluster() {
+            return cluster
+                .connect(timeout)
+                .await
+                .map(Connection::Cluster)
+                .map_err(|e| self.fail(e));
+        }
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.link.command_timeout()))
-            .set_response_timeout(Some(block + self.link.command_timeout()));
+            .set_response_timeout(Some(timeout));
         self.link
             .client()?
             .get_multiplexed_async_connection_with_config(&config)
             .await
+            .map(Connection::Direct)
             .map_err(|e| self.fail(e))
     }
 
-    /// Reads up to `count` new entries, blocking up to `block` when there are none.
+    /// Reads up to `count` new entries of `streams`, blocking up to `block` when there are none.
     pub async fn read(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Connection,
+        streams: &[String],
         count: usize,
         block: Duration,
     ) -> Result<Vec<InboxEntry>, StateError> {
-        let read: Result<Option<StreamReadReply>, redis::RedisError> = redis::cmd("XREADGROUP")
+        let mut command = redis::cmd("XREADGROUP");
+        command
             .arg("GROUP")
             .arg(GROUP)
             .arg(&self.consumer)
@@ -118,10 +176,12 @@ impl RedisInbox {
             .arg("BLOCK")
             .arg(block.as_millis() as u64)
             .arg("STREAMS")
-            .arg(INBOX)
-            .arg(">")
-            .query_async(conn)
-            .await;
+            .arg(streams);
+        for _ in streams {
+            command.arg(">");
+        }
+        let read: Result<Option<StreamReadReply>, redis::RedisError> =
+            command.query_async(conn).await;
         let reply = match read {
             Ok(reply) => reply,
             Err(e) if e.code() == Some("NOGROUP") => {
@@ -135,23 +195,40 @@ impl RedisInbox {
             .map(|r| {
                 r.keys
                     .iter()
-                    .flat_map(|k| k.ids.iter())
-                    .map(|entry| InboxEntry::from_stream(entry, 1))
+                    .flat_map(|k| k.ids.iter().map(|entry| (k.key.as_str(), entry)))
+                    .map(|(stream, entry)| InboxEntry::from_stream(stream, entry, 1))
                     .collect()
             })
             .unwrap_or_default())
     }
 
-    /// Takes over up to `count` entries that have been pending, unrefreshed, for at least
-    /// `min_idle` (their replica is presumed dead), with their delivery counts.
+    /// Takes over up to `count` entries that have been pending, unrefreshed, for at
+    /// least `min_idle` (their replica is presumed dead), with their delivery counts.
     pub async fn claim_abandoned(
         &self,
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<InboxEntry>, StateError> {
+        let mut entries = Vec::new();
+        for stream in self.streams() {
+            let room = count.saturating_sub(entries.len());
+            if room == 0 {
+                break;
+            }
+            entries.extend(self.claim_in(&stream, min_idle, room).await?);
+        }
+        Ok(entries)
+    }
+
+    async fn claim_in(
+        &self,
+        stream: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<InboxEntry>, StateError> {
         let mut conn = self.link.connection()?;
         let claimed: StreamAutoClaimReply = match redis::cmd("XAUTOCLAIM")
-            .arg(INBOX)
+            .arg(stream)
             .arg(GROUP)
             .arg(&self.consumer)
             .arg(min_idle.as_millis() as u64)
@@ -168,7 +245,7 @@ impl RedisInbox {
         if !claimed.deleted_ids.is_empty() {
             // Pending ids whose entries were trimmed away: nothing left to process.
             let _: Result<i64, _> = redis::cmd("XACK")
-                .arg(INBOX)
+                .arg(stream)
                 .arg(GROUP)
                 .arg(&claimed.deleted_ids)
                 .query_async(&mut conn)
@@ -180,7 +257,7 @@ impl RedisInbox {
         let mut pipe = redis::pipe();
         for entry in &claimed.claimed {
             pipe.cmd("XPENDING")
-                .arg(INBOX)
+                .arg(stream)
                 .arg(GROUP)
                 .arg(&entry.id)
                 .arg(&entry.id)
@@ -194,41 +271,51 @@ impl RedisInbox {
             .claimed
             .iter()
             .zip(pending.iter())
-            .map(|(entry, info)| InboxEntry::from_stream(entry, delivery_count(info).unwrap_or(1)))
+            .map(|(entry, info)| {
+                InboxEntry::from_stream(stream, entry, delivery_count(info).unwrap_or(1))
+            })
             .collect())
     }
 
     /// Resets the idle time of entries this replica is working on (without counting a delivery),
     /// so `XAUTOCLAIM` elsewhere leaves them alone.
-    pub async fn refresh(&self, ids: &[String]) -> Result<(), StateError> {
-        if ids.is_empty() {
-            return Ok(());
+    pub async fn refresh(&self, ids: &[EntryId]) -> Result<(), StateError> {
+        let mut by_stream: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for id in ids {
+            by_stream.entry(&id.stream).or_default().push(&id.id);
         }
-        let mut conn = self.link.connection()?;
-        let _: Value = redis::cmd("XCLAIM")
-            .arg(INBOX)
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg(0)
-            .arg(ids)
-            .arg("JUSTID")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.fail(e))?;
+        let conn = self.link.connection()?;
+        let refreshes = by_stream.into_iter().map(|(stream, ids)| {
+            let mut conn = conn.clone();
+            async move {
+                redis::cmd("XCLAIM")
+                    .arg(stream)
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg(0)
+                    .arg(ids)
+                    .arg("JUSTID")
+                    .query_async::<Value>(&mut conn)
+                    .await
+            }
+        });
+        for refreshed in futures_util::future::join_all(refreshes).await {
+            refreshed.map_err(|e| self.fail(e))?;
+        }
         Ok(())
     }
 
     /// Gives up an entry this replica can no longer work on (its turn panicked or failed): its
     /// idle time is set past `claim_idle`, so the next `XAUTOCLAIM` anywhere takes it (counting
     /// a delivery, so an entry that keeps failing is dead-lettered after `maxDeliveries`).
-    pub async fn release(&self, id: &str, claim_idle: Duration) -> Result<(), StateError> {
+    pub async fn release(&self, id: &EntryId, claim_idle: Duration) -> Result<(), StateError> {
         let mut conn = self.link.connection()?;
         let _: Value = redis::cmd("XCLAIM")
-            .arg(INBOX)
+            .arg(&id.stream)
             .arg(GROUP)
             .arg(&self.consumer)
             .arg(0)
-            .arg(id)
+            .arg(&id.id)
             .arg("IDLE")
             .arg(claim_idle.as_millis() as u64 + 1)
             .arg("JUSTID")
@@ -239,34 +326,35 @@ impl RedisInbox {
     }
 
     /// Acknowledges a finished entry and deletes it, so the stream holds only unfinished work.
-    pub async fn ack(&self, id: &str) -> Result<(), StateError> {
+    pub async fn ack(&self, id: &EntryId) -> Result<(), StateError> {
         let mut conn = self.link.connection()?;
         let _: Value = redis::pipe()
             .cmd("XACK")
-            .arg(INBOX)
+            .arg(&id.stream)
             .arg(GROUP)
-            .arg(id)
+            .arg(&id.id)
             .cmd("XDEL")
-            .arg(INBOX)
-            .arg(id)
+            .arg(&id.stream)
+            .arg(&id.id)
             .query_async(&mut conn)
             .await
             .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
-    /// Moves an entry to `oc:deadletter` with `reason`, then acknowledges it, atomically.
+    /// Copies an entry to `oc:deadletter` with `reason`, then acknowledges it: in that order,
+    /// so a crash between the two leaves the entry pending (and dead-lettered again by whoever
+    /// claims it), never lost. (The dead-letter stream has a slot of its own in a cluster, so the
+    /// two cannot be one transaction.)
     pub async fn dead_letter(
         &self,
-        id: &str,
+        id: &EntryId,
         deliveries: u64,
         raw_message: &str,
         reason: &str,
     ) -> Result<(), StateError> {
         let mut conn = self.link.connection()?;
-        let _: Value = redis::pipe()
-            .atomic()
-            .cmd("XADD")
+        let _: Value = redis::cmd("XADD")
             .arg(DEADLETTER)
             .arg("*")
             .arg("kind")
@@ -274,7 +362,7 @@ impl RedisInbox {
             .arg("reason")
             .arg(reason)
             .arg("entry_id")
-            .arg(id)
+            .arg(&id.id)
             .arg("deliveries")
             .arg(deliveries)
             .arg("replica")
@@ -283,36 +371,41 @@ impl RedisInbox {
             .arg(now_ms())
             .arg("m")
             .arg(raw_message)
-            .cmd("XACK")
-            .arg(INBOX)
-            .arg(GROUP)
-            .arg(id)
-            .cmd("XDEL")
-            .arg(INBOX)
-            .arg(id)
             .query_async(&mut conn)
             .await
             .map_err(|e| self.fail(e))?;
-        Ok(())
+        self.ack(id).await
     }
 
-    /// Inbox depth for metrics.
+    /// Inbox depth for metrics, over all shards.
     pub async fn stats(&self) -> Result<InboxStats, StateError> {
-        let mut conn = self.link.connection()?;
-        let (length, summary): (u64, Value) = redis::pipe()
-            .cmd("XLEN")
-            .arg(INBOX)
-            .cmd("XPENDING")
-            .arg(INBOX)
-            .arg(GROUP)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.fail(e))?;
-        let pending = match summary {
-            Value::Array(items) => items.first().and_then(as_u64).unwrap_or(0),
-            _ => 0,
+        let conn = self.link.connection()?;
+        let samples = self.streams().into_iter().map(|stream| {
+            let mut conn = conn.clone();
+            async move {
+                redis::pipe()
+                    .cmd("XLEN")
+                    .arg(&stream)
+                    .cmd("XPENDING")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .query_async::<(u64, Value)>(&mut conn)
+                    .await
+            }
+        });
+        let mut total = InboxStats {
+            length: 0,
+            pending: 0,
         };
-        Ok(InboxStats { length, pending })
+        for sample in futures_util::future::join_all(samples).await {
+            let (length, summary) = sample.map_err(|e| self.fail(e))?;
+            total.length += length;
+            total.pending += match summary {
+                Value::Array(items) => items.first().and_then(as_u64).unwrap_or(0),
+                _ => 0,
+            };
+        }
+        Ok(total)
     }
 }
 

@@ -1,20 +1,24 @@
-//! The replica's link to Redis: one multiplexed connection shared by all tasks, a health loop
+//! The replica's link to Redis: one multiplexed connection shared by all tasks (to the primary,
+//! or a cluster connection to every master), a health loop
 //! that decides whether Redis is up, and the up/down signal the rest of the replica follows
 //! (ingress switches to degraded mode, the inbox reader pauses, the reply listener resubscribes).
 //! It owns the connection and its reconnect policy: under Sentinel it finds the primary again
 //! (through [`PrimaryFinder`]) when the connection drops, when Redis answers `READONLY`, and when
 //! a sentinel announces `+switch-master`. With `redis.ackReplicas`, it also holds the lanes that
-//! acknowledged writes go through, each followed by a `WAIT` for the replicas.
+//! acknowledged writes go through, each followed by a `WAIT` for the replicas. It knows the key
+//! layout the deployment uses and refuses writes when Redis holds data of another layout.
 //!
 //! It never blocks start-up: the replica serves at once and learns Redis's state within one
 //! health interval.
 
 use super::StateError;
+use super::connection::{ClusterSettings, Connection};
+use super::keys::{self, KeyLayout};
 use super::primary::PrimaryFinder;
-use crate::config::RedisConfig;
+use crate::config::{RedisConfig, RedisTarget};
 use crate::telemetry;
 use arc_swap::ArcSwapOption;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -35,8 +39,16 @@ const ACK_LANES: usize = 4;
 
 /// Shared handle to Redis and its health.
 pub struct RedisLink {
-    /// Finds the primary: the configured server, or the one the sentinels name.
-    finder: PrimaryFinder,
+    /// Finds the primary: the configured server, or the one the sentinels name (`None` for a
+    /// cluster, whose client finds its masters itself).
+    finder: Option<PrimaryFinder>,
+    /// How to reach a Redis Cluster, when the deployment is one.
+    cluster: Option<ClusterSettings>,
+    /// How conversation and message keys are named.
+    keys: KeyLayout,
+    /// Why this replica must not write: Redis holds data of another key layout (set once, at
+    /// the first connection; only a restart with the right configuration clears it).
+    layout_mismatch: std::sync::OnceLock<String>,
     /// Builds connections to the current primary; also used for dedicated connections (pub/sub,
     /// blocking reads). `None` until a primary was found.
     client: ArcSwapOption<redis::Client>,
@@ -48,13 +60,14 @@ pub struct RedisLink {
     /// to wait for them.
     ack_replicas: u32,
     ack_timeout: Duration,
-    /// The lanes for acknowledged writes (with `ack_replicas` > 0), to the current primary.
-    ack_lanes: ArcSwapOption<Vec<MultiplexedConnection>>,
+    /// The lanes for acknowledged writes (with `ack_replicas` > 0), to the current primary (or
+    /// the cluster's masters).
+    ack_lanes: ArcSwapOption<Vec<Connection>>,
     /// Round-robin position over `ack_lanes`.
     next_lane: std::sync::atomic::AtomicUsize,
     /// The shared multiplexed connection; `None` until the first connect succeeds or after it was
     /// dropped for a rebuild.
-    manager: ArcSwapOption<ConnectionManager>,
+    manager: ArcSwapOption<Connection>,
     /// Bound on one command, and on each connection attempt.
     command_timeout: Duration,
     /// Last known state: true after a successful ping, false after any connection failure.
@@ -85,8 +98,15 @@ impl RedisLink {
     /// [`RedisLink::run_health`] runs.
     pub fn new(config: &RedisConfig) -> Result<Arc<RedisLink>, StateError> {
         let command_timeout = config.command_timeout;
+        let (finder, cluster) = match &config.target {
+            RedisTarget::Cluster(cluster) => (None, Some(ClusterSettings::new(config, cluster))),
+            _ => (Some(PrimaryFinder::new(config, command_timeout)?), None),
+        };
         Ok(Arc::new(RedisLink {
-            finder: PrimaryFinder::new(config, command_timeout)?,
+            finder,
+            cluster,
+            keys: KeyLayout::new(config.shard_count()),
+            layout_mismatch: std::sync::OnceLock::new(),
             client: ArcSwapOption::empty(),
             primary: std::sync::Mutex::new(None),
             find_again: tokio::sync::Notify::new(),
@@ -112,8 +132,12 @@ impl RedisLink {
         let _ = self.when_down.set(behaviour.into());
     }
 
-    /// Why Redis refuses writes, while it does (reachable, but nothing would be durable).
+    /// Why Redis refuses writes, while it does (reachable, but nothing would be durable), or why
+    /// this replica must not write to it (another key layout).
     pub fn refusing(&self) -> Option<String> {
+        if let Some(mismatch) = self.layout_mismatch.get() {
+            return Some(mismatch.clone());
+        }
         self.refusing
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -135,7 +159,23 @@ impl RedisLink {
         *refusing = reason;
     }
 
-    /// A client for the current primary, for dedicated connections.
+    /// How conversation and message keys are named in this deployment.
+    pub fn keys(&self) -> &KeyLayout {
+        &self.keys
+    }
+
+    /// How to open cluster connections, when the deployment is a Redis Cluster.
+    pub fn cluster(&self) -> Option<&ClusterSettings> {
+        self.cluster.as_ref()
+    }
+
+    /// Whether the primary is found through sentinels (and can move).
+    fn is_sentinel(&self) -> bool {
+        self.finder.as_ref().is_some_and(PrimaryFinder::is_sentinel)
+    }
+
+    /// A client for the current primary, for dedicated connections (not for a cluster: see
+    /// [`Self::cluster`]).
     pub fn client(&self) -> Result<redis::Client, StateError> {
         self.client
             .load_full()
@@ -143,7 +183,7 @@ impl RedisLink {
             .ok_or_else(|| StateError::Unavailable("no Redis primary found yet".into()))
     }
 
-    /// The current primary's `host:port`, once found.
+    /// The current primary's `host:port`, once found (a cluster's seed nodes).
     pub fn primary(&self) -> Option<String> {
         self.primary
             .lock()
@@ -158,7 +198,7 @@ impl RedisLink {
 
     /// A lane for a write that must reach `ack_replicas` replicas before it is acknowledged:
     /// write on it, then [`RedisLink::wait_for_replicas`] on the same lane.
-    pub fn ack_lane(&self) -> Result<MultiplexedConnection, StateError> {
+    pub fn ack_lane(&self) -> Result<Connection, StateError> {
         if !self.is_up() {
             return Err(StateError::Unavailable("Redis is down".into()));
         }
@@ -171,19 +211,20 @@ impl RedisLink {
         Ok(lanes[index].clone())
     }
 
-    /// `WAIT`s until `ack_replicas` replicas hold every write made on `lane` so far; a
-    /// shortfall within `ackTimeoutMs` is a refusal (the caller answers 503, the platform
-    /// retries, dedupe makes that safe).
+    /// `WAIT`s until `ack_replicas` replicas hold every write made on `lane` so far (in a
+    /// cluster: the replicas of the master owning `key`, which took the write); a shortfall
+    /// within `ackTimeoutMs` is a refusal (the caller answers 503, the platform retries, dedupe
+    /// makes that safe).
     pub async fn wait_for_replicas(
         &self,
-        lane: &mut MultiplexedConnection,
+        lane: &mut Connection,
+        key: &str,
     ) -> Result<(), StateError> {
         let started = Instant::now();
-        let confirmed: Result<u64, _> = redis::cmd("WAIT")
-            .arg(self.ack_replicas)
-            .arg(self.ack_timeout.as_millis() as u64)
-            .query_async(lane)
-            .await;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.ack_replicas)
+            .arg(self.ack_timeout.as_millis() as u64);
+        let confirmed: Result<u64, _> = lane.query_at(key, &wait).await;
         metrics::histogram!(telemetry::REDIS_ACK_WAIT).record(started.elapsed().as_secs_f64());
         let confirmed = confirmed.map_err(|e| self.failed(&e))?;
         if confirmed < u64::from(self.ack_replicas) {
@@ -243,7 +284,7 @@ impl RedisLink {
 
     /// The shared connection, or `Unavailable` while Redis is down (callers fail fast instead of
     /// queueing behind a dead socket).
-    pub fn connection(&self) -> Result<ConnectionManager, StateError> {
+    pub fn connection(&self) -> Result<Connection, StateError> {
         if !self.is_up() {
             return Err(StateError::Unavailable("Redis is down".into()));
         }
@@ -257,7 +298,7 @@ impl RedisLink {
     /// after the next ping.
     pub fn report(&self, error: &StateError) {
         if let StateError::Refused(reason) = error {
-            if reason.starts_with("READONLY") && self.finder.is_sentinel() {
+            if reason.starts_with("READONLY") && self.is_sentinel() {
                 // The primary we know was demoted: a failover happened. Find the new one now.
                 self.lose_primary("Redis answered READONLY: the primary was demoted");
                 return;
@@ -267,13 +308,16 @@ impl RedisLink {
         }
         if let StateError::Unavailable(reason) = error
             && reason.starts_with("LOADING")
-            && self.finder.is_sentinel()
+            && self.is_sentinel()
         {
             // A server still loading its data set is no primary to use: ask the sentinels again.
             self.lose_primary("Redis answered LOADING: asking the sentinels for the primary");
             return;
         }
-        if error.is_unavailable() && self.up.swap(false, Ordering::AcqRel) {
+        // In a cluster one command's failure speaks for one master (failing over, its slots
+        // moving), not for the cluster: the health loop alone decides that it is down.
+        if error.is_unavailable() && self.cluster.is_none() && self.up.swap(false, Ordering::AcqRel)
+        {
             self.set_down_since(true);
             tracing::warn!(error = %error, "Redis unreachable; switching to degraded operation");
             self.state.send_replace(Some(false));
@@ -320,13 +364,13 @@ impl RedisLink {
     /// also follows the sentinels' `+switch-master` announcements.
     pub async fn run_health(self: Arc<Self>, cancel: CancellationToken) {
         let follow_switches = async {
-            if self.finder.is_sentinel() {
+            if let Some(finder) = self.finder.as_ref().filter(|f| f.is_sentinel()) {
                 let switched = |to: String| {
                     if self.primary().as_deref() != Some(to.as_str()) {
                         self.lose_primary("a sentinel announced +switch-master");
                     }
                 };
-                self.finder.follow_switches(switched, cancel.clone()).await;
+                finder.follow_switches(switched, cancel.clone()).await;
             }
         };
         let ping = async {
@@ -361,7 +405,7 @@ impl RedisLink {
         } else {
             let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
             // Under Sentinel a dropped primary may have moved: find it again at once.
-            if failures >= REBUILD_AFTER_FAILURES || self.finder.is_sentinel() {
+            if failures >= REBUILD_AFTER_FAILURES || self.is_sentinel() {
                 self.manager.store(None);
                 self.ack_lanes.store(None);
             }
@@ -378,10 +422,20 @@ impl RedisLink {
     /// Pings Redis: true when it answers at all. An error reply means it is reachable but
     /// refuses (a full disk makes even `PING` answer `MISCONF`); while it refuses, a test write
     /// tells when it accepts writes again.
-    async fn probe(&self, manager: &mut ConnectionManager) -> bool {
+    async fn probe(&self, manager: &mut Connection) -> bool {
         let timeout = self.command_timeout;
-        let ping =
-            tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(manager)).await;
+        // A cluster is up while any of its nodes answers (a random one each try: one that is
+        // failing over must not make the whole cluster look down).
+        let mut tries_left = if self.cluster.is_some() { 3 } else { 1 };
+        let ping = loop {
+            let ping =
+                tokio::time::timeout(timeout, manager.query_any::<String>(&redis::cmd("PING")))
+                    .await;
+            tries_left -= 1;
+            if matches!(ping, Ok(Ok(_))) || tries_left == 0 {
+                break ping;
+            }
+        };
         let reply = match ping {
             Ok(Ok(_)) if self.refusing().is_some() => {
                 let mut write = redis::cmd("SET");
@@ -442,11 +496,117 @@ impl RedisLink {
         }
     }
 
-    async fn ensure_manager(&self) -> Option<ConnectionManager> {
+    async fn ensure_manager(&self) -> Option<Connection> {
         if let Some(m) = self.manager.load_full() {
             return Some((*m).clone());
         }
-        let primary = match self.finder.find().await {
+        let manager = match (&self.finder, &self.cluster) {
+            (Some(finder), _) => self.connect_primary(finder).await?,
+            (None, Some(cluster)) => self.connect_cluster(cluster).await?,
+            (None, None) => return None,
+        };
+        self.check_layout(&manager).await;
+        self.manager.store(Some(Arc::new(manager.clone())));
+        Some(manager)
+    }
+
+    /// Connects to the cluster (and opens its acknowledgement lanes).
+    async fn connect_cluster(&self, cluster: &ClusterSettings) -> Option<Connection> {
+        let connect = cluster.connect(self.command_timeout);
+        let connection = match tokio::time::timeout(self.command_timeout * 3, connect).await {
+            Ok(Ok(connection)) => Connection::Cluster(connection),
+            Ok(Err(e)) => {
+                self.log_connect_failure(&e);
+                return None;
+            }
+            Err(_) => {
+                self.log_failure(format!(
+                    "cannot reach the Redis Cluster through {} (timed out)",
+                    cluster.describe()
+                ));
+                return None;
+            }
+        };
+        if self.ack_replicas > 0 {
+            let mut lanes = Vec::with_capacity(ACK_LANES);
+            for _ in 0..ACK_LANES {
+                match cluster
+                    .connect(self.ack_timeout + self.command_timeout)
+                    .await
+                {
+                    Ok(lane) => lanes.push(Connection::Cluster(lane)),
+                    Err(e) => {
+                        self.log_connect_failure(&e);
+                        return None;
+                    }
+                }
+            }
+            self.ack_lanes.store(Some(Arc::new(lanes)));
+        }
+        let described = cluster.describe();
+        let previous = self
+            .primary
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(described.clone());
+        if previous.is_none() {
+            tracing::info!(seeds = %described, shards = self.keys.shards(), "Redis Cluster");
+        }
+        Some(connection)
+    }
+
+    /// Records the key layout in Redis on first use, and refuses to write when Redis holds data
+    /// of another layout (mixing them would split conversations in two).
+    async fn check_layout(&self, connection: &Connection) {
+        if self.layout_mismatch.get().is_some() {
+            return;
+        }
+        let mut conn = connection.clone();
+        let version = self.keys.version();
+        let found = async {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(keys::LAYOUT)
+                .arg(&version)
+                .arg("NX")
+                .arg("GET")
+                .query_async(&mut conn)
+                .await?;
+            // A deployment from before the layout was recorded left `oc:inbox`: layout 1.
+            let legacy = match (&set, self.keys.is_sharded()) {
+                (None, true) => {
+                    let exists: bool = redis::cmd("EXISTS")
+                        .arg("oc:inbox")
+                        .query_async(&mut conn)
+                        .await?;
+                    exists
+                }
+                _ => false,
+            };
+            Ok::<_, redis::RedisError>(match (set, legacy) {
+                (Some(stored), _) => Some(stored),
+                (None, true) => Some("1".to_string()),
+                (None, false) => None,
+            })
+        };
+        match tokio::time::timeout(self.command_timeout, found).await {
+            Ok(Ok(Some(stored))) if stored != version => {
+                let reason = format!(
+                    "LAYOUT: Redis holds data in key layout {stored}, this replica is configured for {version} (redis.shards / redis.cluster); refusing to write. Run `clawgate redis migrate` or configure the layout Redis holds"
+                );
+                tracing::error!(%reason, "wrong key layout");
+                let _ = self.layout_mismatch.set(reason);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot check the key layout recorded in Redis")
+            }
+            Err(_) => tracing::warn!("checking the key layout recorded in Redis timed out"),
+        }
+    }
+
+    /// Connects to the primary the finder names (and opens its acknowledgement lanes).
+    async fn connect_primary(&self, finder: &PrimaryFinder) -> Option<Connection> {
+        let primary = match finder.find().await {
             Ok(primary) => primary,
             Err(e) => {
                 self.log_failure(match &e {
@@ -487,7 +647,7 @@ impl RedisLink {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .replace(primary.address.clone());
         if previous.as_deref() != Some(primary.address.as_str()) {
-            match (&previous, self.finder.sentinel()) {
+            match (&previous, finder.sentinel()) {
                 (Some(old), Some(sentinel)) => {
                     tracing::warn!(from = %old, to = %primary.address, master = %sentinel.master_name, "the Redis primary moved (Sentinel failover); following it")
                 }
@@ -495,8 +655,7 @@ impl RedisLink {
             }
         }
         self.client.store(Some(Arc::new(primary.client)));
-        self.manager.store(Some(Arc::new(manager.clone())));
-        Some(manager)
+        Some(Connection::Single(manager))
     }
 
     /// Opens the lanes for acknowledged writes to the primary of `client`.
@@ -508,7 +667,7 @@ impl RedisLink {
         for _ in 0..ACK_LANES {
             let open = client.get_multiplexed_async_connection_with_config(&config);
             match tokio::time::timeout(self.command_timeout * 2, open).await {
-                Ok(Ok(lane)) => lanes.push(lane),
+                Ok(Ok(lane)) => lanes.push(Connection::Direct(lane)),
                 Ok(Err(e)) => {
                     self.log_connect_failure(&e);
                     return false;
@@ -551,7 +710,8 @@ pub fn classify(e: &redis::RedisError) -> StateError {
         Some("NOREPLICAS") => StateError::Refused(
             "NOREPLICAS: too few Redis replicas are connected for min-replicas-to-write".into(),
         ),
-        Some("LOADING" | "MASTERDOWN" | "TRYAGAIN" | "BUSY") => {
+        // A cluster moving a slot or promoting a replica: the client follows, the caller retries.
+        Some("LOADING" | "MASTERDOWN" | "TRYAGAIN" | "BUSY" | "CLUSTERDOWN" | "MOVED" | "ASK") => {
             StateError::Unavailable(e.to_string())
         }
         _ => StateError::Protocol(e.to_string()),

@@ -6,6 +6,7 @@
 //! turn (reply record + history + session + release + publish). Nothing is ever written by
 //! read-modify-write from a replica, so two replicas can never overwrite each other.
 
+pub mod connection;
 pub mod keys;
 pub mod link;
 pub mod memory;

@@ -2,7 +2,7 @@
 //! test's monitor), through one typed API instead of raw Redis commands in every tool: a
 //! replica's published counters, the inbox backlog, Redis's memory.
 
-use super::keys;
+use super::keys::{self, KeyLayout};
 use redis::aio::MultiplexedConnection;
 use std::collections::HashMap;
 
@@ -73,11 +73,42 @@ pub struct Backlog {
     pub pending: Option<u64>,
 }
 
-/// The inbox backlog (`XINFO GROUPS`); all `None` before the first replica made the group.
-pub async fn inbox_backlog(conn: &mut MultiplexedConnection) -> Backlog {
+/// The inbox backlog (`XINFO GROUPS` of every shard of the layout Redis records); all `None`
+/// before the first replica made the group.
+pub async fn inbox_backlog(conn: &mut (impl redis::aio::ConnectionLike + Send)) -> Backlog {
+    let mut backlog = Backlog::default();
+    for stream in recorded_layout(conn).await.inboxes() {
+        let shard = shard_backlog(conn, &stream).await;
+        let add = |total: Option<u64>, more: Option<u64>| match (total, more) {
+            (None, None) => None,
+            (total, more) => Some(total.unwrap_or(0) + more.unwrap_or(0)),
+        };
+        backlog = Backlog {
+            lag: add(backlog.lag, shard.lag),
+            pending: add(backlog.pending, shard.pending),
+        };
+    }
+    backlog
+}
+
+/// The key layout the data in Redis was written with (unsharded when none is recorded).
+pub async fn recorded_layout(conn: &mut (impl redis::aio::ConnectionLike + Send)) -> KeyLayout {
+    let recorded: Option<String> = redis::cmd("GET")
+        .arg(keys::LAYOUT)
+        .query_async(conn)
+        .await
+        .ok()
+        .flatten();
+    KeyLayout::from_version(recorded.as_deref().unwrap_or("1"))
+}
+
+async fn shard_backlog(
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+    stream: &str,
+) -> Backlog {
     let groups: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XINFO")
         .arg("GROUPS")
-        .arg(keys::INBOX)
+        .arg(stream)
         .query_async(conn)
         .await;
     let mut backlog = Backlog::default();

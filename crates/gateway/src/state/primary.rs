@@ -53,6 +53,11 @@ impl PrimaryFinder {
                     .map_err(|e| StateError::Protocol(format!("invalid Redis URL: {e}")))?,
             ),
             RedisTarget::Sentinel(sentinel) => Endpoint::Sentinel(sentinel.clone()),
+            RedisTarget::Cluster(_) => {
+                return Err(StateError::Protocol(
+                    "a Redis Cluster has no single primary to find".into(),
+                ));
+            }
         };
         Ok(PrimaryFinder {
             endpoint,

@@ -1,9 +1,13 @@
-//! Following a Redis pub/sub channel for as long as the replica runs: subscribe when Redis is
+//! Following Redis pub/sub channels for as long as the replica runs: subscribe when Redis is
 //! up, resubscribe after every disconnect, and tell the subscriber each time it is subscribed
 //! again, because a message published meanwhile was missed and must be re-read from the store.
+//! In a Redis Cluster the channels are shard channels (`SSUBSCRIBE`), each served by the master
+//! of its slot; the cluster client moves the subscriptions when slots move or masters fail over.
 
+use super::connection::ClusterSettings;
 use super::link::RedisLink;
 use futures_util::StreamExt;
+use redis::{PushInfo, PushKind, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -18,13 +22,17 @@ pub trait Subscriber: Send + Sync {
     fn message(&self, payload: &[u8]);
 }
 
-/// Follows `channel` until `cancel`, handing its messages to `subscriber`.
+/// Follows `channels` until `cancel`, handing their messages to `subscriber`.
 pub async fn follow(
     link: Arc<RedisLink>,
-    channel: String,
+    channels: Vec<String>,
     subscriber: Arc<dyn Subscriber>,
     cancel: CancellationToken,
 ) {
+    if let Some(cluster) = link.cluster().cloned() {
+        return follow_shard_channels(&link, &cluster, &channels, &*subscriber, &cancel).await;
+    }
+    let channel = channels.join(" ");
     let mut state = link.watch();
     loop {
         if cancel.is_cancelled() {
@@ -42,7 +50,7 @@ pub async fn follow(
                 .client()
                 .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
+            pubsub.subscribe(&channels).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
         let pubsub = match tokio::time::timeout(link.command_timeout() * 2, subscribed).await {
@@ -73,5 +81,73 @@ pub async fn follow(
             }
         }
         tracing::debug!(%channel, "subscription lost; resubscribing");
+    }
+}
+
+/// [`follow`] in a Redis Cluster: one RESP3 cluster connection subscribed to every shard
+/// channel. Any subscription confirmed after the first round means a node was reconnected or a
+/// slot moved, so messages may have been missed meanwhile.
+async fn follow_shard_channels(
+    link: &RedisLink,
+    cluster: &ClusterSettings,
+    channels: &[String],
+    subscriber: &dyn Subscriber,
+    cancel: &CancellationToken,
+) {
+    while !cancel.is_cancelled() {
+        let (pushes, mut received) = tokio::sync::mpsc::unbounded_channel::<PushInfo>();
+        let subscribed = async {
+            let client = cluster
+                .builder(link.command_timeout())
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(pushes)
+                .build()?;
+            let mut connection = client.get_async_connection().await?;
+            // One command per channel: one SSUBSCRIBE may not span slots.
+            for channel in channels {
+                connection.ssubscribe(channel).await?;
+            }
+            Ok::<_, redis::RedisError>(connection)
+        };
+        let connection = match tokio::time::timeout(link.command_timeout() * 3, subscribed).await {
+            Ok(Ok(connection)) => connection,
+            result => {
+                if let Ok(Err(e)) = result {
+                    tracing::debug!(error = %e, "cannot subscribe to the shard channels; trying again");
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        tracing::debug!(
+            channels = channels.len(),
+            "subscribed to the shard channels"
+        );
+        subscriber.subscribed();
+        let mut confirmations = 0usize;
+        loop {
+            let push = tokio::select! {
+                _ = cancel.cancelled() => return,
+                push = received.recv() => push,
+            };
+            let Some(push) = push else { break };
+            match push.kind {
+                PushKind::SMessage => {
+                    if let Some(Value::BulkString(payload)) = push.data.get(1) {
+                        subscriber.message(payload);
+                    }
+                }
+                PushKind::SSubscribe => {
+                    confirmations += 1;
+                    if confirmations > channels.len() {
+                        subscriber.subscribed();
+                    }
+                }
+                _ => {}
+            }
+        }
+        drop(connection);
     }
 }

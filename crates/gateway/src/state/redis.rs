@@ -1,10 +1,12 @@
 //! The Redis implementation of [`StateStore`]: every operation is one Lua script, so each is
 //! atomic and costs one round trip.
 //!
-//! The scripts touch keys of more than one hash-tag slot (the inbox, a message's dedupe key, a
-//! conversation's keys), which a single Redis or a Sentinel-managed primary runs atomically. A
-//! Redis Cluster deployment needs the inbox sharded per slot; that is not built yet.
+//! In the sharded key layout (a Redis Cluster) every script's keys share their shard's slot, and
+//! the scripts announce on shard channels (`SPUBLISH`) of that slot; in the unsharded layout of
+//! one Redis they touch keys of several tags, which one server runs atomically all the same.
 
+use super::connection::Connection;
+use super::keys::KeyLayout;
 use super::link::RedisLink;
 use super::{
     Acceptance, CommitOutcome, ConversationSnapshot, ReplyDeadLetter, Resolution, Session,
@@ -27,11 +29,31 @@ macro_rules! with_events {
     };
 }
 
-static ACCEPT: LazyLock<Script> = LazyLock::new(|| Script::new(with_events!("scripts/accept.lua")));
-static APPEND_EVENTS: LazyLock<Script> =
-    LazyLock::new(|| Script::new(with_events!("scripts/append_events.lua")));
+/// The scripts that announce something on pub/sub, in one flavour per kind of channel.
+struct Publishing {
+    accept: Script,
+    append_events: Script,
+    commit: Script,
+}
+
+impl Publishing {
+    /// The scripts announcing with `command` (`PUBLISH`, or `SPUBLISH` for a cluster's shard
+    /// channels, which a script may only use in its own slot).
+    fn with(command: &str) -> Publishing {
+        let script = |text: &str| {
+            Script::new(&text.replace("redis.call('PUBLISH'", &format!("redis.call('{command}'")))
+        };
+        Publishing {
+            accept: script(with_events!("scripts/accept.lua")),
+            append_events: script(with_events!("scripts/append_events.lua")),
+            commit: script(with_events!("scripts/commit.lua")),
+        }
+    }
+}
+
+static PUBLISHING: LazyLock<Publishing> = LazyLock::new(|| Publishing::with("PUBLISH"));
+static SHARD_PUBLISHING: LazyLock<Publishing> = LazyLock::new(|| Publishing::with("SPUBLISH"));
 static BEGIN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/begin.lua")));
-static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(with_events!("scripts/commit.lua")));
 static SKIP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/skip.lua")));
 static RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/renew_leases.lua")));
@@ -57,10 +79,24 @@ impl RedisStore {
     /// Forgets that `id` was accepted, so the same message is accepted again as a new turn
     /// (re-driving a dead-lettered message; nothing else may undo deduplication).
     pub async fn forget_acceptance(&self, id: &DedupeId) -> Result<(), StateError> {
+        let key = self.keys().seen(id);
         let _: i64 = self
-            .query_acknowledged(redis::cmd("DEL").arg(keys::seen(id)))
+            .query_acknowledged(&key, redis::cmd("DEL").arg(&key))
             .await?;
         Ok(())
+    }
+
+    fn keys(&self) -> &KeyLayout {
+        self.link.keys()
+    }
+
+    /// The scripts that announce, in the flavour the deployment's channels need.
+    fn publishing(&self) -> &'static Publishing {
+        if self.link.cluster().is_some() {
+            &SHARD_PUBLISHING
+        } else {
+            &PUBLISHING
+        }
     }
 
     async fn invoke<T: FromRedisValue>(
@@ -84,8 +120,10 @@ impl RedisStore {
     /// Runs a script whose writes must reach `redis.ackReplicas` replicas before the caller
     /// acknowledges anything (an accepted message, a reply about to go out on a platform): on an
     /// acknowledgement lane, then `WAIT`. Without `ackReplicas`, like [`Self::invoke`].
+    /// `key` is one of the script's keys (in a cluster, the `WAIT` goes to its master).
     async fn invoke_acknowledged<T: FromRedisValue>(
         &self,
+        key: &str,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, StateError> {
         if self.link.ack_replicas() == 0 {
@@ -93,7 +131,7 @@ impl RedisStore {
         }
         let mut lane = self.link.ack_lane()?;
         let result = invocation.invoke_async(&mut lane).await;
-        self.replicated(result, &mut lane).await
+        self.replicated(result, &mut lane, key).await
     }
 
     /// One command whose write must reach `redis.ackReplicas` replicas before the caller goes
@@ -101,6 +139,7 @@ impl RedisStore {
     /// sent again). Without `ackReplicas`, like [`Self::query`].
     async fn query_acknowledged<T: FromRedisValue>(
         &self,
+        key: &str,
         cmd: &redis::Cmd,
     ) -> Result<T, StateError> {
         if self.link.ack_replicas() == 0 {
@@ -108,26 +147,37 @@ impl RedisStore {
         }
         let mut lane = self.link.ack_lane()?;
         let result = cmd.query_async(&mut lane).await;
-        self.replicated(result, &mut lane).await
+        self.replicated(result, &mut lane, key).await
     }
 
-    /// The result of a write made on `lane`, once `WAIT` confirmed it on the replicas.
+    /// The result of a write to `key` made on `lane`, once `WAIT` confirmed it on the replicas.
     async fn replicated<T>(
         &self,
         result: redis::RedisResult<T>,
-        lane: &mut redis::aio::MultiplexedConnection,
+        lane: &mut Connection,
+        key: &str,
     ) -> Result<T, StateError> {
         let value = result.map_err(|e| self.link.failed(&e))?;
-        self.link.wait_for_replicas(lane).await?;
+        self.link.wait_for_replicas(lane, key).await?;
         Ok(value)
     }
 
-    /// Sends `pipe` in one round trip.
-    async fn query_pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StateError> {
-        let mut conn = self.link.connection()?;
-        pipe.query_async(&mut conn)
+    /// Sends `commands` at once (each to its own slot's master in a cluster, where one pipeline
+    /// may not span slots); the answers in order.
+    async fn query_each<T: FromRedisValue>(
+        &self,
+        commands: Vec<redis::Cmd>,
+    ) -> Result<Vec<T>, StateError> {
+        let conn = self.link.connection()?;
+        let answers = commands.iter().map(|cmd| {
+            let mut conn = conn.clone();
+            async move { cmd.query_async::<T>(&mut conn).await }
+        });
+        futures_util::future::join_all(answers)
             .await
-            .map_err(|e| self.link.failed(&e))
+            .into_iter()
+            .map(|answer| answer.map_err(|e| self.link.failed(&e)))
+            .collect()
     }
 }
 
@@ -213,17 +263,21 @@ impl StateStore for RedisStore {
     async fn accept(&self, msg: &InboundMessage) -> Result<Acceptance, StateError> {
         let json = to_json(msg)?;
         let conversation = msg.conversation();
+        let keys = self.keys();
+        let seen = keys.seen(&msg.dedupe_id());
         let result: i64 = self
             .invoke_acknowledged(
-                ACCEPT
-                    .key(keys::seen(&msg.dedupe_id()))
-                    .key(keys::session(&conversation))
-                    .key(keys::INBOX)
-                    .key(keys::pending(&conversation))
-                    .key(keys::events(&conversation))
+                &seen,
+                self.publishing()
+                    .accept
+                    .key(&seen)
+                    .key(keys.session(&conversation))
+                    .key(keys.inbox_of(&conversation))
+                    .key(keys.pending(&conversation))
+                    .key(keys.events(&conversation))
                     .arg(secs(self.limits.dedupe_ttl))
                     .arg(secs(self.limits.conversation_ttl))
-                    .arg(self.limits.inbox_max_length)
+                    .arg(self.limits.inbox_max_length.div_ceil(keys.shards() as u64))
                     .arg(keys::ENTRY_VERSION)
                     .arg(json)
                     .arg("1")
@@ -231,7 +285,7 @@ impl StateStore for RedisStore {
                         &SessionEvent::accepted(msg).into_iter().collect::<Vec<_>>(),
                     ))
                     .arg(self.limits.events_max_length)
-                    .arg(keys::EVENTS_CHANNEL)
+                    .arg(keys.events_channel_of(&conversation))
                     .arg(conversation.as_str()),
             )
             .await?;
@@ -254,14 +308,15 @@ impl StateStore for RedisStore {
         take_later: bool,
     ) -> Result<TurnStart, StateError> {
         let conversation = msg.conversation();
+        let keys = self.keys();
         let reply: Vec<Value> = self
             .invoke(
                 BEGIN
-                    .key(keys::replied(&msg.dedupe_id()))
-                    .key(keys::session(&conversation))
-                    .key(keys::lease(&conversation))
-                    .key(keys::conversation(&conversation))
-                    .key(keys::pending(&conversation))
+                    .key(keys.replied(&msg.dedupe_id()))
+                    .key(keys.session(&conversation))
+                    .key(keys.lease(&conversation))
+                    .key(keys.conversation(&conversation))
+                    .key(keys.pending(&conversation))
                     .arg(seq)
                     .arg(holder)
                     .arg(self.limits.lease_ttl.as_millis() as u64)
@@ -335,18 +390,20 @@ impl StateStore for RedisStore {
                 "payload": payload,
             }));
         }
-        let mut invocation = COMMIT.prepare_invoke();
+        let keys = self.keys();
+        let replied = keys.replied(&commit.msg.dedupe_id());
+        let mut invocation = self.publishing().commit.prepare_invoke();
         invocation
-            .key(keys::replied(&commit.msg.dedupe_id()))
-            .key(keys::conversation(&conversation))
-            .key(keys::session(&conversation))
-            .key(keys::lease(&conversation))
-            .key(keys::pending(&conversation))
-            .key(keys::escalation(&conversation))
-            .key(keys::ESCALATIONS)
-            .key(keys::events(&conversation));
+            .key(&replied)
+            .key(keys.conversation(&conversation))
+            .key(keys.session(&conversation))
+            .key(keys.lease(&conversation))
+            .key(keys.pending(&conversation))
+            .key(keys.escalation(&conversation))
+            .key(keys.escalations_of(conversation.as_str()))
+            .key(keys.events(&conversation));
         for m in &commit.later {
-            invocation.key(keys::replied(&m.id));
+            invocation.key(keys.replied(&m.id));
         }
         let escalation = match &commit.escalation {
             Some(e) => to_json(&e.to_fields().into_iter().collect::<BTreeMap<_, _>>())?,
@@ -369,7 +426,7 @@ impl StateStore for RedisStore {
             .arg(secs(self.limits.escalation_retention))
             .arg(events::encode(&commit.events))
             .arg(self.limits.events_max_length)
-            .arg(keys::EVENTS_CHANNEL)
+            .arg(keys.events_channel_of(&conversation))
             .arg(conversation.as_str());
         for (field, value) in &commit.session {
             invocation.arg(*field).arg(value);
@@ -377,7 +434,7 @@ impl StateStore for RedisStore {
         // A reply must survive a failover before anyone sees it: a new primary that lost it
         // would answer the message again (on a platform: a second message to the customer), and
         // a web-chat customer's next turn would miss it from the conversation.
-        let result: Vec<Value> = self.invoke_acknowledged(&invocation).await?;
+        let result: Vec<Value> = self.invoke_acknowledged(&replied, &invocation).await?;
         match (result.first(), result.get(1)) {
             (Some(Value::Int(1)), _) => Ok(CommitOutcome::Committed),
             (Some(Value::Int(0)), Some(existing)) => Ok(CommitOutcome::AlreadyReplied(
@@ -397,8 +454,8 @@ impl StateStore for RedisStore {
     ) -> Result<(), StateError> {
         let _: i64 = self
             .invoke(
-                SKIP.key(keys::session(conversation))
-                    .key(keys::lease(conversation))
+                SKIP.key(self.keys().session(conversation))
+                    .key(self.keys().lease(conversation))
                     .arg(seq)
                     .arg(holder)
                     .arg(secs(self.limits.conversation_ttl)),
@@ -411,13 +468,27 @@ impl StateStore for RedisStore {
         if leases.is_empty() {
             return Ok(());
         }
-        let mut invocation = RENEW.prepare_invoke();
-        invocation.arg(self.limits.lease_ttl.as_millis() as u64);
-        for (conversation, holder) in leases {
-            invocation.key(keys::lease(conversation)).arg(holder);
+        // One script per shard: in a cluster a script's keys must share a slot.
+        let mut by_shard: BTreeMap<usize, Vec<&(ConversationKey, String)>> = BTreeMap::new();
+        for lease in leases {
+            by_shard
+                .entry(self.keys().shard_of(lease.0.as_str()))
+                .or_default()
+                .push(lease);
         }
-        let _: i64 = self.invoke(&invocation).await?;
-        Ok(())
+        let renewals = by_shard.into_values().map(|leases| async move {
+            let mut invocation = RENEW.prepare_invoke();
+            invocation.arg(self.limits.lease_ttl.as_millis() as u64);
+            for (conversation, holder) in leases {
+                invocation.key(self.keys().lease(conversation)).arg(holder);
+            }
+            let _: i64 = self.invoke(&invocation).await?;
+            Ok::<_, StateError>(())
+        });
+        futures_util::future::join_all(renewals)
+            .await
+            .into_iter()
+            .collect()
     }
 
     async fn release_lease(
@@ -426,18 +497,21 @@ impl StateStore for RedisStore {
         holder: &str,
     ) -> Result<(), StateError> {
         let _: i64 = self
-            .invoke(RELEASE.key(keys::lease(conversation)).arg(holder))
+            .invoke(RELEASE.key(self.keys().lease(conversation)).arg(holder))
             .await?;
         Ok(())
     }
 
     async fn reply(&self, id: &DedupeId) -> Result<Option<StoredReply>, StateError> {
-        let json: Option<String> = self.query(redis::cmd("GET").arg(keys::replied(id))).await?;
+        let json: Option<String> = self
+            .query(redis::cmd("GET").arg(self.keys().replied(id)))
+            .await?;
         json.map(|j| parse_reply(&j)).transpose()
     }
 
     async fn seen(&self, id: &DedupeId) -> Result<bool, StateError> {
-        self.query(redis::cmd("EXISTS").arg(keys::seen(id))).await
+        self.query(redis::cmd("EXISTS").arg(self.keys().seen(id)))
+            .await
     }
 
     async fn shared_secret(&self, name: &str) -> Result<Vec<u8>, StateError> {
@@ -446,7 +520,7 @@ impl StateStore for RedisStore {
         // The first replica's candidate wins; replicated like an accepted message, so a
         // failover cannot hand out a second secret.
         let _: Value = self
-            .query_acknowledged(redis::cmd("SET").arg(&key).arg(&candidate).arg("NX"))
+            .query_acknowledged(&key, redis::cmd("SET").arg(&key).arg(&candidate).arg("NX"))
             .await?;
         let secret: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
         let secret = secret.ok_or_else(|| StateError::Protocol(format!("{key} vanished")))?;
@@ -460,7 +534,7 @@ impl StateStore for RedisStore {
         let values: Vec<Value> = self
             .query(
                 redis::cmd("LRANGE")
-                    .arg(keys::conversation(conversation))
+                    .arg(self.keys().conversation(conversation))
                     .arg(0)
                     .arg(-1),
             )
@@ -469,14 +543,16 @@ impl StateStore for RedisStore {
     }
 
     async fn delivered(&self, id: &DedupeId) -> Result<bool, StateError> {
-        self.query(redis::cmd("EXISTS").arg(keys::delivered(id)))
+        self.query(redis::cmd("EXISTS").arg(self.keys().delivered(id)))
             .await
     }
 
     async fn mark_delivered(&self, id: &DedupeId, outcome: &str) -> Result<(), StateError> {
+        let key = self.keys().delivered(id);
         self.query_acknowledged(
+            &key,
             redis::cmd("SET")
-                .arg(keys::delivered(id))
+                .arg(&key)
                 .arg(outcome)
                 .arg("EX")
                 .arg(secs(self.limits.dedupe_ttl)),
@@ -524,11 +600,15 @@ impl StateStore for RedisStore {
         if identities.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for identity in identities {
-            pipe.cmd("GET").arg(keys::identity(channel, identity));
-        }
-        self.query_pipe(&pipe).await
+        let lookups = identities
+            .iter()
+            .map(|identity| {
+                let mut get = redis::cmd("GET");
+                get.arg(keys::identity(channel, identity));
+                get
+            })
+            .collect();
+        self.query_each(lookups).await
     }
 
     async fn link_identities(
@@ -539,16 +619,19 @@ impl StateStore for RedisStore {
         if links.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        for (identity, user) in links {
-            pipe.cmd("SET")
-                .arg(keys::identity(channel, identity))
-                .arg(user)
-                .arg("EX")
-                .arg(secs(super::IDENTITY_TTL))
-                .ignore();
-        }
-        self.query_pipe(&pipe).await
+        let writes = links
+            .iter()
+            .map(|(identity, user)| {
+                let mut set = redis::cmd("SET");
+                set.arg(keys::identity(channel, identity))
+                    .arg(user)
+                    .arg("EX")
+                    .arg(secs(super::IDENTITY_TTL));
+                set
+            })
+            .collect();
+        let _: Vec<Value> = self.query_each(writes).await?;
+        Ok(())
     }
 
     async fn dead_letter_unreadable(
@@ -620,12 +703,13 @@ impl StateStore for RedisStore {
         }
         let _: i64 = self
             .invoke(
-                APPEND_EVENTS
-                    .key(keys::events(conversation))
+                self.publishing()
+                    .append_events
+                    .key(self.keys().events(conversation))
                     .arg(events::encode(events))
                     .arg(self.limits.events_max_length)
                     .arg(secs(self.limits.conversation_ttl))
-                    .arg(keys::EVENTS_CHANNEL)
+                    .arg(self.keys().events_channel_of(conversation))
                     .arg(conversation.as_str()),
             )
             .await?;
@@ -648,7 +732,7 @@ impl StateStore for RedisStore {
         };
         let mut command = redis::cmd("XRANGE");
         command
-            .arg(keys::events(conversation))
+            .arg(self.keys().events(conversation))
             .arg(start)
             .arg("+")
             .arg("COUNT")
@@ -669,7 +753,7 @@ impl StateStore for RedisStore {
     ) -> Result<Option<String>, StateError> {
         let mut command = redis::cmd("XREVRANGE");
         command
-            .arg(keys::events(conversation))
+            .arg(self.keys().events(conversation))
             .arg("+")
             .arg("-")
             .arg("COUNT")
@@ -679,17 +763,31 @@ impl StateStore for RedisStore {
     }
 
     async fn escalations(&self) -> Result<Vec<Escalation>, StateError> {
+        let indexes = (0..self.keys().shards())
+            .map(|shard| {
+                let mut range = redis::cmd("ZRANGE");
+                range.arg(self.keys().escalations(shard)).arg(0).arg(-1);
+                range
+            })
+            .collect();
         let members: Vec<String> = self
-            .query(redis::cmd("ZRANGE").arg(keys::ESCALATIONS).arg(0).arg(-1))
-            .await?;
+            .query_each::<Vec<String>>(indexes)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
         if members.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for member in &members {
-            pipe.cmd("HGETALL").arg(keys::escalation_of(member));
-        }
-        let records: Vec<Vec<Value>> = self.query_pipe(&pipe).await?;
+        let reads = members
+            .iter()
+            .map(|member| {
+                let mut read = redis::cmd("HGETALL");
+                read.arg(self.keys().escalation_of(member));
+                read
+            })
+            .collect();
+        let records: Vec<Vec<Value>> = self.query_each(reads).await?;
         Ok(records
             .iter()
             .filter_map(|fields| Escalation::from_fields(&parse_hash(fields)))
@@ -702,7 +800,7 @@ impl StateStore for RedisStore {
         conversation: &ConversationKey,
     ) -> Result<Option<Escalation>, StateError> {
         let fields: Vec<Value> = self
-            .query(redis::cmd("HGETALL").arg(keys::escalation(conversation)))
+            .query(redis::cmd("HGETALL").arg(self.keys().escalation(conversation)))
             .await?;
         Ok(Escalation::from_fields(&parse_hash(&fields)))
     }
@@ -716,10 +814,10 @@ impl StateStore for RedisStore {
         let result: Vec<Value> = self
             .invoke(
                 RESOLVE
-                    .key(keys::escalation(conversation))
-                    .key(keys::session(conversation))
-                    .key(keys::ESCALATIONS)
-                    .key(keys::conversation(conversation))
+                    .key(self.keys().escalation(conversation))
+                    .key(self.keys().session(conversation))
+                    .key(self.keys().escalations_of(conversation.as_str()))
+                    .key(self.keys().conversation(conversation))
                     .arg(crate::message::now_ms())
                     .arg(by)
                     .arg(note)

@@ -5,7 +5,8 @@
 use super::turn::TurnContext;
 use crate::live::Live;
 use crate::message::{Channel, InboundMessage, StoredReply};
-use crate::state::{ReplyDeadLetter, StateError, StateStore, keys, while_unavailable};
+use crate::state::keys::KeyLayout;
+use crate::state::{ReplyDeadLetter, StateError, StateStore, while_unavailable};
 use crate::telemetry;
 
 /// How a reply reaches the customer, decided once by the message's channel.
@@ -29,9 +30,14 @@ impl DeliveryPath {
 
     /// Where the commit publishes `msg`'s reply: the reply channel of the replica holding the
     /// request, when that is another replica (this one is woken directly).
-    pub(super) fn notify_channel(self, msg: &InboundMessage, this_replica: &str) -> Option<String> {
+    pub(super) fn notify_channel(
+        self,
+        msg: &InboundMessage,
+        this_replica: &str,
+        keys: &KeyLayout,
+    ) -> Option<String> {
         (self == DeliveryPath::HeldRequest && msg.ingress_replica != this_replica)
-            .then(|| keys::reply_channel(&msg.ingress_replica))
+            .then(|| keys.reply_channel(&msg.ingress_replica, &msg.conversation()))
     }
 
     /// Whether the commit itself ends the conversation's lease: nothing is left to send.
@@ -125,22 +131,24 @@ pub(super) mod tests {
             msg.ingress_replica = replica.into();
             msg
         };
+        let keys = KeyLayout::new(Some(16));
         for channel in [Channel::Whatsapp, Channel::Telegram] {
             let path = DeliveryPath::of(channel);
             assert_eq!(path, DeliveryPath::PlatformApi);
             assert!(!path.releases_lease_at_commit());
-            assert_eq!(path.notify_channel(&on(channel, "r2"), "r1"), None);
+            assert_eq!(path.notify_channel(&on(channel, "r2"), "r1", &keys), None);
         }
         for channel in [Channel::Webchat, Channel::Api] {
             let path = DeliveryPath::of(channel);
             assert_eq!(path, DeliveryPath::HeldRequest);
             assert!(path.releases_lease_at_commit());
             // Held on this replica: woken directly, nothing published.
-            assert_eq!(path.notify_channel(&on(channel, "r1"), "r1"), None);
+            assert_eq!(path.notify_channel(&on(channel, "r1"), "r1", &keys), None);
             // Held on another replica: published to that replica's reply channel.
+            let held = on(channel, "r2");
             assert_eq!(
-                path.notify_channel(&on(channel, "r2"), "r1"),
-                Some(keys::reply_channel("r2"))
+                path.notify_channel(&held, "r1", &keys),
+                Some(keys.reply_channel("r2", &held.conversation()))
             );
         }
     }

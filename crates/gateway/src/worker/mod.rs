@@ -11,7 +11,7 @@ pub mod turn;
 
 use crate::background::Background;
 use crate::config::WorkersConfig;
-use crate::inbox::redis::{InboxEntry, RedisInbox};
+use crate::inbox::redis::{EntryId, InboxEntry, RedisInbox};
 use crate::message::{ConversationKey, InboundMessage};
 use crate::state::StateStore;
 use crate::state::link::RedisLink;
@@ -89,7 +89,7 @@ impl Drop for RenewedLease<'_> {
 /// What dead-lettering needs to know about an entry.
 #[derive(Clone, Copy)]
 struct EntryRef<'a> {
-    id: &'a str,
+    id: &'a EntryId,
     deliveries: u64,
 }
 
@@ -98,20 +98,20 @@ struct EntryRef<'a> {
 /// unwinds, lets the entry go idle so it can be claimed again.
 struct HeldEntry {
     pool: Arc<WorkerPool>,
-    id: String,
+    id: EntryId,
 }
 
 impl HeldEntry {
     /// Holds `id`; `None` when this replica holds it already.
-    fn take(pool: &Arc<WorkerPool>, id: &str) -> Option<HeldEntry> {
+    fn take(pool: &Arc<WorkerPool>, id: &EntryId) -> Option<HeldEntry> {
         let fresh = pool
             .held_entries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string());
+            .insert(id.clone());
         fresh.then(|| HeldEntry {
             pool: pool.clone(),
-            id: id.to_string(),
+            id: id.clone(),
         })
     }
 }
@@ -163,7 +163,7 @@ pub struct WorkerPool {
     /// Redis entries held at once, running or waiting.
     held: Arc<Semaphore>,
     /// Ids of the Redis entries held, refreshed by the heartbeat.
-    held_entries: Mutex<HashSet<String>>,
+    held_entries: Mutex<HashSet<EntryId>>,
     redis_leases: LeaseRegistry,
     memory_leases: LeaseRegistry,
     /// Every turn, so shutdown can wait for them.
@@ -218,7 +218,9 @@ impl WorkerPool {
     ) -> TaskTracker {
         let stop = self.stop.clone();
         let loops = TaskTracker::new();
-        loops.spawn(self.clone().read_loop(stop.clone()));
+        for streams in self.inbox.readers() {
+            loops.spawn(self.clone().read_loop(streams, stop.clone()));
+        }
         loops.spawn(self.clone().claim_loop(stop.clone()));
         loops.spawn(self.clone().memory_loop(memory_queue, stop));
         background.spawn(self.clone().heartbeat_loop(background.stopping()));
@@ -263,13 +265,15 @@ impl WorkerPool {
 
     /// Gives up an entry at once so any replica retries it (after a panic or a failed turn),
     /// instead of leaving it until `claimIdleMs` passes.
-    async fn release(&self, id: &str) {
+    async fn release(&self, id: &EntryId) {
         if let Err(e) = self.inbox.release(id, self.config.claim_idle).await {
             tracing::warn!(entry = %id, error = %e, "could not release the entry; it is retried once it has been idle for claimIdleMs");
         }
     }
 
-    async fn read_loop(self: Arc<Self>, stop: CancellationToken) {
+    /// Reads `streams` (every inbox shard on one Redis; one shard per loop in a cluster) for as
+    /// long as the replica takes work.
+    async fn read_loop(self: Arc<Self>, streams: Vec<String>, stop: CancellationToken) {
         let mut link_state = self.link.watch();
         let mut conn = None;
         let mut group_ready = false;
@@ -314,7 +318,7 @@ impl WorkerPool {
                 .available_permits()
                 .min(self.held.available_permits())
                 .min(BATCH - 1);
-            match self.inbox.read(c, 1 + extra, READ_BLOCK).await {
+            match self.inbox.read(c, &streams, 1 + extra, READ_BLOCK).await {
                 Ok(entries) => self.start_entries(entries, Some((held, slot))).await,
                 Err(e) => {
                     conn = None;
@@ -579,7 +583,7 @@ impl WorkerPool {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            let ids: Vec<String> = self
+            let ids: Vec<EntryId> = self
                 .held_entries
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

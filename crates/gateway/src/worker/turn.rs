@@ -58,6 +58,8 @@ pub struct TurnContext {
     pub events: Arc<EventHub>,
     /// Where replies handed to customers are recorded.
     pub audit: crate::audit::AuditLog,
+    /// How Redis keys and channels are named (reply channels are per shard when sharded).
+    pub keys: crate::state::keys::KeyLayout,
 }
 
 /// How a turn ended.
@@ -544,7 +546,11 @@ async fn commit(
                 covered_by: Some(msg.message_id.clone()),
                 ..reply.clone()
             },
-            notify_channel: DeliveryPath::of(m.channel).notify_channel(m, &ctx.replica_id),
+            notify_channel: DeliveryPath::of(m.channel).notify_channel(
+                m,
+                &ctx.replica_id,
+                &ctx.keys,
+            ),
         })
         .collect();
     let commit = TurnCommit {
@@ -572,7 +578,7 @@ async fn commit(
         .into_iter()
         .flatten()
         .collect(),
-        notify_channel: path.notify_channel(msg, &ctx.replica_id),
+        notify_channel: path.notify_channel(msg, &ctx.replica_id, &ctx.keys),
         release_lease: path.releases_lease_at_commit(),
         later: later_commits,
         events: answer_events(msg, &reply, later, escalation.as_ref()),

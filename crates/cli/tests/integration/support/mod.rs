@@ -7,6 +7,7 @@
 pub use clawgate_fakes::mock_llm::MockLlm;
 pub mod browser;
 pub mod hosts;
+pub mod redis_cluster;
 pub mod sentinel;
 pub mod sse;
 
@@ -101,6 +102,26 @@ impl TestRedis {
             dir = redis.dir;
         }
         panic!("redis-server did not start (is it installed? `apt-get install redis-server`)");
+    }
+
+    /// A server on `port` (a cluster node must be on a port it announces) with `extra` options.
+    pub async fn start_on(port: u16, extra: &[&str]) -> TestRedis {
+        let mut redis = TestRedis {
+            port,
+            dir: tempfile::tempdir().expect("temp dir"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        assert!(
+            redis.launch().await,
+            "redis-server did not start on port {port}"
+        );
+        redis
+    }
+
+    /// Whether the server was started and not stopped since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// The server's own temporary folder (its `--dir` unless `extra` names another).
