@@ -1,8 +1,10 @@
 //! The Redis a cluster runs on: an external one (`--redis-url`), one supervised server
-//! (`--redis single`, the default), or a supervised Sentinel group (`--redis sentinel`): a
+//! (`--redis single`, the default), a supervised Sentinel group (`--redis sentinel`): a
 //! primary, two replicas and three sentinels, so losing the primary costs a failover of a few
-//! seconds, not the state. With Sentinel the replicas acknowledge a message only once a Redis
-//! replica holds it too (`--redis-ack-replicas 1`).
+//! seconds, not the state; or a supervised Redis Cluster (`--redis cluster`): `--redis-masters`
+//! masters with a replica each, the conversations spread over the masters. With Sentinel or a
+//! cluster the replicas acknowledge a message only once a Redis replica holds it too
+//! (`--redis-ack-replicas 1`).
 
 use crate::process::{self, Event, Spec};
 use crate::render;
@@ -28,8 +30,12 @@ pub const SENTINEL_DOWN_AFTER: Duration = Duration::from_secs(2);
 /// was gone, and its replicas would resynchronise from it: losing writes they had acknowledged.
 /// After the pause a replica has been promoted and the old primary rejoins as its replica.
 const GROUP_RESTART_AFTER: Duration = Duration::from_secs(8);
-/// How long start-up waits for a Sentinel group to be complete.
+/// How long start-up waits for a Sentinel group or a Redis Cluster to be complete.
 const GROUP_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a cluster master may be silent before its replica takes over.
+pub const CLUSTER_NODE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The fewest masters `redis-cli --cluster create` accepts.
+pub const MIN_CLUSTER_MASTERS: u16 = 3;
 
 /// How `cluster up` runs Redis when no `--redis-url` is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -39,6 +45,8 @@ pub enum RedisMode {
     Single,
     /// A primary, two replicas and three sentinels.
     Sentinel,
+    /// A Redis Cluster: masters (`--redis-masters`) with one replica each.
+    Cluster,
 }
 
 impl FromStr for RedisMode {
@@ -48,8 +56,9 @@ impl FromStr for RedisMode {
         match s {
             "single" => Ok(RedisMode::Single),
             "sentinel" => Ok(RedisMode::Sentinel),
+            "cluster" => Ok(RedisMode::Cluster),
             other => Err(format!(
-                "expected \"single\" or \"sentinel\", found \"{other}\""
+                "expected \"single\", \"sentinel\" or \"cluster\", found \"{other}\""
             )),
         }
     }
@@ -91,6 +100,8 @@ pub async fn start(
         redis.url = url.clone();
         redis.mode = if url.contains("+sentinel://") {
             "sentinel"
+        } else if url.contains("+cluster://") {
+            "cluster"
         } else {
             "single"
         }
@@ -211,8 +222,238 @@ pub async fn start(
             );
             wait_for_group(redis).await?;
         }
+        RedisMode::Cluster => {
+            let masters = spec.redis_masters;
+            if masters < MIN_CLUSTER_MASTERS {
+                return Err(ClusterError::Invalid(format!(
+                    "--redis-masters {masters}: a Redis Cluster needs at least {MIN_CLUSTER_MASTERS} masters"
+                )));
+            }
+            for index in 0..masters * 2 {
+                let name = format!("redis-{}", index + 1);
+                // A node also listens on its port + 10000 (the cluster bus).
+                let port = if spec.redis_port == 0 {
+                    free_cluster_port().map_err(io(state_dir))?
+                } else {
+                    spec.redis_port.saturating_add(index)
+                };
+                let data = state_dir.join("redis").join(&name);
+                std::fs::create_dir_all(&data).map_err(io(&data))?;
+                let conf_path = state_dir.join(format!("{name}.conf"));
+                let conf = render::redis_node_conf(
+                    Some((port, &data)),
+                    &spec.redis_maxmemory,
+                    None,
+                    Some(CLUSTER_NODE_TIMEOUT),
+                )?;
+                std::fs::write(&conf_path, conf).map_err(io(&conf_path))?;
+                // Restarted after a pause, a crashed master comes back as its successor's
+                // replica (see GROUP_RESTART_AFTER).
+                running.servers.push(supervise(
+                    &name,
+                    vec![conf_path.display().to_string()],
+                    GROUP_RESTART_AFTER,
+                ));
+                redis.servers.push(NodeState::new(&name, port));
+            }
+            redis.mode = "cluster".into();
+            redis.url = format!(
+                "redis+cluster://{}",
+                redis
+                    .servers
+                    .iter()
+                    .map(|s| s.addr.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            create_cluster(redis, masters).await?;
+        }
     }
     Ok(running)
+}
+
+/// A free port on 127.0.0.1 whose cluster-bus port (+10000) is free too, both below the
+/// kernel's ephemeral range (32768 and up on Linux), where an outgoing connection could take
+/// the bus port between this check and the server's start.
+fn free_cluster_port() -> std::io::Result<u16> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        .wrapping_add(std::process::id().wrapping_mul(7919));
+    for _ in 0..500 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(104_729)) % 2_700) as u16;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other(
+        "no free port in 20000-22699 with a free cluster-bus port (+10000)",
+    ))
+}
+
+/// Joins the servers into a cluster (once: a restarted `cluster up` finds them joined) and waits
+/// until it serves every slot with every replica in sync.
+async fn create_cluster(redis: &RedisState, masters: u16) -> Result<(), ClusterError> {
+    let deadline = tokio::time::Instant::now() + GROUP_START_TIMEOUT;
+    for server in &redis.servers {
+        while cluster_info(&server.addr).await.is_none() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(ClusterError::NotReady(server.name.clone()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let formed = cluster_info(&redis.servers[0].addr)
+        .await
+        .is_some_and(|info| !info.contains("cluster_slots_assigned:0"));
+    if !formed {
+        let program = find_program("redis-cli").ok_or(ClusterError::MissingProgram {
+            program: "redis-cli",
+            hint: "install it (Debian/Ubuntu: apt-get install redis-tools)",
+        })?;
+        let created = tokio::process::Command::new(program)
+            .arg("--cluster")
+            .arg("create")
+            .args(redis.servers.iter().map(|s| s.addr.as_str()))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .await
+            .map_err(|e| {
+                ClusterError::Invalid(format!("running redis-cli --cluster create: {e}"))
+            })?;
+        if !created.status.success() {
+            return Err(ClusterError::Invalid(format!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&created.stdout).trim()
+            )));
+        }
+    }
+    loop {
+        if cluster_complete(redis, masters).await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(ClusterError::NotReady(
+                "the Redis Cluster (every slot served, every replica in sync)".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every server says the cluster is `ok`, `masters` of them serve slots, every replica is in
+/// sync with its master, and every server knows all of that.
+async fn cluster_complete(redis: &RedisState, masters: u16) -> bool {
+    let mut serving = 0;
+    for server in &redis.servers {
+        let Some(info) = cluster_info(&server.addr).await else {
+            return false;
+        };
+        if !info.contains("cluster_state:ok") {
+            return false;
+        }
+        let Some(replication) = server_info(&server.addr, "replication").await else {
+            return false;
+        };
+        if replication.contains("role:master") {
+            serving += 1;
+        } else if !replication.contains("master_link_status:up") {
+            return false;
+        }
+    }
+    if serving != masters {
+        return false;
+    }
+    let Some(nodes) = ask_server(&redis.servers[0].addr, redis::cmd("CLUSTER").arg("NODES")).await
+    else {
+        return false;
+    };
+    if !replicas_confirm_writes(&nodes).await {
+        return false;
+    }
+    // Every node learns the others' roles by gossip: wait until each sees every master with
+    // its replica (`cluster status` asks any one of them).
+    for server in &redis.servers {
+        let Some(nodes) = ask_server(&server.addr, redis::cmd("CLUSTER").arg("NODES")).await else {
+            return false;
+        };
+        let seen = clawgate_gateway::state::observe::cluster_masters(&nodes);
+        if seen.len() != usize::from(masters) || seen.iter().any(|m| m.replicas.is_empty()) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether the replica of every master in `nodes` (a `CLUSTER NODES` answer) confirms a write
+/// (`WAIT`). A master streams its writes to a new replica only after the replica's first
+/// acknowledgement, which `WAIT` asks for at once (otherwise it comes within a second): until
+/// then the replica reports its link up, yet losing the master would lose every write.
+pub async fn replicas_confirm_writes(nodes: &str) -> bool {
+    for master in clawgate_gateway::state::observe::cluster_masters(nodes) {
+        let Some(&(low, high)) = master.slots.first() else {
+            return false;
+        };
+        let Some(key) = (0..100_000)
+            .map(|n| format!("clawgate:probe:{n}"))
+            .find(|key| (low..=high).contains(&clawgate_gateway::state::keys::slot(key)))
+        else {
+            return false;
+        };
+        let Ok(client) = redis::Client::open(format!("redis://{}", master.addr)) else {
+            return false;
+        };
+        let connect = client.get_multiplexed_async_connection();
+        let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_millis(800), connect).await
+        else {
+            return false;
+        };
+        let confirmed = async {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("PX")
+                .arg(10_000)
+                .query_async::<()>(&mut conn)
+                .await?;
+            redis::cmd("WAIT")
+                .arg(1)
+                .arg(1_000)
+                .query_async::<u64>(&mut conn)
+                .await
+        };
+        match tokio::time::timeout(Duration::from_millis(1_500), confirmed).await {
+            Ok(Ok(replicas)) if replicas >= 1 => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// `CLUSTER INFO` of the server at `addr`.
+async fn cluster_info(addr: &str) -> Option<String> {
+    ask_server(addr, redis::cmd("CLUSTER").arg("INFO")).await
+}
+
+/// `INFO <section>` of the server at `addr`.
+async fn server_info(addr: &str, section: &str) -> Option<String> {
+    ask_server(addr, redis::cmd("INFO").arg(section)).await
+}
+
+async fn ask_server(addr: &str, command: &redis::Cmd) -> Option<String> {
+    let client = redis::Client::open(format!("redis://{addr}")).ok()?;
+    let connect = client.get_multiplexed_async_connection();
+    let mut conn = tokio::time::timeout(Duration::from_millis(800), connect)
+        .await
+        .ok()?
+        .ok()?;
+    tokio::time::timeout(Duration::from_millis(800), command.query_async(&mut conn))
+        .await
+        .ok()?
+        .ok()
 }
 
 /// The managed process of the primary the replicas write to now: `(name, pid)`.
@@ -301,11 +542,12 @@ mod tests {
     fn modes_are_named_as_on_the_command_line() {
         assert_eq!("single".parse(), Ok(RedisMode::Single));
         assert_eq!("sentinel".parse(), Ok(RedisMode::Sentinel));
+        assert_eq!("cluster".parse(), Ok(RedisMode::Cluster));
         assert!(
-            "cluster"
+            "shards"
                 .parse::<RedisMode>()
                 .unwrap_err()
-                .contains("sentinel")
+                .contains("cluster")
         );
     }
 }

@@ -101,6 +101,17 @@ pub fn redis_conf(
     maxmemory: &str,
     replica_of: Option<(&str, u16)>,
 ) -> Result<String, RenderError> {
+    redis_node_conf(local, maxmemory, replica_of, None)
+}
+
+/// [`redis_conf`], for a node of a Redis Cluster when `cluster_node_timeout` is given (the
+/// silence after which its peers fail it over).
+pub fn redis_node_conf(
+    local: Option<(u16, &Path)>,
+    maxmemory: &str,
+    replica_of: Option<(&str, u16)>,
+    cluster_node_timeout: Option<std::time::Duration>,
+) -> Result<String, RenderError> {
     render(
         "redis.conf",
         include_str!("templates/redis.conf.j2"),
@@ -110,6 +121,8 @@ pub fn redis_conf(
             maxmemory => maxmemory,
             replica_of_host => replica_of.map(|(host, _)| host),
             replica_of_port => replica_of.map(|(_, port)| port),
+            cluster => cluster_node_timeout.is_some(),
+            cluster_node_timeout_ms => cluster_node_timeout.map(|t| t.as_millis() as u64),
         },
     )
 }

@@ -3,9 +3,11 @@
 
 use crate::process;
 use crate::state::ClusterState;
-use crate::supervisor::{answers, readiness_url, redis_connection};
+use crate::supervisor::{answers, readiness_url, redis_connection, state_connection};
 use clawgate_gateway::config::redis::redact;
 use clawgate_gateway::message::now_ms;
+use clawgate_gateway::state::connection::Connection;
+use clawgate_gateway::state::keys;
 use clawgate_gateway::state::observe;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -84,6 +86,31 @@ pub struct RedisStatus {
     pub inbox_lag: Option<u64>,
     /// Inbox entries read but not yet finished.
     pub inbox_pending: Option<u64>,
+    /// A Redis Cluster's masters, with their share of the work (none for one Redis).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masters: Vec<MasterStatus>,
+}
+
+/// A master of a Redis Cluster and its share of the work.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MasterStatus {
+    /// `host:port`.
+    pub addr: String,
+    /// The managed server's name (`redis-1`, …), when `cluster up` started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Slots it serves.
+    pub slots: u32,
+    /// The same, as ranges (`0-5460`).
+    pub slot_ranges: Vec<String>,
+    /// Its replicas' `host:port`.
+    pub replicas: Vec<String>,
+    /// Its `used_memory`.
+    pub used_memory_bytes: Option<u64>,
+    /// Inbox shards whose slot it serves.
+    pub inbox_shards: u32,
+    /// Entries those shards hold now.
+    pub inbox_entries: u64,
 }
 
 /// One Redis server: the primary, a replica it reports, or a managed server it does not.
@@ -151,11 +178,22 @@ pub async fn report(state_dir: &Path) -> std::io::Result<ClusterStatus> {
         .build()
         .map_err(std::io::Error::other)?;
     let alive = |pid: Option<u32>| pid.filter(|pid| process::signal(*pid, None));
-    let connection = redis_connection(&state.redis.url).await;
-    let redis_up = connection.is_some();
+    let cluster = state.redis.url.contains("+cluster://");
+    let state_conn = state_connection(&state.redis.url).await;
+    // The primary (one Redis, or the one Sentinel names): a cluster has none.
+    let connection = match cluster {
+        true => None,
+        false => redis_connection(&state.redis.url).await,
+    };
+    let redis_up = state_conn.is_some();
+    let masters = match &state_conn {
+        Some(conn) if cluster => cluster_masters(conn.clone(), &state).await,
+        _ => Vec::new(),
+    };
     let primary = connection.as_ref().map(|(_, address)| address.clone());
     let nodes = match &connection {
         Some((conn, address)) => redis_nodes(conn.clone(), address, &state).await,
+        None if cluster => cluster_nodes(&masters, &state),
         None => missing_nodes(&state, &[]),
     };
     let sentinels =
@@ -170,13 +208,16 @@ pub async fn report(state_dir: &Path) -> std::io::Result<ClusterStatus> {
             }
         }))
         .await;
-    let counters = match connection {
-        Some((conn, _)) => redis_counters(conn, &state).await,
+    let mut counters = match state_conn {
+        Some(conn) => redis_counters(conn, &state).await,
         None => RedisCounters {
             handled: vec![None; state.replicas.len()],
             ..RedisCounters::default()
         },
     };
+    if cluster {
+        counters.used_memory = masters.iter().map(|m| m.used_memory_bytes).sum();
+    }
     let mut replicas = Vec::new();
     for (replica, handled) in state.replicas.iter().zip(&counters.handled) {
         let pid = alive(replica.process.pid);
@@ -203,7 +244,7 @@ pub async fn report(state_dir: &Path) -> std::io::Result<ClusterStatus> {
         redis: RedisStatus {
             up: redis_up,
             mode: state.redis.mode.clone(),
-            role: redis_up.then(|| "primary".to_string()),
+            role: (redis_up && !cluster).then(|| "primary".to_string()),
             primary,
             nodes,
             sentinels,
@@ -213,6 +254,7 @@ pub async fn report(state_dir: &Path) -> std::io::Result<ClusterStatus> {
             used_memory_bytes: counters.used_memory,
             inbox_lag: counters.inbox_lag,
             inbox_pending: counters.inbox_pending,
+            masters,
         },
         nginx: NginxStatus {
             pid: nginx_pid,
@@ -257,6 +299,19 @@ impl fmt::Display for ClusterStatus {
                 node.role,
                 or_dash(node.lag),
                 pid(node.pid),
+            )?;
+        }
+        for master in &redis.masters {
+            writeln!(
+                f,
+                "  master {}  slots {} ({})  inbox shards {}  entries {}  memory {} bytes  replicas {}",
+                master.addr,
+                master.slots,
+                master.slot_ranges.join(","),
+                master.inbox_shards,
+                master.inbox_entries,
+                or_dash(master.used_memory_bytes),
+                master.replicas.join(","),
             )?;
         }
         for sentinel in &redis.sentinels {
@@ -319,6 +374,92 @@ async fn redis_nodes(
         if let Some(managed) = state.redis.servers.iter().find(|s| node.addr == s.addr) {
             node.name = Some(managed.name.clone());
             node.pid = managed.pid.filter(|pid| process::signal(*pid, None));
+        }
+    }
+    nodes
+}
+
+/// A cluster's masters (from `CLUSTER NODES`), each with its memory and its share of the
+/// inbox: the shards whose slot it serves, in the key layout Redis records.
+async fn cluster_masters(mut conn: Connection, state: &ClusterState) -> Vec<MasterStatus> {
+    let Ok(nodes) = conn
+        .query_any::<String>(redis::cmd("CLUSTER").arg("NODES"))
+        .await
+    else {
+        return Vec::new();
+    };
+    let layout = observe::recorded_layout(&mut conn).await;
+    let mut shards = Vec::with_capacity(layout.shards());
+    for stream in layout.inboxes() {
+        let length: u64 = redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(0);
+        shards.push((keys::slot(&stream), length));
+    }
+    let mut masters = Vec::new();
+    for master in observe::cluster_masters(&nodes) {
+        let mut direct = match redis::Client::open(format!("redis://{}", master.addr)) {
+            Ok(client) => client.get_multiplexed_async_connection().await.ok(),
+            Err(_) => None,
+        };
+        let used_memory = match &mut direct {
+            Some(direct) => observe::used_memory(direct).await,
+            None => None,
+        };
+        let served: Vec<u64> = shards
+            .iter()
+            .filter(|(slot, _)| master.serves(*slot))
+            .map(|(_, length)| *length)
+            .collect();
+        masters.push(MasterStatus {
+            name: state
+                .redis
+                .servers
+                .iter()
+                .find(|s| s.addr == master.addr)
+                .map(|s| s.name.clone()),
+            addr: master.addr.clone(),
+            slots: master.slot_count(),
+            slot_ranges: master
+                .slots
+                .iter()
+                .map(|(low, high)| format!("{low}-{high}"))
+                .collect(),
+            replicas: master.replicas.clone(),
+            used_memory_bytes: used_memory,
+            inbox_shards: served.len() as u32,
+            inbox_entries: served.iter().sum(),
+        });
+    }
+    masters
+}
+
+/// A cluster's servers: each master and its replicas, then managed servers in neither role
+/// (down, or not yet rejoined).
+fn cluster_nodes(masters: &[MasterStatus], state: &ClusterState) -> Vec<RedisNode> {
+    let mut nodes = Vec::new();
+    for master in masters {
+        nodes.push(RedisNode {
+            addr: master.addr.clone(),
+            role: "master".into(),
+            ..RedisNode::default()
+        });
+        for replica in &master.replicas {
+            nodes.push(RedisNode {
+                addr: replica.clone(),
+                role: "replica".into(),
+                ..RedisNode::default()
+            });
+        }
+    }
+    let listed: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    nodes.extend(missing_nodes(state, &listed));
+    for node in &mut nodes {
+        if let Some(managed) = state.redis.servers.iter().find(|s| node.addr == s.addr) {
+            node.name = Some(managed.name.clone());
+            node.pid = managed.pid.filter(|pid| crate::process::signal(*pid, None));
         }
     }
     nodes
@@ -400,10 +541,7 @@ struct RedisCounters {
     handled: Vec<Option<u64>>,
 }
 
-async fn redis_counters(
-    mut conn: redis::aio::MultiplexedConnection,
-    state: &ClusterState,
-) -> RedisCounters {
+async fn redis_counters(mut conn: Connection, state: &ClusterState) -> RedisCounters {
     let backlog = observe::inbox_backlog(&mut conn).await;
     let mut handled = Vec::with_capacity(state.replicas.len());
     for replica in &state.replicas {
@@ -467,6 +605,7 @@ mod tests {
                 used_memory_bytes: Some(1024),
                 inbox_lag: Some(0),
                 inbox_pending: None,
+                masters: vec![],
             },
             nginx: NginxStatus {
                 pid: Some(13),

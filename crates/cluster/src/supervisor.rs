@@ -11,7 +11,9 @@ use crate::process::{self, Event, Spec};
 use crate::redis_group::{self, RedisMode};
 use crate::render::{self, RenderError, Upstream};
 use crate::state::{ClusterState, ProcessState, RedisState, ReplicaState};
+use clawgate_gateway::config::{RedisConfig, RedisTarget};
 use clawgate_gateway::message::now_ms;
+use clawgate_gateway::state::connection::{ClusterSettings, Connection};
 use nix::sys::signal::Signal;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -55,6 +57,8 @@ pub struct ClusterSpec {
     pub sentinel_port: u16,
     /// Redis `maxmemory`.
     pub redis_maxmemory: String,
+    /// Masters of a Redis Cluster (`--redis cluster`), each with one replica.
+    pub redis_masters: u16,
     /// The `clawgate` binary the replicas run.
     pub clawgate: PathBuf,
     /// How long a replica may take to drain at stop.
@@ -83,6 +87,9 @@ pub enum ClusterError {
     /// A generated config.
     #[error(transparent)]
     Render(#[from] RenderError),
+    /// A request that cannot be met (`--redis-masters 2`), or a tool that refused.
+    #[error("{0}")]
+    Invalid(String),
     /// A part did not become ready in time.
     #[error(
         "{0} did not become ready within {START_TIMEOUT:?}; see its log in the state directory"
@@ -363,7 +370,7 @@ fn start_replica(
         "--redis-url".into(),
         redis.url.clone(),
     ];
-    if redis.managed && redis.mode == "sentinel" {
+    if redis.managed && (redis.mode == "sentinel" || redis.mode == "cluster") {
         // A message is acknowledged once a Redis replica holds it too: a failover cannot lose it.
         args.extend(["--redis-ack-replicas".into(), "1".into()]);
     }
@@ -510,24 +517,48 @@ pub(crate) fn readiness_url(port: u16) -> String {
     format!("http://127.0.0.1:{port}/readyz?ignore=overloaded")
 }
 
-/// Redis at `url` answers PING.
+/// Redis at `url` (a cluster: any node) answers PING.
 pub(crate) async fn redis_answers(url: &str) -> bool {
-    redis_connection(url).await.is_some()
+    state_connection(url).await.is_some()
+}
+
+/// A connection to where the replicas keep their state (the primary, found through the
+/// sentinels of a `redis+sentinel://` URL, or a `redis+cluster://` cluster) once it answered
+/// PING.
+pub async fn state_connection(url: &str) -> Option<Connection> {
+    let config = RedisConfig::for_url(url).ok()?;
+    if let RedisTarget::Cluster(cluster) = &config.target {
+        let settings = ClusterSettings::new(&config, cluster);
+        let connect = settings.connect(HEALTH_TIMEOUT);
+        let mut conn = Connection::Cluster(
+            tokio::time::timeout(HEALTH_TIMEOUT * 3, connect)
+                .await
+                .ok()?
+                .ok()?,
+        );
+        return clawgate_gateway::state::observe::answers(&mut conn)
+            .await
+            .then_some(conn);
+    }
+    redis_connection(url)
+        .await
+        .map(|(conn, _)| Connection::Direct(conn))
 }
 
 /// A connection to the Redis primary at `url` (found through the sentinels of a
 /// `redis+sentinel://` URL) once it answered PING, and the primary's `host:port`.
 pub async fn redis_connection(url: &str) -> Option<(redis::aio::MultiplexedConnection, String)> {
-    let config = clawgate_gateway::config::RedisConfig::for_url(url).ok()?;
+    let config = RedisConfig::for_url(url).ok()?;
     let finder =
         clawgate_gateway::state::primary::PrimaryFinder::new(&config, HEALTH_TIMEOUT).ok()?;
     let primary = finder.find().await.ok()?;
     let connect = primary.client.get_multiplexed_async_connection();
-    let mut conn = tokio::time::timeout(HEALTH_TIMEOUT, connect)
+    let conn = tokio::time::timeout(HEALTH_TIMEOUT, connect)
         .await
         .ok()?
         .ok()?;
-    clawgate_gateway::state::observe::answers(&mut conn)
+    let mut answering = Connection::Direct(conn.clone());
+    clawgate_gateway::state::observe::answers(&mut answering)
         .await
         .then_some((conn, primary.address))
 }

@@ -123,6 +123,7 @@ impl Ingress {
 
     async fn route(&self, msg: &InboundMessage) -> Result<(Acceptance, Origin), IngressError> {
         let arrived = tokio::time::Instant::now();
+        let mut last_error = None;
         loop {
             if self.link.is_up() {
                 match self.redis.accept(msg).await {
@@ -138,12 +139,17 @@ impl Ingress {
                     Err(StateError::Protocol(reason)) => {
                         return Err(IngressError::Store(reason));
                     }
-                    Err(StateError::Unavailable(_)) => {}
+                    Err(e @ StateError::Unavailable(_)) => last_error = Some(e),
                 }
             }
             if !self.wait_out_blip(arrived.elapsed()).await {
                 break;
             }
+        }
+        if let Some(error) = last_error.filter(|_| self.link.is_up()) {
+            // Redis answers, but not for this message (in a cluster: its master is failing
+            // over, or the client has not found the new one yet).
+            tracing::warn!(%error, waited_ms = arrived.elapsed().as_millis() as u64, "Redis did not take the message in time");
         }
         match self.mode {
             RedisDownMode::Reject => Err(IngressError::Unavailable(

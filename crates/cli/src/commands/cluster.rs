@@ -60,15 +60,20 @@ pub struct UpArgs {
     /// Use this Redis instead of starting one (`redis://…`, or `redis+sentinel://…/name`).
     #[arg(long)]
     redis_url: Option<String>,
-    /// The Redis to start: `single` (one server) or `sentinel` (a primary, 2 replicas and 3
-    /// sentinels; replicas acknowledge a message once a Redis replica holds it).
+    /// The Redis to start: `single` (one server), `sentinel` (a primary, 2 replicas and 3
+    /// sentinels) or `cluster` (a Redis Cluster of `--redis-masters` masters with a replica
+    /// each); with `sentinel` and `cluster` replicas acknowledge a message once a Redis replica
+    /// holds it.
     #[arg(long, default_value = "single")]
     redis: RedisMode,
+    /// Masters of the Redis Cluster `--redis cluster` starts (at least 3).
+    #[arg(long, default_value_t = 3)]
+    redis_masters: u16,
     /// Port of the first replica; the others follow.
     #[arg(long, default_value_t = clawgate_gateway::config::DEFAULT_PORT)]
     first_port: u16,
     /// Port of the Redis it starts (0 = any free port); with `--redis sentinel` the servers take
-    /// it and the next two.
+    /// it and the next two, with `--redis cluster` it and the next 2 × masters − 1.
     #[arg(long, default_value_t = 0)]
     redis_port: u16,
     /// Port of the first sentinel with `--redis sentinel` (0 = any free port); the others follow.
@@ -146,6 +151,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         redis_port: args.redis_port,
         sentinel_port: args.sentinel_port,
         redis_maxmemory: args.redis_maxmemory,
+        redis_masters: args.redis_masters,
         clawgate: std::env::current_exe().context("locating the clawgate binary")?,
         replica_grace: Duration::from_secs(30),
     };

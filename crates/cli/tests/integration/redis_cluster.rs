@@ -31,19 +31,29 @@ async fn answered(gateway: &Gateway, session: &str, id: &str, text: &str) -> Str
 
 /// Sends `ids` (turns `first + 1`, ...) in every session, alternating replicas, and checks that
 /// every turn saw all turns before it.
-async fn turns(a: &Gateway, b: &Gateway, sessions: &[String], ids: &[String], first: usize) {
+async fn turns(
+    cluster: &TestRedisCluster,
+    a: &Gateway,
+    b: &Gateway,
+    sessions: &[String],
+    ids: &[String],
+    first: usize,
+) {
     for (offset, id) in ids.iter().enumerate() {
         let turn = first + offset + 1;
         for (i, session) in sessions.iter().enumerate() {
             let via = if (i + turn).is_multiple_of(2) { a } else { b };
             let text = answered(via, session, id, &format!("turn {turn}")).await;
-            assert_eq!(
-                user_turns(&text),
-                turn,
-                "{session} turn {turn}: {text}\n{}\n{}",
-                a.logs(),
-                b.logs()
-            );
+            if user_turns(&text) != turn {
+                let history = a.history(session).await;
+                panic!(
+                    "{session} turn {turn} via {}: {text}\nhistory now: {history:#?}\n{}\n{}\n{}",
+                    via.replica_id,
+                    a.logs(),
+                    b.logs(),
+                    cluster.logs()
+                );
+            }
         }
     }
 }
@@ -70,7 +80,7 @@ async fn two_replicas_on_a_cluster_keep_context_and_order_and_survive_a_master_k
     let ids: Vec<String> = (1..=6).map(|k| format!("m{k}")).collect();
 
     // Three turns per conversation, alternating replicas: every turn sees all before it.
-    turns(&a, &b, &sessions, &ids[..3], 0).await;
+    turns(&cluster, &a, &b, &sessions, &ids[..3], 0).await;
     // A resent message is answered from the record, not again.
     let requests = llm.requests();
     let again = answered(&b, &sessions[0], &ids[0], "turn 1").await;
@@ -97,10 +107,82 @@ async fn two_replicas_on_a_cluster_keep_context_and_order_and_survive_a_master_k
         },
     )
     .await;
-    turns(&a, &b, &sessions, &ids[3..], 3).await;
+    turns(&cluster, &a, &b, &sessions, &ids[3..], 3).await;
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     for session in &sessions {
         assert_answered_once_in_order(&a, session, &ids).await;
     }
     assert_no_crossslot(&[&a, &b]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_up_with_a_redis_cluster_serves_through_nginx_and_shows_each_masters_share() {
+    let llm = mock_llm(0).await;
+    let mut config = test_config(vec![openai_provider("primary", &llm, 10_000, 0)]);
+    config["redis"] = serde_json::json!({"degradeAfterMs": 20000});
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = TestCluster::start_with(
+        dir,
+        config,
+        2,
+        &["--redis", "cluster", "--redis-masters", "3"],
+    )
+    .await;
+    // A client retries a 503 (a Redis replica slow to confirm, a master failing over).
+    let converse = |session: String, id: &'static str, text: &'static str| {
+        let cluster = &cluster;
+        async move {
+            for _ in 0..150 {
+                let (status, body) = cluster.converse(&session, id, text).await;
+                if status != 503 {
+                    return (status, body);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (503, serde_json::Value::Null)
+        }
+    };
+    let sessions: Vec<String> = (0..8).map(|i| format!("up-{i}")).collect();
+    for session in &sessions {
+        let (status, body) = converse(session.clone(), "m1", "hallo").await;
+        assert_eq!(status, 200, "{body}\n{}", cluster.logs());
+    }
+    let report = cluster.status().await;
+    assert_eq!(report["redis"]["mode"], "cluster", "{report}");
+    assert_eq!(report["redis"]["up"], true, "{report}");
+    let masters = report["redis"]["masters"].as_array().expect("masters");
+    assert_eq!(masters.len(), 3, "{report}");
+    let shards: u64 = masters
+        .iter()
+        .map(|m| m["inbox_shards"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(shards, 16, "every inbox shard has a master: {report}");
+    for master in masters {
+        assert!(master["slots"].as_u64().unwrap_or(0) > 5000, "{report}");
+        assert_eq!(
+            master["replicas"].as_array().map(Vec::len),
+            Some(1),
+            "{report}"
+        );
+        assert!(master["used_memory_bytes"].is_u64(), "{report}");
+    }
+    assert_eq!(report["redis"]["nodes"].as_array().map(Vec::len), Some(6));
+
+    // SIGKILL a master: its replica takes over, the conversations go on with their context.
+    let victim = report["redis"]["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["role"] == "master"))
+        .and_then(|n| n["pid"].as_i64())
+        .expect("a master's pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the master");
+    for session in &sessions {
+        let (status, body) = converse(session.clone(), "m2", "en nu?").await;
+        assert_eq!(status, 200, "{body}\n{}", cluster.logs());
+        let text = body["reply"]["text"].as_str().unwrap_or_default();
+        assert_eq!(user_turns(text), 2, "{session} lost its context: {text}");
+    }
 }

@@ -54,7 +54,13 @@ impl Connection {
         let masters = match self {
             Connection::Cluster(conn) => {
                 let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await?;
-                masters(&nodes)
+                cluster_masters(&nodes)
+                    .into_iter()
+                    .filter_map(|master| {
+                        let (host, port) = master.addr.rsplit_once(':')?;
+                        Some(Some((host.to_string(), port.parse::<u16>().ok()?)))
+                    })
+                    .collect()
             }
             _ => vec![None],
         };
@@ -107,23 +113,6 @@ impl Connection {
     }
 }
 
-/// The masters' `host:port` in a `CLUSTER NODES` answer (those not marked failed).
-fn masters(nodes: &str) -> Vec<Option<(String, u16)>> {
-    nodes
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let flags = fields.get(2)?;
-            if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
-                return None;
-            }
-            let address = fields.get(1)?.split('@').next()?;
-            let (host, port) = address.rsplit_once(':')?;
-            Some(Some((host.to_string(), port.parse().ok()?)))
-        })
-        .collect()
-}
-
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
@@ -153,6 +142,70 @@ impl ConnectionLike for Connection {
             Connection::Cluster(conn) => conn.get_db(),
         }
     }
+}
+
+/// A master of a Redis Cluster as `CLUSTER NODES` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterMaster {
+    /// The node id.
+    pub id: String,
+    /// `host:port`.
+    pub addr: String,
+    /// The slot ranges it serves, inclusive.
+    pub slots: Vec<(u16, u16)>,
+    /// Its replicas' `host:port`.
+    pub replicas: Vec<String>,
+}
+
+impl ClusterMaster {
+    /// Whether it serves `slot`.
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots
+            .iter()
+            .any(|(low, high)| (*low..=*high).contains(&slot))
+    }
+
+    /// How many slots it serves.
+    pub fn slot_count(&self) -> u32 {
+        self.slots
+            .iter()
+            .map(|(low, high)| u32::from(high - low) + 1)
+            .sum()
+    }
+}
+
+/// The masters serving slots, with their replicas, from a `CLUSTER NODES` answer (failed nodes
+/// left out).
+pub fn cluster_masters(nodes: &str) -> Vec<ClusterMaster> {
+    let lines: Vec<Vec<&str>> = nodes
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .filter(|fields: &Vec<&str>| fields.len() >= 8 && !fields[2].contains("fail"))
+        .collect();
+    let addr = |fields: &[&str]| fields[1].split('@').next().unwrap_or_default().to_string();
+    lines
+        .iter()
+        .filter(|fields| fields[2].split(',').any(|flag| flag == "master"))
+        .map(|fields| ClusterMaster {
+            id: fields[0].to_string(),
+            addr: addr(fields),
+            // Ranges `a-b` or single slots; `[slot->-id]` marks a migration in progress.
+            slots: fields[8..]
+                .iter()
+                .filter(|range| !range.starts_with('['))
+                .filter_map(|range| match range.split_once('-') {
+                    Some((low, high)) => Some((low.parse().ok()?, high.parse().ok()?)),
+                    None => range.parse().ok().map(|slot| (slot, slot)),
+                })
+                .collect(),
+            replicas: lines
+                .iter()
+                .filter(|other| other[3] == fields[0])
+                .map(|other| addr(other))
+                .collect(),
+        })
+        .filter(|master| !master.slots.is_empty())
+        .collect()
 }
 
 /// How to open cluster connections: the seed nodes, credentials and TLS of `redis.cluster`.
@@ -226,5 +279,28 @@ impl ClusterSettings {
             .map(|n| n.split_once("://").map_or(n.as_str(), |(_, rest)| rest))
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_name_the_serving_masters_and_their_replicas() {
+        let nodes = "\
+a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7002@17002 master - 0 0 2 connected 5461-10922 [10923->-c3]
+c3 127.0.0.1:7003@17003 master - 0 0 3 connected 10923-16383
+d4 127.0.0.1:7004@17004 slave a1 0 0 1 connected
+e5 127.0.0.1:7005@17005 master,fail - 0 0 4 disconnected
+";
+        let masters = cluster_masters(nodes);
+        assert_eq!(masters.len(), 3);
+        assert_eq!(masters[0].addr, "127.0.0.1:7001");
+        assert_eq!(masters[0].replicas, vec!["127.0.0.1:7004".to_string()]);
+        assert_eq!(masters[1].slots, vec![(5461, 10922)]);
+        assert_eq!(masters[0].slot_count(), 5461);
+        assert!(masters[2].serves(16383) && !masters[2].serves(0));
     }
 }

@@ -281,6 +281,18 @@ fn shard_tags(count: u16) -> Vec<String> {
         .collect()
 }
 
+/// The Redis Cluster slot of `key` (of its hash tag, when it has one): where a cluster keeps it.
+pub fn slot(key: &str) -> u16 {
+    let tag = match key.find('{') {
+        Some(open) => match key[open + 1..].find('}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    (u32::from(crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes())) % SLOTS) as u16
+}
+
 /// `oc:identity:{channel:identity}`: the conversation user a platform identity was linked to
 /// (a WhatsApp business-scoped user id to the phone number its conversation is keyed on, an
 /// old number to the conversation it continues).
@@ -351,16 +363,13 @@ mod tests {
         );
     }
 
-    /// The slot Redis Cluster gives `key`.
-    fn slot(key: &str) -> u32 {
-        let tag = match key.find('{') {
-            Some(open) => match key[open + 1..].find('}') {
-                Some(len) if len > 0 => &key[open + 1..open + 1 + len],
-                _ => key,
-            },
-            None => key,
-        };
-        u32::from(crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes())) % SLOTS
+    #[test]
+    fn slots_follow_redis_cluster() {
+        // Values from the Redis Cluster specification.
+        assert_eq!(slot("123456789"), 0x31C3);
+        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
+        // An empty tag does not count: the whole key is hashed.
+        assert_ne!(slot("foo{}{bar}"), slot("bar"));
     }
 
     #[test]
@@ -402,7 +411,7 @@ mod tests {
                 unreachable!()
             };
             for (shard, tag) in tags.iter().enumerate() {
-                let tag_slot = slot(&format!("{{{tag}}}"));
+                let tag_slot = u32::from(slot(&format!("{{{tag}}}")));
                 let (low, high) = (
                     shard as u32 * SLOTS / u32::from(count),
                     (shard as u32 + 1) * SLOTS / u32::from(count),

@@ -2,6 +2,8 @@
 //! test's monitor), through one typed API instead of raw Redis commands in every tool: a
 //! replica's published counters, the inbox backlog, Redis's memory.
 
+use super::connection::Connection;
+pub use super::connection::{ClusterMaster, cluster_masters};
 use super::keys::{self, KeyLayout};
 use redis::aio::MultiplexedConnection;
 use std::collections::HashMap;
@@ -16,7 +18,7 @@ pub const UPDATED_AT: &str = "updated_at";
 /// Turns `replica_id` finished, as it last published them (`None` when it has not, yet); an
 /// error when Redis did not answer, so the caller can reconnect.
 pub async fn turns_handled(
-    conn: &mut MultiplexedConnection,
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
     replica_id: &str,
 ) -> redis::RedisResult<Option<u64>> {
     redis::cmd("HGET")
@@ -135,7 +137,7 @@ async fn shard_backlog(
 }
 
 /// Bytes Redis uses (`used_memory` of `INFO memory`).
-pub async fn used_memory(conn: &mut MultiplexedConnection) -> Option<u64> {
+pub async fn used_memory(conn: &mut (impl redis::aio::ConnectionLike + Send)) -> Option<u64> {
     let info: String = redis::cmd("INFO")
         .arg("memory")
         .query_async(conn)
@@ -155,9 +157,9 @@ pub async fn replication_info(conn: &mut MultiplexedConnection) -> Option<String
         .ok()
 }
 
-/// Whether the server behind `conn` answers `PING`.
-pub async fn answers(conn: &mut MultiplexedConnection) -> bool {
-    redis::cmd("PING").query_async::<String>(conn).await.is_ok()
+/// Whether the server behind `conn` answers `PING` (in a cluster: any one node).
+pub async fn answers(conn: &mut Connection) -> bool {
+    conn.query_any::<String>(&redis::cmd("PING")).await.is_ok()
 }
 
 /// What a sentinel knows of the primary it watches as `master_name` (`SENTINEL MASTER`), as

@@ -2,7 +2,7 @@
 //! ports, joined by `redis-cli --cluster create` (masters with one replica each), stopped by
 //! handle on drop.
 
-use super::{TestRedis, eventually, free_port_range};
+use super::{TestRedis, eventually};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -36,19 +36,23 @@ impl TestRedisCluster {
     /// `masters` masters with one replica each, all slots assigned, the cluster `ok`.
     pub async fn start(masters: usize) -> TestRedisCluster {
         let count = masters * 2;
-        // A cluster node also listens on its port + 10000 (the cluster bus).
-        let base = loop {
-            let base = free_port_range(count as u16);
-            if base < 55_000
-                && (0..count as u16)
-                    .all(|i| std::net::TcpListener::bind(("127.0.0.1", base + 10_000 + i)).is_ok())
-            {
-                break base;
-            }
-        };
+        // A cluster node also listens on its port + 10000 (the cluster bus): both below the
+        // kernel's ephemeral ports (32768 and up), which outgoing connections could take.
+        let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let base = (0u32..1_000)
+            .map(|n| 20_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 2_700) as u16)
+            .find(|&base| (0..count as u16).all(|i| free(base + i) && free(base + 10_000 + i)))
+            .expect("free ports for a Redis Cluster in 20000-22699");
         let mut nodes = Vec::with_capacity(count);
         for i in 0..count as u16 {
-            nodes.push(TestRedis::start_on(base + i, NODE_OPTIONS).await);
+            let log = std::env::temp_dir().join(format!("clawgate-test-redis-{}.log", base + i));
+            let mut options: Vec<&str> = NODE_OPTIONS.to_vec();
+            let log = log.display().to_string();
+            options.extend(["--logfile", &log]);
+            nodes.push(TestRedis::start_on(base + i, &options).await);
         }
         let addresses: Vec<String> = nodes
             .iter()
@@ -83,7 +87,7 @@ impl TestRedisCluster {
     }
 
     /// Waits until every running node says `cluster_state:ok`, `masters` masters serve slots,
-    /// and every running replica is in sync with its master.
+    /// and every master streams its writes to its replica.
     pub async fn wait_until_ok(&self) {
         eventually(
             Duration::from_secs(30),
@@ -106,16 +110,38 @@ impl TestRedisCluster {
                         .query_async(&mut conn)
                         .await
                         .ok()?;
-                    if replication.contains("role:slave")
-                        && !replication.contains("master_link_status:up")
-                    {
+                    if !replication_streams(&replication) {
                         return None;
                     }
                 }
-                (self.slot_owners().await.len() == self.masters).then_some(())
+                if self.slot_owners().await.len() != self.masters {
+                    return None;
+                }
+                self.replicas_confirm_writes().await.then_some(())
             },
         )
         .await;
+    }
+
+    /// Every master's replica confirms a write (`WAIT`). A master streams its writes to a new
+    /// replica only after the replica's first acknowledgement, which `WAIT` asks for at once
+    /// (otherwise it comes within a second): before that, a master's loss loses every write.
+    async fn replicas_confirm_writes(&self) -> bool {
+        let Some(first) = self.nodes.iter().find(|n| n.is_running()) else {
+            return false;
+        };
+        let Ok(nodes) = first.connect().await.map(|mut conn| async move {
+            redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async::<String>(&mut conn)
+                .await
+        }) else {
+            return false;
+        };
+        let Ok(nodes) = nodes.await else {
+            return false;
+        };
+        clawgate_cluster::redis_group::replicas_confirm_writes(&nodes).await
     }
 
     /// The masters serving slots, by port, with how many slots each serves.
@@ -162,6 +188,21 @@ impl TestRedisCluster {
         owners
     }
 
+    /// Every node's log, for a failure message.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let path = std::env::temp_dir().join(format!("clawgate-test-redis-{}.log", n.port));
+                format!(
+                    "== redis {}\n{}",
+                    n.port,
+                    std::fs::read_to_string(path).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
     /// The node listening on `port`.
     pub fn node(&mut self, port: u16) -> &mut TestRedis {
         self.nodes
@@ -180,4 +221,15 @@ impl TestRedisCluster {
         }
         sizes
     }
+}
+
+/// From `INFO replication`: a replica's link is up; a master has a replica and streams to it.
+/// (After a diskless first sync a master streams only once the replica's first `REPLCONF ACK`
+/// came, up to a second later: until then every write would be lost with the master.)
+fn replication_streams(info: &str) -> bool {
+    if info.contains("role:slave") {
+        return info.contains("master_link_status:up");
+    }
+    let replicas: Vec<&str> = info.lines().filter(|l| l.starts_with("slave")).collect();
+    !replicas.is_empty() && replicas.iter().all(|l| l.contains("state=online"))
 }
