@@ -186,3 +186,188 @@ async fn cluster_up_with_a_redis_cluster_serves_through_nginx_and_shows_each_mas
         assert_eq!(user_turns(text), 2, "{session} lost its context: {text}");
     }
 }
+
+/// WhatsApp customers under load while the cluster is disturbed.
+const CUSTOMERS: usize = 12;
+const MESSAGES_PER_CUSTOMER: usize = 15;
+
+/// One customer's messages, alternating replicas: each resent until acknowledged (as WhatsApp
+/// retries a webhook without a 200), the next after a short pause. The messages acknowledged.
+async fn whatsapp_customer(replicas: [&Gateway; 2], number: usize) -> Vec<usize> {
+    let mut acknowledged = Vec::new();
+    for m in 0..MESSAGES_PER_CUSTOMER {
+        let body = whatsapp_text(
+            &format!("3163000{number:04}"),
+            &format!("wamid.CLUSTER.{number}.{m}"),
+            &format!("c{number} m{m}"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut attempt = 0;
+        while Instant::now() < deadline {
+            let (status, _) = replicas[(m + attempt) % 2].whatsapp(body.clone()).await;
+            if status == 200 {
+                acknowledged.push(m);
+                break;
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if acknowledged.last() != Some(&m) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(150 + (number as u64 * 7) % 50)).await;
+    }
+    acknowledged
+}
+
+/// What the fake WhatsApp received for each customer: per reply, the last message it answers
+/// and the customer's messages in its context (the mock model says both).
+fn replies_by_customer(
+    sent: &[clawgate_fakes::mock_platforms::Sent],
+) -> std::collections::HashMap<usize, Vec<(usize, usize)>> {
+    let mut by_customer: std::collections::HashMap<usize, Vec<(usize, usize)>> =
+        std::collections::HashMap::new();
+    for reply in sent {
+        let last = reply.text.split("last=\"").nth(1).unwrap_or_default();
+        let parsed = last
+            .trim_end_matches('"')
+            .strip_prefix('c')
+            .and_then(|rest| rest.split_once(" m"))
+            .and_then(|(c, m)| Some((c.parse().ok()?, m.parse().ok()?)));
+        if let Some((c, m)) = parsed {
+            by_customer
+                .entry(c)
+                .or_default()
+                .push((m, user_turns(&reply.text)));
+        }
+    }
+    by_customer
+}
+
+/// What happens to the cluster while customers write.
+#[derive(Clone, Copy)]
+enum Disturbance {
+    /// SIGKILL a master; once its replica took over, start it again (it rejoins as a replica).
+    KillMaster,
+    /// Move 2000 slots, with their keys, from one master to another (`redis-cli --cluster
+    /// reshard`).
+    Reshard,
+}
+
+async fn disturb(cluster: &mut TestRedisCluster, disturbance: Disturbance) {
+    match disturbance {
+        Disturbance::KillMaster => {
+            let victim = *cluster.slot_owners().await.keys().next().expect("a master");
+            cluster.node(victim).stop().await;
+            eventually(
+                Duration::from_secs(30),
+                "its replica to take over",
+                || async {
+                    let owners = cluster.slot_owners().await;
+                    (owners.len() == 3 && !owners.contains_key(&victim)).then_some(())
+                },
+            )
+            .await;
+            // Back, it rejoins as its successor's replica: writes there are confirmed again.
+            cluster.node(victim).restart().await;
+        }
+        Disturbance::Reshard => {
+            let ids = cluster.master_ids().await;
+            let moved = tokio::process::Command::new("redis-cli")
+                .args(["--cluster", "reshard", &cluster.seed()])
+                .args(["--cluster-from", &ids[0], "--cluster-to", &ids[1]])
+                .args(["--cluster-slots", "2000", "--cluster-yes"])
+                .args(["--cluster-pipeline", "100"])
+                .output()
+                .await
+                .expect("run redis-cli --cluster reshard");
+            assert!(
+                moved.status.success(),
+                "reshard failed: {}",
+                String::from_utf8_lossy(&moved.stdout)
+            );
+            let owners = cluster.slot_owners().await;
+            assert!(
+                owners.values().any(|&slots| slots > 7_000),
+                "the slots did not move: {owners:?}"
+            );
+        }
+    }
+}
+
+/// Runs the load through two replicas with `ackReplicas: 1`, disturbs the cluster two seconds
+/// in, and checks that every acknowledged message was answered once, with the whole
+/// conversation in its context, and that no command ever crossed slots.
+async fn load_survives(cluster: &mut TestRedisCluster, disturbance: Disturbance) {
+    let llm = mock_llm(10).await;
+    let platforms = mock_platforms().await;
+    let mut config = test_config(vec![openai_provider("primary", &llm, 10_000, 0)]);
+    config["channels"] = channels_config(&platforms);
+    config["redis"] = serde_json::json!({"ackReplicas": 1, "degradeAfterMs": 30000});
+    let a = Gateway::start(config.clone(), &cluster.url(), "replica-a").await;
+    let b = Gateway::start(config, &cluster.url(), "replica-b").await;
+    let load = async {
+        let customers = (0..CUSTOMERS).map(|number| whatsapp_customer([&a, &b], number));
+        futures_util::future::join_all(customers).await
+    };
+    let fault = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        disturb(cluster, disturbance).await;
+    };
+    let (acknowledged, ()) = tokio::join!(load, fault);
+    let expected: usize = acknowledged.iter().map(Vec::len).sum();
+    assert_eq!(
+        expected,
+        CUSTOMERS * MESSAGES_PER_CUSTOMER,
+        "some messages were never acknowledged"
+    );
+    // Every acknowledged message is answered (alone or with the ones that came meanwhile).
+    let covered = |replies: &std::collections::HashMap<usize, Vec<(usize, usize)>>| {
+        acknowledged.iter().enumerate().all(|(c, messages)| {
+            messages.iter().all(|m| {
+                replies
+                    .get(&c)
+                    .is_some_and(|r| r.iter().any(|(last, _)| last >= m))
+            })
+        })
+    };
+    eventually(
+        Duration::from_secs(60),
+        "every acknowledged message answered",
+        || async { covered(&replies_by_customer(&platforms.sent())).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let replies = replies_by_customer(&platforms.sent());
+    for (c, answered) in &replies {
+        let mut lasts: Vec<usize> = answered.iter().map(|(last, _)| *last).collect();
+        lasts.sort_unstable();
+        let before = lasts.len();
+        lasts.dedup();
+        assert_eq!(
+            lasts.len(),
+            before,
+            "customer {c} got a reply twice: {answered:?}"
+        );
+        for (last, turns) in answered {
+            assert_eq!(
+                *turns,
+                last + 1,
+                "customer {c}'s reply to m{last} lacked context: {answered:?}"
+            );
+        }
+    }
+    assert_no_crossslot(&[&a, &b]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_sigkilled_under_load_loses_and_doubles_nothing_with_replicated_acks() {
+    let mut cluster = TestRedisCluster::start(3).await;
+    load_survives(&mut cluster, Disturbance::KillMaster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_moved_between_masters_under_load_lose_and_double_nothing() {
+    let mut cluster = TestRedisCluster::start(3).await;
+    load_survives(&mut cluster, Disturbance::Reshard).await;
+}

@@ -188,6 +188,30 @@ impl TestRedisCluster {
         owners
     }
 
+    /// One node's `host:port`, for `redis-cli --cluster` commands.
+    pub fn seed(&self) -> String {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.is_running())
+            .expect("a running node");
+        format!("127.0.0.1:{}", node.port)
+    }
+
+    /// The ids of the masters serving slots, in port order.
+    pub async fn master_ids(&self) -> Vec<String> {
+        let nodes: String = self
+            .nodes
+            .iter()
+            .find(|n| n.is_running())
+            .expect("a running node")
+            .query(redis::cmd("CLUSTER").arg("NODES"))
+            .await;
+        let mut masters = clawgate_gateway::state::observe::cluster_masters(&nodes);
+        masters.sort_by(|a, b| a.addr.cmp(&b.addr));
+        masters.into_iter().map(|m| m.id).collect()
+    }
+
     /// Every node's log, for a failure message.
     pub fn logs(&self) -> String {
         self.nodes
