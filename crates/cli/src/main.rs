@@ -13,6 +13,7 @@ use commands::escalations::EscalationsCommand;
 use commands::forget::ForgetArgs;
 use commands::loadtest::LoadtestArgs;
 use commands::mock::MockCommand;
+use commands::redis::RedisCommand;
 use commands::serve::ServeArgs;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,6 +82,11 @@ enum Command {
     /// Erase a customer on request: their conversation, session, replies, hand-over, events and
     /// pending work in Redis, and (by deleting their key) the texts of their audit records.
     Forget(ForgetArgs),
+    /// Maintain the Redis the state lives in: move it to a Redis Cluster or another key layout.
+    Redis {
+        #[command(subcommand)]
+        command: RedisCommand,
+    },
     /// Run the reference deployment on this host: Redis, replicas and nginx, supervised.
     Cluster {
         #[command(subcommand)]
@@ -128,6 +134,7 @@ fn main() -> ExitCode {
             Command::Escalations { command } => commands::escalations::run(command).await,
             Command::Audit { command } => commands::audit::run(command).await,
             Command::Forget(args) => commands::forget::run(args).await,
+            Command::Redis { command } => commands::redis::run(command).await,
             Command::Cluster { command } => commands::cluster::run(command).await,
             Command::NginxConfig(args) => commands::cluster::nginx_config(args),
             Command::Loadtest(args) => commands::loadtest::run(*args).await,

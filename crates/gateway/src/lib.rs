@@ -29,6 +29,7 @@ pub mod llm;
 pub mod logging;
 pub mod lookup;
 pub mod message;
+pub mod migrate;
 pub mod replies;
 pub mod retry;
 pub mod server;

@@ -61,7 +61,7 @@ impl fmt::Display for Channel {
 ///
 /// It is the Redis Cluster hash tag of every key of that conversation, so it must never contain
 /// `{` or `}`; constructors of inbound messages validate their ids before building one.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ConversationKey(String);
 
 impl ConversationKey {

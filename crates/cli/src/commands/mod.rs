@@ -10,6 +10,7 @@ pub mod escalations;
 pub mod forget;
 pub mod loadtest;
 pub mod mock;
+pub mod redis;
 pub mod serve;
 
 use anyhow::Context;

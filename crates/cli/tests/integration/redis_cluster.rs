@@ -58,6 +58,18 @@ async fn turns(
     }
 }
 
+/// [`turns`] through `replicas` in turn, without a cluster to report on.
+async fn turns_via(replicas: &[&Gateway], sessions: &[String], ids: &[String], first: usize) {
+    for (offset, id) in ids.iter().enumerate() {
+        let turn = first + offset + 1;
+        for (i, session) in sessions.iter().enumerate() {
+            let via = replicas[(i + turn) % replicas.len()];
+            let text = answered(via, session, id, &format!("turn {turn}")).await;
+            assert_eq!(user_turns(&text), turn, "{session} turn {turn}: {text}");
+        }
+    }
+}
+
 fn assert_no_crossslot(replicas: &[&Gateway]) {
     for replica in replicas {
         let logs = replica.logs();
@@ -370,4 +382,69 @@ async fn a_master_sigkilled_under_load_loses_and_doubles_nothing_with_replicated
 async fn slots_moved_between_masters_under_load_lose_and_double_nothing() {
     let mut cluster = TestRedisCluster::start(3).await;
     load_survives(&mut cluster, Disturbance::Reshard).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_on_one_redis_moves_to_a_cluster_without_losing_a_conversation() {
+    let redis = TestRedis::start().await;
+    let llm = mock_llm(5).await;
+    let config = test_config(vec![openai_provider("primary", &llm, 5000, 0)]);
+    let mut old = Gateway::start(config.clone(), &redis.url(), "replica-old").await;
+    let sessions: Vec<String> = (0..6).map(|i| format!("moving-{i}")).collect();
+    let ids: Vec<String> = (1..=5).map(|k| format!("m{k}")).collect();
+    turns_via(&[&old], &sessions, &ids[..3], 0).await;
+
+    // A replica configured for the sharded layout refuses to write to the unsharded data.
+    let mut sharded = config.clone();
+    sharded["redis"] = serde_json::json!({"shards": 16});
+    // It is not ready (it would take nothing), so it is not waited for.
+    let mut spec = GatewaySpec::new(sharded, &redis.url(), "replica-wrong");
+    spec.wait_ready = false;
+    let wrong = Gateway::spawn(spec).await;
+    eventually(Duration::from_secs(10), "the layout check", || async {
+        wrong.logs().contains("key layout").then_some(())
+    })
+    .await;
+    let (status, _) = wrong.send(&sessions[0], "x1", "hallo", Some(1_000)).await;
+    assert_eq!(status, 503, "a replica of the wrong layout took a message");
+    drop(wrong);
+
+    let cluster = TestRedisCluster::start(3).await;
+    let migrate = |force: bool| {
+        let (from, to) = (redis.url(), cluster.url());
+        async move {
+            let mut args = vec!["redis", "migrate", "--from", &from, "--to", &to, "--json"];
+            if force {
+                args.push("--force");
+            }
+            run_cli(&args, &[]).await
+        }
+    };
+    // Refused while a replica runs against the source.
+    let (code, out) = migrate(false).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("replicas are running"), "{out}");
+    old.kill().await;
+    // It crashed rather than stopped: its heartbeat is fresh, so --force.
+    let (code, out) = migrate(true).await;
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("a JSON report");
+    assert_eq!(report["from_layout"], "1", "{report}");
+    assert_eq!(report["to_layout"], "2/16", "{report}");
+    assert_eq!(report["conversations"], 6, "{report}");
+
+    // Two replicas on the cluster go on with every conversation's context ...
+    let a = Gateway::start(config.clone(), &cluster.url(), "replica-a").await;
+    let b = Gateway::start(config, &cluster.url(), "replica-b").await;
+    turns_via(&[&a, &b], &sessions, &ids[3..], 3).await;
+    // ... and a message from before the move is still known: answered from its record.
+    let requests = llm.requests();
+    let again = answered(&a, &sessions[0], &ids[0], "turn 1").await;
+    assert_eq!(user_turns(&again), 1);
+    assert_eq!(
+        llm.requests(),
+        requests,
+        "a message from before the move was answered again"
+    );
+    assert_no_crossslot(&[&a, &b]);
 }

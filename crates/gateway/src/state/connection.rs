@@ -3,7 +3,10 @@
 //! `ASK`, failovers) by itself. Callers send commands, scripts and single-slot pipelines through
 //! it without knowing which.
 
-use crate::config::{ClusterConfig, RedisConfig};
+use super::StateError;
+use super::link::classify;
+use super::primary::PrimaryFinder;
+use crate::config::{ClusterConfig, RedisConfig, RedisTarget};
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -109,6 +112,40 @@ impl Connection {
                     .await?;
                 Ok(redis::from_redis_value(value)?)
             }
+        }
+    }
+}
+
+impl Connection {
+    /// A connection of its own to the deployment `config` names (for tools: no health loop, no
+    /// layout check): the primary (a Sentinel deployment's, found through its sentinels) or the
+    /// cluster.
+    pub async fn open(config: &RedisConfig) -> Result<Connection, StateError> {
+        let timeout = config.command_timeout;
+        let opened = async {
+            match &config.target {
+                RedisTarget::Cluster(cluster) => ClusterSettings::new(config, cluster)
+                    .connect(timeout)
+                    .await
+                    .map(Connection::Cluster)
+                    .map_err(|e| classify(&e)),
+                _ => {
+                    let primary = PrimaryFinder::new(config, timeout)?.find().await?;
+                    primary
+                        .client
+                        .get_multiplexed_async_connection()
+                        .await
+                        .map(Connection::Direct)
+                        .map_err(|e| classify(&e))
+                }
+            }
+        };
+        match tokio::time::timeout(timeout * 3, opened).await {
+            Ok(result) => result,
+            Err(_) => Err(StateError::Unavailable(format!(
+                "Redis at {} does not answer",
+                crate::config::redis::redact(&config.url)
+            ))),
         }
     }
 }

@@ -122,6 +122,15 @@ impl KeyLayout {
         }
     }
 
+    /// The conversation (`channel:user`) a conversation key of this layout names.
+    pub fn conversation_of(&self, key: &str) -> Option<String> {
+        let (_, tagged) = key.split_once('{')?;
+        match self {
+            KeyLayout::Unsharded => tagged.strip_suffix('}').map(str::to_string),
+            KeyLayout::Sharded(_) => tagged.split_once("}:").map(|(_, c)| c.to_string()),
+        }
+    }
+
     /// The history list.
     pub fn conversation(&self, c: &ConversationKey) -> String {
         format!("oc:conv:{}", self.conversation_part(c.as_str()))
@@ -357,6 +366,15 @@ mod tests {
         assert_eq!(keys.seen(&id), "oc:seen:{webchat:s:m1}");
         assert_eq!(keys.replied(&id), "oc:replied:{webchat:s:m1}");
         assert_eq!(keys.version(), "1");
+        assert_eq!(
+            keys.conversation_of(&keys.session(&c)).as_deref(),
+            Some("whatsapp:31612345678")
+        );
+        let sharded = KeyLayout::new(Some(16));
+        assert_eq!(
+            sharded.conversation_of(&sharded.pending(&c)).as_deref(),
+            Some("whatsapp:31612345678")
+        );
         assert_eq!(
             identity(Channel::Whatsapp, "NL.1234567890"),
             "oc:identity:{whatsapp:NL.1234567890}"

@@ -202,6 +202,9 @@ impl RedisLink {
         if !self.is_up() {
             return Err(StateError::Unavailable("Redis is down".into()));
         }
+        if let Some(mismatch) = self.layout_mismatch.get() {
+            return Err(StateError::Refused(mismatch.clone()));
+        }
         let lanes = self
             .ack_lanes
             .load_full()
@@ -287,6 +290,10 @@ impl RedisLink {
     pub fn connection(&self) -> Result<Connection, StateError> {
         if !self.is_up() {
             return Err(StateError::Unavailable("Redis is down".into()));
+        }
+        // Data of another key layout: reading or writing it would split conversations.
+        if let Some(mismatch) = self.layout_mismatch.get() {
+            return Err(StateError::Refused(mismatch.clone()));
         }
         self.manager
             .load_full()
