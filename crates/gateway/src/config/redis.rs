@@ -117,10 +117,14 @@ impl RedisConfig {
             (None, Some(_)) => ", with a password".to_string(),
             (None, None) => String::new(),
         };
+        let primary = match self.target {
+            RedisTarget::Cluster(_) => "its master",
+            _ => "the primary",
+        };
         let ack = match self.ack_replicas {
-            0 => "acknowledged once the primary holds a message".to_string(),
+            0 => format!("acknowledged once {primary} holds a message"),
             n => format!(
-                "acknowledged once the primary and {n} replica(s) hold a message (else 503 after {} ms)",
+                "acknowledged once {primary} and {n} replica(s) hold a message (else 503 after {} ms)",
                 self.ack_timeout.as_millis()
             ),
         };
