@@ -264,10 +264,19 @@ enum Disturbance {
     /// Move 2000 slots, with their keys, from one master to another (`redis-cli --cluster
     /// reshard`).
     Reshard,
+    /// SIGKILL one of the two clawgate replicas: the other takes over what it held.
+    KillReplica,
 }
 
-async fn disturb(cluster: &mut TestRedisCluster, disturbance: Disturbance) {
+async fn disturb(cluster: &mut TestRedisCluster, disturbance: Disturbance, victim: &Gateway) {
     match disturbance {
+        Disturbance::KillReplica => {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(victim.pid()),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .expect("kill the replica");
+        }
         Disturbance::KillMaster => {
             let victim = *cluster.slot_owners().await.keys().next().expect("a master");
             cluster.node(victim).stop().await;
@@ -316,6 +325,9 @@ async fn load_survives(cluster: &mut TestRedisCluster, disturbance: Disturbance)
     let mut config = test_config(vec![openai_provider("primary", &llm, 10_000, 0)]);
     config["channels"] = channels_config(&platforms);
     config["redis"] = serde_json::json!({"ackReplicas": 1, "degradeAfterMs": 30000});
+    // A turn holds its conversation's lease while its WhatsApp reply goes out: the lease must
+    // outlast a master's failover (README, "Beyond one host").
+    config["workers"]["leaseTtlMs"] = 10_000.into();
     let a = Gateway::start(config.clone(), &cluster.url(), "replica-a").await;
     let b = Gateway::start(config, &cluster.url(), "replica-b").await;
     let load = async {
@@ -324,7 +336,7 @@ async fn load_survives(cluster: &mut TestRedisCluster, disturbance: Disturbance)
     };
     let fault = async {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        disturb(cluster, disturbance).await;
+        disturb(cluster, disturbance, &b).await;
     };
     let (acknowledged, ()) = tokio::join!(load, fault);
     let expected: usize = acknowledged.iter().map(Vec::len).sum();
@@ -370,6 +382,12 @@ async fn load_survives(cluster: &mut TestRedisCluster, disturbance: Disturbance)
         }
     }
     assert_no_crossslot(&[&a, &b]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clawgate_replica_sigkilled_under_load_on_a_cluster_loses_and_doubles_nothing() {
+    let mut cluster = TestRedisCluster::start(3).await;
+    load_survives(&mut cluster, Disturbance::KillReplica).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
