@@ -372,9 +372,34 @@ pub fn table(peak: usize, measured: &Measured) -> String {
     }
     let _ = writeln!(
         out,
-        "\nFor a peak of {peak} concurrent customers: run {recommended} replicas ({needed} carry the peak; one more absorbs a replica's failure). Redis, nginx and the model come on top."
+        "\nFor a peak of {peak} concurrent customers: run {recommended} replicas ({needed} carry the peak; one more absorbs a replica's failure). nginx and the model come on top."
     );
+    let _ = writeln!(out, "{}", redis_advice(per.requests_per_s * needed as f64));
     out
+}
+
+/// Redis CPU one turn costs on a primary that confirms each write on a replica
+/// (`ackReplicas` 1), measured by `bench/redis-cluster` (bench/results/redis-cluster.json,
+/// the Sentinel row).
+const REDIS_CPU_MS_PER_TURN: f64 = 0.43;
+/// The share of one Redis core a deployment should plan to use (Redis runs commands on one
+/// thread; the rest is headroom for bursts, persistence and replication).
+const REDIS_CORE_HEADROOM: f64 = 0.7;
+
+/// One Redis (with Sentinel) or a Redis Cluster, and how many masters, for `turns_per_s` at
+/// the peak.
+fn redis_advice(turns_per_s: f64) -> String {
+    let per_core = REDIS_CORE_HEADROOM * 1000.0 / REDIS_CPU_MS_PER_TURN;
+    if turns_per_s <= per_core {
+        format!(
+            "Redis: one primary with Sentinel carries it ({turns_per_s:.0} turns/s at the peak; one Redis core carries about {per_core:.0} at {REDIS_CPU_MS_PER_TURN} ms of Redis CPU per confirmed turn, measured)."
+        )
+    } else {
+        let masters = ((turns_per_s / per_core).ceil() as usize).max(3);
+        format!(
+            "Redis: {turns_per_s:.0} turns/s at the peak is more than one Redis core carries (about {per_core:.0} at {REDIS_CPU_MS_PER_TURN} ms of Redis CPU per confirmed turn, measured): run a Redis Cluster of {masters} masters with a replica each, on separate hosts (README, \"Beyond one Redis\")."
+        )
+    }
 }
 
 #[cfg(test)]
@@ -394,6 +419,10 @@ mod tests {
         };
         let text = table(7000, &measured);
         assert!(text.contains("run 4 replicas (3 carry the peak"), "{text}");
+        // 3 replicas × 700 requests/s is more than one Redis core carries.
+        assert!(text.contains("run a Redis Cluster of 3 masters"), "{text}");
+        assert!(table(1000, &measured).contains("one primary with Sentinel carries it"));
+        assert!(redis_advice(10_000.0).contains("Cluster of 7 masters"));
         assert!(
             text.contains("| 3 | 9000 | 2100 | 450 MiB | 60 % | 6000 users |"),
             "{text}"
