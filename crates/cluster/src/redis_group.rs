@@ -213,12 +213,7 @@ pub async fn start(
             redis.mode = "sentinel".into();
             redis.url = format!(
                 "redis+sentinel://{}/{SENTINEL_MASTER}",
-                redis
-                    .sentinels
-                    .iter()
-                    .map(|s| s.addr.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
+                addresses(&redis.sentinels)
             );
             wait_for_group(redis).await?;
         }
@@ -257,19 +252,20 @@ pub async fn start(
                 redis.servers.push(NodeState::new(&name, port));
             }
             redis.mode = "cluster".into();
-            redis.url = format!(
-                "redis+cluster://{}",
-                redis
-                    .servers
-                    .iter()
-                    .map(|s| s.addr.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
+            redis.url = format!("redis+cluster://{}", addresses(&redis.servers));
             create_cluster(redis, masters).await?;
         }
     }
     Ok(running)
+}
+
+/// `host:port,host:port…` of `nodes`, as URLs list them.
+fn addresses(nodes: &[NodeState]) -> String {
+    nodes
+        .iter()
+        .map(|n| n.addr.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A free port on 127.0.0.1 whose cluster-bus port (+10000) is free too, both below the

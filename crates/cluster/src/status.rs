@@ -370,13 +370,7 @@ async fn redis_nodes(
     }
     let listed: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
     nodes.extend(missing_nodes(state, &listed));
-    for node in &mut nodes {
-        if let Some(managed) = state.redis.servers.iter().find(|s| node.addr == s.addr) {
-            node.name = Some(managed.name.clone());
-            node.pid = managed.pid.filter(|pid| process::signal(*pid, None));
-        }
-    }
-    nodes
+    with_managed_processes(nodes, state)
 }
 
 /// A cluster's masters (from `CLUSTER NODES`), each with its memory and its share of the
@@ -456,10 +450,15 @@ fn cluster_nodes(masters: &[MasterStatus], state: &ClusterState) -> Vec<RedisNod
     }
     let listed: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
     nodes.extend(missing_nodes(state, &listed));
+    with_managed_processes(nodes, state)
+}
+
+/// `nodes` with the name and live pid of those `cluster up` started.
+fn with_managed_processes(mut nodes: Vec<RedisNode>, state: &ClusterState) -> Vec<RedisNode> {
     for node in &mut nodes {
         if let Some(managed) = state.redis.servers.iter().find(|s| node.addr == s.addr) {
             node.name = Some(managed.name.clone());
-            node.pid = managed.pid.filter(|pid| crate::process::signal(*pid, None));
+            node.pid = managed.pid.filter(|pid| process::signal(*pid, None));
         }
     }
     nodes

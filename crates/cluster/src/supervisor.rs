@@ -13,7 +13,7 @@ use crate::render::{self, RenderError, Upstream};
 use crate::state::{ClusterState, ProcessState, RedisState, ReplicaState};
 use clawgate_gateway::config::{RedisConfig, RedisTarget};
 use clawgate_gateway::message::now_ms;
-use clawgate_gateway::state::connection::{ClusterSettings, Connection};
+use clawgate_gateway::state::connection::Connection;
 use nix::sys::signal::Signal;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -526,16 +526,10 @@ pub(crate) async fn redis_answers(url: &str) -> bool {
 /// sentinels of a `redis+sentinel://` URL, or a `redis+cluster://` cluster) once it answered
 /// PING.
 pub async fn state_connection(url: &str) -> Option<Connection> {
-    let config = RedisConfig::for_url(url).ok()?;
-    if let RedisTarget::Cluster(cluster) = &config.target {
-        let settings = ClusterSettings::new(&config, cluster);
-        let connect = settings.connect(HEALTH_TIMEOUT);
-        let mut conn = Connection::Cluster(
-            tokio::time::timeout(HEALTH_TIMEOUT * 3, connect)
-                .await
-                .ok()?
-                .ok()?,
-        );
+    let mut config = RedisConfig::for_url(url).ok()?;
+    if let RedisTarget::Cluster(_) = &config.target {
+        config.command_timeout = HEALTH_TIMEOUT;
+        let mut conn = Connection::open(&config).await.ok()?;
         return clawgate_gateway::state::observe::answers(&mut conn)
             .await
             .then_some(conn);

@@ -299,6 +299,23 @@ fn check_master_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// `<path>.nodes`: an array of `host:port` strings (checked by the caller).
+fn read_nodes(r: &mut Reader, section: &Object, path: &str) -> Vec<String> {
+    r.value(
+        section,
+        path,
+        "nodes",
+        "an array of \"host:port\" strings",
+        |v| {
+            v.as_array()?
+                .iter()
+                .map(|n| n.as_str().map(str::to_string))
+                .collect()
+        },
+    )
+    .unwrap_or_default()
+}
+
 /// Reads the `redis` section; `base_dir` anchors a relative `tls.caFile`.
 pub(super) fn read(r: &mut Reader, root: &Object, base_dir: &std::path::Path) -> RedisConfig {
     let empty = Object::new();
@@ -366,20 +383,7 @@ pub(super) fn read(r: &mut Reader, root: &Object, base_dir: &std::path::Path) ->
                     "give one of redis.url, redis.sentinel and redis.cluster",
                 );
             }
-            let nodes: Vec<String> = r
-                .value(
-                    c,
-                    "redis.cluster",
-                    "nodes",
-                    "an array of \"host:port\" strings",
-                    |v| {
-                        v.as_array()?
-                            .iter()
-                            .map(|n| n.as_str().map(str::to_string))
-                            .collect()
-                    },
-                )
-                .unwrap_or_default();
+            let nodes = read_nodes(r, c, "redis.cluster");
             if let Err(message) = check_host_ports(&nodes, "cluster seed nodes") {
                 r.error("redis.cluster.nodes", message);
             }
@@ -407,20 +411,7 @@ pub(super) fn read(r: &mut Reader, root: &Object, base_dir: &std::path::Path) ->
             if let Err(message) = check_master_name(&master_name) {
                 r.error("redis.sentinel.masterName", message);
             }
-            let nodes: Vec<String> = r
-                .value(
-                    s,
-                    "redis.sentinel",
-                    "nodes",
-                    "an array of \"host:port\" strings",
-                    |v| {
-                        v.as_array()?
-                            .iter()
-                            .map(|n| n.as_str().map(str::to_string))
-                            .collect()
-                    },
-                )
-                .unwrap_or_default();
+            let nodes = read_nodes(r, s, "redis.sentinel");
             if let Err(message) = check_nodes(&nodes) {
                 r.error("redis.sentinel.nodes", message);
             }
