@@ -59,6 +59,9 @@ pub struct ClusterSpec {
     pub redis_maxmemory: String,
     /// Masters of a Redis Cluster (`--redis cluster`), each with one replica.
     pub redis_masters: u16,
+    /// Redis replicas that must hold a message before a replica acknowledges it; `None` = 1
+    /// on a Sentinel group or cluster this starts, else the config's `redis.ackReplicas`.
+    pub redis_ack_replicas: Option<u32>,
     /// The `clawgate` binary the replicas run.
     pub clawgate: PathBuf,
     /// How long a replica may take to drain at stop.
@@ -370,9 +373,11 @@ fn start_replica(
         "--redis-url".into(),
         redis.url.clone(),
     ];
-    if redis.managed && (redis.mode == "sentinel" || redis.mode == "cluster") {
-        // A message is acknowledged once a Redis replica holds it too: a failover cannot lose it.
-        args.extend(["--redis-ack-replicas".into(), "1".into()]);
+    // On the Redis it starts with replicas, a message is acknowledged once a Redis replica holds
+    // it too: a failover cannot lose it.
+    let managed_replicas = redis.managed && (redis.mode == "sentinel" || redis.mode == "cluster");
+    if let Some(ack) = spec.redis_ack_replicas.or(managed_replicas.then_some(1)) {
+        args.extend(["--redis-ack-replicas".into(), ack.to_string()]);
     }
     let task = tokio::spawn(process::supervise(
         Spec {

@@ -69,6 +69,11 @@ pub struct UpArgs {
     /// Masters of the Redis Cluster `--redis cluster` starts (at least 3).
     #[arg(long, default_value_t = 3)]
     redis_masters: u16,
+    /// Redis replicas that must hold a message before it is acknowledged (default: 1 with
+    /// `--redis sentinel` or `cluster`, else the config's `redis.ackReplicas`); 0 trades that
+    /// guarantee for speed.
+    #[arg(long)]
+    redis_ack_replicas: Option<u32>,
     /// Port of the first replica; the others follow.
     #[arg(long, default_value_t = clawgate_gateway::config::DEFAULT_PORT)]
     first_port: u16,
@@ -152,6 +157,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         sentinel_port: args.sentinel_port,
         redis_maxmemory: args.redis_maxmemory,
         redis_masters: args.redis_masters,
+        redis_ack_replicas: args.redis_ack_replicas,
         clawgate: std::env::current_exe().context("locating the clawgate binary")?,
         replica_grace: Duration::from_secs(30),
     };

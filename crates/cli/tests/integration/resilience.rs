@@ -156,6 +156,54 @@ async fn a_breaker_opened_by_one_replica_spares_the_other_its_timeouts() {
     assert_eq!(primary.requests() - calls_before, probes as u64);
 }
 
+/// Successes reach the shared breaker in batches, yet in this replica's order: a success between
+/// failures still breaks their run, and the successes are counted in the shared window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_between_failures_breaks_their_run_although_successes_are_sent_in_batches() {
+    let redis = TestRedis::start().await;
+    let primary = mock_llm(0).await;
+    let fallback = mock_llm(20).await;
+    let gateway = Gateway::start(breaker_config(&primary, &fallback), &redis.url(), "r1").await;
+    let turn = |name: &'static str| {
+        let gateway = &gateway;
+        async move {
+            let (status, body) = gateway.send(name, "m1", "hello", None).await;
+            assert_eq!(status, 200, "{body}");
+            body["reply"]["provider"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+
+    primary.set_mode(Mode::Hang);
+    assert_eq!(turn("f1").await, "fallback");
+    assert_eq!(turn("f2").await, "fallback");
+    primary.set_mode(Mode::Ok);
+    assert_eq!(turn("s1").await, "primary");
+    primary.set_mode(Mode::Hang);
+    assert_eq!(turn("f3").await, "fallback");
+    assert_eq!(turn("f4").await, "fallback");
+    assert_ne!(
+        breaker_state(&redis, "primary").await.as_deref(),
+        Some("open"),
+        "two failures after a success are a run of two, not four"
+    );
+    assert_eq!(turn("f5").await, "fallback");
+    assert_eq!(
+        breaker_state(&redis, "primary").await.as_deref(),
+        Some("open")
+    );
+    let calls: Option<u64> = redis
+        .query(redis::cmd("HGET").arg("oc:breaker:{primary}").arg("calls"))
+        .await;
+    assert_eq!(
+        calls,
+        Some(6),
+        "the batched success is counted in the window"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_shorter_than_the_primary_timeout_still_gets_the_template_answer_in_time() {
     let redis = TestRedis::start().await;

@@ -382,12 +382,9 @@ impl ProviderChain {
             let result = attempt(link, prompt, timeout, gate).await;
             let latency = started.elapsed();
             match breaker_verdict(&result, timeout < link.timeout) {
-                // A success only resets counters: the answer need not wait for Redis to count
-                // it (one round trip fewer before the turn commits).
-                Some(Verdict::Success) => {
-                    self.guards
-                        .record_in_background(position, Verdict::Success, latency);
-                }
+                // A success only resets counters: it joins the batch the guards send once a
+                // second, so the answer waits for no Redis round trip.
+                Some(Verdict::Success) => self.guards.record_success(position, latency),
                 // A failure is counted before the next attempt or provider, which must see it.
                 Some(verdict) => self.guards.record(position, verdict, latency).await,
                 None => {}

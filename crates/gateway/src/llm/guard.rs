@@ -2,9 +2,12 @@
 //! in Redis, with an in-process fallback while Redis is unreachable.
 //!
 //! Before each attempt the chain asks [`ProviderGuards::admit`] (one round trip: breaker state and
-//! budget together); after it, [`ProviderGuards::record`]. A background loop keeps this replica's
-//! heartbeat (for the local budget share), refreshes the breaker gauges and probes open
-//! providers, one replica at a time cluster-wide.
+//! budget together); after it, [`ProviderGuards::record`]. A failure is counted in Redis at once
+//! (the next attempt must see it); successes are counted locally and sent in one batch a second,
+//! or ahead of this replica's next failure, so the provider's key is not written on every turn
+//! (on a Redis Cluster it would make one master the hot spot). A background loop keeps this
+//! replica's heartbeat (for the local budget share), sends the successes, refreshes the breaker
+//! gauges and probes open providers, one replica at a time cluster-wide.
 
 use super::breaker::{BreakerState, LocalBreaker, Verdict};
 use super::ratelimit::{Budget, LocalLimiter};
@@ -69,6 +72,8 @@ struct Guard {
     last_probe: Mutex<Option<Instant>>,
     /// A probe by this replica is running.
     probing: AtomicBool,
+    /// Successes counted locally and not yet in the shared breaker.
+    unsent_successes: AtomicU32,
 }
 
 /// Breakers and budgets of the chain's providers, by chain position.
@@ -106,6 +111,7 @@ impl ProviderGuards {
                     latencies: Mutex::new(LatencyWindow::default()),
                     last_probe: Mutex::new(None),
                     probing: AtomicBool::new(false),
+                    unsent_successes: AtomicU32::new(0),
                 })
             })
             .collect();
@@ -230,28 +236,47 @@ impl ProviderGuards {
         }
     }
 
-    /// Records `verdict` without waiting for it: a success only resets counters, so the answer
-    /// need not wait a Redis round trip for it.
-    pub fn record_in_background(
-        self: &Arc<Self>,
-        position: usize,
-        verdict: Verdict,
-        latency: Duration,
-    ) {
-        let guards = self.clone();
-        self.bookkeeping
-            .spawn(async move { guards.record(position, verdict, latency).await });
-    }
-
-    /// Counts how an attempt at `position` ended; `latency` feeds the hedging delay.
-    pub async fn record(&self, position: usize, verdict: Verdict, latency: Duration) {
+    /// Counts a success at `position` without a Redis round trip: it only resets counters, so
+    /// it joins the batch the background loop sends. `latency` feeds the hedging delay.
+    pub fn record_success(&self, position: usize, latency: Duration) {
         let Some(guard) = self.guard(position) else {
             return;
         };
-        if verdict == Verdict::Success {
-            lock(&guard.latencies).push(latency);
+        lock(&guard.latencies).push(latency);
+        lock(&guard.breaker).record(Verdict::Success);
+        guard.unsent_successes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts how an attempt at `position` ended; a failure reaches the shared breaker (with the
+    /// successes before it) before this returns.
+    pub async fn record(&self, position: usize, verdict: Verdict, latency: Duration) {
+        match verdict {
+            Verdict::Success => self.record_success(position, latency),
+            Verdict::Failure => {
+                if let Some(guard) = self.guard(position) {
+                    self.count(guard, verdict, false).await;
+                }
+            }
         }
-        self.count(guard, verdict, false).await;
+    }
+
+    /// Sends the successes counted since the last batch to the shared breaker.
+    async fn send_successes(&self, guard: &Guard) {
+        let unsent = guard.unsent_successes.swap(0, Ordering::AcqRel);
+        if unsent == 0 {
+            return;
+        }
+        match self
+            .count_shared(guard, Verdict::Success, false, unsent - 1)
+            .await
+        {
+            Some(Some(state)) => report_change(&guard.name, state),
+            Some(None) => {}
+            // Not counted: they go with the next batch.
+            None => {
+                guard.unsent_successes.fetch_add(unsent, Ordering::AcqRel);
+            }
+        }
     }
 
     /// The delay after which a hedge is sent for the provider at `position`: its p95 latency,
@@ -272,21 +297,31 @@ impl ProviderGuards {
                 breaker.record(verdict)
             }
         };
-        let change = match self.count_shared(guard, verdict, probe).await {
+        let earlier = if probe {
+            0
+        } else {
+            guard.unsent_successes.swap(0, Ordering::AcqRel)
+        };
+        let change = match self.count_shared(guard, verdict, probe, earlier).await {
             Some(shared_change) => shared_change,
-            None => local_change,
+            None => {
+                guard.unsent_successes.fetch_add(earlier, Ordering::AcqRel);
+                local_change
+            }
         };
         if let Some(state) = change {
             report_change(&guard.name, state);
         }
     }
 
-    /// The shared count: `Some(change)` when Redis answered.
+    /// The shared count of `earlier` successes followed by `verdict`: `Some(change)` when Redis
+    /// answered.
     async fn count_shared(
         &self,
         guard: &Guard,
         verdict: Verdict,
         probe: bool,
+        earlier: u32,
     ) -> Option<Option<BreakerState>> {
         let link = self.link.as_ref()?;
         let mut conn = link.connection().ok()?;
@@ -301,6 +336,7 @@ impl ProviderGuards {
             .arg(s.window.as_millis() as u64)
             .arg(&self.replica_id)
             .arg(BREAKER_TTL.as_millis() as u64)
+            .arg(earlier)
             .invoke_async(&mut conn)
             .await;
         match result {
@@ -361,6 +397,9 @@ impl ProviderGuards {
                 _ = cancel.cancelled() => {
                     self.bookkeeping.close();
                     self.bookkeeping.wait().await;
+                    for guard in self.guards.iter().flatten() {
+                        self.send_successes(guard).await;
+                    }
                     return;
                 }
                 _ = tick.tick() => {}
@@ -370,6 +409,7 @@ impl ProviderGuards {
                 let Some(guard) = self.guard(position) else {
                     continue;
                 };
+                self.send_successes(guard).await;
                 let Some(state) = self.state(position).await else {
                     continue;
                 };

@@ -1,7 +1,9 @@
--- Counts one provider attempt in the breaker all replicas share; the same rules as
--- LocalBreaker (breaker.rs), on Redis's clock.
+-- Counts provider attempts in the breaker all replicas share; the same rules as LocalBreaker
+-- (breaker.rs), on Redis's clock. A replica sends its successes in batches (once a second, or
+-- ahead of a failure, so its own order holds): a success on every turn would make this one key
+-- the hottest of a Redis Cluster.
 -- KEYS[1] oc:breaker:{provider} (hash)
--- ARGV[1] 1 = success, 0 = failure
+-- ARGV[1] 1 = the last outcome is a success, 0 = a failure
 -- ARGV[2] 1 = background probe, 0 = a turn's attempt
 -- ARGV[3] consecutive failures that open it
 -- ARGV[4] failure ratio that opens it, per mille
@@ -9,6 +11,7 @@
 -- ARGV[6] window length, ms
 -- ARGV[7] who reports (replica id), kept for operators
 -- ARGV[8] TTL of the hash, ms
+-- ARGV[9] successes that came before the last outcome and are counted first
 -- Returns {state, changed}: the state after this outcome, and 1 when this outcome changed it.
 local b = KEYS[1]
 local time = redis.call('TIME')
@@ -44,7 +47,11 @@ local window_start = tonumber(redis.call('HGET', b, 'window_start') or '0')
 if now - window_start >= tonumber(ARGV[6]) then
   redis.call('HSET', b, 'calls', 0, 'failures', 0, 'window_start', now)
 end
-local calls = redis.call('HINCRBY', b, 'calls', 1)
+local earlier = tonumber(ARGV[9] or '0')
+if earlier > 0 then
+  redis.call('HSET', b, 'consecutive', 0)
+end
+local calls = redis.call('HINCRBY', b, 'calls', 1 + earlier)
 if ok then
   redis.call('HSET', b, 'consecutive', 0)
   return finish('closed', 0)
