@@ -8,7 +8,9 @@
 //! `{"mode": "ok" | "error" | "rate_limited" | "hang" | "slow"}`, `{"latency_ms": N}`,
 //! `{"jitter_ms": N}`, `{"slow_ms": N}`, `{"fail_next": N}` (N answers with HTTP 500, then back
 //! to the mode), `{"reply": "text"}` (answer this instead of the echo, as a model scripted for a
-//! scenario; `""` goes back to the echo). `GET /stats` counts requests by outcome.
+//! scenario; `""` goes back to the echo). `GET /stats` counts requests by outcome;
+//! `GET /requests/last` answers the JSON body of the last chat request (404 before the first),
+//! so a check can read the prompt a gateway sent.
 //!
 //! A request with `"stream": true` is answered as the real APIs stream: OpenAI's server-sent
 //! `chat.completion.chunk` events ending in `data: [DONE]` (with a usage chunk when
@@ -116,6 +118,8 @@ struct Shared {
     counters: Counters,
     /// The client addresses chat requests came from: one per connection.
     peers: Mutex<HashSet<SocketAddr>>,
+    /// The JSON body of the last chat request that was JSON.
+    last_request: Mutex<Option<Value>>,
 }
 
 impl Shared {
@@ -124,6 +128,13 @@ impl Shared {
     }
 
     /// Counts the connection and HTTP version a chat request came over.
+    /// Keeps `body` as the last request when it is JSON.
+    fn remember(&self, body: &[u8]) {
+        if let Ok(request) = serde_json::from_slice::<Value>(body) {
+            *self.last_request.lock().unwrap_or_else(|p| p.into_inner()) = Some(request);
+        }
+    }
+
     fn note_transport(&self, version: Version, peer: SocketAddr) {
         if version == Version::HTTP_2 {
             self.counters.http2_requests.fetch_add(1, Ordering::SeqCst);
@@ -201,6 +212,15 @@ impl MockLlm {
         self.shared.behaviour().reply = text.map(str::to_string);
     }
 
+    /// The JSON body of the last chat request, if one came.
+    pub fn last_request(&self) -> Option<Value> {
+        self.shared
+            .last_request
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Chat requests that came over HTTP/2 so far.
     pub fn http2_requests(&self) -> u64 {
         self.shared.counters.http2_requests.load(Ordering::SeqCst)
@@ -252,6 +272,7 @@ fn shared(options: Options) -> Arc<Shared> {
         counters: Counters::default(),
         peers: Mutex::new(HashSet::new()),
         first_words_sent: Mutex::new(None),
+        last_request: Mutex::new(None),
     })
 }
 
@@ -270,6 +291,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/tags", get(ollama_tags))
         .route("/control", post(control).get(show_control))
         .route("/stats", get(stats))
+        .route("/requests/last", get(last_request))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(shared)
 }
@@ -416,6 +438,23 @@ fn unix_seconds() -> u64 {
         .unwrap_or(0)
 }
 
+/// `GET /requests/last`.
+async fn last_request(State(shared): State<Arc<Shared>>) -> Response {
+    let last = shared
+        .last_request
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    match last {
+        Some(request) => Json(request).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no chat request has come yet"})),
+        )
+            .into_response(),
+    }
+}
+
 async fn openai_chat(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -423,6 +462,7 @@ async fn openai_chat(
     body: axum::body::Bytes,
 ) -> Response {
     shared.note_transport(version, peer);
+    shared.remember(&body);
     let seen = match read_request(&body) {
         Ok(seen) => seen,
         Err(reason) => {
@@ -566,6 +606,7 @@ async fn ollama_chat(
     body: axum::body::Bytes,
 ) -> Response {
     shared.note_transport(version, peer);
+    shared.remember(&body);
     let seen = match read_request(&body) {
         Ok(seen) => seen,
         Err(reason) => {

@@ -65,6 +65,38 @@ pub struct Escalation {
     /// The dispatcher's note on resolving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Where a person's reply goes on the customer's platform (a WhatsApp number or user id, a
+    /// Telegram chat), when it differs from `user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// The business account the customer wrote to (WhatsApp phone number id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// The dispatcher handling it (`POST …/claim`); others' replies are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
+    /// When it was claimed (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_at: Option<u64>,
+    /// When a person first answered the customer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_reply_at: Option<u64>,
+    /// Messages people sent the customer.
+    #[serde(default)]
+    pub agent_replies: u64,
+}
+
+/// What claiming an escalation came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// The caller holds it now (or held it already).
+    Claimed(Escalation),
+    /// Another person holds it (`claimed_by`); taking it over must be asked for.
+    HeldBy(Escalation),
+    /// It was resolved.
+    NotPending(Escalation),
+    /// No escalation for the conversation.
+    Unknown,
 }
 
 /// One message of the transcript.
@@ -96,6 +128,7 @@ impl Escalation {
                 role: match e.role {
                     Role::User => "user",
                     Role::Assistant => "assistant",
+                    Role::Agent => "agent",
                 }
                 .to_string(),
                 text: e.text.clone(),
@@ -142,6 +175,12 @@ impl Escalation {
             resolved_at: None,
             resolved_by: None,
             note: None,
+            address: msg.reply_to.clone(),
+            account: msg.account.clone(),
+            claimed_by: None,
+            claimed_at: None,
+            first_reply_at: None,
+            agent_replies: 0,
         }
     }
 
@@ -164,10 +203,25 @@ impl Escalation {
             ),
             ("notified", if self.notified { "1" } else { "0" }.into()),
         ];
-        if let Some(at) = self.resolved_at {
-            fields.push(("resolved_at", at.to_string()));
+        for (name, at) in [
+            ("resolved_at", self.resolved_at),
+            ("claimed_at", self.claimed_at),
+            ("first_reply_at", self.first_reply_at),
+        ] {
+            if let Some(at) = at {
+                fields.push((name, at.to_string()));
+            }
         }
-        for (name, value) in [("resolved_by", &self.resolved_by), ("note", &self.note)] {
+        if self.agent_replies > 0 {
+            fields.push(("agent_replies", self.agent_replies.to_string()));
+        }
+        for (name, value) in [
+            ("resolved_by", &self.resolved_by),
+            ("note", &self.note),
+            ("address", &self.address),
+            ("account", &self.account),
+            ("claimed_by", &self.claimed_by),
+        ] {
             if let Some(value) = value {
                 fields.push((name, value.clone()));
             }
@@ -195,6 +249,12 @@ impl Escalation {
             resolved_at: number("resolved_at"),
             resolved_by: fields.get("resolved_by").cloned(),
             note: fields.get("note").cloned(),
+            address: fields.get("address").cloned(),
+            account: fields.get("account").cloned(),
+            claimed_by: fields.get("claimed_by").cloned().filter(|b| !b.is_empty()),
+            claimed_at: number("claimed_at"),
+            first_reply_at: number("first_reply_at"),
+            agent_replies: number("agent_replies").unwrap_or(0),
         })
     }
 

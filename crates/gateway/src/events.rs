@@ -60,6 +60,17 @@ pub enum SessionEvent {
         /// When it was committed, ms since the epoch.
         ts: u64,
     },
+    /// A person of the team wrote to the customer (the conversation is handed over).
+    Person {
+        /// The message's id (`person-…`).
+        message_id: String,
+        /// What they wrote.
+        text: String,
+        /// Who wrote it.
+        by: String,
+        /// When it was sent, ms since the epoch.
+        ts: u64,
+    },
     /// The conversation was handed to a person.
     Handover {
         /// The message that handed it over.
@@ -78,6 +89,7 @@ impl SessionEvent {
             SessionEvent::Delta { .. } => "delta",
             SessionEvent::Reset { .. } => "reset",
             SessionEvent::Answer { .. } => "answer",
+            SessionEvent::Person { .. } => "person",
             SessionEvent::Handover { .. } => "handover",
         }
     }

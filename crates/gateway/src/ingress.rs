@@ -217,6 +217,16 @@ impl Ingress {
         }
     }
 
+    /// [`Self::current_store`], owned, for work that outlives the request (a person's reply
+    /// still being sent).
+    pub fn current_store_shared(&self) -> Arc<dyn StateStore> {
+        if self.link.is_up() {
+            self.redis.clone()
+        } else {
+            self.memory.clone()
+        }
+    }
+
     /// The store to read conversations from now: Redis when it answers, else the in-process one.
     pub fn current_store(&self) -> (&dyn StateStore, Origin) {
         if self.link.is_up() {

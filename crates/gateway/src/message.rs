@@ -75,6 +75,14 @@ impl ConversationKey {
         &self.0
     }
 
+    /// The channel of the conversation (keys are only built from a known channel).
+    pub fn channel(&self) -> Channel {
+        self.0
+            .split_once(':')
+            .and_then(|(channel, _)| Channel::named(channel))
+            .unwrap_or(Channel::Webchat)
+    }
+
     /// Reads `channel:user` as an operator types it; `None` for an unknown channel, an empty
     /// user, or braces (which would break the hash tag).
     pub fn parse(text: &str) -> Option<ConversationKey> {
@@ -242,6 +250,9 @@ pub enum Role {
     User,
     /// The agent.
     Assistant,
+    /// A person of the team, answering a handed-over conversation (the console, or
+    /// `POST /v1/escalations/{id}/messages`).
+    Agent,
 }
 
 /// One message of a conversation's history, one JSON object per element of `oc:conv:{…}`.
@@ -262,6 +273,9 @@ pub struct HistoryEntry {
     /// The provider that produced an assistant entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// The person who wrote an `agent` entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// The reply produced for one inbound message, kept under `oc:replied:{…}` so that a message is

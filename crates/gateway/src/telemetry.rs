@@ -82,6 +82,17 @@ pub const WEBHOOK_EVENTS: &str = "clawgate_webhook_events_total";
 /// Dispatcher webhook events, by `event` (`escalation.created`, `escalation.message`) and
 /// `outcome` (`sent`, `not_configured`, `dead_letter`).
 pub const ESCALATION_EVENTS: &str = "clawgate_escalation_events_total";
+/// Messages people sent customers of handed-over conversations, by `channel` and `outcome`
+/// (`sent`, `window_closed`, `failed`).
+pub const PERSON_REPLIES: &str = "clawgate_person_replies_total";
+/// Time from a hand-over to the first message a person sent the customer, seconds.
+pub const ESCALATION_FIRST_REPLY: &str = "clawgate_escalation_first_reply_seconds";
+/// Pending escalations (a cluster-wide figure, read from Redis by each replica).
+pub const ESCALATIONS_PENDING: &str = "clawgate_escalations_pending";
+/// Pending escalations nobody claimed within `escalation.claimWithinMs` (the alert's figure).
+pub const ESCALATIONS_UNCLAIMED_OVERDUE: &str = "clawgate_escalations_unclaimed_overdue";
+/// Age of the oldest pending escalation nobody claimed, seconds (0 when none).
+pub const ESCALATION_OLDEST_UNCLAIMED: &str = "clawgate_escalation_oldest_unclaimed_seconds";
 /// Config reload attempts on a changed file, by `outcome` (`applied`, `rejected`).
 pub const CONFIG_RELOADS: &str = "clawgate_config_reloads_total";
 /// Model classifications of messages the skill triggers could not route, by `outcome`
@@ -108,6 +119,11 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Human response time buckets, seconds: from half a minute to a working day.
+const HUMAN_BUCKETS: &[f64] = &[
+    30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
+];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder (once) and returns its handle for `/metrics`.
@@ -125,6 +141,9 @@ pub fn install() -> Option<PrometheusHandle> {
                 Matcher::Full(PROVIDER_RATE_LIMIT_WAIT.into()),
                 LATENCY_BUCKETS,
             )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(ESCALATION_FIRST_REPLY.into()), HUMAN_BUCKETS)
         });
     let handle = match builder.and_then(|b| b.install_recorder()) {
         Ok(handle) => handle,
@@ -224,6 +243,23 @@ fn describe() {
     describe_counter!(PROVIDER_PROBES, "Background probes of open providers.");
     describe_counter!(PROVIDER_HEDGES, "Hedged provider attempts, by winner.");
     describe_gauge!(INBOX_LAG, "Inbox entries not yet delivered to a worker.");
+    describe_counter!(
+        PERSON_REPLIES,
+        "Messages people sent customers of handed-over conversations, by channel and outcome."
+    );
+    describe_histogram!(
+        ESCALATION_FIRST_REPLY,
+        "Time from a hand-over to a person's first message to the customer, seconds."
+    );
+    describe_gauge!(ESCALATIONS_PENDING, "Pending escalations, cluster-wide.");
+    describe_gauge!(
+        ESCALATIONS_UNCLAIMED_OVERDUE,
+        "Pending escalations nobody claimed within escalation.claimWithinMs."
+    );
+    describe_gauge!(
+        ESCALATION_OLDEST_UNCLAIMED,
+        "Age of the oldest pending escalation nobody claimed, seconds."
+    );
     describe_gauge!(
         INBOX_PENDING,
         "Inbox entries delivered but not acknowledged."

@@ -341,7 +341,7 @@
       url += "&last_event_id=" + encodeURIComponent(session.last_event_id);
     }
     source = new EventSource(url);
-    ["ready", "message", "typing", "delta", "reset", "answer", "handover"].forEach(function (type) {
+    ["ready", "message", "typing", "delta", "reset", "answer", "person", "handover"].forEach(function (type) {
       source.addEventListener(type, function (e) {
         onEvent(type, e);
       });
@@ -402,6 +402,10 @@
         break;
       case "answer":
         typing.hidden = true;
+        showAgent(data.message_id, data.text, false);
+        break;
+      case "person":
+        // A person of the team took over the conversation and wrote.
         showAgent(data.message_id, data.text, false);
         break;
       case "handover":

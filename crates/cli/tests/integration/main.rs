@@ -16,6 +16,7 @@ mod cli;
 mod cluster;
 mod degraded;
 mod deploy;
+mod dispatcher;
 mod escalation;
 mod failover;
 mod hardening;

@@ -87,6 +87,9 @@ pub struct EscalationConfig {
     /// How long a pending escalation keeps the conversation's session (and so the hand-over)
     /// alive without messages; also how long resolved escalations stay readable.
     pub retention: Duration,
+    /// A pending escalation nobody claimed for longer is overdue
+    /// (`clawgate_escalations_unclaimed_overdue`, the alert's figure).
+    pub claim_within: Duration,
 }
 
 /// Messaging channels; each is off unless configured.

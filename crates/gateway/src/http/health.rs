@@ -124,6 +124,7 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     metrics::gauge!(telemetry::REDIS_REFUSING_WRITES).set(if refusing { 1.0 } else { 0.0 });
     metrics::gauge!(telemetry::DEGRADED).set(if app.ingress.degraded() { 1.0 } else { 0.0 });
     crate::logging::dropped_lines();
+    escalation_gauges(&app).await;
     let body = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     (
         [(
@@ -133,4 +134,29 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// The escalation gauges, read from the store at each scrape (they are cluster-wide: every
+/// replica reports the same figures, so alert on `max`). Left as they were when the store
+/// cannot be read.
+async fn escalation_gauges(app: &AppState) {
+    let (store, _) = app.ingress.current_store();
+    let Ok(pending) = store.escalations().await else {
+        return;
+    };
+    let claim_within = app.live.current().config.escalation.claim_within;
+    let now = crate::message::now_ms();
+    let unclaimed_ages: Vec<u64> = pending
+        .iter()
+        .filter(|e| e.claimed_by.is_none())
+        .map(|e| now.saturating_sub(e.created_at))
+        .collect();
+    let overdue = unclaimed_ages
+        .iter()
+        .filter(|age| **age > claim_within.as_millis() as u64)
+        .count();
+    let oldest = unclaimed_ages.iter().max().copied().unwrap_or(0);
+    metrics::gauge!(telemetry::ESCALATIONS_PENDING).set(pending.len() as f64);
+    metrics::gauge!(telemetry::ESCALATIONS_UNCLAIMED_OVERDUE).set(overdue as f64);
+    metrics::gauge!(telemetry::ESCALATION_OLDEST_UNCLAIMED).set(oldest as f64 / 1000.0);
 }

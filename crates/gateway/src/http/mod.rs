@@ -2,6 +2,7 @@
 //! is in [`crate::app`], the channels' handlers in [`crate::channels`].
 
 pub mod connections;
+pub mod console;
 pub mod customers;
 pub mod escalations;
 pub mod health;
@@ -107,11 +108,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/models", get(api::models))
         .route("/v1/models/{id}", get(api::model))
+        .route("/console", get(console::page))
+        .route("/v1/console/stream", get(console::stream))
         .route("/v1/escalations", get(escalations::list))
         .route("/v1/escalations/{target}", get(escalations::show))
         .route(
             "/v1/escalations/{target}/resolve",
             post(escalations::resolve),
+        )
+        .route("/v1/escalations/{target}/claim", post(escalations::claim))
+        .route(
+            "/v1/escalations/{target}/messages",
+            post(escalations::message),
         )
         .route("/v1/customers/{customer}", delete(customers::forget))
         .fallback(|| async { ApiError::not_found("no such endpoint") })

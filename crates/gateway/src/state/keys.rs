@@ -163,6 +163,15 @@ impl KeyLayout {
         format!("oc:events:{}", self.conversation_part(c.as_str()))
     }
 
+    /// A person's message to the customer, by the idempotency key its sender gave (so a
+    /// retried request sends it once).
+    pub fn person_message(&self, c: &ConversationKey, idempotency_key: &str) -> String {
+        format!(
+            "oc:person:{}:{idempotency_key}",
+            self.conversation_part(c.as_str())
+        )
+    }
+
     /// Who runs the conversation's current turn.
     pub fn lease(&self, c: &ConversationKey) -> String {
         format!("oc:lease:{}", self.conversation_part(c.as_str()))

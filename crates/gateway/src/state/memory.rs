@@ -9,11 +9,12 @@ use super::{
     Acceptance, CommitOutcome, ConversationSnapshot, ReplyDeadLetter, Resolution, Session,
     StateError, StateStore, StoreLimits, TurnCommit, TurnStart, WaitReason,
 };
-use crate::escalation::{self, Escalation};
+use crate::escalation::{self, Claim, Escalation};
 use crate::events::{SessionEvent, StoredEvent};
 use crate::message::{
     Channel, ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply,
 };
+use crate::person_reply::{PersonMessage, Reservation, SendStatus};
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -103,6 +104,9 @@ struct Inner {
     /// Links between platform identities (`channel:identity` → user), until they expire.
     identities: HashMap<String, (String, Instant)>,
     secrets: HashMap<String, Vec<u8>>,
+    /// People's messages by conversation and idempotency key: id and status, until they
+    /// expire.
+    person_messages: HashMap<(ConversationKey, String), (String, SendStatus, Instant)>,
 }
 
 impl Inner {
@@ -175,6 +179,62 @@ impl MemoryStore {
         inner.conversations.retain(|_, c| c.expires > now);
         inner.leases.retain(|_, (_, expires)| *expires > now);
         inner.escalations.retain(|_, (_, expires)| *expires > now);
+        inner
+            .person_messages
+            .retain(|_, (_, _, expires)| *expires > now);
+    }
+
+    /// The second step of a person's message, under the lock.
+    fn finish_in(
+        &self,
+        inner: &mut Inner,
+        message: &PersonMessage,
+        outcome: Result<(), &str>,
+        now: Instant,
+    ) -> Reservation {
+        let key = (
+            message.conversation.clone(),
+            message.idempotency_key.clone(),
+        );
+        let Some((message_id, status, _)) = inner.person_messages.get_mut(&key) else {
+            return Reservation::Unknown;
+        };
+        if *status != SendStatus::Sending {
+            return Reservation::Existing {
+                message_id: message_id.clone(),
+                status: status.clone(),
+            };
+        }
+        if let Err(reason) = outcome {
+            *status = SendStatus::Failed(reason.to_string());
+            return Reservation::New {
+                status: status.clone(),
+                first_reply: false,
+            };
+        }
+        *status = SendStatus::Sent;
+        let mut first_reply = false;
+        if let Some((record, _)) = inner.escalations.get_mut(&message.conversation) {
+            first_reply = record.first_reply_at.is_none();
+            record.first_reply_at.get_or_insert(message.ts);
+            record.agent_replies += 1;
+        }
+        let limit = self.limits.history_limit;
+        let retention = self.limits.escalation_retention;
+        let conversation = inner.conversation(&message.conversation, now);
+        // It lives as long as a pending escalation keeps it.
+        conversation.expires = conversation.expires.max(now + retention);
+        conversation.history.push_back(message.history_entry());
+        while conversation.history.len() > limit {
+            conversation.history.pop_front();
+        }
+        if message.conversation.channel() == crate::message::Channel::Webchat {
+            conversation.append_events(&[message.event()], self.limits.events_max_length);
+        }
+        Reservation::New {
+            status: SendStatus::Sent,
+            first_reply,
+        }
     }
 
     fn dedupe_ttl(&self) -> Duration {
@@ -546,6 +606,100 @@ impl StateStore for MemoryStore {
             .map(|(e, _)| e.clone()))
     }
 
+    async fn claim_escalation(
+        &self,
+        conversation: &ConversationKey,
+        by: &str,
+        takeover: bool,
+    ) -> Result<Claim, StateError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some((record, _)) = inner
+            .escalations
+            .get_mut(conversation)
+            .filter(|(_, expires)| *expires > now)
+        else {
+            return Ok(Claim::Unknown);
+        };
+        if record.status != escalation::PENDING {
+            return Ok(Claim::NotPending(record.clone()));
+        }
+        match &record.claimed_by {
+            Some(holder) if holder != by && !takeover => Ok(Claim::HeldBy(record.clone())),
+            Some(holder) if holder == by => Ok(Claim::Claimed(record.clone())),
+            _ => {
+                record.claimed_by = Some(by.to_string());
+                record.claimed_at = Some(crate::message::now_ms());
+                Ok(Claim::Claimed(record.clone()))
+            }
+        }
+    }
+
+    async fn reserve_person_message(
+        &self,
+        message: &PersonMessage,
+        delivered_now: bool,
+    ) -> Result<Reservation, StateError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let key = (
+            message.conversation.clone(),
+            message.idempotency_key.clone(),
+        );
+        if let Some((message_id, status, _)) = inner
+            .person_messages
+            .get(&key)
+            .filter(|(_, _, expires)| *expires > now)
+        {
+            return Ok(Reservation::Existing {
+                message_id: message_id.clone(),
+                status: status.clone(),
+            });
+        }
+        let Some((record, _)) = inner
+            .escalations
+            .get_mut(&message.conversation)
+            .filter(|(_, expires)| *expires > now)
+        else {
+            return Ok(Reservation::Unknown);
+        };
+        if record.status != escalation::PENDING {
+            return Ok(Reservation::NotPending);
+        }
+        match &record.claimed_by {
+            Some(holder) if holder != &message.by && !message.takeover => {
+                return Ok(Reservation::HeldBy(holder.clone()));
+            }
+            Some(holder) if holder == &message.by => {}
+            _ => {
+                record.claimed_by = Some(message.by.clone());
+                record.claimed_at = Some(message.ts);
+            }
+        }
+        let expires = now + self.dedupe_ttl();
+        inner.person_messages.insert(
+            key,
+            (message.message_id.clone(), SendStatus::Sending, expires),
+        );
+        if delivered_now {
+            return Ok(self.finish_in(&mut inner, message, Ok(()), now));
+        }
+        Ok(Reservation::New {
+            status: SendStatus::Sending,
+            first_reply: false,
+        })
+    }
+
+    async fn finish_person_message(
+        &self,
+        message: &PersonMessage,
+        outcome: Result<(), &str>,
+    ) -> Result<Reservation, StateError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        Ok(self.finish_in(&mut inner, message, outcome, now))
+    }
+
     async fn resolve_escalation(
         &self,
         conversation: &ConversationKey,
@@ -600,6 +754,7 @@ mod tests {
             message_id: msg.message_id.clone(),
             skill: None,
             provider: None,
+            by: None,
         };
         TurnCommit {
             msg,
@@ -806,5 +961,70 @@ mod tests {
             ),
             "5 s after it was taken the lease is free"
         );
+    }
+
+    #[tokio::test]
+    async fn one_person_holds_an_escalation_and_their_retried_message_is_kept_once() {
+        let (store, _rx) = MemoryStore::new(limits(), 16);
+        let msg = message("m1");
+        let conversation = msg.conversation();
+        let record = Escalation::new(
+            &msg,
+            &[],
+            &[],
+            "complaints",
+            "nl",
+            "damaged".into(),
+            now_ms(),
+        );
+        store.lock().escalations.insert(
+            conversation.clone(),
+            (record, Instant::now() + Duration::from_secs(60)),
+        );
+        let claimed = store.claim_escalation(&conversation, "Ana", false).await;
+        assert!(matches!(claimed, Ok(Claim::Claimed(_))), "{claimed:?}");
+        let refused = store.claim_escalation(&conversation, "Bob", false).await;
+        assert!(matches!(&refused, Ok(Claim::HeldBy(e)) if e.claimed_by.as_deref() == Some("Ana")));
+
+        let person = |by: &str, key: &str| PersonMessage {
+            conversation: conversation.clone(),
+            idempotency_key: key.into(),
+            by: by.into(),
+            takeover: false,
+            message_id: format!("person-{key}"),
+            text: "Hallo, met Ana.".into(),
+            ts: now_ms(),
+        };
+        assert_eq!(
+            store
+                .reserve_person_message(&person("Bob", "b1"), true)
+                .await
+                .ok(),
+            Some(Reservation::HeldBy("Ana".into()))
+        );
+        let first = store
+            .reserve_person_message(&person("Ana", "a1"), true)
+            .await;
+        assert_eq!(
+            first.ok(),
+            Some(Reservation::New {
+                status: SendStatus::Sent,
+                first_reply: true
+            })
+        );
+        let again = store
+            .reserve_person_message(&person("Ana", "a1"), true)
+            .await;
+        assert_eq!(
+            again.ok(),
+            Some(Reservation::Existing {
+                message_id: "person-a1".into(),
+                status: SendStatus::Sent
+            })
+        );
+        let history = store.history(&conversation).await.unwrap_or_default();
+        let agent: Vec<_> = history.iter().filter(|e| e.role == Role::Agent).collect();
+        assert_eq!(agent.len(), 1, "{history:?}");
+        assert_eq!(agent[0].by.as_deref(), Some("Ana"));
     }
 }

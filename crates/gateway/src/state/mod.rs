@@ -20,6 +20,7 @@ use crate::events::{SessionEvent, StoredEvent};
 use crate::message::{
     Channel, ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply,
 };
+use crate::person_reply::{PersonMessage, Reservation};
 use async_trait::async_trait;
 use std::time::Duration;
 
@@ -435,6 +436,33 @@ pub trait StateStore: Send + Sync {
         &self,
         conversation: &ConversationKey,
     ) -> Result<Option<Escalation>, StateError>;
+
+    /// Assigns a conversation's pending escalation to `by`, atomically (two claims at once get
+    /// one winner); someone else's claim is replaced only when `takeover`.
+    async fn claim_escalation(
+        &self,
+        conversation: &ConversationKey,
+        by: &str,
+        takeover: bool,
+    ) -> Result<crate::escalation::Claim, StateError>;
+
+    /// The first step of a person's message: checks the escalation and the claim (claiming it
+    /// for them when nobody holds it) and records the message as sending under its
+    /// idempotency key, or returns what that key recorded before. `delivered_now` (web chat)
+    /// finishes it in the same step.
+    async fn reserve_person_message(
+        &self,
+        message: &PersonMessage,
+        delivered_now: bool,
+    ) -> Result<Reservation, StateError>;
+
+    /// The second step: the platform took it (`Ok`: into the history) or refused it (the
+    /// reason is kept).
+    async fn finish_person_message(
+        &self,
+        message: &PersonMessage,
+        outcome: Result<(), &str>,
+    ) -> Result<Reservation, StateError>;
 
     /// Ends a conversation's pending escalation (`by` and `note` are recorded on it) in one
     /// atomic step: the session is no longer marked, so the bot answers again.

@@ -12,11 +12,12 @@ use super::{
     Acceptance, CommitOutcome, ConversationSnapshot, ReplyDeadLetter, Resolution, Session,
     StateError, StateStore, StoreLimits, TurnCommit, TurnStart, WaitReason, keys,
 };
-use crate::escalation::Escalation;
+use crate::escalation::{Claim, Escalation};
 use crate::events::{self, SessionEvent, StoredEvent};
 use crate::message::{
     Channel, ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply,
 };
+use crate::person_reply::{PersonMessage, Reservation, SendStatus};
 use async_trait::async_trait;
 use redis::{FromRedisValue, Script, ScriptInvocation, Value};
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ struct Publishing {
     accept: Script,
     append_events: Script,
     commit: Script,
+    person_message: Script,
 }
 
 impl Publishing {
@@ -47,6 +49,7 @@ impl Publishing {
             accept: script(with_events!("scripts/accept.lua")),
             append_events: script(with_events!("scripts/append_events.lua")),
             commit: script(with_events!("scripts/commit.lua")),
+            person_message: script(with_events!("scripts/person_message.lua")),
         }
     }
 }
@@ -59,6 +62,8 @@ static RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/renew_leases.lua")));
 static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/release_lease.lua")));
+static CLAIM: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/claim_escalation.lua")));
 static RESOLVE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/resolve_escalation.lua")));
 
@@ -88,6 +93,70 @@ impl RedisStore {
 
     fn keys(&self) -> &KeyLayout {
         self.link.keys()
+    }
+
+    /// One step of `person_message.lua` (see there), acknowledged like an accepted message.
+    async fn person_message_step(
+        &self,
+        message: &PersonMessage,
+        step: &str,
+        delivered_now: bool,
+        reason: &str,
+    ) -> Result<Reservation, StateError> {
+        let c = &message.conversation;
+        let key = self.keys().escalation(c);
+        let entry = serde_json::to_string(&message.history_entry())
+            .map_err(|e| StateError::Protocol(e.to_string()))?;
+        let events = if c.channel() == crate::message::Channel::Webchat {
+            events::encode(&[message.event()])
+        } else {
+            String::new()
+        };
+        let (outcome, message_id, status, why, holder, first): (
+            String,
+            String,
+            String,
+            String,
+            String,
+            i64,
+        ) = self
+            .invoke_acknowledged(
+                &key,
+                self.publishing()
+                    .person_message
+                    .key(&key)
+                    .key(self.keys().person_message(c, &message.idempotency_key))
+                    .key(self.keys().conversation(c))
+                    .key(self.keys().events(c))
+                    .arg(step)
+                    .arg(&message.by)
+                    .arg(u8::from(message.takeover))
+                    .arg(message.ts)
+                    .arg(&message.message_id)
+                    .arg(entry)
+                    .arg(self.limits.history_limit)
+                    .arg(secs(self.limits.dedupe_ttl))
+                    .arg(u8::from(delivered_now))
+                    .arg(events)
+                    .arg(self.limits.events_max_length)
+                    .arg(self.keys().events_channel_of(c))
+                    .arg(c.as_str())
+                    .arg(reason),
+            )
+            .await?;
+        Ok(match outcome.as_str() {
+            "new" => Reservation::New {
+                status: SendStatus::parse(&status, &why),
+                first_reply: first == 1,
+            },
+            "existing" => Reservation::Existing {
+                message_id,
+                status: SendStatus::parse(&status, &why),
+            },
+            "held" => Reservation::HeldBy(holder),
+            "not_pending" => Reservation::NotPending,
+            _ => Reservation::Unknown,
+        })
     }
 
     /// The scripts that announce, in the flavour the deployment's channels need.
@@ -803,6 +872,63 @@ impl StateStore for RedisStore {
             .query(redis::cmd("HGETALL").arg(self.keys().escalation(conversation)))
             .await?;
         Ok(Escalation::from_fields(&parse_hash(&fields)))
+    }
+
+    async fn claim_escalation(
+        &self,
+        conversation: &ConversationKey,
+        by: &str,
+        takeover: bool,
+    ) -> Result<Claim, StateError> {
+        let key = self.keys().escalation(conversation);
+        let result: Vec<Value> = self
+            .invoke_acknowledged(
+                &key,
+                CLAIM
+                    .key(&key)
+                    .arg(by)
+                    .arg(u8::from(takeover))
+                    .arg(crate::message::now_ms()),
+            )
+            .await?;
+        let outcome = match result.first() {
+            Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+            Some(Value::SimpleString(text)) => text.clone(),
+            _ => return Ok(Claim::Unknown),
+        };
+        let record = match result.get(1) {
+            Some(Value::Array(fields)) => Escalation::from_fields(&parse_hash(fields)),
+            _ => None,
+        };
+        Ok(match (outcome.as_str(), record) {
+            ("claimed", Some(e)) => Claim::Claimed(e),
+            ("held", Some(e)) => Claim::HeldBy(e),
+            ("not_pending", Some(e)) => Claim::NotPending(e),
+            _ => Claim::Unknown,
+        })
+    }
+
+    async fn reserve_person_message(
+        &self,
+        message: &PersonMessage,
+        delivered_now: bool,
+    ) -> Result<Reservation, StateError> {
+        self.person_message_step(message, "reserve", delivered_now, "")
+            .await
+    }
+
+    async fn finish_person_message(
+        &self,
+        message: &PersonMessage,
+        outcome: Result<(), &str>,
+    ) -> Result<Reservation, StateError> {
+        match outcome {
+            Ok(()) => self.person_message_step(message, "sent", false, "").await,
+            Err(reason) => {
+                self.person_message_step(message, "failed", false, reason)
+                    .await
+            }
+        }
     }
 
     async fn resolve_escalation(

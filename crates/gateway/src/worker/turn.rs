@@ -461,6 +461,7 @@ async fn compose(
                 message_id: String::new(),
                 skill: None,
                 provider: None,
+                by: None,
             })
             .collect(),
         None => std::mem::take(&mut input.snapshot_history),
@@ -518,6 +519,7 @@ async fn commit(
         message_id: msg.message_id.clone(),
         skill: Some(skill.name.clone()),
         provider,
+        by: None,
     };
     let reply = StoredReply {
         message_id: msg.message_id.clone(),
@@ -540,6 +542,7 @@ async fn commit(
                 message_id: m.message_id.clone(),
                 skill: Some(skill.name.clone()),
                 provider: None,
+                by: None,
             },
             reply: StoredReply {
                 message_id: m.message_id.clone(),
@@ -697,12 +700,24 @@ fn build_prompt(
         role: "system",
         content: system,
     });
-    messages.extend(history.into_iter().map(|e| ChatMessage {
-        role: match e.role {
-            Role::User => "user",
-            Role::Assistant => "assistant",
+    messages.extend(history.into_iter().map(|e| match e.role {
+        Role::User => ChatMessage {
+            role: "user",
+            content: e.text,
         },
-        content: e.text,
+        Role::Assistant => ChatMessage {
+            role: "assistant",
+            content: e.text,
+        },
+        // The model speaks for the team after a person did: it must know what they promised.
+        Role::Agent => ChatMessage {
+            role: "assistant",
+            content: format!(
+                "[{}, a person of our team, wrote to the customer:] {}",
+                e.by.as_deref().unwrap_or("a colleague"),
+                e.text
+            ),
+        },
     }));
     messages.push(ChatMessage {
         role: "user",

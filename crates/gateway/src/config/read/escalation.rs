@@ -22,6 +22,7 @@ pub(super) fn read(r: &mut Reader, root: &Object) -> EscalationConfig {
                 "maxAttempts",
                 "apiToken",
                 "retentionSeconds",
+                "claimWithinMs",
             ],
         )
         .unwrap_or(&empty);
@@ -45,6 +46,10 @@ pub(super) fn read(r: &mut Reader, root: &Object) -> EscalationConfig {
         retention: Duration::from_secs(
             r.integer(e, p, "retentionSeconds", 60, 90 * 86_400, "seconds")
                 .unwrap_or(7 * 86_400),
+        ),
+        claim_within: ms(
+            r.integer(e, p, "claimWithinMs", 1_000, 7 * 86_400_000, "milliseconds"),
+            300_000,
         ),
     }
 }

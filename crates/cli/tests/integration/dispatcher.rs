@@ -1,0 +1,272 @@
+//! People answering through clawgate (issue 19): a dispatcher claims a handed-over
+//! conversation, writes to the customer on their own channel (the mock WhatsApp), and hands it
+//! back; the bot then answers with the person's words in its prompt.
+
+use crate::support::*;
+use clawgate_fakes::mock_llm::MockLlm;
+use clawgate_fakes::mock_platforms::MockPlatforms;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const TOKEN: &str = "dispatch-api-token";
+const COMPLAINT: &str = "Mijn pakket is beschadigd aangekomen, de doos is helemaal kapot!";
+
+/// Redis, a model, the mock platforms and one replica whose escalations API takes [`TOKEN`].
+async fn dispatching_gateway() -> (TestRedis, MockLlm, MockPlatforms, Gateway) {
+    let redis = TestRedis::start().await;
+    let llm = mock_llm(0).await;
+    let platforms = mock_platforms().await;
+    let mut config = test_config(vec![openai_provider("primary", &llm, 10_000, 0)]);
+    config["channels"] = channels_config(&platforms);
+    config["agent"]["defaultLanguage"] = json!("nl");
+    config["escalation"] = json!({"apiToken": TOKEN});
+    let gateway = Gateway::start(config, &redis.url(), "r1").await;
+    (redis, llm, platforms, gateway)
+}
+
+/// `POST` to the escalations API with the token and extra headers.
+async fn dispatch(
+    gateway: &Gateway,
+    path: &str,
+    body: Value,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let auth = format!("Bearer {TOKEN}");
+    let mut all = vec![("authorization", auth.as_str())];
+    all.extend_from_slice(headers);
+    gateway
+        .post_raw(path, body.to_string().into_bytes(), &all)
+        .await
+}
+
+/// `GET` from the escalations API with the token.
+async fn read(gateway: &Gateway, path: &str) -> Value {
+    let response = http_client()
+        .get(gateway.url(path))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 200, "{path}");
+    response.json().await.expect("JSON")
+}
+
+/// A WhatsApp customer complains and is handed over; returns once the hand-over notice is sent
+/// (the platforms then hold `sent_before + 1` messages).
+async fn complain(gateway: &Gateway, platforms: &MockPlatforms, number: &str, sent_before: usize) {
+    let (status, body) = gateway
+        .whatsapp(whatsapp_text(
+            number,
+            &format!("wamid.{number}.1"),
+            COMPLAINT,
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let sent = sent_messages(platforms, sent_before + 1).await;
+    let notice = &sent[sent_before];
+    assert_eq!(notice.to, number);
+    assert!(notice.text.contains("ESC-"), "{}", notice.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_claims_answers_on_whatsapp_once_and_hands_back_with_context() {
+    let (_redis, llm, platforms, gateway) = dispatching_gateway().await;
+    let number = "31611112222";
+    let conversation = format!("whatsapp:{number}");
+    complain(&gateway, &platforms, number, 0).await;
+    let listed = read(&gateway, "/v1/escalations").await;
+    assert_eq!(
+        listed["escalations"][0]["conversation"],
+        conversation.as_str()
+    );
+    let base = format!("/v1/escalations/{conversation}");
+
+    // One dispatcher holds it; a second claim is refused with who holds it.
+    let (status, body) = dispatch(
+        &gateway,
+        &format!("{base}/claim"),
+        json!({"by": "Ana"}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["escalation"]["claimed_by"], "Ana");
+    let (status, body) = dispatch(
+        &gateway,
+        &format!("{base}/claim"),
+        json!({"by": "Bob"}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "claimed");
+    assert_eq!(body["claimed_by"], "Ana");
+    let (status, body) = dispatch(
+        &gateway,
+        &format!("{base}/messages"),
+        json!({"text": "Bob here", "by": "Bob"}),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, &body["claimed_by"]),
+        (409, &json!("Ana")),
+        "{body}"
+    );
+
+    // Ana's reply reaches the customer once, however often her request is retried.
+    let words =
+        "Hallo, met Ana. We sturen vandaag een nieuw pakket, u hoeft niets terug te sturen.";
+    let request = json!({"text": words, "by": "Ana"});
+    let key = [("idempotency-key", "console-7f3a")];
+    let (status, first) =
+        dispatch(&gateway, &format!("{base}/messages"), request.clone(), &key).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["status"], "sent");
+    let (status, again) = dispatch(&gateway, &format!("{base}/messages"), request, &key).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["message_id"], first["message_id"]);
+    assert_eq!(again["repeated"], true);
+    let sent = sent_messages(&platforms, 2).await;
+    assert_eq!(
+        (sent[1].to.as_str(), sent[1].text.as_str()),
+        (number, words)
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(platforms.sent().len(), 2, "{:#?}", platforms.sent());
+
+    // The history keeps it as a person's message.
+    let shown = read(&gateway, &base).await;
+    let agent: Vec<&Value> = shown["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|e| e["role"] == "agent")
+        .collect();
+    assert_eq!(agent.len(), 1, "{shown}");
+    assert_eq!(
+        (agent[0]["text"].as_str(), agent[0]["by"].as_str()),
+        (Some(words), Some("Ana"))
+    );
+    assert_eq!(shown["escalation"]["agent_replies"], 1);
+    assert!(shown["escalation"]["first_reply_at"].as_u64().is_some());
+    assert_eq!(
+        gateway
+            .metric(
+                "clawgate_person_replies_total",
+                "channel=\"whatsapp\",outcome=\"sent\""
+            )
+            .await,
+        1.0
+    );
+    assert_eq!(
+        gateway.metric("clawgate_escalations_pending", "").await,
+        1.0
+    );
+
+    // Handed back: the model answers the next message with Ana's words in its prompt.
+    let (status, body) = dispatch(
+        &gateway,
+        &format!("{base}/resolve"),
+        json!({"by": "Ana"}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = gateway
+        .whatsapp(whatsapp_text(
+            number,
+            "wamid.after",
+            "Dank u! Wanneer komt het nieuwe pakket?",
+        ))
+        .await;
+    assert_eq!(status, 200);
+    let sent = sent_messages(&platforms, 3).await;
+    assert!(sent[2].text.starts_with("[mock]"), "{}", sent[2].text);
+    let last: Value = http_client()
+        .get(format!(
+            "{}/requests/last",
+            llm.openai_endpoint().trim_end_matches("/v1")
+        ))
+        .send()
+        .await
+        .expect("GET /requests/last")
+        .json()
+        .await
+        .expect("JSON");
+    let prompt = last["messages"].to_string();
+    assert!(
+        prompt.contains(words),
+        "the prompt lacks Ana's reply: {prompt}"
+    );
+    assert!(
+        prompt.contains("Wanneer komt het nieuwe pakket"),
+        "{prompt}"
+    );
+    assert!(llm.requests() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_whatsapp_window_is_reported_to_the_dispatcher_and_nothing_is_kept_as_sent() {
+    let (_redis, _llm, platforms, gateway) = dispatching_gateway().await;
+    let number = "31633334444";
+    complain(&gateway, &platforms, number, 0).await;
+    let base = format!("/v1/escalations/whatsapp:{number}");
+    platforms.fail_next(1, 400, None, Some(131047));
+    let (status, body) = dispatch(
+        &gateway,
+        &format!("{base}/messages"),
+        json!({"text": "Goedemorgen, nog steeds een probleem?", "by": "Ana"}),
+        &[("idempotency-key", "late-1")],
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "window_closed");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("template")),
+        "{body}"
+    );
+    // One attempt: a closed window is never retried blindly.
+    assert_eq!(platforms.attempts(), 2, "the notice and one attempt");
+    let shown = read(&gateway, &base).await;
+    assert!(
+        !shown["history"].to_string().contains("nog steeds"),
+        "{shown}"
+    );
+    assert_eq!(
+        gateway
+            .metric(
+                "clawgate_person_replies_total",
+                "channel=\"whatsapp\",outcome=\"window_closed\""
+            )
+            .await,
+        1.0
+    );
+    // Bad requests say what is wrong.
+    let (status, body) = dispatch(
+        &gateway,
+        &format!("{base}/messages"),
+        json!({"text": "x"}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = gateway
+        .post_raw(
+            &format!("{base}/claim"),
+            json!({"by": "Ana"}).to_string().into_bytes(),
+            &[("authorization", "Bearer wrong")],
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, body) = dispatch(
+        &gateway,
+        "/v1/escalations/whatsapp:31600000000/claim",
+        json!({"by": "Ana"}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+}

@@ -1,0 +1,183 @@
+//! The dispatcher console: `GET /console`, one page built into the binary (like the web-chat
+//! widget), and `GET /v1/console/stream`, the server-sent events it follows. The page signs in
+//! with the escalation API token (kept in the browser session only) and sends it as a bearer
+//! header on every call, the stream included (read with `fetch`, so the token never sits in a
+//! URL or an access log).
+//!
+//! The stream sends `escalations` (the pending escalations, newest first) and, with
+//! `?conversation=channel:user`, `conversation` (that escalation and its history) whenever they
+//! change. It reads them from the store every [`POLL`]: any replica serves any dispatcher, and a
+//! customer's message taken by another replica shows within one poll.
+
+use super::escalations::authorize;
+use crate::app::AppState;
+use crate::app::error::ApiError;
+use crate::escalation::Escalation;
+use crate::message::ConversationKey;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+const CONSOLE_HTML: &str = include_str!("../../console/console.html");
+/// How often the stream reads the store.
+const POLL: Duration = Duration::from_millis(200);
+/// Comment lines keep idle streams (and proxies) open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// `GET /console`.
+pub async fn page() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (
+                header::HeaderName::from_static("x-frame-options"),
+                HeaderValue::from_static("DENY"),
+            ),
+        ],
+        CONSOLE_HTML,
+    )
+        .into_response()
+}
+
+/// Query parameters of the stream.
+#[derive(Deserialize)]
+pub struct StreamQuery {
+    /// The conversation open in the console (`channel:user`).
+    conversation: Option<String>,
+}
+
+/// What the stream has sent last, to send only changes.
+struct Sent {
+    escalations: Option<Value>,
+    conversation: Option<Value>,
+}
+
+/// `GET /v1/console/stream[?conversation=channel:user]`.
+pub async fn stream(
+    State(app): State<Arc<AppState>>,
+    Query(query): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    let conversation = match query.conversation.filter(|c| !c.is_empty()) {
+        Some(text) => Some(ConversationKey::parse(&text).ok_or_else(|| {
+            ApiError::bad_request("`conversation` must be channel:user, e.g. whatsapp:31612345678")
+        })?),
+        None => None,
+    };
+    let sent = Sent {
+        escalations: None,
+        conversation: None,
+    };
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let events = futures_util::stream::unfold(
+        (app, conversation, sent, tick, Vec::<Event>::new()),
+        |(app, conversation, mut sent, mut tick, mut queued)| async move {
+            loop {
+                if let Some(event) = queued.pop() {
+                    return Some((
+                        Ok::<_, Infallible>(event),
+                        (app, conversation, sent, tick, queued),
+                    ));
+                }
+                tokio::select! {
+                    _ = app.release_waiting.cancelled() => return None,
+                    _ = tick.tick() => {}
+                }
+                queued = changes(&app, conversation.as_ref(), &mut sent).await;
+                queued.reverse();
+            }
+        },
+    );
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response();
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// The events for what changed since `sent`; nothing when the store cannot be read (the next
+/// poll tries again).
+async fn changes(
+    app: &AppState,
+    conversation: Option<&ConversationKey>,
+    sent: &mut Sent,
+) -> Vec<Event> {
+    let (store, _) = app.ingress.current_store();
+    let mut events = Vec::new();
+    if let Ok(mut pending) = store.escalations().await {
+        pending.sort_by_key(|e| std::cmp::Reverse(e.created_at));
+        let listed: Vec<Value> = pending.iter().map(listed).collect();
+        let escalations = json!(listed);
+        if sent.escalations.as_ref() != Some(&escalations) {
+            let data = json!({"escalations": escalations, "now": crate::message::now_ms()});
+            events.push(Event::default().event("escalations").data(data.to_string()));
+            sent.escalations = Some(escalations);
+        }
+    }
+    if let Some(conversation) = conversation {
+        let read = async {
+            let escalation = store.escalation(conversation).await?;
+            let history = store.history(conversation).await?;
+            Ok::<_, crate::state::StateError>(json!({
+                "conversation": conversation.as_str(),
+                "escalation": escalation,
+                "history": history,
+            }))
+        };
+        if let Ok(view) = read.await
+            && sent.conversation.as_ref() != Some(&view)
+        {
+            let mut data = view.clone();
+            data["now"] = json!(crate::message::now_ms());
+            events.push(
+                Event::default()
+                    .event("conversation")
+                    .data(data.to_string()),
+            );
+            sent.conversation = Some(view);
+        }
+    }
+    events
+}
+
+/// An escalation as the list shows it: without the transcript, with the customer's last words.
+fn listed(e: &Escalation) -> Value {
+    let last = e
+        .transcript
+        .iter()
+        .rev()
+        .find(|l| l.role == "user")
+        .map(|l| l.text.clone())
+        .unwrap_or_default();
+    json!({
+        "reference": e.reference,
+        "conversation": e.conversation,
+        "channel": e.channel,
+        "user": e.user,
+        "language": e.language,
+        "skill": e.skill,
+        "reason": e.reason,
+        "created_at": e.created_at,
+        "claimed_by": e.claimed_by,
+        "agent_replies": e.agent_replies,
+        "last_message": last,
+    })
+}
