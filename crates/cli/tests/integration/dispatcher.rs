@@ -2,9 +2,11 @@
 //! conversation, writes to the customer on their own channel (the mock WhatsApp), and hands it
 //! back; the bot then answers with the person's words in its prompt.
 
+use crate::support::browser::Browser;
 use crate::support::*;
 use clawgate_fakes::mock_llm::MockLlm;
 use clawgate_fakes::mock_platforms::MockPlatforms;
+use fantoccini::Locator;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -269,4 +271,166 @@ async fn a_closed_whatsapp_window_is_reported_to_the_dispatcher_and_nothing_is_k
     )
     .await;
     assert_eq!(status, 404, "{body}");
+}
+
+/// Types `text` into the element `css`.
+async fn type_into(browser: &Browser, css: &str, text: &str) {
+    browser
+        .client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap_or_else(|e| panic!("type into {css}: {e}"));
+}
+
+/// Clicks the element `css`.
+async fn click(browser: &Browser, css: &str) {
+    browser
+        .client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+/// The console in headless Chromium, end to end: a complaint escalates, the console lists it,
+/// the customer's next message shows live, the dispatcher claims and answers (the customer gets
+/// it on WhatsApp), resolves, and the bot answers the customer's next message knowing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_works_a_complaint_in_the_console_and_the_bot_takes_it_back_knowing_the_answer()
+ {
+    let (_redis, llm, platforms, gateway) = dispatching_gateway().await;
+    let browser = Browser::start(1280, 900).await;
+    browser
+        .client
+        .goto(&gateway.url("/console"))
+        .await
+        .expect("open /console");
+    type_into(&browser, "#token", TOKEN).await;
+    type_into(&browser, "#name", "Ana").await;
+    click(&browser, "#signin button[type=submit]").await;
+    browser
+        .until(
+            "the console to sign in",
+            Duration::from_secs(10),
+            "return !document.getElementById('app').hidden;",
+        )
+        .await;
+    let stored_token = browser
+        .run(
+            "return [sessionStorage.getItem('clawgate.console.token'), localStorage.length];",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        stored_token,
+        json!([TOKEN, 0]),
+        "the token lives in the session only"
+    );
+
+    let number = "31655556666";
+    let conversation = format!("whatsapp:{number}");
+    complain(&gateway, &platforms, number, 0).await;
+    let item = format!("#list .item[data-conversation='{conversation}']");
+    browser
+        .until(
+            "the escalation in the list",
+            Duration::from_secs(10),
+            &format!("return document.querySelector(\"{item}\") !== null;"),
+        )
+        .await;
+    // Keyboard: the list entry is a button; Enter opens the conversation.
+    browser
+        .client
+        .find(Locator::Css(&item))
+        .await
+        .expect("list entry")
+        .send_keys("\u{E007}")
+        .await
+        .expect("Enter");
+    let meta = browser
+        .until(
+            "the conversation to open",
+            Duration::from_secs(10),
+            "const m = document.getElementById('view-meta').textContent; return document.querySelectorAll('#messages .msg').length > 0 ? m : null;",
+        )
+        .await;
+    assert!(
+        meta.as_str().is_some_and(|m| m.contains("Language: nl")),
+        "{meta}"
+    );
+
+    // The customer writes again: it shows without a reload.
+    let follow_up = "Hallo? Ik wacht nog steeds op antwoord.";
+    let (status, _) = gateway
+        .whatsapp(whatsapp_text(number, "wamid.live", follow_up))
+        .await;
+    assert_eq!(status, 200);
+    browser
+        .until(
+            "the customer's new message in the console",
+            Duration::from_secs(10),
+            &format!("return Array.from(document.querySelectorAll('#messages .msg.user .text')).some(n => n.textContent === {});", json!(follow_up)),
+        )
+        .await;
+
+    click(&browser, "#claim").await;
+    browser
+        .until(
+            "the claim to show",
+            Duration::from_secs(10),
+            "return document.getElementById('view-meta').textContent.includes('claimed by Ana');",
+        )
+        .await;
+    let words = "Goedemiddag, met Ana. Er gaat vandaag een nieuw pakket naar u toe.";
+    type_into(&browser, "#reply", words).await;
+    click(&browser, "#send").await;
+    let sent = eventually(
+        Duration::from_secs(10),
+        "Ana's reply on WhatsApp",
+        || async { platforms.sent().into_iter().find(|s| s.text == words) },
+    )
+    .await;
+    assert_eq!(sent.to, number);
+    browser
+        .until(
+            "Ana's reply in the conversation view",
+            Duration::from_secs(10),
+            &format!("return Array.from(document.querySelectorAll('#messages .msg.agent .text')).some(n => n.textContent === {});", json!(words)),
+        )
+        .await;
+
+    click(&browser, "#resolve").await;
+    browser
+        .until(
+            "the list to empty",
+            Duration::from_secs(10),
+            &format!("return document.querySelector(\"{item}\") === null;"),
+        )
+        .await;
+    let before = platforms.sent().len();
+    let (status, _) = gateway
+        .whatsapp(whatsapp_text(number, "wamid.back", "Top, dank u wel!"))
+        .await;
+    assert_eq!(status, 200);
+    let sent = sent_messages(&platforms, before + 1).await;
+    assert!(
+        sent[before].text.starts_with("[mock]"),
+        "{}",
+        sent[before].text
+    );
+    let prompt = llm.last_request().expect("a chat request")["messages"].to_string();
+    assert!(
+        prompt.contains(words),
+        "the prompt lacks Ana's reply: {prompt}"
+    );
+    assert_eq!(
+        platforms.sent().iter().filter(|s| s.text == words).count(),
+        1,
+        "sent once"
+    );
 }
