@@ -14,6 +14,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+/// The name the scripts publish (literally `'escalations'`) when the pending escalations
+/// changed: a hand-over, a claim, a person's message, a resolution, a customer's message while
+/// handed over. The console's list watches it.
+pub const ESCALATIONS_NEWS: &str = "escalations";
+
 /// One watched session: its wake-up channel and how many streams follow it.
 struct Watched {
     news: watch::Sender<u64>,
@@ -42,14 +47,27 @@ pub struct Watch {
     conversation: String,
     news: watch::Receiver<u64>,
     resubscribed: watch::Receiver<u64>,
+    /// A widget's event stream (counted in `clawgate_webchat_event_streams`), not a console's.
+    counted: bool,
 }
 
 impl EventHub {
     /// Registers a stream of `conversation`'s events.
     pub fn watch(self: &Arc<Self>, conversation: &ConversationKey) -> Watch {
+        metrics::gauge!(crate::telemetry::WEBCHAT_EVENT_STREAMS).increment(1.0);
+        self.register(conversation.as_str(), true)
+    }
+
+    /// Registers a console's interest in `name`: a conversation (`channel:user`) or
+    /// [`ESCALATIONS_NEWS`].
+    pub fn watch_name(self: &Arc<Self>, name: &str) -> Watch {
+        self.register(name, false)
+    }
+
+    fn register(self: &Arc<Self>, name: &str, counted: bool) -> Watch {
         let mut sessions = self.lock();
         let watched = sessions
-            .entry(conversation.as_str().to_string())
+            .entry(name.to_string())
             .or_insert_with(|| Watched {
                 news: watch::channel(0).0,
                 streams: 0,
@@ -57,12 +75,12 @@ impl EventHub {
         watched.streams += 1;
         let news = watched.news.subscribe();
         drop(sessions);
-        metrics::gauge!(crate::telemetry::WEBCHAT_EVENT_STREAMS).increment(1.0);
         Watch {
             hub: self.clone(),
-            conversation: conversation.as_str().to_string(),
+            conversation: name.to_string(),
             news,
             resubscribed: self.resubscribed.subscribe(),
+            counted,
         }
     }
 
@@ -121,7 +139,9 @@ impl Drop for Watch {
                 sessions.remove(&self.conversation);
             }
         }
-        metrics::gauge!(crate::telemetry::WEBCHAT_EVENT_STREAMS).decrement(1.0);
+        if self.counted {
+            metrics::gauge!(crate::telemetry::WEBCHAT_EVENT_STREAMS).decrement(1.0);
+        }
     }
 }
 

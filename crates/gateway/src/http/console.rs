@@ -6,13 +6,16 @@
 //!
 //! The stream sends `escalations` (the pending escalations, newest first) and, with
 //! `?conversation=channel:user`, `conversation` (that escalation and its history) whenever they
-//! change. It reads them from the store every [`POLL`]: any replica serves any dispatcher, and a
-//! customer's message taken by another replica shows within one poll.
+//! change. Any replica serves any dispatcher: the scripts that change an escalation or a
+//! handed-over conversation (on whichever replica) publish its name and `escalations` on the
+//! events channel every replica follows, and the stream reads the store again when woken, or
+//! after [`POLL`] in case a wake-up was lost.
 
 use super::escalations::authorize;
 use crate::app::AppState;
 use crate::app::error::ApiError;
 use crate::escalation::Escalation;
+use crate::event_stream::hub::{ESCALATIONS_NEWS, Watch};
 use crate::message::ConversationKey;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -25,8 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const CONSOLE_HTML: &str = include_str!("../../console/console.html");
-/// How often the stream reads the store.
-const POLL: Duration = Duration::from_millis(200);
+/// How often the stream reads the store without a wake-up.
+const POLL: Duration = Duration::from_secs(2);
 /// Comment lines keep idle streams (and proxies) open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -60,6 +63,21 @@ pub struct StreamQuery {
     conversation: Option<String>,
 }
 
+/// One console stream's state.
+struct Follow {
+    app: Arc<AppState>,
+    conversation: Option<ConversationKey>,
+    /// Woken when the pending escalations change.
+    list: Watch,
+    /// Woken when the open conversation changes.
+    opened: Option<Watch>,
+    sent: Sent,
+    /// Events to send before reading again (last first).
+    queued: Vec<Event>,
+    /// Nothing was read yet: read at once.
+    first: bool,
+}
+
 /// What the stream has sent last, to send only changes.
 struct Sent {
     escalations: Option<Value>,
@@ -79,31 +97,44 @@ pub async fn stream(
         })?),
         None => None,
     };
-    let sent = Sent {
-        escalations: None,
-        conversation: None,
-    };
-    let mut tick = tokio::time::interval(POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let events = futures_util::stream::unfold(
-        (app, conversation, sent, tick, Vec::<Event>::new()),
-        |(app, conversation, mut sent, mut tick, mut queued)| async move {
-            loop {
-                if let Some(event) = queued.pop() {
-                    return Some((
-                        Ok::<_, Infallible>(event),
-                        (app, conversation, sent, tick, queued),
-                    ));
-                }
-                tokio::select! {
-                    _ = app.release_waiting.cancelled() => return None,
-                    _ = tick.tick() => {}
-                }
-                queued = changes(&app, conversation.as_ref(), &mut sent).await;
-                queued.reverse();
-            }
+    let follow = Follow {
+        list: app.events.watch_name(ESCALATIONS_NEWS),
+        opened: conversation
+            .as_ref()
+            .map(|c| app.events.watch_name(c.as_str())),
+        sent: Sent {
+            escalations: None,
+            conversation: None,
         },
-    );
+        queued: Vec::new(),
+        first: true,
+        app,
+        conversation,
+    };
+    let events = futures_util::stream::unfold(follow, |mut follow| async move {
+        loop {
+            if let Some(event) = follow.queued.pop() {
+                return Some((Ok::<_, Infallible>(event), follow));
+            }
+            if !follow.first {
+                let opened = async {
+                    match follow.opened.as_mut() {
+                        Some(watch) => watch.news(POLL).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = follow.app.release_waiting.cancelled() => return None,
+                    _ = follow.list.news(POLL) => {}
+                    _ = opened => {}
+                }
+            }
+            follow.first = false;
+            follow.queued =
+                changes(&follow.app, follow.conversation.as_ref(), &mut follow.sent).await;
+            follow.queued.reverse();
+        }
+    });
     let mut response = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response();

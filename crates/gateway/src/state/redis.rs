@@ -36,6 +36,8 @@ struct Publishing {
     append_events: Script,
     commit: Script,
     person_message: Script,
+    claim: Script,
+    resolve: Script,
 }
 
 impl Publishing {
@@ -50,6 +52,8 @@ impl Publishing {
             append_events: script(with_events!("scripts/append_events.lua")),
             commit: script(with_events!("scripts/commit.lua")),
             person_message: script(with_events!("scripts/person_message.lua")),
+            claim: script(include_str!("scripts/claim_escalation.lua")),
+            resolve: script(include_str!("scripts/resolve_escalation.lua")),
         }
     }
 }
@@ -62,10 +66,6 @@ static RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/renew_leases.lua")));
 static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/release_lease.lua")));
-static CLAIM: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/claim_escalation.lua")));
-static RESOLVE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/resolve_escalation.lua")));
 
 /// Conversation state in Redis, shared by all replicas.
 pub struct RedisStore {
@@ -884,11 +884,14 @@ impl StateStore for RedisStore {
         let result: Vec<Value> = self
             .invoke_acknowledged(
                 &key,
-                CLAIM
+                self.publishing()
+                    .claim
                     .key(&key)
                     .arg(by)
                     .arg(u8::from(takeover))
-                    .arg(crate::message::now_ms()),
+                    .arg(crate::message::now_ms())
+                    .arg(self.keys().events_channel_of(conversation))
+                    .arg(conversation.as_str()),
             )
             .await?;
         let outcome = match result.first() {
@@ -939,7 +942,8 @@ impl StateStore for RedisStore {
     ) -> Result<Resolution, StateError> {
         let result: Vec<Value> = self
             .invoke(
-                RESOLVE
+                self.publishing()
+                    .resolve
                     .key(self.keys().escalation(conversation))
                     .key(self.keys().session(conversation))
                     .key(self.keys().escalations_of(conversation.as_str()))
@@ -949,7 +953,8 @@ impl StateStore for RedisStore {
                     .arg(note)
                     .arg(secs(self.limits.conversation_ttl))
                     .arg(secs(self.limits.escalation_retention))
-                    .arg(conversation.as_str()),
+                    .arg(conversation.as_str())
+                    .arg(self.keys().events_channel_of(conversation)),
             )
             .await?;
         let record = |fields: Option<&Value>| match fields {

@@ -3,6 +3,7 @@
 -- takes it only when asking to take it over.
 -- KEYS[1] oc:escalation:{conv}
 -- ARGV[1] who claims   ARGV[2] '1' = take it over from whoever holds it   ARGV[3] now (ms)
+-- ARGV[4] events channel (consoles are woken there)   ARGV[5] the conversation
 -- Returns {'unknown'}, {'not_pending', fields}, {'held', fields} (held by another: see its
 -- claimed_by) or {'claimed', fields}.
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -17,5 +18,7 @@ if holder and holder ~= '' and holder ~= ARGV[1] and ARGV[2] ~= '1' then
 end
 if holder ~= ARGV[1] then
   redis.call('HSET', KEYS[1], 'claimed_by', ARGV[1], 'claimed_at', ARGV[3])
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  redis.call('PUBLISH', ARGV[4], 'escalations')
 end
 return {'claimed', redis.call('HGETALL', KEYS[1])}

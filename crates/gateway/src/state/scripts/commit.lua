@@ -59,11 +59,14 @@ if ARGV[13] ~= '' then
   redis.call('EXPIRE', KEYS[6], ARGV[14])
   redis.call('ZADD', KEYS[7], escalation.created_at, escalation.conversation)
 end
--- While a person has the conversation, it must not expire under them.
+-- While a person has the conversation, it must not expire under them; the consoles following
+-- it (and the list of escalations) are woken on the events channel.
 local ttl = ARGV[6]
 if redis.call('HEXISTS', KEYS[3], 'escalation_pending') == 1 then
   ttl = ARGV[14]
   redis.call('EXPIRE', KEYS[6], ARGV[14])
+  redis.call('PUBLISH', ARGV[17], ARGV[18])
+  redis.call('PUBLISH', ARGV[17], 'escalations')
 end
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('EXPIRE', KEYS[3], ttl)

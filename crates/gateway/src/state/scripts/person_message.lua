@@ -34,6 +34,9 @@ local function sent()
   end
   redis.call('HINCRBY', KEYS[1], 'agent_replies', 1)
   append_events(KEYS[4], ARGV[10], ARGV[11], ttl > 0 and ttl or ARGV[8], ARGV[12], ARGV[13])
+  -- Consoles following the conversation or the list read on.
+  redis.call('PUBLISH', ARGV[12], ARGV[13])
+  redis.call('PUBLISH', ARGV[12], 'escalations')
   return first
 end
 

@@ -6,7 +6,7 @@
 -- KEYS[4] oc:conv:{conv}
 -- ARGV[1] resolved_at (ms)   ARGV[2] resolved_by   ARGV[3] note ('' = none)
 -- ARGV[4] conversation ttl (s)   ARGV[5] retention of the resolved record (s)
--- ARGV[6] the conversation (index member)
+-- ARGV[6] the conversation (index member)   ARGV[7] events channel (consoles are woken there)
 -- Returns {0} when there is no record, {1, fields} when resolved now, {2, fields} when it had
 -- been resolved before.
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -29,4 +29,6 @@ end
 if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('EXPIRE', KEYS[4], ARGV[4])
 end
+redis.call('PUBLISH', ARGV[7], ARGV[6])
+redis.call('PUBLISH', ARGV[7], 'escalations')
 return {1, redis.call('HGETALL', KEYS[1])}
