@@ -66,12 +66,10 @@ impl EventHub {
 
     fn register(self: &Arc<Self>, name: &str, counted: bool) -> Watch {
         let mut sessions = self.lock();
-        let watched = sessions
-            .entry(name.to_string())
-            .or_insert_with(|| Watched {
-                news: watch::channel(0).0,
-                streams: 0,
-            });
+        let watched = sessions.entry(name.to_string()).or_insert_with(|| Watched {
+            news: watch::channel(0).0,
+            streams: 0,
+        });
         watched.streams += 1;
         let news = watched.news.subscribe();
         drop(sessions);

@@ -167,10 +167,21 @@ async fn changes(
         let read = async {
             let escalation = store.escalation(conversation).await?;
             let history = store.history(conversation).await?;
+            // Accepted, but their turn has not run yet (flood control may hold it).
+            let waiting: Vec<Value> = store
+                .waiting_messages(conversation)
+                .await?
+                .into_iter()
+                .filter(|m| !history.iter().any(|h| h.message_id == m.message_id))
+                .map(
+                    |m| json!({"message_id": m.message_id, "text": m.text, "ts": m.received_at_ms}),
+                )
+                .collect();
             Ok::<_, crate::state::StateError>(json!({
                 "conversation": conversation.as_str(),
                 "escalation": escalation,
                 "history": history,
+                "waiting": waiting,
             }))
         };
         if let Ok(view) = read.await

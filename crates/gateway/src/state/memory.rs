@@ -606,6 +606,15 @@ impl StateStore for MemoryStore {
             .map(|(e, _)| e.clone()))
     }
 
+    async fn waiting_messages(
+        &self,
+        _conversation: &ConversationKey,
+    ) -> Result<Vec<InboundMessage>, StateError> {
+        // The in-process queue is not kept per conversation; the history shows them after
+        // their turn.
+        Ok(Vec::new())
+    }
+
     async fn claim_escalation(
         &self,
         conversation: &ConversationKey,

@@ -424,6 +424,13 @@ pub trait StateStore: Send + Sync {
         conversation: &ConversationKey,
     ) -> Result<Option<String>, StateError>;
 
+    /// A conversation's accepted messages whose turn has not committed yet, in arrival order
+    /// (what a dispatcher sees before the bot's holding answer). Empty in degraded mode.
+    async fn waiting_messages(
+        &self,
+        conversation: &ConversationKey,
+    ) -> Result<Vec<InboundMessage>, StateError>;
+
     /// The pending escalations, oldest first.
     async fn escalations(&self) -> Result<Vec<Escalation>, StateError>;
 

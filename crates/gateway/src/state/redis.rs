@@ -874,6 +874,21 @@ impl StateStore for RedisStore {
         Ok(Escalation::from_fields(&parse_hash(&fields)))
     }
 
+    async fn waiting_messages(
+        &self,
+        conversation: &ConversationKey,
+    ) -> Result<Vec<InboundMessage>, StateError> {
+        let fields: Vec<Value> = self
+            .query(redis::cmd("HGETALL").arg(self.keys().pending(conversation)))
+            .await?;
+        let mut waiting: Vec<(u64, InboundMessage)> = parse_hash(&fields)
+            .into_iter()
+            .filter_map(|(seq, json)| Some((seq.parse().ok()?, serde_json::from_str(&json).ok()?)))
+            .collect();
+        waiting.sort_by_key(|(seq, _)| *seq);
+        Ok(waiting.into_iter().map(|(_, msg)| msg).collect())
+    }
+
     async fn claim_escalation(
         &self,
         conversation: &ConversationKey,

@@ -27,4 +27,10 @@ if ARGV[6] == '1' then
   redis.call('EXPIRE', KEYS[4], ARGV[2])
 end
 append_events(KEYS[5], ARGV[7], ARGV[8], ARGV[2], ARGV[9], ARGV[10])
+-- A customer of a handed-over conversation wrote: the consoles following it show it now, before
+-- its turn (which flood control may delay) runs.
+if redis.call('HEXISTS', KEYS[2], 'escalation_pending') == 1 then
+  redis.call('PUBLISH', ARGV[9], ARGV[10])
+  redis.call('PUBLISH', ARGV[9], 'escalations')
+end
 return seq
