@@ -3,6 +3,7 @@
 //! back; the bot then answers with the person's words in its prompt.
 
 use crate::support::browser::Browser;
+use crate::support::sse::SseStream;
 use crate::support::*;
 use clawgate_fakes::mock_llm::MockLlm;
 use clawgate_fakes::mock_platforms::MockPlatforms;
@@ -432,5 +433,64 @@ async fn a_dispatcher_works_a_complaint_in_the_console_and_the_bot_takes_it_back
         platforms.sent().iter().filter(|s| s.text == words).count(),
         1,
         "sent once"
+    );
+}
+
+/// On web chat the widget's live event stream is the delivery: a person's message arrives as a
+/// `person` event and stays in the session's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_chat_customer_sees_the_persons_message_live_and_in_the_history() {
+    let (_redis, _llm, _platforms, gateway) = dispatching_gateway().await;
+    let session = "wc-dispatch-1";
+    let (status, body) = gateway.send(session, "m1", COMPLAINT, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reply"]["provider"], "handover");
+    let http = http_client();
+    let mut events = SseStream::open(
+        &http,
+        &gateway.url(&format!("/v1/webchat/sessions/{session}/events")),
+        None,
+    )
+    .await;
+    assert_eq!(
+        events.next(Duration::from_secs(5)).await.map(|e| e.name),
+        Some("ready".to_string())
+    );
+
+    let words = "Hi, Ana here: a new parcel leaves today.";
+    let (status, sent) = dispatch(
+        &gateway,
+        &format!("/v1/escalations/webchat:{session}/messages"),
+        json!({"text": words, "by": "Ana"}),
+        &[],
+    )
+    .await;
+    assert_eq!((status, &sent["status"]), (200, &json!("sent")), "{sent}");
+    let seen = events.until("person", Duration::from_secs(5)).await;
+    let person = seen.last().expect("the person event");
+    assert_eq!(
+        (person.data["text"].as_str(), person.data["by"].as_str()),
+        (Some(words), Some("Ana"))
+    );
+    assert_eq!(person.data["message_id"], sent["message_id"]);
+    let history = gateway.history(session).await;
+    assert!(
+        history
+            .iter()
+            .any(|e| e["role"] == "agent" && e["text"] == words),
+        "{history:?}"
+    );
+
+    // The console page itself is served by every replica.
+    let page = http_client()
+        .get(gateway.url("/console"))
+        .send()
+        .await
+        .expect("GET /console");
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("text/html"))
     );
 }
