@@ -453,3 +453,63 @@ async fn a_deployment_on_one_redis_moves_to_a_cluster_without_losing_a_conversat
     );
     assert_no_crossslot(&[&a, &b]);
 }
+
+/// `redis.username` and `redis.password` reach every node of a cluster, as they reach a lone
+/// Redis: with an ACL user on each node, the replica's connections to every master
+/// authenticate as that user, and a wrong password leaves it unable to use the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_reach_every_node_of_a_cluster() {
+    let cluster = TestRedisCluster::start(3).await;
+    for node in &cluster.nodes {
+        let _: String = node
+            .query(
+                redis::cmd("ACL")
+                    .arg("SETUSER")
+                    .arg("clawgate")
+                    .arg("on")
+                    .arg(">cluster-secret")
+                    .arg("~*")
+                    .arg("&*")
+                    .arg("+@all"),
+            )
+            .await;
+    }
+    let llm = mock_llm(0).await;
+    let mut config = test_config(vec![openai_provider("primary", &llm, 10_000, 0)]);
+    config["redis"]["username"] = "clawgate".into();
+    config["redis"]["password"] = "cluster-secret".into();
+    let gateway = Gateway::start(config.clone(), &cluster.url(), "acl-a").await;
+    for (i, id) in ["m1", "m2"].iter().enumerate() {
+        let text = answered(&gateway, "acl-session", id, &format!("turn {}", i + 1)).await;
+        assert_eq!(user_turns(&text), i + 1, "{text}");
+    }
+    for port in cluster.slot_owners().await.keys() {
+        let node = cluster
+            .nodes
+            .iter()
+            .find(|n| n.port == *port)
+            .expect("master");
+        let clients: String = node.query(redis::cmd("CLIENT").arg("LIST")).await;
+        assert!(
+            clients.contains("user=clawgate"),
+            "master :{port} has no connection of user clawgate:\n{clients}"
+        );
+    }
+
+    config["redis"]["password"] = "not-the-secret".into();
+    config["redis"]["downMode"] = "reject".into();
+    let mut spec = GatewaySpec::new(config, &cluster.url(), "acl-wrong");
+    spec.wait_ready = false;
+    let wrong = Gateway::spawn(spec).await;
+    eventually(
+        Duration::from_secs(20),
+        "the replica with a wrong password to report Redis down",
+        || async { (wrong.health().await["redis"] == "down").then_some(()) },
+    )
+    .await;
+    let (status, _) = wrong.send("acl-session", "m3", "turn 3", Some(1_000)).await;
+    assert_ne!(
+        status, 200,
+        "a wrong password must not serve from the cluster"
+    );
+}
