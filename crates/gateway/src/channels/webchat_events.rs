@@ -16,9 +16,9 @@ use crate::app::error::ApiError;
 use crate::events::StoredEvent;
 use crate::message::{Channel, ConversationKey};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::response::sse::Event;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use std::convert::Infallible;
@@ -73,14 +73,7 @@ pub async fn events(
     let events = follow(app, conversation, start, watch).map(|event| Ok(to_sse(event)));
     let stream =
         futures_util::stream::once(async move { Ok::<_, Infallible>(ready) }).chain(events);
-    let mut response = Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response();
-    // nginx buffers proxied responses unless told not to; events must pass at once.
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    Ok(crate::event_stream::unbuffered_sse(stream, KEEP_ALIVE))
 }
 
 /// An SSE event named by the stored event's `type`.

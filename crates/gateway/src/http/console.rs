@@ -19,7 +19,7 @@ use crate::event_stream::hub::{ESCALATIONS_NEWS, Watch};
 use crate::message::ConversationKey;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -135,13 +135,7 @@ pub async fn stream(
             follow.queued.reverse();
         }
     });
-    let mut response = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response();
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    Ok(crate::event_stream::unbuffered_sse(events, KEEP_ALIVE))
 }
 
 /// The events for what changed since `sent`; nothing when the store cannot be read (the next

@@ -127,6 +127,18 @@ impl Inner {
         self.conversations.get(key).filter(|c| c.expires > now)
     }
 
+    /// The conversation's escalation if it has not expired.
+    fn live_escalation(
+        &mut self,
+        conversation: &ConversationKey,
+        now: Instant,
+    ) -> Option<&mut Escalation> {
+        self.escalations
+            .get_mut(conversation)
+            .filter(|(_, expires)| *expires > now)
+            .map(|(record, _)| record)
+    }
+
     fn live_reply(&self, id: &str, now: Instant) -> Option<StoredReply> {
         self.replies
             .get(id)
@@ -623,11 +635,7 @@ impl StateStore for MemoryStore {
     ) -> Result<Claim, StateError> {
         let now = Instant::now();
         let mut inner = self.lock();
-        let Some((record, _)) = inner
-            .escalations
-            .get_mut(conversation)
-            .filter(|(_, expires)| *expires > now)
-        else {
+        let Some(record) = inner.live_escalation(conversation, now) else {
             return Ok(Claim::Unknown);
         };
         if record.status != escalation::PENDING {
@@ -665,11 +673,7 @@ impl StateStore for MemoryStore {
                 status: status.clone(),
             });
         }
-        let Some((record, _)) = inner
-            .escalations
-            .get_mut(&message.conversation)
-            .filter(|(_, expires)| *expires > now)
-        else {
+        let Some(record) = inner.live_escalation(&message.conversation, now) else {
             return Ok(Reservation::Unknown);
         };
         if record.status != escalation::PENDING {
@@ -717,11 +721,7 @@ impl StateStore for MemoryStore {
     ) -> Result<Resolution, StateError> {
         let now = Instant::now();
         let mut inner = self.lock();
-        let Some((record, _)) = inner
-            .escalations
-            .get_mut(conversation)
-            .filter(|(_, expires)| *expires > now)
-        else {
+        let Some(record) = inner.live_escalation(conversation, now) else {
             return Ok(Resolution::Unknown);
         };
         if record.status != escalation::PENDING {
