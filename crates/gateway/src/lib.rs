@@ -30,6 +30,7 @@ pub mod logging;
 pub mod lookup;
 pub mod message;
 pub mod migrate;
+pub mod person_message;
 pub mod person_reply;
 pub mod replies;
 pub mod retry;

@@ -14,7 +14,7 @@ use crate::events::{SessionEvent, StoredEvent};
 use crate::message::{
     Channel, ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply,
 };
-use crate::person_reply::{PersonMessage, Reservation, SendStatus};
+use crate::person_message::{PersonMessage, Reservation, SendStatus};
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

@@ -20,7 +20,7 @@ use crate::events::{SessionEvent, StoredEvent};
 use crate::message::{
     Channel, ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply,
 };
-use crate::person_reply::{PersonMessage, Reservation};
+use crate::person_message::{PersonMessage, Reservation};
 use async_trait::async_trait;
 use std::time::Duration;
 

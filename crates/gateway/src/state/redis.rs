@@ -17,7 +17,7 @@ use crate::events::{self, SessionEvent, StoredEvent};
 use crate::message::{
     Channel, ConversationKey, DedupeId, HistoryEntry, InboundMessage, StoredReply,
 };
-use crate::person_reply::{PersonMessage, Reservation, SendStatus};
+use crate::person_message::{PersonMessage, Reservation, SendStatus};
 use async_trait::async_trait;
 use redis::{FromRedisValue, Script, ScriptInvocation, Value};
 use std::collections::BTreeMap;
