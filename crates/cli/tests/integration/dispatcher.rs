@@ -436,6 +436,53 @@ async fn a_dispatcher_works_a_complaint_in_the_console_and_the_bot_takes_it_back
     );
 }
 
+/// A Telegram update with one text message from a private chat.
+fn telegram_text(chat: i64, update_id: u64, text: &str) -> Vec<u8> {
+    json!({"update_id": update_id, "message": {"message_id": update_id, "date": now_secs(),
+        "text": text, "from": {"id": chat, "is_bot": false, "first_name": "Lena", "language_code": "de"},
+        "chat": {"id": chat, "type": "private", "first_name": "Lena"}}})
+    .to_string()
+    .into_bytes()
+}
+
+/// On Telegram a person's message goes out through the Bot API to the customer's chat, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telegram_customer_gets_the_persons_message_in_their_chat() {
+    let (_redis, _llm, platforms, gateway) = dispatching_gateway().await;
+    let chat = 5_123_450_001_i64;
+    let (status, body) = gateway
+        .telegram(telegram_text(
+            chat,
+            7001,
+            "Mein Paket ist beschädigt angekommen!",
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let notice = sent_messages(&platforms, 1).await;
+    assert_eq!(
+        (notice[0].channel.as_str(), notice[0].to.as_str()),
+        ("telegram", chat.to_string().as_str())
+    );
+    let words = "Guten Tag, hier ist Ana. Ein neues Paket ist unterwegs.";
+    let (status, body) = dispatch(
+        &gateway,
+        &format!("/v1/escalations/telegram:{chat}/messages"),
+        json!({"text": words, "by": "Ana"}),
+        &[("idempotency-key", "tg-1")],
+    )
+    .await;
+    assert_eq!((status, &body["status"]), (200, &json!("sent")), "{body}");
+    let sent = sent_messages(&platforms, 2).await;
+    assert_eq!(
+        (
+            sent[1].channel.as_str(),
+            sent[1].to.as_str(),
+            sent[1].text.as_str()
+        ),
+        ("telegram", chat.to_string().as_str(), words)
+    );
+}
+
 /// On web chat the widget's live event stream is the delivery: a person's message arrives as a
 /// `person` event and stays in the session's history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
