@@ -139,6 +139,34 @@ pub async fn start(
         ));
         (stop, task)
     };
+    // One server of a Sentinel group or a cluster: its own folder and config, supervised and
+    // restarted after GROUP_RESTART_AFTER (a crashed primary or master comes back as its
+    // successor's replica).
+    let start_group_server = |running: &mut RunningRedis,
+                              redis: &mut RedisState,
+                              name: &str,
+                              port: u16,
+                              replica_of: Option<u16>,
+                              node_timeout: Option<Duration>|
+     -> Result<(), ClusterError> {
+        let data = state_dir.join("redis").join(name);
+        std::fs::create_dir_all(&data).map_err(io(&data))?;
+        let conf_path = state_dir.join(format!("{name}.conf"));
+        let conf = render::redis_node_conf(
+            Some((port, &data)),
+            &spec.redis_maxmemory,
+            replica_of.map(|p| ("127.0.0.1", p)),
+            node_timeout,
+        )?;
+        std::fs::write(&conf_path, conf).map_err(io(&conf_path))?;
+        running.servers.push(supervise(
+            name,
+            vec![conf_path.display().to_string()],
+            GROUP_RESTART_AFTER,
+        ));
+        redis.servers.push(NodeState::new(name, port));
+        Ok(())
+    };
     match spec.redis_mode {
         RedisMode::Single => {
             let port = port_at(0)?;
@@ -162,26 +190,12 @@ pub async fn start(
             for index in 0..SENTINEL_SERVERS {
                 let name = format!("redis-{}", index + 1);
                 let port = port_at(index as u16)?;
-                let data = state_dir.join("redis").join(&name);
-                std::fs::create_dir_all(&data).map_err(io(&data))?;
-                let conf_path = state_dir.join(format!("{name}.conf"));
                 // A server restarted later keeps its place: the sentinels reconfigure it.
                 if index == 0 {
                     primary_port = port;
                 }
                 let replica_of = (index > 0).then_some(primary_port);
-                let conf = render::redis_conf(
-                    Some((port, &data)),
-                    &spec.redis_maxmemory,
-                    replica_of.map(|p| ("127.0.0.1", p)),
-                )?;
-                std::fs::write(&conf_path, conf).map_err(io(&conf_path))?;
-                running.servers.push(supervise(
-                    &name,
-                    vec![conf_path.display().to_string()],
-                    GROUP_RESTART_AFTER,
-                ));
-                redis.servers.push(NodeState::new(&name, port));
+                start_group_server(&mut running, redis, &name, port, replica_of, None)?;
             }
             for index in 0..SENTINELS {
                 let name = format!("sentinel-{}", index + 1);
@@ -232,24 +246,14 @@ pub async fn start(
                 } else {
                     spec.redis_port.saturating_add(index)
                 };
-                let data = state_dir.join("redis").join(&name);
-                std::fs::create_dir_all(&data).map_err(io(&data))?;
-                let conf_path = state_dir.join(format!("{name}.conf"));
-                let conf = render::redis_node_conf(
-                    Some((port, &data)),
-                    &spec.redis_maxmemory,
+                start_group_server(
+                    &mut running,
+                    redis,
+                    &name,
+                    port,
                     None,
                     Some(CLUSTER_NODE_TIMEOUT),
                 )?;
-                std::fs::write(&conf_path, conf).map_err(io(&conf_path))?;
-                // Restarted after a pause, a crashed master comes back as its successor's
-                // replica (see GROUP_RESTART_AFTER).
-                running.servers.push(supervise(
-                    &name,
-                    vec![conf_path.display().to_string()],
-                    GROUP_RESTART_AFTER,
-                ));
-                redis.servers.push(NodeState::new(&name, port));
             }
             redis.mode = "cluster".into();
             redis.url = format!("redis+cluster://{}", addresses(&redis.servers));
@@ -399,12 +403,7 @@ pub async fn replicas_confirm_writes(nodes: &str) -> bool {
         else {
             return false;
         };
-        let Ok(client) = redis::Client::open(format!("redis://{}", master.addr)) else {
-            return false;
-        };
-        let connect = client.get_multiplexed_async_connection();
-        let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_millis(800), connect).await
-        else {
+        let Some(mut conn) = connect_quickly(&master.addr).await else {
             return false;
         };
         let confirmed = async {
@@ -439,14 +438,22 @@ async fn server_info(addr: &str, section: &str) -> Option<String> {
     ask_server(addr, redis::cmd("INFO").arg(section)).await
 }
 
-async fn ask_server(addr: &str, command: &redis::Cmd) -> Option<String> {
+/// How long a question to one managed server may take (connecting, then answering): a server
+/// that takes longer counts as not answering.
+const ASK_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// A connection to the server at `addr`, if it accepts one within [`ASK_TIMEOUT`].
+async fn connect_quickly(addr: &str) -> Option<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(format!("redis://{addr}")).ok()?;
-    let connect = client.get_multiplexed_async_connection();
-    let mut conn = tokio::time::timeout(Duration::from_millis(800), connect)
+    tokio::time::timeout(ASK_TIMEOUT, client.get_multiplexed_async_connection())
         .await
         .ok()?
-        .ok()?;
-    tokio::time::timeout(Duration::from_millis(800), command.query_async(&mut conn))
+        .ok()
+}
+
+async fn ask_server(addr: &str, command: &redis::Cmd) -> Option<String> {
+    let mut conn = connect_quickly(addr).await?;
+    tokio::time::timeout(ASK_TIMEOUT, command.query_async(&mut conn))
         .await
         .ok()?
         .ok()
@@ -517,17 +524,9 @@ async fn sentinel_knows(addr: &str, replicas: usize, others: usize) -> bool {
 
 /// `SENTINEL MASTER clawgate` of the sentinel at `addr`, as field/value strings.
 pub(crate) async fn sentinel_master(addr: &str) -> Option<Vec<String>> {
-    let client = redis::Client::open(format!("redis://{addr}")).ok()?;
-    let connect = client.get_multiplexed_async_connection();
-    let mut conn = tokio::time::timeout(Duration::from_millis(800), connect)
-        .await
-        .ok()?
-        .ok()?;
+    let mut conn = connect_quickly(addr).await?;
     let question = clawgate_gateway::state::observe::sentinel_master(&mut conn, SENTINEL_MASTER);
-    tokio::time::timeout(Duration::from_millis(800), question)
-        .await
-        .ok()?
-        .ok()
+    tokio::time::timeout(ASK_TIMEOUT, question).await.ok()?.ok()
 }
 
 #[cfg(test)]
