@@ -57,25 +57,21 @@ pub async fn show(
     Path(target): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = authorize(&app, &headers) {
-        return e.into_response();
-    }
-    let (store, _) = app.ingress.current_store();
-    let found = match crate::state::conversation_named(store, &target).await {
-        Ok(Some(conversation)) => match store.escalation(&conversation).await {
-            Ok(Some(e)) => store.history(&conversation).await.map(|h| Some((e, h))),
-            Ok(None) => Ok(None),
-            Err(e) => Err(e),
-        },
-        Ok(None) => Ok(None),
-        Err(e) => Err(e),
+    let shown = async {
+        authorize(&app, &headers)?;
+        let conversation = named_conversation(&app, &target).await?;
+        let (store, _) = app.ingress.current_store();
+        let escalation = store
+            .escalation(&conversation)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| no_escalation(&target))?;
+        let history = store.history(&conversation).await.map_err(store_error)?;
+        Ok::<_, ApiError>(json!({"escalation": escalation, "history": history}))
     };
-    match found {
-        Ok(Some((e, history))) => {
-            Json(json!({"escalation": e, "history": history})).into_response()
-        }
-        Ok(None) => no_escalation(&target).into_response(),
-        Err(e) => store_error(e).into_response(),
+    match shown.await {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -109,22 +105,16 @@ pub async fn resolve(
     let request: ResolveRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ResolveRequest::default()
     } else {
-        match serde_json::from_slice(&body) {
+        match json_body(&body, "{\"by\": string, \"note\": string} (both optional)") {
             Ok(request) => request,
-            Err(e) => {
-                return ApiError::bad_request(format!(
-                    "expected {{\"by\": string, \"note\": string}} (both optional): {e}"
-                ))
-                .into_response();
-            }
+            Err(e) => return e.into_response(),
         }
     };
-    let (store, _) = app.ingress.current_store();
-    let conversation = match crate::state::conversation_named(store, &target).await {
-        Ok(Some(conversation)) => conversation,
-        Ok(None) => return no_escalation(&target).into_response(),
-        Err(e) => return store_error(e).into_response(),
+    let conversation = match named_conversation(&app, &target).await {
+        Ok(conversation) => conversation,
+        Err(e) => return e.into_response(),
     };
+    let (store, _) = app.ingress.current_store();
     let by = request.by.unwrap_or_else(|| "api".into());
     let note = request.note.unwrap_or_default();
     match store.resolve_escalation(&conversation, &by, &note).await {
