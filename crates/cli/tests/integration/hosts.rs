@@ -130,14 +130,7 @@ impl Replies {
     fn of(sent: &[clawgate_fakes::mock_platforms::Sent]) -> Replies {
         let mut by_customer: HashMap<usize, Vec<(usize, usize, String)>> = HashMap::new();
         for reply in sent {
-            // The mock model's answer: `[mock] user_turns=N last="c{customer} m{message}"`.
-            let last = reply.text.split("last=\"").nth(1).unwrap_or_default();
-            let parsed = last
-                .trim_end_matches('"')
-                .strip_prefix('c')
-                .and_then(|rest| rest.split_once(" m"))
-                .and_then(|(c, m)| Some((c.parse().ok()?, m.parse().ok()?)));
-            match parsed {
+            match last_customer_message(&reply.text) {
                 Some((c, m)) => by_customer.entry(c).or_default().push((
                     m,
                     user_turns(&reply.text),

@@ -227,13 +227,7 @@ fn replies_by_customer(
     let mut by_customer: std::collections::HashMap<usize, Vec<(usize, usize)>> =
         std::collections::HashMap::new();
     for reply in sent {
-        let last = reply.text.split("last=\"").nth(1).unwrap_or_default();
-        let parsed = last
-            .trim_end_matches('"')
-            .strip_prefix('c')
-            .and_then(|rest| rest.split_once(" m"))
-            .and_then(|(c, m)| Some((c.parse().ok()?, m.parse().ok()?)));
-        if let Some((c, m)) = parsed {
+        if let Some((c, m)) = last_customer_message(&reply.text) {
             by_customer
                 .entry(c)
                 .or_default()

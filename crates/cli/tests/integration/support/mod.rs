@@ -810,6 +810,18 @@ pub fn user_turns(reply_text: &str) -> usize {
         .unwrap_or_else(|| panic!("not a mock answer: {reply_text}"))
 }
 
+/// `(customer, message)` of the last message the mock LLM saw, when the load loops name their
+/// messages `c{customer} m{message}` (`[mock] user_turns=N last="c3 m7"`).
+pub fn last_customer_message(reply_text: &str) -> Option<(usize, usize)> {
+    reply_text
+        .split("last=\"")
+        .nth(1)?
+        .trim_end_matches('"')
+        .strip_prefix('c')?
+        .split_once(" m")
+        .and_then(|(c, m)| Some((c.parse().ok()?, m.parse().ok()?)))
+}
+
 /// The first of `count` consecutive ports that were free a moment ago on 127.0.0.1.
 pub fn free_port_range(count: u16) -> u16 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
