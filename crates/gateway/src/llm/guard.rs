@@ -88,8 +88,8 @@ pub struct ProviderGuards {
     guards: Vec<Option<Guard>>,
     /// Replicas seen alive at the last heartbeat (at least 1): the divisor of a local share.
     live_replicas: AtomicU32,
-    /// Breaker updates and probes started off a turn's path; waited for when the loop stops.
-    bookkeeping: TaskTracker,
+    /// Probes of open providers, run off the loop; waited for when the loop stops.
+    probes: TaskTracker,
 }
 
 impl ProviderGuards {
@@ -121,7 +121,7 @@ impl ProviderGuards {
             settings,
             guards,
             live_replicas: AtomicU32::new(1),
-            bookkeeping: TaskTracker::new(),
+            probes: TaskTracker::new(),
         }
     }
 
@@ -395,8 +395,8 @@ impl ProviderGuards {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => {
-                    self.bookkeeping.close();
-                    self.bookkeeping.wait().await;
+                    self.probes.close();
+                    self.probes.wait().await;
                     for guard in self.guards.iter().flatten() {
                         self.send_successes(guard).await;
                     }
@@ -418,7 +418,7 @@ impl ProviderGuards {
                 if state == BreakerState::Open && self.probe_due(guard).await {
                     let guards = self.clone();
                     let (provider, timeout) = (provider.clone(), *timeout);
-                    self.bookkeeping
+                    self.probes
                         .spawn(async move { guards.probe(position, provider, timeout).await });
                 }
             }
