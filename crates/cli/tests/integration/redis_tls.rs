@@ -252,3 +252,109 @@ async fn sentinels_and_servers_over_tls_lead_a_replica_to_its_primary() {
         "the password reached the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_speaks_only_tls_keeps_conversations_on_every_master() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_certificates(dir.path(), "clawgate test CA");
+    let ca = dir.path().join("ca.crt");
+    let base = crate::support::redis_cluster::cluster_ports(3);
+    let ports: Vec<u16> = (base..base + 3).collect();
+    let mut servers = Vec::new();
+    for port in &ports {
+        let data = dir.path().join(format!("node-{port}"));
+        std::fs::create_dir_all(&data).expect("dir");
+        let data = data.display().to_string();
+        let mut options = server_options(&data);
+        // The cluster bus between the nodes is TLS too.
+        options.extend([
+            "--cluster-enabled",
+            "yes",
+            "--tls-cluster",
+            "yes",
+            "--cluster-node-timeout",
+            "1500",
+        ]);
+        servers.push(tls_server(dir.path(), *port, &options).await);
+    }
+    let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let created = tokio::process::Command::new("redis-cli")
+        .args(["--tls", "--cacert"])
+        .arg(&ca)
+        .args(["-a", PASSWORD, "--no-auth-warning", "--cluster", "create"])
+        .args(&addresses)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .await
+        .expect("redis-cli --cluster create");
+    assert!(
+        created.status.success(),
+        "redis-cli --cluster create over TLS failed: {}",
+        String::from_utf8_lossy(&created.stdout)
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the TLS cluster to be ok",
+        || async {
+            for port in &ports {
+                let mut conn = tls_connection(*port, &ca).await;
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                info.contains("cluster_state:ok").then_some(())?;
+            }
+            Some(())
+        },
+    )
+    .await;
+
+    let llm = mock_llm(0).await;
+    let mut config = test_config(vec![openai_provider("primary", &llm, 10_000, 0)]);
+    config["redis"] = json!({"cluster": {"nodes": addresses, "tls": true},
+        "password": PASSWORD, "tls": {"caFile": ca}, "commandTimeoutMs": 1000});
+    let gateway = Gateway::start(config, "", "tls-cluster").await;
+    let health = eventually(Duration::from_secs(15), "the cluster up", || async {
+        let health = gateway.health().await;
+        (health["redis"] == "up").then_some(health)
+    })
+    .await;
+    assert_eq!(health["redis"], "up", "{health}");
+    // Twelve customers write three messages each: every answer knows the customer's earlier
+    // messages, and the conversations spread over all three masters.
+    for turn in 1..=3 {
+        for customer in 0..12 {
+            let user = format!("tls-c{customer}");
+            let (status, body) = gateway
+                .send(
+                    &user,
+                    &format!("{user}-m{turn}"),
+                    &format!("vraag {turn}"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(
+                user_turns(body["reply"]["text"].as_str().unwrap_or("")),
+                turn,
+                "{user}: {body}"
+            );
+        }
+    }
+    for port in &ports {
+        let mut conn = tls_connection(*port, &ca).await;
+        let keys: u64 = redis::cmd("DBSIZE")
+            .query_async(&mut conn)
+            .await
+            .expect("DBSIZE");
+        assert!(keys > 0, "master :{port} holds no key");
+    }
+    assert!(
+        !gateway.logs().contains(PASSWORD),
+        "the password reached the log"
+    );
+    for mut server in servers {
+        let _ = server.kill().await;
+    }
+}

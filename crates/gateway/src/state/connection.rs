@@ -271,7 +271,13 @@ impl ClusterSettings {
                 .password
                 .as_ref()
                 .map(|p| p.expose_secret().to_string()),
-            ca_pem: config.tls.as_ref().map(|tls| tls.ca_pem.clone()),
+            // Giving the client certificates turns TLS on, so the CA goes only to a cluster
+            // spoken to over TLS (as `redis.tls.caFile` applies only to a `rediss://` Redis).
+            ca_pem: config
+                .tls
+                .as_ref()
+                .filter(|_| cluster.tls)
+                .map(|tls| tls.ca_pem.clone()),
             timeout: config.command_timeout,
         }
     }

@@ -36,16 +36,7 @@ impl TestRedisCluster {
     /// `masters` masters with one replica each, all slots assigned, the cluster `ok`.
     pub async fn start(masters: usize) -> TestRedisCluster {
         let count = masters * 2;
-        // A cluster node also listens on its port + 10000 (the cluster bus): both below the
-        // kernel's ephemeral ports (32768 and up), which outgoing connections could take.
-        let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let base = (0u32..1_000)
-            .map(|n| 20_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 2_700) as u16)
-            .find(|&base| (0..count as u16).all(|i| free(base + i) && free(base + 10_000 + i)))
-            .expect("free ports for a Redis Cluster in 20000-22699");
+        let base = cluster_ports(count as u16);
         let mut nodes = Vec::with_capacity(count);
         for i in 0..count as u16 {
             let log = std::env::temp_dir().join(format!("clawgate-test-redis-{}.log", base + i));
@@ -245,6 +236,20 @@ impl TestRedisCluster {
         }
         sizes
     }
+}
+
+/// The first of `count` consecutive free ports for cluster nodes. A cluster node also listens
+/// on its port + 10000 (the cluster bus): both below the kernel's ephemeral ports (32768 and
+/// up), which outgoing connections could take.
+pub fn cluster_ports(count: u16) -> u16 {
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (0u32..1_000)
+        .map(|n| 20_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 2_700) as u16)
+        .find(|&base| (0..count).all(|i| free(base + i) && free(base + 10_000 + i)))
+        .expect("free ports for a Redis Cluster in 20000-22699")
 }
 
 /// From `INFO replication`: a replica's link is up; a master has a replica and streams to it.
