@@ -28,14 +28,29 @@ fn breaker_config(primary: &MockLlm, fallback: &MockLlm) -> Value {
     config
 }
 
-async fn breaker_state(redis: &TestRedis, provider: &str) -> Option<String> {
-    redis
-        .query(
-            redis::cmd("HGET")
-                .arg(format!("oc:breaker:{{{provider}}}"))
-                .arg("state"),
-        )
-        .await
+/// The shared breaker's state in the Redis at `url` (one Redis, or a cluster's seeds).
+async fn breaker_state(url: &str, provider: &str) -> Option<String> {
+    let mut command = redis::cmd("HGET");
+    command
+        .arg(format!("oc:breaker:{{{provider}}}"))
+        .arg("state");
+    match url.strip_prefix("redis+cluster://") {
+        Some(seeds) => {
+            let seeds = seeds.split(',').map(|seed| format!("redis://{seed}"));
+            let client = redis::cluster::ClusterClient::new(seeds.collect::<Vec<_>>())
+                .expect("cluster client");
+            let mut conn = client.get_async_connection().await.expect("cluster");
+            command.query_async(&mut conn).await.expect("HGET")
+        }
+        None => {
+            let client = redis::Client::open(url).expect("client");
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis");
+            command.query_async(&mut conn).await.expect("HGET")
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +72,7 @@ async fn a_hanging_primary_is_skipped_once_its_breaker_opens_and_gets_traffic_ba
         assert!(turn_latency_ms(&gateway, &format!("before-{i}")).await >= 1000);
     }
     assert_eq!(
-        breaker_state(&redis, "primary").await.as_deref(),
+        breaker_state(&redis.url(), "primary").await.as_deref(),
         Some("open")
     );
 
@@ -94,7 +109,7 @@ async fn a_hanging_primary_is_skipped_once_its_breaker_opens_and_gets_traffic_ba
     // The primary recovers: a background probe closes the breaker and traffic returns to it.
     primary.set_mode(Mode::Ok);
     eventually(Duration::from_secs(10), "the breaker to close", || async {
-        (breaker_state(&redis, "primary").await.as_deref() == Some("closed")).then_some(())
+        (breaker_state(&redis.url(), "primary").await.as_deref() == Some("closed")).then_some(())
     })
     .await;
     let (_, body) = gateway.send("recovered", "m1", "and now?", None).await;
@@ -114,11 +129,28 @@ async fn a_hanging_primary_is_skipped_once_its_breaker_opens_and_gets_traffic_ba
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_breaker_opened_by_one_replica_spares_the_other_its_timeouts() {
     let redis = TestRedis::start().await;
+    one_replica_opens_the_breaker_for_the_other(&redis.url()).await;
+}
+
+/// The same on a Redis Cluster, where the change is announced on the shard channel of the
+/// breaker's own slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_a_breaker_opened_by_one_replica_spares_the_other_its_timeouts() {
+    let cluster = crate::support::redis_cluster::TestRedisCluster::start(3).await;
+    one_replica_opens_the_breaker_for_the_other(&cluster.url()).await;
+}
+
+/// Replica A meets a hanging primary until its breaker opens; replica B, which had been
+/// admitting the primary without asking Redis, skips it from then on.
+async fn one_replica_opens_the_breaker_for_the_other(redis_url: &str) {
     let primary = mock_llm(0).await;
     let fallback = mock_llm(20).await;
     let config = breaker_config(&primary, &fallback);
-    let a = Gateway::start(config.clone(), &redis.url(), "a").await;
-    let b = Gateway::start(config, &redis.url(), "b").await;
+    let a = Gateway::start(config.clone(), redis_url, "a").await;
+    let b = Gateway::start(config, redis_url, "b").await;
+    // The primary answers at first (B, like A, re-reads the shared breaker every second).
+    let (_, body) = b.send("b-warm", "m1", "hello", None).await;
+    assert_eq!(body["reply"]["provider"], "primary", "{body}");
     primary.set_mode(Mode::Hang);
 
     // Replica A discovers the outage. Web-chat turns run on any replica, so A's worker pool
@@ -128,7 +160,7 @@ async fn a_breaker_opened_by_one_replica_spares_the_other_its_timeouts() {
         assert_eq!(body["reply"]["provider"], "fallback");
     }
     assert_eq!(
-        breaker_state(&redis, "primary").await.as_deref(),
+        breaker_state(redis_url, "primary").await.as_deref(),
         Some("open")
     );
     let calls_before = primary.requests();
@@ -185,13 +217,13 @@ async fn a_success_between_failures_breaks_their_run_although_successes_are_sent
     assert_eq!(turn("f3").await, "fallback");
     assert_eq!(turn("f4").await, "fallback");
     assert_ne!(
-        breaker_state(&redis, "primary").await.as_deref(),
+        breaker_state(&redis.url(), "primary").await.as_deref(),
         Some("open"),
         "two failures after a success are a run of two, not four"
     );
     assert_eq!(turn("f5").await, "fallback");
     assert_eq!(
-        breaker_state(&redis, "primary").await.as_deref(),
+        breaker_state(&redis.url(), "primary").await.as_deref(),
         Some("open")
     );
     let calls: Option<u64> = redis

@@ -2,7 +2,9 @@
 //! in Redis, with an in-process fallback while Redis is unreachable.
 //!
 //! Before each attempt the chain asks [`ProviderGuards::admit`] (one round trip: breaker state and
-//! budget together); after it, [`ProviderGuards::record`]. A failure is counted in Redis at once
+//! budget together; none for a provider without a budget while this replica knows its shared
+//! breaker, whose changes are published on `oc:breaker-news:{provider}`); after it,
+//! [`ProviderGuards::record`]. A failure is counted in Redis at once
 //! (the next attempt must see it); successes are counted locally and sent in one batch a second,
 //! or ahead of this replica's next failure, so the provider's key is not written on every turn
 //! (on a Redis Cluster it would make one master the hot spot). A background loop keeps this
@@ -15,6 +17,7 @@ use super::{ChatMessage, Prompt, Provider};
 use crate::config::BreakerConfig;
 use crate::state::keys;
 use crate::state::link::{RedisLink, classify};
+use crate::state::pubsub::{self, Subscriber};
 use crate::telemetry;
 use redis::Script;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -27,6 +30,13 @@ use tokio_util::task::TaskTracker;
 static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/admit.lua")));
 static RECORD: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/breaker_record.lua")));
+/// The same for a Redis Cluster, announcing on the shard channel of the breaker's own slot.
+static RECORD_SHARDED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        &include_str!("scripts/breaker_record.lua")
+            .replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'"),
+    )
+});
 
 /// How often the background loop beats, refreshes gauges and considers probes.
 const TICK: Duration = Duration::from_secs(1);
@@ -38,6 +48,10 @@ const BREAKER_TTL: Duration = Duration::from_secs(7 * 86_400);
 const LATENCY_SAMPLES: usize = 256;
 /// Samples needed before a p95 is trusted.
 const LATENCY_MIN_SAMPLES: usize = 20;
+/// How long what this replica learned of a shared breaker admits calls without asking Redis.
+/// Changes are announced at once; the background loop re-reads every state each [`TICK`], so
+/// this bounds how long a lost announcement could mislead.
+const KNOWN_FOR: Duration = Duration::from_secs(2);
 
 /// Whether a provider may be asked now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +88,8 @@ struct Guard {
     probing: AtomicBool,
     /// Successes counted locally and not yet in the shared breaker.
     unsent_successes: AtomicU32,
+    /// The shared breaker's state as this replica last learned it, and when.
+    known_shared: Mutex<Option<(BreakerState, Instant)>>,
 }
 
 /// Breakers and budgets of the chain's providers, by chain position.
@@ -90,6 +106,9 @@ pub struct ProviderGuards {
     live_replicas: AtomicU32,
     /// Probes of open providers, run off the loop; waited for when the loop stops.
     probes: TaskTracker,
+    /// This replica follows the breakers' announcements: only then may an admission rely on
+    /// what it knows of a shared breaker.
+    news_followed: AtomicBool,
 }
 
 impl ProviderGuards {
@@ -112,6 +131,7 @@ impl ProviderGuards {
                     last_probe: Mutex::new(None),
                     probing: AtomicBool::new(false),
                     unsent_successes: AtomicU32::new(0),
+                    known_shared: Mutex::new(None),
                 })
             })
             .collect();
@@ -122,6 +142,7 @@ impl ProviderGuards {
             guards,
             live_replicas: AtomicU32::new(1),
             probes: TaskTracker::new(),
+            news_followed: AtomicBool::new(false),
         }
     }
 
@@ -133,9 +154,12 @@ impl ProviderGuards {
                 waited: Duration::ZERO,
             };
         };
-        let admission = match self.admit_shared(guard, rate_key, max_wait).await {
+        let admission = match self.known_admission(guard) {
             Some(admission) => admission,
-            None => self.admit_local(guard, rate_key, max_wait).await,
+            None => match self.admit_shared(guard, rate_key, max_wait).await {
+                Some(admission) => admission,
+                None => self.admit_local(guard, rate_key, max_wait).await,
+            },
         };
         match admission {
             Admission::Go { waited } if !waited.is_zero() => {
@@ -145,6 +169,29 @@ impl ProviderGuards {
             _ => {}
         }
         admission
+    }
+
+    /// The admission without a round trip: for a provider without a budget (the breaker alone
+    /// decides) whose shared breaker this replica learned of within [`KNOWN_FOR`] while
+    /// following the announcements. A success on every turn thus costs Redis nothing, and the
+    /// provider's slot is no hot spot on a cluster.
+    fn known_admission(&self, guard: &Guard) -> Option<Admission> {
+        if guard.budget.is_some() || !self.news_followed.load(Ordering::Acquire) {
+            return None;
+        }
+        if !self.link.as_ref()?.is_up() {
+            return None;
+        }
+        let (state, learned_at) = (*lock(&guard.known_shared))?;
+        if learned_at.elapsed() > KNOWN_FOR {
+            return None;
+        }
+        Some(match state {
+            BreakerState::Open => Admission::Open,
+            BreakerState::Closed => Admission::Go {
+                waited: Duration::ZERO,
+            },
+        })
     }
 
     /// The shared admission; `None` when Redis cannot be asked.
@@ -165,6 +212,7 @@ impl ProviderGuards {
                 b.per_key.map_or(0, |k| b.tolerance(k).as_micros()),
             ),
         };
+        let asked_at = Instant::now();
         let result: redis::RedisResult<(String, u64)> = ADMIT
             .key(keys::breaker(&guard.name))
             .key(keys::rate_budget(&guard.name))
@@ -178,6 +226,12 @@ impl ProviderGuards {
             .await;
         match result {
             Ok((verdict, wait_us)) => {
+                let state = if verdict == "open" {
+                    BreakerState::Open
+                } else {
+                    BreakerState::Closed
+                };
+                learn(guard, state, asked_at);
                 let wait = Duration::from_micros(wait_us);
                 Some(match verdict.as_str() {
                     "open" => Admission::Open,
@@ -326,7 +380,13 @@ impl ProviderGuards {
         let link = self.link.as_ref()?;
         let mut conn = link.connection().ok()?;
         let s = &self.settings;
-        let result: redis::RedisResult<(String, u8)> = RECORD
+        let script = if link.cluster().is_some() {
+            &RECORD_SHARDED
+        } else {
+            &RECORD
+        };
+        let asked_at = Instant::now();
+        let result: redis::RedisResult<(String, u8)> = script
             .key(keys::breaker(&guard.name))
             .arg(u8::from(verdict == Verdict::Success))
             .arg(u8::from(probe))
@@ -337,6 +397,8 @@ impl ProviderGuards {
             .arg(&self.replica_id)
             .arg(BREAKER_TTL.as_millis() as u64)
             .arg(earlier)
+            .arg(keys::breaker_news(&guard.name))
+            .arg(&guard.name)
             .invoke_async(&mut conn)
             .await;
         match result {
@@ -344,6 +406,7 @@ impl ProviderGuards {
                 let state = BreakerState::parse(&state);
                 // Keep the local breaker in step with the shared one.
                 lock(&guard.breaker).follow(state);
+                learn(guard, state, asked_at);
                 Some((changed == 1).then_some(state))
             }
             Err(e) => {
@@ -365,6 +428,7 @@ impl ProviderGuards {
     async fn shared_state(&self, guard: &Guard) -> Option<BreakerState> {
         let link = self.link.as_ref()?;
         let mut conn = link.connection().ok()?;
+        let asked_at = Instant::now();
         let state: redis::RedisResult<Option<String>> = redis::cmd("HGET")
             .arg(keys::breaker(&guard.name))
             .arg("state")
@@ -374,6 +438,7 @@ impl ProviderGuards {
             Ok(state) => {
                 let state = BreakerState::parse(state.as_deref().unwrap_or("closed"));
                 lock(&guard.breaker).follow(state);
+                learn(guard, state, asked_at);
                 Some(state)
             }
             Err(e) => {
@@ -383,10 +448,34 @@ impl ProviderGuards {
         }
     }
 
-    /// The background loop: heartbeat, breaker gauges, probes of open providers. `providers`
-    /// are the chain's providers with their attempt timeouts, by position.
+    /// The background work until `cancel`: the loop ([`Self::beat`]) and, with Redis, following
+    /// the breakers' announcements. `providers` are the chain's providers with their attempt
+    /// timeouts, by position.
     pub async fn run(
         self: Arc<Self>,
+        providers: Vec<(Arc<dyn Provider>, Duration)>,
+        cancel: CancellationToken,
+    ) {
+        let news = async {
+            let Some(link) = self.link.clone() else {
+                return;
+            };
+            let channels = self
+                .guards
+                .iter()
+                .flatten()
+                .map(|guard| keys::breaker_news(&guard.name))
+                .collect();
+            let subscriber: Arc<dyn Subscriber> = self.clone();
+            pubsub::follow(link, channels, subscriber, cancel.clone()).await;
+        };
+        tokio::join!(news, self.beat(providers, cancel.clone()));
+    }
+
+    /// The loop: heartbeat, breaker gauges (and the shared states re-read), probes of open
+    /// providers.
+    async fn beat(
+        self: &Arc<Self>,
         providers: Vec<(Arc<dyn Provider>, Duration)>,
         cancel: CancellationToken,
     ) {
@@ -525,6 +614,40 @@ impl ProviderGuards {
     }
 }
 
+/// Announcements of shared breaker changes (`state provider`), from whichever replica made them.
+impl Subscriber for ProviderGuards {
+    fn subscribed(&self) {
+        // What was announced while unsubscribed is lost: ask Redis again before relying on it.
+        for guard in self.guards.iter().flatten() {
+            *lock(&guard.known_shared) = None;
+        }
+        self.news_followed.store(true, Ordering::Release);
+    }
+
+    fn message(&self, payload: &[u8]) {
+        let Some((state, provider)) = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|text| text.split_once(' '))
+        else {
+            return;
+        };
+        if let Some(guard) = self.guards.iter().flatten().find(|g| g.name == provider) {
+            let state = BreakerState::parse(state);
+            lock(&guard.breaker).follow(state);
+            *lock(&guard.known_shared) = Some((state, Instant::now()));
+        }
+    }
+}
+
+/// Remembers `state` of the shared breaker, read from an answer to a request sent at
+/// `asked_at`, unless an announcement that came meanwhile already told something newer.
+fn learn(guard: &Guard, state: BreakerState, asked_at: Instant) {
+    let mut known = lock(&guard.known_shared);
+    if known.is_none_or(|(_, learned_at)| learned_at <= asked_at) {
+        *known = Some((state, Instant::now()));
+    }
+}
+
 /// The ops alert: a log event and a metric when a provider's breaker opens (its traffic falls
 /// back) and when it closes (the provider recovered).
 fn report_change(provider: &str, state: BreakerState) {
@@ -607,6 +730,31 @@ mod tests {
         assert_eq!(guards.admit(0, "k", Duration::ZERO).await, Admission::Open);
         // The unguarded position (the template) is always asked.
         assert_eq!(guards.admit(1, "k", Duration::ZERO).await, go);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_announced_change_outranks_an_answer_to_an_earlier_question() {
+        let guards = local_guards(None);
+        let guard = guards.guard(0).expect("guarded");
+        let known = || lock(&guard.known_shared).map(|(state, _)| state);
+        let asked_before = Instant::now();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        Subscriber::message(&guards, b"open primary");
+        assert_eq!(known(), Some(BreakerState::Open));
+        // The local breaker follows, for when Redis is out of reach.
+        assert_eq!(guards.state(0).await, Some(BreakerState::Open));
+        // An answer to a question sent before the announcement is older news.
+        learn(guard, BreakerState::Closed, asked_before);
+        assert_eq!(known(), Some(BreakerState::Open));
+        tokio::time::advance(Duration::from_millis(5)).await;
+        learn(guard, BreakerState::Closed, Instant::now());
+        assert_eq!(known(), Some(BreakerState::Closed));
+        // Another provider's news and garbage change nothing; a new subscription forgets.
+        Subscriber::message(&guards, b"open someone-else");
+        Subscriber::message(&guards, b"\xff");
+        assert_eq!(known(), Some(BreakerState::Closed));
+        Subscriber::subscribed(&guards);
+        assert_eq!(known(), None);
     }
 
     #[tokio::test]

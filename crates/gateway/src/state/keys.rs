@@ -345,6 +345,13 @@ pub fn breaker(provider: &str) -> String {
     format!("oc:breaker:{{{provider}}}")
 }
 
+/// `oc:breaker-news:{provider}`: where a change of the provider's shared breaker is announced
+/// (`<state> <provider>`), in the breaker's own slot, so that replicas admit calls on what they
+/// heard instead of asking Redis on every turn.
+pub fn breaker_news(provider: &str) -> String {
+    format!("oc:breaker-news:{{{provider}}}")
+}
+
 /// `oc:breaker:{provider}:probe`: held by the one replica probing an open provider.
 pub fn breaker_probe(provider: &str) -> String {
     format!("oc:breaker:{{{provider}}}:probe")

@@ -12,6 +12,7 @@
 -- ARGV[7] who reports (replica id), kept for operators
 -- ARGV[8] TTL of the hash, ms
 -- ARGV[9] successes that came before the last outcome and are counted first
+-- ARGV[10] channel announcing a change (oc:breaker-news:{provider})   ARGV[11] provider name
 -- Returns {state, changed}: the state after this outcome, and 1 when this outcome changed it.
 local b = KEYS[1]
 local time = redis.call('TIME')
@@ -25,6 +26,7 @@ end
 local function finish(new_state, changed)
   if changed == 1 then
     redis.call('HSET', b, 'state', new_state, 'changed_at', now, 'changed_by', ARGV[7])
+    redis.call('PUBLISH', ARGV[10], new_state .. ' ' .. ARGV[11])
   end
   redis.call('PEXPIRE', b, ARGV[8])
   return {new_state, changed}
