@@ -278,20 +278,16 @@ async fn a_cluster_that_speaks_only_tls_keeps_conversations_on_every_master() {
         servers.push(tls_server(dir.path(), *port, &options).await);
     }
     let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let created = tokio::process::Command::new("redis-cli")
-        .args(["--tls", "--cacert"])
-        .arg(&ca)
-        .args(["-a", PASSWORD, "--no-auth-warning", "--cluster", "create"])
-        .args(&addresses)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .await
-        .expect("redis-cli --cluster create");
-    assert!(
-        created.status.success(),
-        "redis-cli --cluster create over TLS failed: {}",
-        String::from_utf8_lossy(&created.stdout)
-    );
+    let ca_path = ca.display().to_string();
+    let over_tls = [
+        "--tls",
+        "--cacert",
+        &ca_path,
+        "-a",
+        PASSWORD,
+        "--no-auth-warning",
+    ];
+    crate::support::redis_cluster::create_cluster(&addresses, 0, &over_tls).await;
     eventually(
         Duration::from_secs(30),
         "the TLS cluster to be ok",

@@ -32,10 +32,7 @@ static RECORD: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/breaker_record.lua")));
 /// The same for a Redis Cluster, announcing on the shard channel of the breaker's own slot.
 static RECORD_SHARDED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        &include_str!("scripts/breaker_record.lua")
-            .replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'"),
-    )
+    pubsub::publishing_script(include_str!("scripts/breaker_record.lua"), "SPUBLISH")
 });
 
 /// How often the background loop beats, refreshes gauges and considers probes.
@@ -634,13 +631,13 @@ impl Subscriber for ProviderGuards {
         if let Some(guard) = self.guards.iter().flatten().find(|g| g.name == provider) {
             let state = BreakerState::parse(state);
             lock(&guard.breaker).follow(state);
-            *lock(&guard.known_shared) = Some((state, Instant::now()));
+            learn(guard, state, Instant::now());
         }
     }
 }
 
-/// Remembers `state` of the shared breaker, read from an answer to a request sent at
-/// `asked_at`, unless an announcement that came meanwhile already told something newer.
+/// Remembers `state` of the shared breaker, as of `asked_at` (an announcement: now; an answer:
+/// when its request was sent), unless an announcement that came since told something newer.
 fn learn(guard: &Guard, state: BreakerState, asked_at: Instant) {
     let mut known = lock(&guard.known_shared);
     if known.is_none_or(|(_, learned_at)| learned_at <= asked_at) {

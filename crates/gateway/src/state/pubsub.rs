@@ -12,6 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// A Lua script whose announcements (`redis.call('PUBLISH', …)` in `text`) go out with `command`:
+/// `PUBLISH`, or `SPUBLISH` on a Redis Cluster, where a script may announce only on shard
+/// channels of its own slot.
+pub fn publishing_script(text: &str, command: &str) -> redis::Script {
+    redis::Script::new(&text.replace("redis.call('PUBLISH'", &format!("redis.call('{command}'")))
+}
+
 /// What a followed channel's messages are handed to.
 pub trait Subscriber: Send + Sync {
     /// The subscription is (re)established: anything published before now may have been

@@ -44,9 +44,7 @@ impl Publishing {
     /// The scripts announcing with `command` (`PUBLISH`, or `SPUBLISH` for a cluster's shard
     /// channels, which a script may only use in its own slot).
     fn with(command: &str) -> Publishing {
-        let script = |text: &str| {
-            Script::new(&text.replace("redis.call('PUBLISH'", &format!("redis.call('{command}'")))
-        };
+        let script = |text: &str| super::pubsub::publishing_script(text, command);
         Publishing {
             accept: script(with_events!("scripts/accept.lua")),
             append_events: script(with_events!("scripts/append_events.lua")),

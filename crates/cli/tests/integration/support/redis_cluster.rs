@@ -49,19 +49,7 @@ impl TestRedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let created = tokio::process::Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addresses)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .output()
-            .await
-            .expect("run redis-cli --cluster create (is redis-tools installed?)");
-        assert!(
-            created.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&created.stdout)
-        );
+        create_cluster(&addresses, 1, &[]).await;
         let cluster = TestRedisCluster { nodes, masters };
         cluster.wait_until_ok().await;
         cluster
@@ -236,6 +224,25 @@ impl TestRedisCluster {
         }
         sizes
     }
+}
+
+/// Joins the servers at `addresses` into a cluster (`redis-cli --cluster create`), the first
+/// ones masters with `replicas` replicas each; `connection` are redis-cli's own options for
+/// reaching them (TLS, password).
+pub async fn create_cluster(addresses: &[String], replicas: usize, connection: &[&str]) {
+    let created = tokio::process::Command::new("redis-cli")
+        .args(connection)
+        .args(["--cluster", "create"])
+        .args(addresses)
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+        .output()
+        .await
+        .expect("run redis-cli --cluster create (is redis-tools installed?)");
+    assert!(
+        created.status.success(),
+        "redis-cli --cluster create failed: {}",
+        String::from_utf8_lossy(&created.stdout)
+    );
 }
 
 /// The first of `count` consecutive free ports for cluster nodes. A cluster node also listens
