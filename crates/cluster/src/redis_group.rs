@@ -238,7 +238,17 @@ pub async fn start(
                     "--redis-masters {masters}: a Redis Cluster needs at least {MIN_CLUSTER_MASTERS} masters"
                 )));
             }
-            for index in 0..masters * 2 {
+            let replicas = spec.redis_cluster_replicas;
+            if let Some(ack) = spec
+                .redis_ack_replicas
+                .filter(|&ack| ack > u32::from(replicas))
+            {
+                return Err(ClusterError::Invalid(format!(
+                    "--redis-ack-replicas {ack}: the cluster has {replicas} replica(s) per master \
+                     (--redis-cluster-replicas), so no message could ever be acknowledged"
+                )));
+            }
+            for index in 0..masters * (1 + replicas) {
                 let name = format!("redis-{}", index + 1);
                 // A node also listens on its port + 10000 (the cluster bus).
                 let port = if spec.redis_port == 0 {
@@ -257,7 +267,7 @@ pub async fn start(
             }
             redis.mode = "cluster".into();
             redis.url = format!("redis+cluster://{}", addresses(&redis.servers));
-            create_cluster(redis, masters).await?;
+            create_cluster(redis, masters, replicas).await?;
         }
     }
     Ok(running)
@@ -294,9 +304,13 @@ fn free_cluster_port() -> std::io::Result<u16> {
     ))
 }
 
-/// Joins the servers into a cluster (once: a restarted `cluster up` finds them joined) and waits
-/// until it serves every slot with every replica in sync.
-async fn create_cluster(redis: &RedisState, masters: u16) -> Result<(), ClusterError> {
+/// Joins the servers into a cluster of `masters` with `replicas` each (once: a restarted `cluster
+/// up` finds them joined) and waits until it serves every slot with every replica in sync.
+async fn create_cluster(
+    redis: &RedisState,
+    masters: u16,
+    replicas: u16,
+) -> Result<(), ClusterError> {
     let deadline = tokio::time::Instant::now() + GROUP_START_TIMEOUT;
     for server in &redis.servers {
         while cluster_info(&server.addr).await.is_none() {
@@ -318,7 +332,7 @@ async fn create_cluster(redis: &RedisState, masters: u16) -> Result<(), ClusterE
             .arg("--cluster")
             .arg("create")
             .args(redis.servers.iter().map(|s| s.addr.as_str()))
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .await
             .map_err(|e| {
@@ -332,7 +346,7 @@ async fn create_cluster(redis: &RedisState, masters: u16) -> Result<(), ClusterE
         }
     }
     loop {
-        if cluster_complete(redis, masters).await {
+        if cluster_complete(redis, masters, replicas).await {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
@@ -346,7 +360,7 @@ async fn create_cluster(redis: &RedisState, masters: u16) -> Result<(), ClusterE
 
 /// Every server says the cluster is `ok`, `masters` of them serve slots, every replica is in
 /// sync with its master, and every server knows all of that.
-async fn cluster_complete(redis: &RedisState, masters: u16) -> bool {
+async fn cluster_complete(redis: &RedisState, masters: u16, replicas: u16) -> bool {
     let mut serving = 0;
     for server in &redis.servers {
         let Some(info) = cluster_info(&server.addr).await else {
@@ -371,17 +385,21 @@ async fn cluster_complete(redis: &RedisState, masters: u16) -> bool {
     else {
         return false;
     };
-    if !replicas_confirm_writes(&nodes).await {
+    if replicas > 0 && !replicas_confirm_writes(&nodes).await {
         return false;
     }
     // Every node learns the others' roles by gossip: wait until each sees every master with
-    // its replica (`cluster status` asks any one of them).
+    // its replicas (`cluster status` asks any one of them).
     for server in &redis.servers {
         let Some(nodes) = ask_server(&server.addr, redis::cmd("CLUSTER").arg("NODES")).await else {
             return false;
         };
         let seen = clawgate_gateway::state::observe::cluster_masters(&nodes);
-        if seen.len() != usize::from(masters) || seen.iter().any(|m| m.replicas.is_empty()) {
+        if seen.len() != usize::from(masters)
+            || seen
+                .iter()
+                .any(|m| m.replicas.len() < usize::from(replicas))
+        {
             return false;
         }
     }

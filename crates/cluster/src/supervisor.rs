@@ -57,8 +57,11 @@ pub struct ClusterSpec {
     pub sentinel_port: u16,
     /// Redis `maxmemory`.
     pub redis_maxmemory: String,
-    /// Masters of a Redis Cluster (`--redis cluster`), each with one replica.
+    /// Masters of a Redis Cluster (`--redis cluster`).
     pub redis_masters: u16,
+    /// Replicas of each master of that cluster: 1 lets a replica take over a lost master; 0
+    /// leaves no failover (and no acknowledgement by a replica), for measuring sharding alone.
+    pub redis_cluster_replicas: u16,
     /// Redis replicas that must hold a message before a replica acknowledges it; `None` = 1
     /// on a Sentinel group or cluster this starts, else the config's `redis.ackReplicas`.
     pub redis_ack_replicas: Option<u32>,
@@ -375,7 +378,9 @@ fn start_replica(
     ];
     // On the Redis it starts with replicas, a message is acknowledged once a Redis replica holds
     // it too: a failover cannot lose it.
-    let managed_replicas = redis.managed && (redis.mode == "sentinel" || redis.mode == "cluster");
+    let managed_replicas = redis.managed
+        && (redis.mode == "sentinel"
+            || (redis.mode == "cluster" && spec.redis_cluster_replicas > 0));
     if let Some(ack) = spec.redis_ack_replicas.or(managed_replicas.then_some(1)) {
         args.extend(["--redis-ack-replicas".into(), ack.to_string()]);
     }

@@ -61,14 +61,18 @@ pub struct UpArgs {
     #[arg(long)]
     redis_url: Option<String>,
     /// The Redis to start: `single` (one server), `sentinel` (a primary, 2 replicas and 3
-    /// sentinels) or `cluster` (a Redis Cluster of `--redis-masters` masters with a replica
-    /// each); with `sentinel` and `cluster` replicas acknowledge a message once a Redis replica
-    /// holds it.
+    /// sentinels) or `cluster` (a Redis Cluster of `--redis-masters` masters with
+    /// `--redis-cluster-replicas` replicas each); with `sentinel` and a cluster with replicas,
+    /// the gateway's replicas acknowledge a message once a Redis replica holds it.
     #[arg(long, default_value = "single")]
     redis: RedisMode,
     /// Masters of the Redis Cluster `--redis cluster` starts (at least 3).
     #[arg(long, default_value_t = 3)]
     redis_masters: u16,
+    /// Replicas of each master of that cluster; 0 leaves no failover and acknowledges a message
+    /// once its master holds it (for measuring what sharding alone costs).
+    #[arg(long, default_value_t = 1)]
+    redis_cluster_replicas: u16,
     /// Redis replicas that must hold a message before it is acknowledged (default: 1 with
     /// `--redis sentinel` or `cluster`, else the config's `redis.ackReplicas`); 0 trades that
     /// guarantee for speed.
@@ -78,7 +82,7 @@ pub struct UpArgs {
     #[arg(long, default_value_t = clawgate_gateway::config::DEFAULT_PORT)]
     first_port: u16,
     /// Port of the Redis it starts (0 = any free port); with `--redis sentinel` the servers take
-    /// it and the next two, with `--redis cluster` it and the next 2 × masters − 1.
+    /// it and the next two, with `--redis cluster` it and the next masters × (1 + replicas) − 1.
     #[arg(long, default_value_t = 0)]
     redis_port: u16,
     /// Port of the first sentinel with `--redis sentinel` (0 = any free port); the others follow.
@@ -157,6 +161,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         sentinel_port: args.sentinel_port,
         redis_maxmemory: args.redis_maxmemory,
         redis_masters: args.redis_masters,
+        redis_cluster_replicas: args.redis_cluster_replicas,
         redis_ack_replicas: args.redis_ack_replicas,
         clawgate: std::env::current_exe().context("locating the clawgate binary")?,
         replica_grace: Duration::from_secs(30),

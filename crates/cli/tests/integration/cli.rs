@@ -427,3 +427,33 @@ async fn mock_platforms_take_what_the_official_client_libraries_send() {
         ]
     );
 }
+
+#[tokio::test]
+async fn cluster_up_refuses_acknowledgements_a_cluster_without_replicas_cannot_give() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = fixture_path("openclaw-llm.json").display().to_string();
+    let state_dir = dir.path().display().to_string();
+    let (code, out) = run_cli(
+        &[
+            "cluster",
+            "up",
+            "--config",
+            &config,
+            "--state-dir",
+            &state_dir,
+            "--redis",
+            "cluster",
+            "--redis-cluster-replicas",
+            "0",
+            "--redis-ack-replicas",
+            "1",
+        ],
+        &[("LLM_API_KEY", "sk-x")],
+    )
+    .await;
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("--redis-ack-replicas 1") && out.contains("--redis-cluster-replicas"),
+        "the refusal names both options: {out}"
+    );
+}
