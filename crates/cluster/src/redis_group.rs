@@ -85,6 +85,31 @@ impl RunningRedis {
     }
 }
 
+/// Refuses a Redis layout that could never work before anything is started or looked up, so
+/// the operator hears about the options, not about a missing program or a half-started group.
+pub fn check(spec: &ClusterSpec) -> Result<(), ClusterError> {
+    if spec.redis_url.is_some() || !matches!(spec.redis_mode, RedisMode::Cluster) {
+        return Ok(());
+    }
+    let masters = spec.redis_masters;
+    if masters < MIN_CLUSTER_MASTERS {
+        return Err(ClusterError::Invalid(format!(
+            "--redis-masters {masters}: a Redis Cluster needs at least {MIN_CLUSTER_MASTERS} masters"
+        )));
+    }
+    let replicas = spec.redis_cluster_replicas;
+    if let Some(ack) = spec
+        .redis_ack_replicas
+        .filter(|&ack| ack > u32::from(replicas))
+    {
+        return Err(ClusterError::Invalid(format!(
+            "--redis-ack-replicas {ack}: the cluster has {replicas} replica(s) per master \
+             (--redis-cluster-replicas), so no message could ever be acknowledged"
+        )));
+    }
+    Ok(())
+}
+
 /// Starts what `spec` asks for and waits until the replicas can use it; fills `redis`.
 pub async fn start(
     spec: &ClusterSpec,
@@ -233,21 +258,7 @@ pub async fn start(
         }
         RedisMode::Cluster => {
             let masters = spec.redis_masters;
-            if masters < MIN_CLUSTER_MASTERS {
-                return Err(ClusterError::Invalid(format!(
-                    "--redis-masters {masters}: a Redis Cluster needs at least {MIN_CLUSTER_MASTERS} masters"
-                )));
-            }
             let replicas = spec.redis_cluster_replicas;
-            if let Some(ack) = spec
-                .redis_ack_replicas
-                .filter(|&ack| ack > u32::from(replicas))
-            {
-                return Err(ClusterError::Invalid(format!(
-                    "--redis-ack-replicas {ack}: the cluster has {replicas} replica(s) per master \
-                     (--redis-cluster-replicas), so no message could ever be acknowledged"
-                )));
-            }
             for index in 0..masters * (1 + replicas) {
                 let name = format!("redis-{}", index + 1);
                 // A node also listens on its port + 10000 (the cluster bus).

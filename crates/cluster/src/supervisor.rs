@@ -125,6 +125,7 @@ pub async fn up(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(&ClusterState),
 ) -> Result<(), ClusterError> {
+    redis_group::check(&spec)?;
     let nginx = find_program("nginx").ok_or(ClusterError::MissingProgram {
         program: "nginx",
         hint: "install it (Debian/Ubuntu: apt-get install nginx; Fedora: dnf install nginx; macOS: brew install nginx) and run again",
@@ -163,6 +164,12 @@ pub async fn up(
     for replica in &state.replicas {
         let url = readiness_url(replica.port);
         wait_for(&replica.id, || answers(&http, &url)).await?;
+        // Ready also covers a replica in degraded mode (answering from memory while Redis is
+        // away); one that starts so would give its customers no shared context, so the cluster
+        // is announced only once every replica works against the Redis checked above.
+        let health = format!("http://127.0.0.1:{}/healthz", replica.port);
+        let what = format!("{}'s Redis connection", replica.id);
+        wait_for(&what, || redis_is_up_for(&http, &health)).await?;
     }
     for replica in &mut state.replicas {
         replica.healthy = true;
@@ -517,6 +524,17 @@ pub(crate) async fn answers(http: &reqwest::Client, url: &str) -> bool {
         .send()
         .await
         .is_ok_and(|r| r.status().is_success())
+}
+
+/// The replica whose `/healthz` is at `url` reports `"redis": "up"`.
+async fn redis_is_up_for(http: &reqwest::Client, url: &str) -> bool {
+    let Ok(response) = http.get(url).send().await else {
+        return false;
+    };
+    response
+        .json::<serde_json::Value>()
+        .await
+        .is_ok_and(|health| health["redis"] == "up")
 }
 
 /// The readiness check that decides whether the replica on `port` is in nginx's upstream:
