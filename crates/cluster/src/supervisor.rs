@@ -169,7 +169,7 @@ pub async fn up(
         // is announced only once every replica works against the Redis checked above.
         let health = format!("http://127.0.0.1:{}/healthz", replica.port);
         let what = format!("{}'s Redis connection", replica.id);
-        wait_for(&what, || redis_is_up_for(&http, &health)).await?;
+        wait_for(&what, || reaches_redis(&http, &health)).await?;
     }
     for replica in &mut state.replicas {
         replica.healthy = true;
@@ -526,15 +526,17 @@ pub(crate) async fn answers(http: &reqwest::Client, url: &str) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
-/// The replica whose `/healthz` is at `url` reports `"redis": "up"`.
-async fn redis_is_up_for(http: &reqwest::Client, url: &str) -> bool {
+/// The replica whose `/healthz` is at `url` works against Redis: not `"degraded"`. A Redis
+/// that refuses writes for a moment (`"redis": "refusing_writes"`, say while a Sentinel group's
+/// replicas finish their first sync) counts: the replica answers 503 then, never from memory.
+async fn reaches_redis(http: &reqwest::Client, url: &str) -> bool {
     let Ok(response) = http.get(url).send().await else {
         return false;
     };
     response
         .json::<serde_json::Value>()
         .await
-        .is_ok_and(|health| health["redis"] == "up")
+        .is_ok_and(|health| health["degraded"] == false)
 }
 
 /// The readiness check that decides whether the replica on `port` is in nginx's upstream:

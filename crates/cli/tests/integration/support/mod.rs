@@ -40,6 +40,15 @@ pub fn free_port() -> u16 {
         .expect("no free port on 127.0.0.1")
 }
 
+/// The last `n` lines of `text`, each ending in a newline.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` with `what`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
@@ -913,16 +922,44 @@ impl TestCluster {
         };
         // The supervisor announces itself once every part answers and its state file is written.
         let log_path = cluster._dir.path().join("cluster.log");
-        eventually(
-            Duration::from_secs(60),
-            "`clawgate cluster up` to announce itself",
-            || {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                async move { log.contains("clawgate cluster up: http://").then_some(()) }
-            },
-        )
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if log.contains("clawgate cluster up: http://") {
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "`clawgate cluster up` did not announce itself within 60 s\n{}",
+                    cluster.log_tails(&log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         cluster
+    }
+
+    /// The supervisor's output and the last lines of every log it keeps, for a failure message:
+    /// what a start that never finished was waiting for.
+    fn log_tails(&self, supervisor_log: &str) -> String {
+        let mut out = format!(
+            "--- cluster up's output:\n{}",
+            last_lines(supervisor_log, 20)
+        );
+        let logs = self.state_dir.join("logs");
+        let mut files: Vec<_> = std::fs::read_dir(&logs)
+            .map(|dir| dir.flatten().map(|entry| entry.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            out.push_str(&format!(
+                "--- {}:\n{}",
+                file.display(),
+                last_lines(&text, 8)
+            ));
+        }
+        out
     }
 
     pub fn url(&self, path: &str) -> String {
