@@ -119,6 +119,9 @@ pub async fn run(
                 if skip_order_check {
                     tracing::warn!(conversation = %msg.conversation(), seq, "an earlier message of the conversation was never processed; answering this one without it");
                 }
+                // With the commit's line below, the order a conversation's turns ran in, for
+                // telling a lost ordering from a slow one after a failover.
+                tracing::debug!(conversation = %msg.conversation(), message_id = %msg.message_id, seq, "turn begins");
                 break snapshot;
             }
             TurnStart::Replied(reply) => {
@@ -590,6 +593,7 @@ async fn commit(
     let outcome = while_unavailable(|| store.commit_turn(&commit)).await?;
     match outcome {
         CommitOutcome::Committed => {
+            tracing::debug!(message_id = %msg.message_id, seq, "turn committed");
             if !commit.events.is_empty() {
                 ctx.events.wake(msg.conversation().as_str());
             }
