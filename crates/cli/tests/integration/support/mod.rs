@@ -50,7 +50,21 @@ fn last_lines(text: &str, n: usize) -> String {
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` with `what`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_explained(timeout, what, String::new, check).await
+}
+
+/// [`eventually`], whose panic also carries what `explain` finds at that moment (logs, say).
+pub async fn eventually_explained<T, F, Fut>(
+    timeout: Duration,
+    what: &str,
+    explain: impl FnOnce() -> String,
+    mut check: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -61,7 +75,10 @@ where
             return value;
         }
         if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
+            panic!(
+                "timed out after {timeout:?} waiting for: {what}\n{}",
+                explain()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -922,20 +939,17 @@ impl TestCluster {
         };
         // The supervisor announces itself once every part answers and its state file is written.
         let log_path = cluster._dir.path().join("cluster.log");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            if log.contains("clawgate cluster up: http://") {
-                break;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "`clawgate cluster up` did not announce itself within 60 s\n{}",
-                    cluster.log_tails(&log)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        eventually_explained(
+            Duration::from_secs(60),
+            "`clawgate cluster up` to announce itself",
+            || cluster.log_tails(&read_log()),
+            || {
+                let log = read_log();
+                async move { log.contains("clawgate cluster up: http://").then_some(()) }
+            },
+        )
+        .await;
         cluster
     }
 
