@@ -32,10 +32,16 @@ where
     }
 }
 
-/// A web-chat message, resent after a 503 as a client would; the final status and body.
-async fn send_until_answered(gateway: &Gateway, id: &str, text: &str) -> (u16, Value) {
+/// A web-chat message of `session`, resent after a 503 as a client would; the final status and
+/// body.
+async fn send_until_answered(
+    gateway: &Gateway,
+    session: &str,
+    id: &str,
+    text: &str,
+) -> (u16, Value) {
     for _ in 0..150 {
-        let (status, body) = gateway.send("failover", id, text, None).await;
+        let (status, body) = gateway.send(session, id, text, None).await;
         if status != 503 {
             return (status, body);
         }
@@ -59,7 +65,7 @@ async fn with_ack_replicas_every_acknowledged_message_survives_a_sentinel_failov
     let gateway = Gateway::start(config, "", "r1").await;
 
     for (id, text) in [("m1", "mijn pakket"), ("m2", "VC482913577NL")] {
-        let (status, body) = send_until_answered(&gateway, id, text).await;
+        let (status, body) = send_until_answered(&gateway, "failover", id, text).await;
         assert_eq!(status, 200, "{body}");
     }
     let mut sent_to: HashMap<String, usize> = HashMap::new();
@@ -98,7 +104,7 @@ async fn with_ack_replicas_every_acknowledged_message_survives_a_sentinel_failov
         }
     }
     let first_ack = killed_at.elapsed();
-    let (status, body) = send_until_answered(&gateway, "m3", "wanneer?").await;
+    let (status, body) = send_until_answered(&gateway, "failover", "m3", "wanneer?").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["reply"]["text"], "[mock] user_turns=3 last=\"wanneer?\"",
@@ -106,7 +112,7 @@ async fn with_ack_replicas_every_acknowledged_message_survives_a_sentinel_failov
     );
     let new = group.wait_for_new_primary(old).await;
     assert_ne!(new, old);
-    let (status, body) = send_until_answered(&gateway, "m4", "en nu?").await;
+    let (status, body) = send_until_answered(&gateway, "failover", "m4", "en nu?").await;
     assert_eq!(
         (
             status,
@@ -178,6 +184,240 @@ async fn with_ack_replicas_every_acknowledged_message_survives_a_sentinel_failov
         first_ack
     );
     let _: Value = health;
+}
+
+/// Redis's `INFO replication` of `server`, as `field:value` lines.
+async fn replication(server: &TestRedis) -> String {
+    server.query(redis::cmd("INFO").arg("replication")).await
+}
+
+/// A replica that stops replicating (it cannot authenticate to its primary any more) and so
+/// misses every write from now on, as if a partition had cut it off; `thaw` undoes it.
+async fn freeze(replica: &TestRedis) {
+    let _: () = replica
+        .query(
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("masteruser")
+                .arg("cut-off"),
+        )
+        .await;
+    let _: () = replica
+        .query(
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("masterauth")
+                .arg("cut-off"),
+        )
+        .await;
+    let _: i64 = replica
+        .query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("master"))
+        .await;
+}
+
+async fn thaw(replica: &TestRedis) {
+    for field in ["masteruser", "masterauth"] {
+        let _: () = replica
+            .query(redis::cmd("CONFIG").arg("SET").arg(field).arg(""))
+            .await;
+    }
+}
+
+/// Split brain: Sentinel fails the primary over, but the old primary is never demoted (a
+/// partition keeps the sentinels from telling it; here it refuses `REPLICAOF`) and stays
+/// writable beside the new one. The messages only the old primary took were never acknowledged
+/// (their `WAIT` found no replica), and a worker read them from it before the switch. On the new
+/// primary they are not in the inbox: the worker must drop them instead of answering them ahead
+/// of the conversation's order, and the replica must read the new primary's inbox, not keep
+/// reading the old one. The client resends them (as it does after a 503) and every message is
+/// answered once, in order, with its whole conversation in context.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_only_a_failed_over_primary_took_are_answered_in_order_once_resent() {
+    let group = TestSentinelGroup::start_with(
+        2,
+        &[
+            "--rename-command",
+            "REPLICAOF",
+            "",
+            "--rename-command",
+            "SLAVEOF",
+            "",
+        ],
+    )
+    .await;
+    let old_primary = &group.servers[0];
+    let llm = mock_llm(0).await;
+    let mut config = test_config(vec![openai_provider("primary", &llm, 10_000, 0)]);
+    config["redis"] = json!({
+        "sentinel": {"masterName": MASTER_NAME, "nodes": group.nodes()},
+        "ackReplicas": 1, "ackTimeoutMs": 500,
+        "degradeAfterMs": 30000, "commandTimeoutMs": 500});
+    let gateway = Gateway::start(config, "", "split").await;
+    let session = "split";
+    let (status, body) = gateway.send(session, "m1", "een", None).await;
+    assert_eq!(
+        (
+            status,
+            user_turns(body["reply"]["text"].as_str().unwrap_or(""))
+        ),
+        (200, 1),
+        "{body}"
+    );
+
+    // Someone else's turn holds the conversation, so the turns of what follows wait.
+    let lease = format!("oc:lease:{{webchat:{session}}}");
+    let exists: bool = old_primary
+        .query(redis::cmd("EXISTS").arg(format!("oc:session:{{webchat:{session}}}")))
+        .await;
+    assert!(
+        exists,
+        "the conversation's keys are named as this test assumes"
+    );
+    let _: () = old_primary
+        .query(
+            redis::cmd("SET")
+                .arg(&lease)
+                .arg("another-replica/0")
+                .arg("PX")
+                .arg(120_000),
+        )
+        .await;
+    // m2 is acknowledged (every server holds it); the worker reads it and waits for the lease.
+    let (status, body) = gateway.send(session, "m2", "twee", Some(100)).await;
+    assert_eq!(status, 202, "{body}");
+    // Entries delivered to a worker and not yet acknowledged, on the old primary.
+    let pending_on_old = || async {
+        let summary: Vec<redis::Value> = old_primary
+            .query(redis::cmd("XPENDING").arg("oc:inbox").arg("workers"))
+            .await;
+        match summary.first() {
+            Some(redis::Value::Int(count)) => *count,
+            _ => 0,
+        }
+    };
+    eventually(Duration::from_secs(10), "the worker holding m2", || async {
+        (pending_on_old().await == 1).then_some(())
+    })
+    .await;
+    let _: () = old_primary
+        .query(redis::cmd("SET").arg("oc:test:fence").arg(1))
+        .await;
+    let replicated: u64 = old_primary.query(redis::cmd("WAIT").arg(2).arg(5000)).await;
+    assert_eq!(
+        replicated, 2,
+        "both replicas hold m2, its delivery and the lease"
+    );
+
+    // The replicas are cut off: m3 to m5 reach the old primary alone, are refused (503: no
+    // replica confirmed them) and read by the worker, which waits for the lease again.
+    for replica in &group.servers[1..] {
+        freeze(replica).await;
+    }
+    eventually(Duration::from_secs(10), "the replicas cut off", || async {
+        replication(old_primary)
+            .await
+            .contains("connected_slaves:0")
+            .then_some(())
+    })
+    .await;
+    for (id, text) in [("m3", "drie"), ("m4", "vier"), ("m5", "vijf")] {
+        let (status, body) = gateway.send(session, id, text, Some(100)).await;
+        assert_eq!(status, 503, "{id}: no replica confirmed it: {body}");
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the worker holding m2 to m5",
+        || async { (pending_on_old().await == 4).then_some(()) },
+    )
+    .await;
+
+    // Sentinel promotes a replica; the other one follows it once it is reachable again. The
+    // old primary stays a writable primary beside it.
+    group.force_failover().await;
+    let promoted = eventually(Duration::from_secs(30), "a replica promoted", || async {
+        for replica in &group.servers[1..] {
+            if replication(replica).await.contains("role:master") {
+                return Some(replica.port);
+            }
+        }
+        None
+    })
+    .await;
+    for replica in group.servers[1..].iter().filter(|r| r.port != promoted) {
+        thaw(replica).await;
+    }
+    let new_primary = group
+        .servers
+        .iter()
+        .find(|s| s.port == promoted)
+        .expect("the promoted replica");
+    let address = format!("127.0.0.1:{promoted}");
+    eventually(
+        Duration::from_secs(30),
+        "the gateway on the new primary",
+        || async {
+            let health = gateway.health().await;
+            (health["redis"] == "up" && health["redis_primary"] == address.as_str()).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        replication(old_primary).await.contains("role:master"),
+        "the old primary was never demoted: two primaries now"
+    );
+    let _: i64 = new_primary.query(redis::cmd("DEL").arg(&lease)).await;
+
+    // m2 was acknowledged: it is answered without being sent again. The others are sent again,
+    // one after the other, as a client does after a 503; then one more message.
+    let reply = gateway.reply_of(session, "m2").await;
+    assert_eq!(
+        user_turns(reply["text"].as_str().unwrap_or("")),
+        2,
+        "{reply}"
+    );
+    for (n, (id, text)) in [
+        ("m3", "drie"),
+        ("m4", "vier"),
+        ("m5", "vijf"),
+        ("m6", "zes"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, body) = send_until_answered(&gateway, session, id, text).await;
+        assert_eq!(status, 200, "{id}: {body}\n{}", gateway.logs());
+        assert_eq!(
+            body["reply"]["text"],
+            format!("[mock] user_turns={} last=\"{text}\"", n + 3),
+            "{id} answered in order, with the whole conversation before it"
+        );
+    }
+    let history: Vec<String> = new_primary
+        .query(
+            redis::cmd("LRANGE")
+                .arg(format!("oc:conv:{{webchat:{session}}}"))
+                .arg(0)
+                .arg(-1),
+        )
+        .await;
+    let said: Vec<String> = history
+        .iter()
+        .filter_map(|entry| serde_json::from_str::<Value>(entry).ok())
+        .filter(|entry| entry["role"] == "user")
+        .map(|entry| entry["text"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        said,
+        ["een", "twee", "drie", "vier", "vijf", "zes"],
+        "each message once, in order"
+    );
+    assert!(
+        gateway
+            .logs()
+            .contains("not in the inbox of the Redis primary"),
+        "the worker said why it dropped what the old primary alone held:\n{}",
+        gateway.logs()
+    );
 }
 
 /// `status["redis"]["nodes"]` by role: (primary address, replica addresses).

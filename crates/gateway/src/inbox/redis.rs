@@ -10,6 +10,7 @@
 //! (one read may not span slots), on a connection of its own to the shard's master.
 
 use crate::message::{InboundMessage, now_ms};
+pub use crate::state::EntryId;
 use crate::state::StateError;
 use crate::state::connection::Connection;
 use crate::state::keys::{DEADLETTER, GROUP};
@@ -20,21 +21,6 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Where an inbox entry is: its shard's stream and its id there.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EntryId {
-    /// The inbox stream (shard) holding it.
-    pub stream: String,
-    /// The stream entry id.
-    pub id: String,
-}
-
-impl std::fmt::Display for EntryId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.stream, self.id)
-    }
-}
 
 /// One inbox entry as delivered to this replica.
 #[derive(Debug, Clone)]

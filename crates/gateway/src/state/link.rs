@@ -20,7 +20,7 @@ use crate::telemetry;
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -68,6 +68,8 @@ pub struct RedisLink {
     /// The shared multiplexed connection; `None` until the first connect succeeds or after it was
     /// dropped for a rebuild.
     manager: ArcSwapOption<Connection>,
+    /// How many times `manager` was (re)built: see [`RedisLink::generation`].
+    generation: AtomicU64,
     /// Bound on one command, and on each connection attempt.
     command_timeout: Duration,
     /// Last known state: true after a successful ping, false after any connection failure.
@@ -115,6 +117,7 @@ impl RedisLink {
             ack_lanes: ArcSwapOption::empty(),
             next_lane: std::sync::atomic::AtomicUsize::new(0),
             manager: ArcSwapOption::empty(),
+            generation: AtomicU64::new(0),
             command_timeout,
             up: AtomicBool::new(false),
             failures: AtomicU32::new(0),
@@ -283,6 +286,14 @@ impl RedisLink {
     /// Follows up/down transitions; `None` means the first health check has not finished.
     pub fn watch(&self) -> watch::Receiver<Option<bool>> {
         self.state.subscribe()
+    }
+
+    /// Changes whenever the link connects anew, perhaps to another primary (a Sentinel
+    /// failover): a connection of one's own opened under an older generation may lead to a
+    /// server that is no longer the primary (a partition can keep it writable for a while), so
+    /// it must be opened again. Read this before opening one.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The shared connection, or `Unavailable` while Redis is down (callers fail fast instead of
@@ -514,6 +525,7 @@ impl RedisLink {
         };
         self.check_layout(&manager).await;
         self.manager.store(Some(Arc::new(manager.clone())));
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Some(manager)
     }
 

@@ -6,7 +6,7 @@
 //! Accepting a message puts it on a bounded in-process queue that this replica's workers drain.
 
 use super::{
-    Acceptance, CommitOutcome, ConversationSnapshot, ReplyDeadLetter, Resolution, Session,
+    Acceptance, CommitOutcome, ConversationSnapshot, EntryId, ReplyDeadLetter, Resolution, Session,
     StateError, StateStore, StoreLimits, TurnCommit, TurnStart, WaitReason,
 };
 use crate::escalation::{self, Claim, Escalation};
@@ -290,6 +290,7 @@ impl StateStore for MemoryStore {
         holder: &str,
         skip_order_check: bool,
         _take_later: bool,
+        _entry: Option<&EntryId>,
     ) -> Result<TurnStart, StateError> {
         let now = Instant::now();
         let key = msg.conversation();
@@ -828,15 +829,21 @@ mod tests {
             assert!(store.accept(m).await.is_ok());
         }
         assert_eq!(
-            store.begin_turn(&m2, 2, "w2", false, false).await.ok(),
+            store
+                .begin_turn(&m2, 2, "w2", false, false, None)
+                .await
+                .ok(),
             Some(TurnStart::Wait(WaitReason::Gap))
         );
         assert!(matches!(
-            store.begin_turn(&m1, 1, "w1", false, false).await,
+            store.begin_turn(&m1, 1, "w1", false, false, None).await,
             Ok(TurnStart::Ready(_))
         ));
         assert_eq!(
-            store.begin_turn(&m2, 2, "w2", false, false).await.ok(),
+            store
+                .begin_turn(&m2, 2, "w2", false, false, None)
+                .await
+                .ok(),
             Some(TurnStart::Wait(WaitReason::Lease))
         );
         assert_eq!(
@@ -848,7 +855,7 @@ mod tests {
             store.commit_turn(&commit(&m1, 1, "w3")).await,
             Ok(CommitOutcome::AlreadyReplied(_))
         ));
-        match store.begin_turn(&m2, 2, "w2", false, false).await {
+        match store.begin_turn(&m2, 2, "w2", false, false, None).await {
             Ok(TurnStart::Ready(snapshot)) => {
                 assert_eq!(snapshot.history.len(), 2);
                 assert_eq!(snapshot.session.active_skill.as_deref(), Some("general"));
@@ -858,12 +865,15 @@ mod tests {
         // m1 came back (claimed again): while m2's turn holds the lease it waits (the holder
         // may be sending a reply), then it finds its reply on record.
         assert_eq!(
-            store.begin_turn(&m1, 1, "w9", false, false).await.ok(),
+            store
+                .begin_turn(&m1, 1, "w9", false, false, None)
+                .await
+                .ok(),
             Some(TurnStart::Wait(WaitReason::Lease))
         );
         assert!(store.release_lease(&m2.conversation(), "w2").await.is_ok());
         assert!(matches!(
-            store.begin_turn(&m1, 1, "w9", false, false).await,
+            store.begin_turn(&m1, 1, "w9", false, false, None).await,
             Ok(TurnStart::Replied(_))
         ));
     }
@@ -875,7 +885,9 @@ mod tests {
             let m = message(id);
             assert!(store.accept(&m).await.is_ok());
             assert!(matches!(
-                store.begin_turn(&m, i as u64 + 1, "w", false, false).await,
+                store
+                    .begin_turn(&m, i as u64 + 1, "w", false, false, None)
+                    .await,
                 Ok(TurnStart::Ready(_))
             ));
             assert!(
@@ -896,7 +908,7 @@ mod tests {
     /// Runs one whole turn of `m` (accept, begin, commit) as worker `holder`.
     async fn answer(store: &MemoryStore, m: &InboundMessage, seq: u64, holder: &str) {
         assert!(matches!(
-            store.begin_turn(m, seq, holder, false, false).await,
+            store.begin_turn(m, seq, holder, false, false, None).await,
             Ok(TurnStart::Ready(_))
         ));
         assert!(store.commit_turn(&commit(m, seq, holder)).await.is_ok());
@@ -953,19 +965,22 @@ mod tests {
         }
         // w1 takes m1's turn and dies without committing or releasing.
         assert!(matches!(
-            store.begin_turn(&m1, 1, "w1", false, false).await,
+            store.begin_turn(&m1, 1, "w1", false, false, None).await,
             Ok(TurnStart::Ready(_))
         ));
         tokio::time::advance(Duration::from_secs(4)).await;
         assert_eq!(
-            store.begin_turn(&m1, 1, "w2", false, false).await.ok(),
+            store
+                .begin_turn(&m1, 1, "w2", false, false, None)
+                .await
+                .ok(),
             Some(TurnStart::Wait(WaitReason::Lease)),
             "the lease still holds"
         );
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(
             matches!(
-                store.begin_turn(&m1, 1, "w2", false, false).await,
+                store.begin_turn(&m1, 1, "w2", false, false, None).await,
                 Ok(TurnStart::Ready(_))
             ),
             "5 s after it was taken the lease is free"

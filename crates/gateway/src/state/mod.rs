@@ -57,6 +57,22 @@ impl StateError {
     }
 }
 
+/// Where an inbox entry is: its shard's stream and its id there. A turn starts only while its
+/// entry is still in the inbox of the Redis it talks to (see [`TurnStart::NotQueued`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntryId {
+    /// The inbox stream (shard) holding it.
+    pub stream: String,
+    /// The stream entry id.
+    pub id: String,
+}
+
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.stream, self.id)
+    }
+}
+
 /// What ingress learned when it offered a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acceptance {
@@ -139,6 +155,12 @@ pub enum TurnStart {
     Replied(StoredReply),
     /// Not yet; try again shortly.
     Wait(WaitReason),
+    /// The entry is not in the inbox of the Redis answering now, so its message is not this
+    /// turn's to answer: it was written to a primary that Sentinel failed over before the write
+    /// reached a replica (so it was never acknowledged, and the platform or client sends it
+    /// again), or it was dead-lettered meanwhile. Answering it anyway would put it ahead of the
+    /// messages the new primary numbered before it.
+    NotQueued,
 }
 
 /// Everything a committed turn writes, in one atomic step.
@@ -309,9 +331,10 @@ pub trait StateStore: Send + Sync {
     async fn accept(&self, msg: &InboundMessage) -> Result<Acceptance, StateError>;
 
     /// Tries to start the turn of message `seq`: not yet answered, lease free, predecessors done
-    /// (unless `skip_order_check`), within flood control. On `Ready` the lease is held by
-    /// `holder`; with `take_later` the snapshot also holds the customer's later messages that
-    /// this turn should answer together with its own (when the store keeps them).
+    /// (unless `skip_order_check`), within flood control, and its inbox `entry` (when it came
+    /// from one) still in the inbox. On `Ready` the lease is held by `holder`; with `take_later`
+    /// the snapshot also holds the customer's later messages that this turn should answer
+    /// together with its own (when the store keeps them).
     async fn begin_turn(
         &self,
         msg: &InboundMessage,
@@ -319,6 +342,7 @@ pub trait StateStore: Send + Sync {
         holder: &str,
         skip_order_check: bool,
         take_later: bool,
+        entry: Option<&EntryId>,
     ) -> Result<TurnStart, StateError>;
 
     /// Records the turn atomically; at most one commit per message id wins.

@@ -9,7 +9,7 @@ use super::connection::Connection;
 use super::keys::KeyLayout;
 use super::link::RedisLink;
 use super::{
-    Acceptance, CommitOutcome, ConversationSnapshot, ReplyDeadLetter, Resolution, Session,
+    Acceptance, CommitOutcome, ConversationSnapshot, EntryId, ReplyDeadLetter, Resolution, Session,
     StateError, StateStore, StoreLimits, TurnCommit, TurnStart, WaitReason, keys,
 };
 use crate::escalation::{Claim, Escalation};
@@ -373,17 +373,24 @@ impl StateStore for RedisStore {
         holder: &str,
         skip_order_check: bool,
         take_later: bool,
+        entry: Option<&EntryId>,
     ) -> Result<TurnStart, StateError> {
         let conversation = msg.conversation();
         let keys = self.keys();
+        let mut begin = BEGIN.prepare_invoke();
+        begin
+            .key(keys.replied(&msg.dedupe_id()))
+            .key(keys.session(&conversation))
+            .key(keys.lease(&conversation))
+            .key(keys.conversation(&conversation))
+            .key(keys.pending(&conversation));
+        if let Some(entry) = entry {
+            // The entry's stream shares the conversation's slot (its shard's hash tag).
+            begin.key(&entry.stream);
+        }
         let reply: Vec<Value> = self
             .invoke(
-                BEGIN
-                    .key(keys.replied(&msg.dedupe_id()))
-                    .key(keys.session(&conversation))
-                    .key(keys.lease(&conversation))
-                    .key(keys.conversation(&conversation))
-                    .key(keys.pending(&conversation))
+                begin
                     .arg(seq)
                     .arg(holder)
                     .arg(self.limits.lease_ttl.as_millis() as u64)
@@ -400,7 +407,8 @@ impl StateStore for RedisStore {
                     } else {
                         self.limits.flood_interval.as_millis() as u64
                     })
-                    .arg(self.limits.flood_tolerance.as_millis() as u64),
+                    .arg(self.limits.flood_tolerance.as_millis() as u64)
+                    .arg(entry.map_or("", |e| e.id.as_str())),
             )
             .await?;
         let status = reply.first().and_then(text).unwrap_or_default();
@@ -431,6 +439,7 @@ impl StateStore for RedisStore {
                 }))
             }
             ("ready", _, _) => Ok(TurnStart::Ready(ConversationSnapshot::default())),
+            ("not_queued", _, _) => Ok(TurnStart::NotQueued),
             _ => Err(StateError::Protocol(format!(
                 "begin script answered {reply:?}"
             ))),

@@ -44,6 +44,8 @@ pub struct Job {
     pub msg: InboundMessage,
     /// Its sequence number in the conversation.
     pub seq: u64,
+    /// Its inbox entry (`None` for a degraded-mode message, which lives in this process only).
+    pub entry: Option<EntryId>,
 }
 
 /// Conversation leases held by running turns, renewed by the heartbeat.
@@ -303,10 +305,20 @@ impl WorkerPool {
                 permits = self.permits() => permits,
             };
             let Some((held, slot)) = permits else { return };
+            // A connection opened before the link connected anew may lead to a primary that was
+            // failed over yet still answers (a partition kept it from being demoted): reading
+            // its inbox would starve the new primary's and hand out entries it alone holds.
+            let generation = self.link.generation();
+            if conn
+                .as_ref()
+                .is_some_and(|(opened, _)| *opened != generation)
+            {
+                conn = None;
+            }
             let c = match &mut conn {
-                Some(c) => c,
+                Some((_, c)) => c,
                 None => match self.inbox.read_connection(READ_BLOCK).await {
-                    Ok(c) => conn.insert(c),
+                    Ok(c) => &mut conn.insert((generation, c)).1,
                     Err(_) => {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
@@ -468,7 +480,11 @@ impl WorkerPool {
                 .await;
             return;
         }
-        let job = Job { msg, seq };
+        let job = Job {
+            msg,
+            seq,
+            entry: Some(id.clone()),
+        };
         match turn::run(
             &self.ctx,
             &*self.redis,
@@ -483,6 +499,8 @@ impl WorkerPool {
             // The worker that won the commit delivers and acknowledges; acking here could lose
             // the reply if that worker dies before sending it.
             Ok(TurnEnd::Discarded) => {}
+            // Not in this Redis's inbox: an acknowledgement could only hit another entry.
+            Ok(TurnEnd::NotQueued) => {}
             Ok(TurnEnd::Replied(_) | TurnEnd::AlreadyAnswered(_)) => {
                 self.handled.fetch_add(1, Ordering::Relaxed);
                 let acked = crate::state::while_unavailable(|| self.inbox.ack(&id)).await;
@@ -549,7 +567,11 @@ impl WorkerPool {
             let pool = self.clone();
             self.turns.spawn(async move {
                 let _running = pool.track_turn();
-                let job = Job { msg, seq };
+                let job = Job {
+                    msg,
+                    seq,
+                    entry: None,
+                };
                 let result = AssertUnwindSafe(turn::run(
                     &pool.ctx,
                     &*pool.memory,

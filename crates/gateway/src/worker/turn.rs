@@ -73,6 +73,9 @@ pub enum TurnEnd {
     /// Another worker committed this message's reply while this turn ran (the entry was claimed
     /// twice); that worker delivers and acknowledges, so this one must do neither.
     Discarded,
+    /// The entry is not in the inbox of the Redis answering now ([`TurnStart::NotQueued`]):
+    /// nothing to answer or acknowledge there.
+    NotQueued,
 }
 
 /// Why a turn stopped without an answer; its entry stays pending and will be claimed again.
@@ -111,9 +114,17 @@ pub async fn run(
     let snapshot = loop {
         let skip_order_check = waited_for_order >= ctx.order_wait;
         let take_later = waited && msg.unsupported.is_none();
-        let start =
-            while_unavailable(|| store.begin_turn(msg, seq, &holder, skip_order_check, take_later))
-                .await?;
+        let start = while_unavailable(|| {
+            store.begin_turn(
+                msg,
+                seq,
+                &holder,
+                skip_order_check,
+                take_later,
+                job.entry.as_ref(),
+            )
+        })
+        .await?;
         match start {
             TurnStart::Ready(snapshot) => {
                 if skip_order_check {
@@ -127,6 +138,10 @@ pub async fn run(
             TurnStart::Replied(reply) => {
                 deliver(ctx, &live, store, msg, &reply, false).await?;
                 return Ok(TurnEnd::AlreadyAnswered(reply));
+            }
+            TurnStart::NotQueued => {
+                tracing::warn!(conversation = %msg.conversation(), message_id = %msg.message_id, seq, "the message's entry is not in the inbox of the Redis primary now in charge (written to a primary that was failed over before a replica had it, so never acknowledged); not answering it out of order: its resend is answered");
+                return Ok(TurnEnd::NotQueued);
             }
             TurnStart::Wait(reason) => {
                 if stop.is_some_and(CancellationToken::is_cancelled) {

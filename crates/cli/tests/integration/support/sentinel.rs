@@ -27,7 +27,12 @@ impl TestSentinelGroup {
     /// A primary, `replicas` replicas and three sentinels (quorum 2, a primary is down after
     /// 1 s of silence).
     pub async fn start(replicas: usize) -> TestSentinelGroup {
-        let primary = TestRedis::start_with(&SERVER_OPTIONS).await;
+        TestSentinelGroup::start_with(replicas, &[]).await
+    }
+
+    /// Like [`Self::start`], the first primary also started with `primary_options`.
+    pub async fn start_with(replicas: usize, primary_options: &[&str]) -> TestSentinelGroup {
+        let primary = TestRedis::start_with(&[&SERVER_OPTIONS[..], primary_options].concat()).await;
         let primary_port = primary.port.to_string();
         let mut servers = vec![primary];
         for _ in 0..replicas {
@@ -134,6 +139,28 @@ impl TestSentinelGroup {
             .expect("the primary is one of ours");
         server.stop().await;
         port
+    }
+
+    /// Asks a sentinel to fail the primary over now (`SENTINEL FAILOVER`), as an operator would
+    /// before maintenance; the sentinels pick the replica.
+    pub async fn force_failover(&self) {
+        for (port, _) in &self.sentinels {
+            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+                continue;
+            };
+            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                continue;
+            };
+            let answer: redis::RedisResult<String> = redis::cmd("SENTINEL")
+                .arg("FAILOVER")
+                .arg(MASTER_NAME)
+                .query_async(&mut conn)
+                .await;
+            if answer.is_ok() {
+                return;
+            }
+        }
+        panic!("no sentinel started the failover");
     }
 
     /// Waits until the sentinels name a primary other than `old` that answers as master.

@@ -7,7 +7,10 @@
 -- ARGV[5] most later messages to take into this turn (0 = answer this one alone)
 -- ARGV[6] flood control: ms between two turns of one customer at the steady rate (0 = off)
 -- ARGV[7] flood control: how far ahead of that rate a customer may run, ms
+-- KEYS[6] the inbox stream holding the message's entry   ARGV[8] the entry's id ('' = none: the
+-- message did not come from the inbox)
 -- Returns {'replied', reply JSON} | {'wait', 'lease' | 'order' | 'gap'} | {'wait', 'flood', ms}
+--       | {'not_queued'}
 --       | {'ready', history, session pairs, {seq, message JSON, ...} of the later messages taken}
 -- The lease comes first: the holder may be sending this very reply on its platform right now.
 local holder = redis.call('GET', KEYS[3])
@@ -17,6 +20,12 @@ end
 local replied = redis.call('GET', KEYS[1])
 if replied then
   return {'replied', replied}
+end
+-- An entry this Redis does not hold was written to a primary that was failed over before the
+-- write reached a replica (never acknowledged: it is sent again), or dead-lettered meanwhile.
+-- Its sequence number is not this Redis's: it would pass the order check below as a restart.
+if ARGV[8] ~= '' and #redis.call('XRANGE', KEYS[6], ARGV[8], ARGV[8]) == 0 then
+  return {'not_queued'}
 end
 if ARGV[4] ~= '1' then
   local counters = redis.call('HMGET', KEYS[2], 'seq_issued', 'seq_done')
