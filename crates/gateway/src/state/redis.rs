@@ -408,7 +408,8 @@ impl StateStore for RedisStore {
                         self.limits.flood_interval.as_millis() as u64
                     })
                     .arg(self.limits.flood_tolerance.as_millis() as u64)
-                    .arg(entry.map_or("", |e| e.id.as_str())),
+                    .arg(entry.map_or("", |e| e.id.as_str()))
+                    .arg(&msg.message_id),
             )
             .await?;
         let status = reply.first().and_then(text).unwrap_or_default();

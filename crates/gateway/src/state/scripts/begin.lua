@@ -8,7 +8,7 @@
 -- ARGV[6] flood control: ms between two turns of one customer at the steady rate (0 = off)
 -- ARGV[7] flood control: how far ahead of that rate a customer may run, ms
 -- KEYS[6] the inbox stream holding the message's entry   ARGV[8] the entry's id ('' = none: the
--- message did not come from the inbox)
+-- message did not come from the inbox)   ARGV[9] the message's id
 -- Returns {'replied', reply JSON} | {'wait', 'lease' | 'order' | 'gap'} | {'wait', 'flood', ms}
 --       | {'not_queued'}
 --       | {'ready', history, session pairs, {seq, message JSON, ...} of the later messages taken}
@@ -17,15 +17,37 @@ local holder = redis.call('GET', KEYS[3])
 if holder and holder ~= ARGV[2] then
   return {'wait', 'lease'}
 end
-local replied = redis.call('GET', KEYS[1])
-if replied then
-  return {'replied', replied}
+-- Whether `entry` (an XRANGE item) is message ARGV[9] numbered ARGV[1]: an id alone could name
+-- another entry, written by another primary in the same millisecond.
+local function is_this_message(entry)
+  if not entry then
+    return false
+  end
+  local seq, message
+  for i = 1, #entry[2], 2 do
+    if entry[2][i] == 'seq' then
+      seq = entry[2][i + 1]
+    elseif entry[2][i] == 'm' then
+      message = entry[2][i + 1]
+    end
+  end
+  if seq ~= ARGV[1] or not message then
+    return false
+  end
+  local decoded, parsed = pcall(cjson.decode, message)
+  return decoded and parsed.message_id == ARGV[9]
 end
 -- An entry this Redis does not hold was written to a primary that was failed over before the
 -- write reached a replica (never acknowledged: it is sent again), or dead-lettered meanwhile.
--- Its sequence number is not this Redis's: it would pass the order check below as a restart.
-if ARGV[8] ~= '' and #redis.call('XRANGE', KEYS[6], ARGV[8], ARGV[8]) == 0 then
+-- Its sequence number is not this Redis's: it would pass the order check below as a restart,
+-- and acknowledging it here could remove another entry. Checked before the reply record, so
+-- such an entry is never acknowledged: the entry of its resend is.
+if ARGV[8] ~= '' and not is_this_message(redis.call('XRANGE', KEYS[6], ARGV[8], ARGV[8])[1]) then
   return {'not_queued'}
+end
+local replied = redis.call('GET', KEYS[1])
+if replied then
+  return {'replied', replied}
 end
 if ARGV[4] ~= '1' then
   local counters = redis.call('HMGET', KEYS[2], 'seq_issued', 'seq_done')
