@@ -158,8 +158,9 @@ pub enum TurnStart {
     /// The entry is not in the inbox of the Redis answering now, so its message is not this
     /// turn's to answer: it was written to a primary that Sentinel failed over before the write
     /// reached a replica (so it was never acknowledged, and the platform or client sends it
-    /// again), or it was dead-lettered meanwhile. Answering it anyway would put it ahead of the
-    /// messages the new primary numbered before it.
+    /// again), it was dead-lettered meanwhile, or Redis lost its data (restarted without
+    /// persistence). Answering it anyway could put it ahead of the messages the new primary
+    /// numbered before it.
     NotQueued,
 }
 

@@ -140,7 +140,7 @@ pub async fn run(
                 return Ok(TurnEnd::AlreadyAnswered(reply));
             }
             TurnStart::NotQueued => {
-                tracing::warn!(conversation = %msg.conversation(), message_id = %msg.message_id, seq, "the message's entry is not in the inbox of the Redis primary now in charge (written to a primary that was failed over before a replica had it, so never acknowledged); not answering it out of order: its resend is answered");
+                tracing::warn!(conversation = %msg.conversation(), message_id = %msg.message_id, seq, "the message's entry is not in the inbox of the Redis primary now in charge: written to a primary failed over before a replica had it (never acknowledged, so it is sent again and that is answered), dead-lettered meanwhile, or lost with Redis's data; not answered here, where it could overtake the messages before it");
                 return Ok(TurnEnd::NotQueued);
             }
             TurnStart::Wait(reason) => {
