@@ -3,7 +3,7 @@
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
@@ -99,7 +99,10 @@ pub async fn supervise(spec: Spec, events: mpsc::UnboundedSender<Event>, stop: C
         tokio::select! {
             status = child.wait() => {
                 let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-                tracing::warn!(process = %spec.name, %status, "exited; restarting");
+                // Why it exited is usually the last thing it wrote (a port taken, a bad
+                // config line), and the log may be gone by the time anyone looks.
+                let last_words = last_log_line(&spec.log);
+                tracing::warn!(process = %spec.name, %status, %last_words, "exited; restarting");
                 let _ = events.send(Event::Exited { name: spec.name.clone(), status });
             }
             _ = stop.cancelled() => {
@@ -116,6 +119,34 @@ pub async fn supervise(spec: Spec, events: mpsc::UnboundedSender<Event>, stop: C
         }
         backoff = (backoff * 2).min(RESTART_MAX);
     }
+}
+
+/// The last non-empty line of `log` (read from its last 4 KiB), at most 300 characters; empty
+/// when there is none.
+fn last_log_line(log: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 4096;
+    let Ok(mut file) = std::fs::File::open(log) else {
+        return String::new();
+    };
+    let length = file.metadata().map_or(0, |m| m.len());
+    if file
+        .seek(SeekFrom::Start(length.saturating_sub(TAIL)))
+        .is_err()
+    {
+        return String::new();
+    }
+    let mut tail = Vec::new();
+    if file.take(TAIL).read_to_end(&mut tail).is_err() {
+        return String::new();
+    }
+    String::from_utf8_lossy(&tail)
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+        .map(|line| line.chars().take(300).collect())
+        .unwrap_or_default()
 }
 
 /// Asks the child to stop, waits its grace period, then kills it.
@@ -135,4 +166,26 @@ async fn stop_child(spec: &Spec, child: &mut Child) {
 /// Sends `signal` to `pid`; false when no such process exists.
 pub fn signal(pid: u32, signal: Option<Signal>) -> bool {
     kill(Pid::from_raw(pid as i32), signal).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_words_of_a_process_are_the_last_line_it_logged() {
+        let dir = tempfile::tempdir().expect("dir");
+        let log = dir.path().join("redis-2.log");
+        assert_eq!(last_log_line(&log), "", "no log yet");
+        let earlier = "x".repeat(5000);
+        std::fs::write(
+            &log,
+            format!("{earlier}\n# Warning: Could not create server TCP listening socket 127.0.0.1:20345: bind: Address already in use\n\n"),
+        )
+        .expect("write");
+        assert_eq!(
+            last_log_line(&log),
+            "# Warning: Could not create server TCP listening socket 127.0.0.1:20345: bind: Address already in use"
+        );
+    }
 }
