@@ -191,34 +191,26 @@ async fn replication(server: &TestRedis) -> String {
     server.query(redis::cmd("INFO").arg("replication")).await
 }
 
+/// The settings a replica authenticates to its primary with.
+const PRIMARY_CREDENTIALS: [&str; 2] = ["masteruser", "masterauth"];
+
 /// A replica that stops replicating (it cannot authenticate to its primary any more) and so
 /// misses every write from now on, as if a partition had cut it off; `thaw` undoes it.
 async fn freeze(replica: &TestRedis) {
-    let _: () = replica
-        .query(
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("masteruser")
-                .arg("cut-off"),
-        )
-        .await;
-    let _: () = replica
-        .query(
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("masterauth")
-                .arg("cut-off"),
-        )
-        .await;
+    set_primary_credentials(replica, "cut-off").await;
     let _: i64 = replica
         .query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("master"))
         .await;
 }
 
 async fn thaw(replica: &TestRedis) {
-    for field in ["masteruser", "masterauth"] {
+    set_primary_credentials(replica, "").await;
+}
+
+async fn set_primary_credentials(replica: &TestRedis, value: &str) {
+    for field in PRIMARY_CREDENTIALS {
         let _: () = replica
-            .query(redis::cmd("CONFIG").arg("SET").arg(field).arg(""))
+            .query(redis::cmd("CONFIG").arg("SET").arg(field).arg(value))
             .await;
     }
 }

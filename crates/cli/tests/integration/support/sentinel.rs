@@ -112,18 +112,17 @@ impl TestSentinelGroup {
 
     /// The port of the primary the sentinels name now.
     pub async fn primary_port(&self) -> Option<u16> {
+        let mut ask = redis::cmd("SENTINEL");
+        ask.arg("get-master-addr-by-name").arg(MASTER_NAME);
+        let (_, primary): (String, u16) = self.ask_sentinels(&ask).await?;
+        Some(primary)
+    }
+
+    /// The answer to `cmd` of the first sentinel that gives one.
+    async fn ask_sentinels<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
         for (port, _) in &self.sentinels {
-            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
-            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                continue;
-            };
-            let answer: redis::RedisResult<(String, u16)> = redis::cmd("SENTINEL")
-                .arg("get-master-addr-by-name")
-                .arg(MASTER_NAME)
-                .query_async(&mut conn)
-                .await;
-            if let Ok((_, primary)) = answer {
-                return Some(primary);
+            if let Some(answer) = ask_sentinel(*port, cmd).await {
+                return Some(answer);
             }
         }
         None
@@ -144,23 +143,10 @@ impl TestSentinelGroup {
     /// Asks a sentinel to fail the primary over now (`SENTINEL FAILOVER`), as an operator would
     /// before maintenance; the sentinels pick the replica.
     pub async fn force_failover(&self) {
-        for (port, _) in &self.sentinels {
-            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
-                continue;
-            };
-            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                continue;
-            };
-            let answer: redis::RedisResult<String> = redis::cmd("SENTINEL")
-                .arg("FAILOVER")
-                .arg(MASTER_NAME)
-                .query_async(&mut conn)
-                .await;
-            if answer.is_ok() {
-                return;
-            }
-        }
-        panic!("no sentinel started the failover");
+        let mut failover = redis::cmd("SENTINEL");
+        failover.arg("FAILOVER").arg(MASTER_NAME);
+        let started: Option<String> = self.ask_sentinels(&failover).await;
+        assert!(started.is_some(), "no sentinel started the failover");
     }
 
     /// Waits until the sentinels name a primary other than `old` that answers as master.
@@ -179,12 +165,12 @@ impl TestSentinelGroup {
 
 /// `SENTINEL MASTER <name>` of the sentinel on `port`, as field/value strings.
 async fn sentinel_master(port: u16) -> Option<Vec<String>> {
+    ask_sentinel(port, redis::cmd("SENTINEL").arg("MASTER").arg(MASTER_NAME)).await
+}
+
+/// The answer to `cmd` of the sentinel on `port`; `None` when it cannot be reached or refuses.
+async fn ask_sentinel<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Option<T> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
     let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-    redis::cmd("SENTINEL")
-        .arg("MASTER")
-        .arg(MASTER_NAME)
-        .query_async(&mut conn)
-        .await
-        .ok()
+    cmd.query_async(&mut conn).await.ok()
 }
