@@ -4,8 +4,10 @@
 //! The provider hands deltas to a [`TurnEvents`] (a channel); the [`EventWriter`] runs beside the
 //! model call and writes whatever has queued up in one append: the first delta goes out at once,
 //! and while an append is on its way the next deltas gather, so a fast model costs fewer writes
-//! instead of more latency. The writer ends when the turn drops its `TurnEvents`, after the last
-//! delta is written, so the answer committed next always comes after its deltas.
+//! instead of more latency. The writer ends when the turn drops its `TurnEvents`; what it has not
+//! written by then (with a model that answers at once: the typing event and the whole answer's
+//! delta) it hands back, and the commit writes it ahead of the answer, in the same step. Either
+//! way the answer always comes after its deltas.
 
 use super::hub::EventHub;
 use crate::events::SessionEvent;
@@ -13,6 +15,7 @@ use crate::llm::AnswerSink;
 use crate::message::ConversationKey;
 use crate::state::StateStore;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
 
 /// The sending side: what a turn (and its provider) reports.
 pub struct TurnEvents {
@@ -75,14 +78,19 @@ impl AnswerSink for TurnEvents {
 }
 
 impl EventWriter<'_> {
-    /// Writes queued events until the turn's [`TurnEvents`] is dropped and the queue is empty.
-    /// A failed write is logged and skipped: these events are a courtesy, the committed answer
-    /// is what counts.
-    pub async fn run(mut self) {
+    /// Writes queued events while the model writes. Returns the events still unwritten when
+    /// the turn's [`TurnEvents`] is dropped (the answer is complete): the commit writes those
+    /// together with the answer, a round trip less per turn. A failed write is logged and
+    /// skipped: these events are a courtesy, the committed answer is what counts.
+    pub async fn run(mut self) -> Vec<SessionEvent> {
         while let Some(first) = self.queue.recv().await {
             let mut batch = vec![first];
-            while let Ok(next) = self.queue.try_recv() {
-                batch.push(next);
+            loop {
+                match self.queue.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return coalesce(batch),
+                }
             }
             let batch = coalesce(batch);
             match self.store.append_events(&self.conversation, &batch).await {
@@ -92,6 +100,7 @@ impl EventWriter<'_> {
                 }
             }
         }
+        Vec::new()
     }
 }
 
@@ -120,43 +129,74 @@ mod tests {
     use crate::state::StoreLimits;
     use crate::state::memory::MemoryStore;
 
-    #[tokio::test]
-    async fn deltas_written_while_another_write_is_out_arrive_joined_and_in_order() {
-        let limits = StoreLimits::for_tests();
-        let (store, _queue) = MemoryStore::new(limits, 8);
-        let hub = EventHub::default();
-        let conversation = ConversationKey::new(Channel::Webchat, "ws_1");
-        let (events, writer) = channel(&store, &hub, conversation.clone(), "m1");
+    fn delta(text: &str) -> SessionEvent {
+        SessionEvent::Delta {
+            message_id: "m1".into(),
+            text: text.into(),
+        }
+    }
+
+    /// A typing event, deltas around a reset, and the fallback's delta, as a turn sends them.
+    fn send_a_restarted_answer(events: &TurnEvents) {
         events.typing();
         events.delta("Je ");
         events.delta("pakket");
         events.reset();
         events.delta("Uw pakket");
-        drop(events);
-        writer.run().await;
-        let written: Vec<SessionEvent> = store
-            .events_after(&conversation, None, 100)
+    }
+
+    /// The same events as written: adjacent deltas joined, nothing else changed.
+    fn joined() -> Vec<SessionEvent> {
+        vec![
+            SessionEvent::Typing {
+                message_id: "m1".into(),
+            },
+            delta("Je pakket"),
+            SessionEvent::Reset {
+                message_id: "m1".into(),
+            },
+            delta("Uw pakket"),
+        ]
+    }
+
+    async fn written(store: &MemoryStore, conversation: &ConversationKey) -> Vec<SessionEvent> {
+        store
+            .events_after(conversation, None, 100)
             .await
             .unwrap()
             .into_iter()
             .map(|e| serde_json::from_str(&e.json).unwrap())
-            .collect();
-        let delta = |text: &str| SessionEvent::Delta {
-            message_id: "m1".into(),
-            text: text.into(),
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn deltas_written_while_another_write_is_out_arrive_joined_and_in_order() {
+        let (store, _queue) = MemoryStore::new(StoreLimits::for_tests(), 8);
+        let hub = EventHub::default();
+        let conversation = ConversationKey::new(Channel::Webchat, "ws_1");
+        let (events, writer) = channel(&store, &hub, conversation.clone(), "m1");
+        send_a_restarted_answer(&events);
+        // The model is still writing until the events are out.
+        let model = async {
+            while written(&store, &conversation).await.is_empty() {
+                tokio::task::yield_now().await;
+            }
+            drop(events);
         };
-        assert_eq!(
-            written,
-            [
-                SessionEvent::Typing {
-                    message_id: "m1".into()
-                },
-                delta("Je pakket"),
-                SessionEvent::Reset {
-                    message_id: "m1".into()
-                },
-                delta("Uw pakket"),
-            ]
-        );
+        let (left, ()) = tokio::join!(writer.run(), model);
+        assert_eq!(written(&store, &conversation).await, joined());
+        assert_eq!(left, [], "nothing is left for the commit");
+    }
+
+    #[tokio::test]
+    async fn events_still_queued_when_the_answer_is_complete_are_left_to_the_commit_in_order() {
+        let (store, _queue) = MemoryStore::new(StoreLimits::for_tests(), 8);
+        let hub = EventHub::default();
+        let conversation = ConversationKey::new(Channel::Webchat, "ws_1");
+        let (events, writer) = channel(&store, &hub, conversation.clone(), "m1");
+        send_a_restarted_answer(&events);
+        drop(events);
+        assert_eq!(writer.run().await, joined());
+        assert_eq!(written(&store, &conversation).await, []);
     }
 }

@@ -787,6 +787,7 @@ mod tests {
             later: Vec::new(),
             escalation: None,
             events: Vec::new(),
+            acknowledges: None,
         }
     }
 

@@ -193,6 +193,11 @@ pub struct TurnCommit<'a> {
     /// The session events this turn writes (the answer, a hand-over notice); empty for
     /// channels without events.
     pub events: Vec<SessionEvent>,
+    /// The message's inbox entry, acknowledged (and deleted) by the commit when nothing is left
+    /// to do after it (a held request is answered by the commit's publish): a round trip less
+    /// per turn, and no moment where the answer is on record but its entry still pending.
+    /// `None` when the reply must still be sent on a platform, or in degraded mode.
+    pub acknowledges: Option<&'a EntryId>,
 }
 
 /// What resolving an escalation found.

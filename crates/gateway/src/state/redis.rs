@@ -30,6 +30,13 @@ macro_rules! with_events {
     };
 }
 
+/// The scripts that check a message's inbox entry start with the shared `holds_entry` function.
+macro_rules! with_entry_check {
+    ($file:literal) => {
+        concat!(include_str!("scripts/inbox_entry.lua"), include_str!($file))
+    };
+}
+
 /// The scripts that announce something on pub/sub, in one flavour per kind of channel.
 struct Publishing {
     accept: Script,
@@ -48,7 +55,10 @@ impl Publishing {
         Publishing {
             accept: script(with_events!("scripts/accept.lua")),
             append_events: script(with_events!("scripts/append_events.lua")),
-            commit: script(with_events!("scripts/commit.lua")),
+            commit: script(concat!(
+                include_str!("scripts/events.lua"),
+                with_entry_check!("scripts/commit.lua")
+            )),
             person_message: script(with_events!("scripts/person_message.lua")),
             claim: script(include_str!("scripts/claim_escalation.lua")),
             resolve: script(include_str!("scripts/resolve_escalation.lua")),
@@ -58,7 +68,8 @@ impl Publishing {
 
 static PUBLISHING: LazyLock<Publishing> = LazyLock::new(|| Publishing::with("PUBLISH"));
 static SHARD_PUBLISHING: LazyLock<Publishing> = LazyLock::new(|| Publishing::with("SPUBLISH"));
-static BEGIN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/begin.lua")));
+static BEGIN: LazyLock<Script> =
+    LazyLock::new(|| Script::new(with_entry_check!("scripts/begin.lua")));
 static SKIP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/skip.lua")));
 static RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/renew_leases.lua")));
@@ -504,7 +515,14 @@ impl StateStore for RedisStore {
             .arg(events::encode(&commit.events))
             .arg(self.limits.events_max_length)
             .arg(keys.events_channel_of(&conversation))
-            .arg(conversation.as_str());
+            .arg(conversation.as_str())
+            .arg(commit.acknowledges.map_or("", |e| e.id.as_str()))
+            .arg(keys::GROUP)
+            .arg(&commit.msg.message_id);
+        if let Some(entry) = commit.acknowledges {
+            // Last, after the later messages' reply keys; it shares the conversation's slot.
+            invocation.key(&entry.stream);
+        }
         for (field, value) in &commit.session {
             invocation.arg(*field).arg(value);
         }

@@ -501,7 +501,13 @@ impl WorkerPool {
             Ok(TurnEnd::Discarded) => {}
             // Not in this Redis's inbox: an acknowledgement could only hit another entry.
             Ok(TurnEnd::NotQueued) => {}
-            Ok(TurnEnd::Replied(_) | TurnEnd::AlreadyAnswered(_)) => {
+            // The commit acknowledged the entry with the answer.
+            Ok(TurnEnd::Replied {
+                acknowledged: true, ..
+            }) => {
+                self.handled.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(TurnEnd::Replied { .. } | TurnEnd::AlreadyAnswered(_)) => {
                 self.handled.fetch_add(1, Ordering::Relaxed);
                 let acked = crate::state::while_unavailable(|| self.inbox.ack(&id)).await;
                 if let Err(e) = acked {

@@ -65,8 +65,14 @@ pub struct TurnContext {
 /// How a turn ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TurnEnd {
-    /// This turn's reply was committed (and sent, on a platform channel): acknowledge the entry.
-    Replied(StoredReply),
+    /// This turn's reply was committed (and sent, on a platform channel).
+    Replied {
+        /// The reply.
+        reply: StoredReply,
+        /// The commit settled the entry too ([`TurnCommit::acknowledges`]: acknowledged it, or
+        /// found that its id no longer names this message); else the caller acknowledges it.
+        acknowledged: bool,
+    },
     /// The message had been answered earlier (the entry came back after a crash); its reply is
     /// now delivered: acknowledge the entry.
     AlreadyAnswered(StoredReply),
@@ -178,10 +184,16 @@ pub async fn run(
     // Renewed by the heartbeat while this turn lives; the guard stops that when the turn ends,
     // also by a panic, so a dead turn's lease expires instead of locking the conversation.
     let renewed = leases.hold(&holder, conversation.clone());
-    let result = match answer(ctx, &live, store, msg, seq, &holder, snapshot).await {
-        Ok(TurnEnd::Replied(reply)) => deliver(ctx, &live, store, msg, &reply, true)
+    let result = match answer(ctx, &live, store, job, &holder, snapshot).await {
+        Ok(TurnEnd::Replied {
+            reply,
+            acknowledged,
+        }) => deliver(ctx, &live, store, msg, &reply, true)
             .await
-            .map(|()| TurnEnd::Replied(reply))
+            .map(|()| TurnEnd::Replied {
+                reply,
+                acknowledged,
+            })
             .map_err(TurnError::from),
         other => other,
     };
@@ -271,6 +283,9 @@ struct Route<'s> {
 struct Response {
     completion: Completion,
     escalation: Option<Escalation>,
+    /// Live events of the answer not written yet (see [`publisher::EventWriter::run`]): the commit writes
+    /// them ahead of the answer.
+    unwritten_events: Vec<SessionEvent>,
 }
 
 /// A turn after its conversation is ready: route, respond (compose and ask, or a fixed notice),
@@ -279,18 +294,18 @@ async fn answer(
     ctx: &TurnContext,
     live: &Live,
     store: &dyn StateStore,
-    msg: &InboundMessage,
-    seq: u64,
+    job: &Job,
     holder: &str,
     snapshot: ConversationSnapshot,
 ) -> Result<TurnEnd, TurnError> {
+    let msg = &job.msg;
     failpoint_turn_panic(msg);
     // One snapshot of the skills for the whole turn, whatever a reload does meanwhile.
     let skills = ctx.skills.current();
     let mut input = TurnInput::new(msg, snapshot);
     let route = route(live, &skills, &input).await;
     let response = respond(ctx, live, store, &skills, &route, &mut input).await;
-    commit(ctx, store, seq, holder, &route, &input, response).await
+    commit(ctx, store, job, holder, &route, &input, response).await
 }
 
 /// Picks the skill and the language. While a person has the conversation it stays with the
@@ -379,6 +394,7 @@ async fn respond(
                     reference,
                 )),
                 escalation: None,
+                unwritten_events: Vec::new(),
             }
         }
         // This message hands the conversation to a person. The dispatcher hears of it before the
@@ -414,6 +430,7 @@ async fn respond(
             Response {
                 completion: fixed(text),
                 escalation: Some(handover),
+                unwritten_events: Vec::new(),
             }
         }
         // An image or voice note: the agent cannot read it, so it says so instead of guessing;
@@ -434,13 +451,16 @@ async fn respond(
                     provider: provider.into(),
                 },
                 escalation: None,
+                unwritten_events: Vec::new(),
             }
         }
         (None, None, None) => {
             let prompt = compose(ctx, live, skills, route, input).await;
+            let (completion, unwritten_events) = ask_model(ctx, live, store, msg, &prompt).await;
             Response {
-                completion: ask_model(ctx, live, store, msg, &prompt).await,
+                completion,
                 escalation: None,
+                unwritten_events,
             }
         }
     }
@@ -513,16 +533,17 @@ async fn compose(
 async fn commit(
     ctx: &TurnContext,
     store: &dyn StateStore,
-    seq: u64,
+    job: &Job,
     holder: &str,
     route: &Route<'_>,
     input: &TurnInput<'_>,
     response: Response,
 ) -> Result<TurnEnd, TurnError> {
-    let (msg, skill, later) = (input.msg, route.skill, &input.later);
+    let (msg, seq, skill, later) = (input.msg, job.seq, route.skill, &input.later);
     let Response {
         completion,
         escalation,
+        unwritten_events,
     } = response;
     let path = DeliveryPath::of(msg.channel);
     let now = now_ms();
@@ -602,8 +623,15 @@ async fn commit(
         notify_channel: path.notify_channel(msg, &ctx.replica_id, &ctx.keys),
         release_lease: path.releases_lease_at_commit(),
         later: later_commits,
-        events: answer_events(msg, &reply, later, escalation.as_ref()),
+        events: unwritten_events
+            .into_iter()
+            .chain(answer_events(msg, &reply, later, escalation.as_ref()))
+            .collect(),
         escalation,
+        acknowledges: job
+            .entry
+            .as_ref()
+            .filter(|_| path.releases_lease_at_commit()),
     };
     let outcome = while_unavailable(|| store.commit_turn(&commit)).await?;
     match outcome {
@@ -627,7 +655,10 @@ async fn commit(
             for ((_, m), later_commit) in later.iter().zip(&commit.later) {
                 notify_local(ctx, m, &later_commit.reply);
             }
-            Ok(TurnEnd::Replied(reply))
+            Ok(TurnEnd::Replied {
+                reply,
+                acknowledged: commit.acknowledges.is_some(),
+            })
         }
         CommitOutcome::AlreadyReplied(existing) => {
             metrics::counter!(telemetry::TURNS_DISCARDED).increment(1);
@@ -641,17 +672,18 @@ async fn commit(
 }
 
 /// Asks the provider chain; on channels with live events the customer sees the agent typing
-/// and, with `webchat.streaming`, the answer as the model writes it.
+/// and, with `webchat.streaming`, the answer as the model writes it. Returns the answer and the
+/// live events not written by the time it was complete, for the commit to write.
 async fn ask_model(
     ctx: &TurnContext,
     live: &Live,
     store: &dyn StateStore,
     msg: &InboundMessage,
     prompt: &Prompt,
-) -> Completion {
+) -> (Completion, Vec<SessionEvent>) {
     let rate_key = msg.rate_key();
     if !events::keeps_events(msg) {
-        return live.chain.complete(prompt, &rate_key).await;
+        return (live.chain.complete(prompt, &rate_key).await, Vec::new());
     }
     let (turn_events, writer) =
         publisher::channel(store, &ctx.events, msg.conversation(), &msg.message_id);
@@ -665,11 +697,11 @@ async fn ask_model(
         } else {
             live.chain.complete(prompt, &rate_key).await
         };
-        // Ends the writer once the last delta is written: the answer's commit comes after.
+        // Ends the writer: what it has not written yet, the commit writes with the answer.
         drop(turn_events);
         completion
     };
-    tokio::join!(asked, writer.run()).0
+    tokio::join!(asked, writer.run())
 }
 
 /// The session events a committed turn writes: its answer (covering the later messages it

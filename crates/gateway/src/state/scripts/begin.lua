@@ -17,32 +17,12 @@ local holder = redis.call('GET', KEYS[3])
 if holder and holder ~= ARGV[2] then
   return {'wait', 'lease'}
 end
--- Whether `entry` (an XRANGE item) is message ARGV[9] numbered ARGV[1]: an id alone could name
--- another entry, written by another primary in the same millisecond.
-local function is_this_message(entry)
-  if not entry then
-    return false
-  end
-  local seq, message
-  for i = 1, #entry[2], 2 do
-    if entry[2][i] == 'seq' then
-      seq = entry[2][i + 1]
-    elseif entry[2][i] == 'm' then
-      message = entry[2][i + 1]
-    end
-  end
-  if seq ~= ARGV[1] or not message then
-    return false
-  end
-  local decoded, parsed = pcall(cjson.decode, message)
-  return decoded and parsed.message_id == ARGV[9]
-end
 -- An entry this Redis does not hold was written to a primary that was failed over before the
 -- write reached a replica (never acknowledged: it is sent again), or dead-lettered meanwhile.
 -- Its sequence number is not this Redis's: it would pass the order check below as a restart,
 -- and acknowledging it here could remove another entry. Checked before the reply record, so
 -- such an entry is never acknowledged: the entry of its resend is.
-if ARGV[8] ~= '' and not is_this_message(redis.call('XRANGE', KEYS[6], ARGV[8], ARGV[8])[1]) then
+if ARGV[8] ~= '' and not holds_entry(KEYS[6], ARGV[8], ARGV[1], ARGV[9]) then
   return {'not_queued'}
 end
 local replied = redis.call('GET', KEYS[1])

@@ -1,6 +1,8 @@
 -- Commits a turn: the reply record (at most one per message id), both history entries (appended,
 -- capped, TTL refreshed), the session, the ordering watermark, the lease release and the wake-up
--- of the replica holding the web-chat request. One step, so no reader ever sees half a turn.
+-- of the replica holding the web-chat request, and, when nothing is left to do after it, the
+-- acknowledgement of the message's inbox entry. One step, so no reader ever sees half a turn and
+-- no entry outlives its answer.
 -- KEYS[1] oc:replied:{id}   KEYS[2] oc:conv:{conv}   KEYS[3] oc:session:{conv}   KEYS[4] oc:lease:{conv}
 -- ARGV[1] reply JSON   ARGV[2] reply ttl (s)   ARGV[3] user entry JSON   ARGV[4] assistant entry JSON
 -- ARGV[5] history limit   ARGV[6] conversation ttl (s)   ARGV[7] seq   ARGV[8] holder token
@@ -13,7 +15,9 @@
 -- ARGV[14] escalation retention (s): a conversation with a pending escalation lives this long
 -- KEYS[8] oc:events:{conv}   ARGV[15] the session's events of this turn ('' = none)
 -- ARGV[16] events max length   ARGV[17] events channel   ARGV[18] conversation
--- ARGV[19..] session field, value, ...
+-- ARGV[19] the inbox entry to acknowledge and delete ('' = none), in stream KEYS[#KEYS]
+-- ARGV[20] the inbox's consumer group   ARGV[21] the message's id
+-- ARGV[22..] session field, value, ...
 -- Returns {1} when committed, {0, existing reply JSON} when another turn committed first.
 local function release()
   if redis.call('GET', KEYS[4]) == ARGV[8] then
@@ -47,7 +51,7 @@ local done = tonumber(redis.call('HGET', KEYS[3], 'seq_done')) or 0
 if last_seq > done then
   redis.call('HSET', KEYS[3], 'seq_done', last_seq)
 end
-for i = 19, #ARGV, 2 do
+for i = 22, #ARGV, 2 do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
 end
 if ARGV[13] ~= '' then
@@ -76,5 +80,10 @@ if ARGV[11] == '1' then
 end
 if ARGV[9] ~= '' then
   redis.call('PUBLISH', ARGV[9], ARGV[10])
+end
+-- Only while the entry is this message's: after a failover the id may name another one.
+if ARGV[19] ~= '' and holds_entry(KEYS[#KEYS], ARGV[19], ARGV[7], ARGV[21]) then
+  redis.call('XACK', KEYS[#KEYS], ARGV[20], ARGV[19])
+  redis.call('XDEL', KEYS[#KEYS], ARGV[19])
 end
 return {1}
