@@ -528,6 +528,18 @@ async fn a_web_chat_customer_sees_the_persons_message_live_and_in_the_history() 
         "{history:?}"
     );
 
+    // While the person has the conversation the agent does not write: the customer's next
+    // message is told it reached them, with no typing event before.
+    let (status, body) = gateway
+        .send(session, "m2", "Thanks! Today when?", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reply"]["provider"], "handover");
+    let seen = events.until("answer", Duration::from_secs(5)).await;
+    let names: Vec<&str> = seen.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["message", "answer"], "{seen:?}");
+    assert_eq!(seen[1].data["message_id"], "m2");
+
     // The console page itself is served by every replica.
     let page = http_client()
         .get(gateway.url("/console"))

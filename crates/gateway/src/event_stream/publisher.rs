@@ -1,13 +1,13 @@
-//! Writing a turn's passing events (typing, the model's deltas, resets) to the session's event
-//! stream in order, without holding the model up.
+//! Writing a turn's passing events (the model's deltas, resets) to the session's event stream in
+//! order, without holding the model up. (The typing event is written when the turn begins.)
 //!
 //! The provider hands deltas to a [`TurnEvents`] (a channel); the [`EventWriter`] runs beside the
 //! model call and writes whatever has queued up in one append: the first delta goes out at once,
 //! and while an append is on its way the next deltas gather, so a fast model costs fewer writes
 //! instead of more latency. The writer ends when the turn drops its `TurnEvents`; what it has not
-//! written by then (with a model that answers at once: the typing event and the whole answer's
-//! delta) it hands back, and the commit writes it ahead of the answer, in the same step. Either
-//! way the answer always comes after its deltas.
+//! written by then (with a model that answers at once: the whole answer's delta) it hands back,
+//! and the commit writes it ahead of the answer, in the same step. Either way the answer always
+//! comes after its deltas.
 
 use super::hub::EventHub;
 use crate::events::SessionEvent;
@@ -51,15 +51,6 @@ pub fn channel<'a>(
             conversation,
         },
     )
-}
-
-impl TurnEvents {
-    /// The agent started writing.
-    pub fn typing(&self) {
-        let _ = self.queue.send(SessionEvent::Typing {
-            message_id: self.message_id.clone(),
-        });
-    }
 }
 
 impl AnswerSink for TurnEvents {
@@ -136,9 +127,8 @@ mod tests {
         }
     }
 
-    /// A typing event, deltas around a reset, and the fallback's delta, as a turn sends them.
+    /// Deltas around a reset, and the fallback's delta, as a turn sends them.
     fn send_a_restarted_answer(events: &TurnEvents) {
-        events.typing();
         events.delta("Je ");
         events.delta("pakket");
         events.reset();
@@ -148,9 +138,6 @@ mod tests {
     /// The same events as written: adjacent deltas joined, nothing else changed.
     fn joined() -> Vec<SessionEvent> {
         vec![
-            SessionEvent::Typing {
-                message_id: "m1".into(),
-            },
             delta("Je pakket"),
             SessionEvent::Reset {
                 message_id: "m1".into(),

@@ -6,8 +6,8 @@
 //! Accepting a message puts it on a bounded in-process queue that this replica's workers drain.
 
 use super::{
-    Acceptance, CommitOutcome, ConversationSnapshot, EntryId, ReplyDeadLetter, Resolution, Session,
-    StateError, StateStore, StoreLimits, TurnCommit, TurnStart, WaitReason,
+    Acceptance, CommitOutcome, ConversationSnapshot, ReplyDeadLetter, Resolution, Session,
+    StateError, StateStore, StoreLimits, TurnBegin, TurnCommit, TurnStart, WaitReason,
 };
 use crate::escalation::{self, Claim, Escalation};
 use crate::events::{SessionEvent, StoredEvent};
@@ -283,15 +283,8 @@ impl StateStore for MemoryStore {
         Ok(Acceptance::Accepted { seq })
     }
 
-    async fn begin_turn(
-        &self,
-        msg: &InboundMessage,
-        seq: u64,
-        holder: &str,
-        skip_order_check: bool,
-        _take_later: bool,
-        _entry: Option<&EntryId>,
-    ) -> Result<TurnStart, StateError> {
+    async fn begin_turn(&self, turn: &TurnBegin<'_>) -> Result<TurnStart, StateError> {
+        let (msg, seq, holder) = (turn.msg, turn.seq, turn.holder);
         let now = Instant::now();
         let key = msg.conversation();
         let mut inner = self.lock();
@@ -307,7 +300,10 @@ impl StateStore for MemoryStore {
             return Ok(TurnStart::Replied(reply));
         }
         let conversation = inner.conversation(&key, now);
-        if !skip_order_check && conversation.seq_done + 1 < seq && conversation.seq_issued >= seq {
+        if !turn.skip_order_check
+            && conversation.seq_done + 1 < seq
+            && conversation.seq_issued >= seq
+        {
             // A degraded-mode turn that failed is not retried: its successors cannot tell a
             // waiting predecessor from a lost one.
             return Ok(TurnStart::Wait(WaitReason::Gap));
@@ -317,6 +313,12 @@ impl StateStore for MemoryStore {
             session: conversation.session.clone(),
             later: Vec::new(),
         };
+        if turn.typing && conversation.session.escalation_pending.is_none() {
+            let typing = SessionEvent::Typing {
+                message_id: msg.message_id.clone(),
+            };
+            conversation.append_events(&[typing], self.limits.events_max_length);
+        }
         inner
             .leases
             .insert(key, (holder.to_string(), now + self.limits.lease_ttl));
@@ -756,6 +758,19 @@ mod tests {
         InboundMessage::new(Channel::Webchat, "s1", id, format!("text {id}"), "r1")
     }
 
+    /// A turn of `msg` as the worker begins it, without typing event or inbox entry.
+    fn turn<'a>(msg: &'a InboundMessage, seq: u64, holder: &'a str) -> TurnBegin<'a> {
+        TurnBegin {
+            msg,
+            seq,
+            holder,
+            skip_order_check: false,
+            take_later: false,
+            entry: None,
+            typing: false,
+        }
+    }
+
     fn commit<'a>(msg: &'a InboundMessage, seq: u64, holder: &'a str) -> TurnCommit<'a> {
         let entry = |role, text: &str| HistoryEntry {
             role,
@@ -830,21 +845,15 @@ mod tests {
             assert!(store.accept(m).await.is_ok());
         }
         assert_eq!(
-            store
-                .begin_turn(&m2, 2, "w2", false, false, None)
-                .await
-                .ok(),
+            store.begin_turn(&turn(&m2, 2, "w2")).await.ok(),
             Some(TurnStart::Wait(WaitReason::Gap))
         );
         assert!(matches!(
-            store.begin_turn(&m1, 1, "w1", false, false, None).await,
+            store.begin_turn(&turn(&m1, 1, "w1")).await,
             Ok(TurnStart::Ready(_))
         ));
         assert_eq!(
-            store
-                .begin_turn(&m2, 2, "w2", false, false, None)
-                .await
-                .ok(),
+            store.begin_turn(&turn(&m2, 2, "w2")).await.ok(),
             Some(TurnStart::Wait(WaitReason::Lease))
         );
         assert_eq!(
@@ -856,7 +865,7 @@ mod tests {
             store.commit_turn(&commit(&m1, 1, "w3")).await,
             Ok(CommitOutcome::AlreadyReplied(_))
         ));
-        match store.begin_turn(&m2, 2, "w2", false, false, None).await {
+        match store.begin_turn(&turn(&m2, 2, "w2")).await {
             Ok(TurnStart::Ready(snapshot)) => {
                 assert_eq!(snapshot.history.len(), 2);
                 assert_eq!(snapshot.session.active_skill.as_deref(), Some("general"));
@@ -866,15 +875,12 @@ mod tests {
         // m1 came back (claimed again): while m2's turn holds the lease it waits (the holder
         // may be sending a reply), then it finds its reply on record.
         assert_eq!(
-            store
-                .begin_turn(&m1, 1, "w9", false, false, None)
-                .await
-                .ok(),
+            store.begin_turn(&turn(&m1, 1, "w9")).await.ok(),
             Some(TurnStart::Wait(WaitReason::Lease))
         );
         assert!(store.release_lease(&m2.conversation(), "w2").await.is_ok());
         assert!(matches!(
-            store.begin_turn(&m1, 1, "w9", false, false, None).await,
+            store.begin_turn(&turn(&m1, 1, "w9")).await,
             Ok(TurnStart::Replied(_))
         ));
     }
@@ -886,9 +892,7 @@ mod tests {
             let m = message(id);
             assert!(store.accept(&m).await.is_ok());
             assert!(matches!(
-                store
-                    .begin_turn(&m, i as u64 + 1, "w", false, false, None)
-                    .await,
+                store.begin_turn(&turn(&m, i as u64 + 1, "w")).await,
                 Ok(TurnStart::Ready(_))
             ));
             assert!(
@@ -909,7 +913,7 @@ mod tests {
     /// Runs one whole turn of `m` (accept, begin, commit) as worker `holder`.
     async fn answer(store: &MemoryStore, m: &InboundMessage, seq: u64, holder: &str) {
         assert!(matches!(
-            store.begin_turn(m, seq, holder, false, false, None).await,
+            store.begin_turn(&turn(m, seq, holder)).await,
             Ok(TurnStart::Ready(_))
         ));
         assert!(store.commit_turn(&commit(m, seq, holder)).await.is_ok());
@@ -966,22 +970,19 @@ mod tests {
         }
         // w1 takes m1's turn and dies without committing or releasing.
         assert!(matches!(
-            store.begin_turn(&m1, 1, "w1", false, false, None).await,
+            store.begin_turn(&turn(&m1, 1, "w1")).await,
             Ok(TurnStart::Ready(_))
         ));
         tokio::time::advance(Duration::from_secs(4)).await;
         assert_eq!(
-            store
-                .begin_turn(&m1, 1, "w2", false, false, None)
-                .await
-                .ok(),
+            store.begin_turn(&turn(&m1, 1, "w2")).await.ok(),
             Some(TurnStart::Wait(WaitReason::Lease)),
             "the lease still holds"
         );
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(
             matches!(
-                store.begin_turn(&m1, 1, "w2", false, false, None).await,
+                store.begin_turn(&turn(&m1, 1, "w2")).await,
                 Ok(TurnStart::Ready(_))
             ),
             "5 s after it was taken the lease is free"

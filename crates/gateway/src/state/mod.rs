@@ -131,6 +131,27 @@ pub struct ConversationSnapshot {
     pub later: Vec<(u64, InboundMessage)>,
 }
 
+/// What a turn asks of [`StateStore::begin_turn`].
+#[derive(Debug, Clone, Copy)]
+pub struct TurnBegin<'a> {
+    /// The message to answer.
+    pub msg: &'a InboundMessage,
+    /// Its sequence number in the conversation.
+    pub seq: u64,
+    /// The lease holder token of this turn.
+    pub holder: &'a str,
+    /// Start even though an earlier message is not done (it was waited for long enough).
+    pub skip_order_check: bool,
+    /// Take the customer's later messages into this turn (when the store keeps them).
+    pub take_later: bool,
+    /// The message's inbox entry; `None` when it did not come from the inbox (degraded mode).
+    pub entry: Option<&'a EntryId>,
+    /// Write the session's typing event when the turn starts, in the same step: the customer
+    /// sees the agent at work at once, without a round trip of its own. Not written while a
+    /// person has the conversation (the agent does not answer then).
+    pub typing: bool,
+}
+
 /// Why a turn cannot start yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitReason {
@@ -336,20 +357,11 @@ pub trait StateStore: Send + Sync {
     /// same step.
     async fn accept(&self, msg: &InboundMessage) -> Result<Acceptance, StateError>;
 
-    /// Tries to start the turn of message `seq`: not yet answered, lease free, predecessors done
-    /// (unless `skip_order_check`), within flood control, and its inbox `entry` (when it came
-    /// from one) still in the inbox. On `Ready` the lease is held by `holder`; with `take_later`
-    /// the snapshot also holds the customer's later messages that this turn should answer
-    /// together with its own (when the store keeps them).
-    async fn begin_turn(
-        &self,
-        msg: &InboundMessage,
-        seq: u64,
-        holder: &str,
-        skip_order_check: bool,
-        take_later: bool,
-        entry: Option<&EntryId>,
-    ) -> Result<TurnStart, StateError>;
+    /// Tries to start a turn (see [`TurnBegin`]): not yet answered, lease free, predecessors
+    /// done, within flood control, and its inbox entry (when it came from one) still in the
+    /// inbox. On `Ready` the lease is held by the turn, and the typing event is written when
+    /// asked for and no person has the conversation.
+    async fn begin_turn(&self, begin: &TurnBegin<'_>) -> Result<TurnStart, StateError>;
 
     /// Records the turn atomically; at most one commit per message id wins.
     async fn commit_turn(&self, commit: &TurnCommit<'_>) -> Result<CommitOutcome, StateError>;

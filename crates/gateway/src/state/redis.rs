@@ -9,8 +9,8 @@ use super::connection::Connection;
 use super::keys::KeyLayout;
 use super::link::RedisLink;
 use super::{
-    Acceptance, CommitOutcome, ConversationSnapshot, EntryId, ReplyDeadLetter, Resolution, Session,
-    StateError, StateStore, StoreLimits, TurnCommit, TurnStart, WaitReason, keys,
+    Acceptance, CommitOutcome, ConversationSnapshot, ReplyDeadLetter, Resolution, Session,
+    StateError, StateStore, StoreLimits, TurnBegin, TurnCommit, TurnStart, WaitReason, keys,
 };
 use crate::escalation::{Claim, Escalation};
 use crate::events::{self, SessionEvent, StoredEvent};
@@ -40,6 +40,7 @@ macro_rules! with_entry_check {
 /// The scripts that announce something on pub/sub, in one flavour per kind of channel.
 struct Publishing {
     accept: Script,
+    begin: Script,
     append_events: Script,
     commit: Script,
     person_message: Script,
@@ -54,6 +55,10 @@ impl Publishing {
         let script = |text: &str| super::pubsub::publishing_script(text, command);
         Publishing {
             accept: script(with_events!("scripts/accept.lua")),
+            begin: script(concat!(
+                include_str!("scripts/events.lua"),
+                with_entry_check!("scripts/begin.lua")
+            )),
             append_events: script(with_events!("scripts/append_events.lua")),
             commit: script(concat!(
                 include_str!("scripts/events.lua"),
@@ -68,8 +73,6 @@ impl Publishing {
 
 static PUBLISHING: LazyLock<Publishing> = LazyLock::new(|| Publishing::with("PUBLISH"));
 static SHARD_PUBLISHING: LazyLock<Publishing> = LazyLock::new(|| Publishing::with("SPUBLISH"));
-static BEGIN: LazyLock<Script> =
-    LazyLock::new(|| Script::new(with_entry_check!("scripts/begin.lua")));
 static SKIP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/skip.lua")));
 static RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/renew_leases.lua")));
@@ -377,36 +380,37 @@ impl StateStore for RedisStore {
         }
     }
 
-    async fn begin_turn(
-        &self,
-        msg: &InboundMessage,
-        seq: u64,
-        holder: &str,
-        skip_order_check: bool,
-        take_later: bool,
-        entry: Option<&EntryId>,
-    ) -> Result<TurnStart, StateError> {
+    async fn begin_turn(&self, turn: &TurnBegin<'_>) -> Result<TurnStart, StateError> {
+        let msg = turn.msg;
         let conversation = msg.conversation();
         let keys = self.keys();
-        let mut begin = BEGIN.prepare_invoke();
+        let mut begin = self.publishing().begin.prepare_invoke();
         begin
             .key(keys.replied(&msg.dedupe_id()))
             .key(keys.session(&conversation))
             .key(keys.lease(&conversation))
             .key(keys.conversation(&conversation))
-            .key(keys.pending(&conversation));
-        if let Some(entry) = entry {
+            .key(keys.pending(&conversation))
+            .key(keys.events(&conversation));
+        if let Some(entry) = turn.entry {
             // The entry's stream shares the conversation's slot (its shard's hash tag).
             begin.key(&entry.stream);
         }
+        let typing = if turn.typing {
+            events::encode(&[SessionEvent::Typing {
+                message_id: msg.message_id.clone(),
+            }])
+        } else {
+            String::new()
+        };
         let reply: Vec<Value> = self
             .invoke(
                 begin
-                    .arg(seq)
-                    .arg(holder)
+                    .arg(turn.seq)
+                    .arg(turn.holder)
                     .arg(self.limits.lease_ttl.as_millis() as u64)
-                    .arg(if skip_order_check { "1" } else { "0" })
-                    .arg(if take_later {
+                    .arg(if turn.skip_order_check { "1" } else { "0" })
+                    .arg(if turn.take_later {
                         self.limits.coalesce_max
                     } else {
                         0
@@ -419,8 +423,13 @@ impl StateStore for RedisStore {
                         self.limits.flood_interval.as_millis() as u64
                     })
                     .arg(self.limits.flood_tolerance.as_millis() as u64)
-                    .arg(entry.map_or("", |e| e.id.as_str()))
-                    .arg(&msg.message_id),
+                    .arg(turn.entry.map_or("", |e| e.id.as_str()))
+                    .arg(&msg.message_id)
+                    .arg(typing)
+                    .arg(self.limits.events_max_length)
+                    .arg(keys.events_channel_of(&conversation))
+                    .arg(conversation.as_str())
+                    .arg(secs(self.limits.conversation_ttl)),
             )
             .await?;
         let status = reply.first().and_then(text).unwrap_or_default();

@@ -21,8 +21,8 @@ use crate::replies::ReplyWaiters;
 use crate::skills::{Routing, Skill, SkillLibrary, SkillSet};
 use crate::state::while_unavailable;
 use crate::state::{
-    CommitOutcome, ConversationSnapshot, LaterMessage, StateError, StateStore, TurnCommit,
-    TurnStart, WaitReason,
+    CommitOutcome, ConversationSnapshot, LaterMessage, StateError, StateStore, TurnBegin,
+    TurnCommit, TurnStart, WaitReason,
 };
 use crate::telemetry;
 use std::sync::Arc;
@@ -117,22 +117,26 @@ pub async fn run(
     // A turn that had to wait (the customer's previous turn ran, or flood control held it back)
     // answers what the customer sent meanwhile together with its own message.
     let mut waited = false;
+    // The customer sees the agent typing from the moment the turn starts (a message it cannot
+    // read gets a notice at once instead).
+    let typing = events::keeps_events(msg) && msg.unsupported.is_none();
     let snapshot = loop {
-        let skip_order_check = waited_for_order >= ctx.order_wait;
-        let take_later = waited && msg.unsupported.is_none();
-        let start = while_unavailable(|| {
-            store.begin_turn(
-                msg,
-                seq,
-                &holder,
-                skip_order_check,
-                take_later,
-                job.entry.as_ref(),
-            )
-        })
-        .await?;
+        let begin = TurnBegin {
+            msg,
+            seq,
+            holder: &holder,
+            skip_order_check: waited_for_order >= ctx.order_wait,
+            take_later: waited && msg.unsupported.is_none(),
+            entry: job.entry.as_ref(),
+            typing,
+        };
+        let start = while_unavailable(|| store.begin_turn(&begin)).await?;
         match start {
             TurnStart::Ready(snapshot) => {
+                if typing {
+                    ctx.events.wake(msg.conversation().as_str());
+                }
+                let skip_order_check = begin.skip_order_check;
                 if skip_order_check {
                     tracing::warn!(conversation = %msg.conversation(), seq, "an earlier message of the conversation was never processed; answering this one without it");
                 }
@@ -671,9 +675,10 @@ async fn commit(
     }
 }
 
-/// Asks the provider chain; on channels with live events the customer sees the agent typing
-/// and, with `webchat.streaming`, the answer as the model writes it. Returns the answer and the
-/// live events not written by the time it was complete, for the commit to write.
+/// Asks the provider chain; on channels with live events and `webchat.streaming`, the customer
+/// sees the answer as the model writes it. Returns the answer and the live events not written by
+/// the time it was complete, for the commit to write. (The typing event was written when the
+/// turn began.)
 async fn ask_model(
     ctx: &TurnContext,
     live: &Live,
@@ -682,21 +687,16 @@ async fn ask_model(
     prompt: &Prompt,
 ) -> (Completion, Vec<SessionEvent>) {
     let rate_key = msg.rate_key();
-    if !events::keeps_events(msg) {
+    if !(events::keeps_events(msg) && live.config.webchat.streaming) {
         return (live.chain.complete(prompt, &rate_key).await, Vec::new());
     }
     let (turn_events, writer) =
         publisher::channel(store, &ctx.events, msg.conversation(), &msg.message_id);
-    turn_events.typing();
-    let streaming = live.config.webchat.streaming;
     let asked = async move {
-        let completion = if streaming {
-            live.chain
-                .complete_streaming(prompt, &rate_key, &turn_events)
-                .await
-        } else {
-            live.chain.complete(prompt, &rate_key).await
-        };
+        let completion = live
+            .chain
+            .complete_streaming(prompt, &rate_key, &turn_events)
+            .await;
         // Ends the writer: what it has not written yet, the commit writes with the answer.
         drop(turn_events);
         completion

@@ -1,14 +1,17 @@
 -- Starts the turn of one message if it may run now: the conversation's lease free (or already
--- ours), not answered yet, and every earlier message of the conversation done. Takes the lease
--- and returns history and session in the same step.
+-- ours), not answered yet, and every earlier message of the conversation done. Takes the lease,
+-- writes the typing event and returns history and session in the same step.
 -- KEYS[1] oc:replied:{id}   KEYS[2] oc:session:{conv}   KEYS[3] oc:lease:{conv}   KEYS[4] oc:conv:{conv}
 -- KEYS[5] oc:pending:{conv}
 -- ARGV[1] seq   ARGV[2] holder token   ARGV[3] lease ttl (ms)   ARGV[4] '1' = skip the order check
 -- ARGV[5] most later messages to take into this turn (0 = answer this one alone)
 -- ARGV[6] flood control: ms between two turns of one customer at the steady rate (0 = off)
 -- ARGV[7] flood control: how far ahead of that rate a customer may run, ms
--- KEYS[6] the inbox stream holding the message's entry   ARGV[8] the entry's id ('' = none: the
+-- KEYS[7] the inbox stream holding the message's entry   ARGV[8] the entry's id ('' = none: the
 -- message did not come from the inbox)   ARGV[9] the message's id
+-- KEYS[6] oc:events:{conv}   ARGV[10] the typing event to write when the turn starts ('' = none)
+-- ARGV[11] events max length   ARGV[12] events channel   ARGV[13] conversation
+-- ARGV[14] conversation ttl (s)
 -- Returns {'replied', reply JSON} | {'wait', 'lease' | 'order' | 'gap'} | {'wait', 'flood', ms}
 --       | {'not_queued'}
 --       | {'ready', history, session pairs, {seq, message JSON, ...} of the later messages taken}
@@ -22,7 +25,7 @@ end
 -- Its sequence number is not this Redis's: it would pass the order check below as a restart,
 -- and acknowledging it here could remove another entry. Checked before the reply record, so
 -- such an entry is never acknowledged: the entry of its resend is.
-if ARGV[8] ~= '' and not holds_entry(KEYS[6], ARGV[8], ARGV[1], ARGV[9]) then
+if ARGV[8] ~= '' and not holds_entry(KEYS[7], ARGV[8], ARGV[1], ARGV[9]) then
   return {'not_queued'}
 end
 local replied = redis.call('GET', KEYS[1])
@@ -73,5 +76,9 @@ if most > 0 then
     taken[#taken + 1] = next_seq
     taken[#taken + 1] = message
   end
+end
+-- The customer sees the agent at work from now on; not while a person has the conversation.
+if redis.call('HEXISTS', KEYS[2], 'escalation_pending') == 0 then
+  append_events(KEYS[6], ARGV[10], ARGV[11], ARGV[14], ARGV[12], ARGV[13])
 end
 return {'ready', redis.call('LRANGE', KEYS[4], 0, -1), redis.call('HGETALL', KEYS[2]), taken}
