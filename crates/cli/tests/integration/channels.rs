@@ -63,6 +63,28 @@ async fn a_signed_whatsapp_message_gets_exactly_one_reply_to_its_sender() {
         .query(redis::cmd("LLEN").arg("oc:conv:{whatsapp:31612345678}"))
         .await;
     assert_eq!(history, 2);
+    // The turn ended with the send: marked delivered, the conversation free for the next
+    // message, the inbox entry acknowledged and gone.
+    let delivered =
+        "oc:delivered:{whatsapp:wamid.HBgLMzE2MTIzNDU2NzgVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=}";
+    let ended = eventually(
+        Duration::from_secs(5),
+        "the turn to end after the send",
+        || async {
+            let marker: Option<String> = redis.query(redis::cmd("GET").arg(delivered)).await;
+            let lease: u64 = redis
+                .query(redis::cmd("EXISTS").arg("oc:lease:{whatsapp:31612345678}"))
+                .await;
+            let inbox: u64 = redis.query(redis::cmd("XLEN").arg("oc:inbox")).await;
+            (marker.is_some() && lease == 0 && inbox == 0).then_some(marker)
+        },
+    )
+    .await;
+    assert_eq!(ended.as_deref(), Some("sent"));
+    // Acknowledged, not given up on: a turn that never acknowledged its entry would see it
+    // claimed again and again, then dead-lettered.
+    let dead: u64 = redis.query(redis::cmd("XLEN").arg("oc:deadletter")).await;
+    assert_eq!(dead, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
