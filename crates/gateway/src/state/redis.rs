@@ -23,17 +23,11 @@ use redis::{FromRedisValue, Script, ScriptInvocation, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
-/// The scripts that write session events start with the shared `append_events` function.
+/// The scripts that write session events start with the shared `append_events` function; more
+/// files before the script add their shared functions (`holds_entry` of `inbox_entry.lua`).
 macro_rules! with_events {
-    ($file:literal) => {
-        concat!(include_str!("scripts/events.lua"), include_str!($file))
-    };
-}
-
-/// The scripts that check a message's inbox entry start with the shared `holds_entry` function.
-macro_rules! with_entry_check {
-    ($file:literal) => {
-        concat!(include_str!("scripts/inbox_entry.lua"), include_str!($file))
+    ($($file:literal),+) => {
+        concat!(include_str!("scripts/events.lua"), $(include_str!($file)),+)
     };
 }
 
@@ -55,14 +49,11 @@ impl Publishing {
         let script = |text: &str| super::pubsub::publishing_script(text, command);
         Publishing {
             accept: script(with_events!("scripts/accept.lua")),
-            begin: script(concat!(
-                include_str!("scripts/events.lua"),
-                with_entry_check!("scripts/begin.lua")
-            )),
+            begin: script(with_events!("scripts/inbox_entry.lua", "scripts/begin.lua")),
             append_events: script(with_events!("scripts/append_events.lua")),
-            commit: script(concat!(
-                include_str!("scripts/events.lua"),
-                with_entry_check!("scripts/commit.lua")
+            commit: script(with_events!(
+                "scripts/inbox_entry.lua",
+                "scripts/commit.lua"
             )),
             person_message: script(with_events!("scripts/person_message.lua")),
             claim: script(include_str!("scripts/claim_escalation.lua")),

@@ -136,8 +136,7 @@ pub async fn run(
                 if typing {
                     ctx.events.wake(msg.conversation().as_str());
                 }
-                let skip_order_check = begin.skip_order_check;
-                if skip_order_check {
+                if begin.skip_order_check {
                     tracing::warn!(conversation = %msg.conversation(), seq, "an earlier message of the conversation was never processed; answering this one without it");
                 }
                 // With the commit's line below, the order a conversation's turns ran in, for
@@ -287,9 +286,20 @@ struct Route<'s> {
 struct Response {
     completion: Completion,
     escalation: Option<Escalation>,
-    /// Live events of the answer not written yet (see [`publisher::EventWriter::run`]): the commit writes
-    /// them ahead of the answer.
+    /// Live events of the answer not written yet (see [`publisher::EventWriter::run`]): the
+    /// commit writes them ahead of the answer.
     unwritten_events: Vec<SessionEvent>,
+}
+
+impl Response {
+    /// An answer the model did not stream (a notice, a hand-over): nothing live is pending.
+    fn not_streamed(completion: Completion, escalation: Option<Escalation>) -> Response {
+        Response {
+            completion,
+            escalation,
+            unwritten_events: Vec::new(),
+        }
+    }
 }
 
 /// A turn after its conversation is ready: route, respond (compose and ask, or a fixed notice),
@@ -390,16 +400,15 @@ async fn respond(
                 let event = escalation::message_event(reference, m);
                 notify_dispatcher(&live.dispatcher, store, reference, &event, &key).await;
             }
-            Response {
-                completion: fixed(escalation::customer_text(
+            Response::not_streamed(
+                fixed(escalation::customer_text(
                     skill.escalate.as_ref().map(|e| &e.pending),
                     &escalation::DEFAULT_PENDING,
                     language,
                     reference,
                 )),
-                escalation: None,
-                unwritten_events: Vec::new(),
-            }
+                None,
+            )
         }
         // This message hands the conversation to a person. The dispatcher hears of it before the
         // commit, so a replica that dies in between sends it again, with the same reference and
@@ -431,11 +440,7 @@ async fn respond(
                 language,
                 &handover.reference,
             );
-            Response {
-                completion: fixed(text),
-                escalation: Some(handover),
-                unwritten_events: Vec::new(),
-            }
+            Response::not_streamed(fixed(text), Some(handover))
         }
         // An image or voice note: the agent cannot read it, so it says so instead of guessing;
         // a text over the channel's limit gets its own notice.
@@ -445,18 +450,15 @@ async fn respond(
             } else {
                 (&live.config.channels.unsupported_reply, "text-only-notice")
             };
-            Response {
-                completion: Completion {
-                    text: notices
-                        .get(language)
-                        .or_else(|| notices.get("en"))
-                        .cloned()
-                        .unwrap_or_else(|| skills.general_template(language).to_string()),
-                    provider: provider.into(),
-                },
-                escalation: None,
-                unwritten_events: Vec::new(),
-            }
+            let notice = Completion {
+                text: notices
+                    .get(language)
+                    .or_else(|| notices.get("en"))
+                    .cloned()
+                    .unwrap_or_else(|| skills.general_template(language).to_string()),
+                provider: provider.into(),
+            };
+            Response::not_streamed(notice, None)
         }
         (None, None, None) => {
             let prompt = compose(ctx, live, skills, route, input).await;
