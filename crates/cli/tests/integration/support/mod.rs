@@ -848,19 +848,23 @@ pub fn last_customer_message(reply_text: &str) -> Option<(usize, usize)> {
         .and_then(|(c, m)| Some((c.parse().ok()?, m.parse().ok()?)))
 }
 
-/// The first of `count` consecutive ports that were free a moment ago on 127.0.0.1.
+/// The first of `count` consecutive ports that were free a moment ago on 127.0.0.1, in
+/// 22700-29999: above the Redis Cluster nodes' ports (20000-22699, see `cluster_ports`) and
+/// below their cluster-bus ports (+10000) and the kernel's ephemeral ports (32768 and up), so a
+/// replica of one test never takes the port of another test's master while it restarts, nor an
+/// outgoing connection one of these ports before its server starts.
 pub fn free_port_range(count: u16) -> u16 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     for _ in 0..200 {
-        // Spread over 20000..60000 so concurrent tests (and test processes) pick different ranges.
+        // Spread over the range so concurrent tests (and test processes) pick different ranges.
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mixed = seed
             .wrapping_add(std::process::id().wrapping_mul(7919))
             .wrapping_add(n.wrapping_mul(104_729));
-        let base = 20_000 + (mixed % 40_000) as u16;
+        let base = 22_700 + (mixed % (7_300 - u32::from(count))) as u16;
         if (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
