@@ -31,6 +31,10 @@ async fn a_signed_whatsapp_message_gets_exactly_one_reply_to_its_sender() {
     let mut config = test_config(vec![openai_provider("primary", &llm, 10_000, 0)]);
     config["channels"] = channels_config(&platforms);
     config["channels"]["maxMessageAgeHours"] = 0.into();
+    // No entry is claimed again and no lease expires within this test: the turn itself must
+    // acknowledge its entry and release its lease.
+    config["workers"]["claimIdleMs"] = 60_000.into();
+    config["workers"]["leaseTtlMs"] = 60_000.into();
     let gateway = Gateway::start(config, &redis.url(), "r1").await;
     let vector = String::from_utf8(fixture("whatsapp-signature.txt")).expect("utf-8");
     let signature = vector
@@ -64,7 +68,8 @@ async fn a_signed_whatsapp_message_gets_exactly_one_reply_to_its_sender() {
         .await;
     assert_eq!(history, 2);
     // The turn ended with the send: marked delivered, the conversation free for the next
-    // message, the inbox entry acknowledged and gone.
+    // message, the inbox entry acknowledged and gone, by the turn itself (not by a replica that
+    // claimed the entry later and found it answered).
     let delivered =
         "oc:delivered:{whatsapp:wamid.HBgLMzE2MTIzNDU2NzgVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=}";
     let ended = eventually(
@@ -81,8 +86,14 @@ async fn a_signed_whatsapp_message_gets_exactly_one_reply_to_its_sender() {
     )
     .await;
     assert_eq!(ended.as_deref(), Some("sent"));
-    // Acknowledged, not given up on: a turn that never acknowledged its entry would see it
-    // claimed again and again, then dead-lettered.
+    let pending: redis::Value = redis
+        .query(redis::cmd("XPENDING").arg("oc:inbox").arg("workers"))
+        .await;
+    assert!(
+        matches!(&pending, redis::Value::Array(summary) if summary.first() == Some(&redis::Value::Int(0))),
+        "{pending:?}"
+    );
+    // Acknowledged, not given up on: nothing dead-lettered.
     let dead: u64 = redis.query(redis::cmd("XLEN").arg("oc:deadletter")).await;
     assert_eq!(dead, 0);
 }

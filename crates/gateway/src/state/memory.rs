@@ -6,8 +6,8 @@
 //! Accepting a message puts it on a bounded in-process queue that this replica's workers drain.
 
 use super::{
-    Acceptance, CommitOutcome, ConversationSnapshot, ReplyDeadLetter, Resolution, Session,
-    StateError, StateStore, StoreLimits, TurnBegin, TurnCommit, TurnStart, WaitReason,
+    Acceptance, CommitOutcome, ConversationSnapshot, DeliveryDone, ReplyDeadLetter, Resolution,
+    Session, StateError, StateStore, StoreLimits, TurnBegin, TurnCommit, TurnStart, WaitReason,
 };
 use crate::escalation::{self, Claim, Escalation};
 use crate::events::{SessionEvent, StoredEvent};
@@ -456,6 +456,13 @@ impl StateStore for MemoryStore {
         self.lock()
             .delivered
             .insert(id.as_str().to_string(), expires);
+        Ok(())
+    }
+
+    async fn finish_delivery(&self, done: &DeliveryDone<'_>) -> Result<(), StateError> {
+        self.mark_delivered(&done.msg.dedupe_id(), done.outcome)
+            .await?;
+        self.lock().release(&done.msg.conversation(), done.holder);
         Ok(())
     }
 

@@ -131,6 +131,21 @@ pub struct ConversationSnapshot {
     pub later: Vec<(u64, InboundMessage)>,
 }
 
+/// A platform turn whose reply went out (or was given up), for [`StateStore::finish_delivery`].
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryDone<'a> {
+    /// The message answered.
+    pub msg: &'a InboundMessage,
+    /// Its sequence number in the conversation, to tell its inbox entry from another's.
+    pub seq: u64,
+    /// `sent`, or `dead_letter` when the platform refused the reply.
+    pub outcome: &'a str,
+    /// The turn's lease holder token.
+    pub holder: &'a str,
+    /// The message's inbox entry; `None` when it did not come from the inbox (degraded mode).
+    pub entry: Option<&'a EntryId>,
+}
+
 /// What a turn asks of [`StateStore::begin_turn`].
 #[derive(Debug, Clone, Copy)]
 pub struct TurnBegin<'a> {
@@ -403,6 +418,11 @@ pub trait StateStore: Send + Sync {
     /// Records that the reply to a message was sent (`outcome` = `sent`) or given up
     /// (`dead_letter`).
     async fn mark_delivered(&self, id: &DedupeId, outcome: &str) -> Result<(), StateError>;
+
+    /// Ends a platform turn once its reply went out: [`Self::mark_delivered`], the lease
+    /// released if the turn still holds it, and its inbox entry acknowledged (while the entry is
+    /// still this message's), in one step, so no sent reply's entry is left pending.
+    async fn finish_delivery(&self, done: &DeliveryDone<'_>) -> Result<(), StateError>;
 
     /// The conversation users that platform `identities` of `channel` are linked to, in the same
     /// order (`None` where an identity is linked to nothing).

@@ -9,8 +9,9 @@ use super::connection::Connection;
 use super::keys::KeyLayout;
 use super::link::RedisLink;
 use super::{
-    Acceptance, CommitOutcome, ConversationSnapshot, ReplyDeadLetter, Resolution, Session,
-    StateError, StateStore, StoreLimits, TurnBegin, TurnCommit, TurnStart, WaitReason, keys,
+    Acceptance, CommitOutcome, ConversationSnapshot, DeliveryDone, ReplyDeadLetter, Resolution,
+    Session, StateError, StateStore, StoreLimits, TurnBegin, TurnCommit, TurnStart, WaitReason,
+    keys,
 };
 use crate::escalation::{Claim, Escalation};
 use crate::events::{self, SessionEvent, StoredEvent};
@@ -69,6 +70,12 @@ static RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/renew_leases.lua")));
 static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/release_lease.lua")));
+static FINISH_DELIVERY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("scripts/inbox_entry.lua"),
+        include_str!("scripts/finish_delivery.lua")
+    ))
+});
 
 /// Conversation state in Redis, shared by all replicas.
 pub struct RedisStore {
@@ -653,6 +660,30 @@ impl StateStore for RedisStore {
                 .arg(secs(self.limits.dedupe_ttl)),
         )
         .await
+    }
+
+    async fn finish_delivery(&self, done: &DeliveryDone<'_>) -> Result<(), StateError> {
+        let keys = self.keys();
+        let delivered = keys.delivered(&done.msg.dedupe_id());
+        let mut finish = FINISH_DELIVERY.prepare_invoke();
+        finish
+            .key(&delivered)
+            .key(keys.lease(&done.msg.conversation()));
+        if let Some(entry) = done.entry {
+            // In a cluster the entry's stream shares the conversation's slot (its shard's tag).
+            finish.key(&entry.stream);
+        }
+        finish
+            .arg(done.outcome)
+            .arg(secs(self.limits.dedupe_ttl))
+            .arg(done.holder)
+            .arg(done.entry.map_or("", |e| e.id.as_str()))
+            .arg(keys::GROUP)
+            .arg(done.seq)
+            .arg(&done.msg.message_id);
+        // Like the marker alone: lost in a failover, the reply would be sent again.
+        let _: i64 = self.invoke_acknowledged(&delivered, &finish).await?;
+        Ok(())
     }
 
     async fn dead_letter_reply(&self, letter: &ReplyDeadLetter<'_>) -> Result<(), StateError> {

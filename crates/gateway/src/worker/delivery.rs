@@ -6,7 +6,9 @@ use super::turn::TurnContext;
 use crate::live::Live;
 use crate::message::{Channel, InboundMessage, StoredReply};
 use crate::state::keys::KeyLayout;
-use crate::state::{ReplyDeadLetter, StateError, StateStore, while_unavailable};
+use crate::state::{
+    DeliveryDone, EntryId, ReplyDeadLetter, StateError, StateStore, while_unavailable,
+};
 use crate::telemetry;
 
 /// How a reply reaches the customer, decided once by the message's channel.
@@ -46,35 +48,54 @@ impl DeliveryPath {
     }
 }
 
+/// Whose reply [`deliver`] hands over.
+pub(super) enum Delivering<'a> {
+    /// The reply this turn just committed (nobody can have sent it yet). On a platform, marking
+    /// it delivered also ends the turn: its lease is released and its inbox entry acknowledged.
+    Committed {
+        /// The message's sequence number in the conversation.
+        seq: u64,
+        /// The turn's lease holder token.
+        holder: &'a str,
+        /// The message's inbox entry (`None` in degraded mode).
+        entry: Option<&'a EntryId>,
+    },
+    /// A reply found on record (the entry came back after a crash): sent unless it is marked
+    /// delivered already; the caller acknowledges the entry.
+    OnRecord,
+}
+
 /// Hands the reply to the customer: wakes the web-chat or API request held open on this replica
 /// (a request held elsewhere was woken by the commit's publish), or sends it on WhatsApp or
 /// Telegram. A platform reply that cannot be sent goes to the dead-letter stream with the reason;
-/// either way it is marked delivered, so it is never sent twice nor lost silently. `fresh` says
-/// this turn just committed it (nobody can have sent it yet).
+/// either way it is marked delivered, so it is never sent twice nor lost silently. True when the
+/// marker ended the turn too ([`StateStore::finish_delivery`]: a committed platform reply sent
+/// by this turn); else the caller releases the lease and acknowledges the entry.
 pub(super) async fn deliver(
     ctx: &TurnContext,
     live: &Live,
     store: &dyn StateStore,
     msg: &InboundMessage,
     reply: &StoredReply,
-    fresh: bool,
-) -> Result<(), StateError> {
+    delivering: Delivering<'_>,
+) -> Result<bool, StateError> {
+    let committed = matches!(delivering, Delivering::Committed { .. });
     if DeliveryPath::of(msg.channel) == DeliveryPath::HeldRequest {
         notify_local(ctx, msg, reply);
         // Recorded once, by the turn that committed it (not again when a re-claimed entry
         // finds it answered).
-        if fresh && reply.covered_by.is_none() {
+        if committed && reply.covered_by.is_none() {
             ctx.audit.replied(msg, reply, "answered");
         }
-        return Ok(());
+        return Ok(false);
     }
     if reply.covered_by.is_some() {
         // Answered together with an earlier message: that message's entry sends the reply.
-        return Ok(());
+        return Ok(false);
     }
     let id = msg.dedupe_id();
-    if !fresh && while_unavailable(|| store.delivered(&id)).await? {
-        return Ok(());
+    if !committed && while_unavailable(|| store.delivered(&id)).await? {
+        return Ok(false);
     }
     let outcome = match live.egress.deliver(msg, &reply.text).await {
         Ok(()) => "sent",
@@ -98,7 +119,23 @@ pub(super) async fn deliver(
         }
     };
     ctx.audit.replied(msg, reply, outcome);
-    while_unavailable(|| store.mark_delivered(&id, outcome)).await
+    match delivering {
+        Delivering::Committed { seq, holder, entry } => {
+            let done = DeliveryDone {
+                msg,
+                seq,
+                outcome,
+                holder,
+                entry,
+            };
+            while_unavailable(|| store.finish_delivery(&done)).await?;
+            Ok(true)
+        }
+        Delivering::OnRecord => {
+            while_unavailable(|| store.mark_delivered(&id, outcome)).await?;
+            Ok(false)
+        }
+    }
 }
 
 pub(super) fn notify_local(ctx: &TurnContext, msg: &InboundMessage, reply: &StoredReply) {

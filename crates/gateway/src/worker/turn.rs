@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::{DeliveryPath, deliver, notify_local};
+use super::delivery::{Delivering, DeliveryPath, deliver, notify_local};
 use super::{Job, LeaseRegistry};
 
 /// First and longest pause between two attempts to start a turn that must wait.
@@ -69,8 +69,9 @@ pub enum TurnEnd {
     Replied {
         /// The reply.
         reply: StoredReply,
-        /// The commit settled the entry too ([`TurnCommit::acknowledges`]: acknowledged it, or
-        /// found that its id no longer names this message); else the caller acknowledges it.
+        /// The turn settled its entry itself, with the commit ([`TurnCommit::acknowledges`]) or
+        /// a platform reply's delivered marker: acknowledged it, or found that its id no longer
+        /// names this message. Else the caller acknowledges it.
         acknowledged: bool,
     },
     /// The message had been answered earlier (the entry came back after a crash); its reply is
@@ -145,7 +146,7 @@ pub async fn run(
                 break snapshot;
             }
             TurnStart::Replied(reply) => {
-                deliver(ctx, &live, store, msg, &reply, false).await?;
+                deliver(ctx, &live, store, msg, &reply, Delivering::OnRecord).await?;
                 return Ok(TurnEnd::AlreadyAnswered(reply));
             }
             TurnStart::NotQueued => {
@@ -187,23 +188,39 @@ pub async fn run(
     // Renewed by the heartbeat while this turn lives; the guard stops that when the turn ends,
     // also by a panic, so a dead turn's lease expires instead of locking the conversation.
     let renewed = leases.hold(&holder, conversation.clone());
+    // Whether sending the reply ended the turn (a platform reply's marker released the lease
+    // and acknowledged the entry).
+    let mut ended_by_delivery = false;
     let result = match answer(ctx, &live, store, job, &holder, snapshot).await {
         Ok(TurnEnd::Replied {
             reply,
             acknowledged,
-        }) => deliver(ctx, &live, store, msg, &reply, true)
-            .await
-            .map(|()| TurnEnd::Replied {
-                reply,
-                acknowledged,
-            })
-            .map_err(TurnError::from),
+        }) => {
+            let committed = Delivering::Committed {
+                seq,
+                holder: &holder,
+                entry: job.entry.as_ref(),
+            };
+            match deliver(ctx, &live, store, msg, &reply, committed).await {
+                Ok(ended) => {
+                    ended_by_delivery = ended;
+                    Ok(TurnEnd::Replied {
+                        reply,
+                        acknowledged: acknowledged || ended,
+                    })
+                }
+                Err(e) => Err(TurnError::from(e)),
+            }
+        }
         other => other,
     };
     drop(renewed);
-    // Platform replies keep the lease through delivery; a web-chat commit released it already.
-    // Best effort: a lease left behind expires by itself.
-    if result.is_err() || !DeliveryPath::of(msg.channel).releases_lease_at_commit() {
+    // A web-chat commit released the lease; a platform reply's marker did once it was sent.
+    // Otherwise (a failed turn, a platform reply another message's turn sends): released here,
+    // best effort, since a lease left behind expires by itself.
+    let released = ended_by_delivery
+        || (result.is_ok() && DeliveryPath::of(msg.channel).releases_lease_at_commit());
+    if !released {
         let _ = store.release_lease(&conversation, &holder).await;
     }
     result
