@@ -139,11 +139,17 @@ pub async fn start(
         hint: "install it (Debian/Ubuntu: apt-get install redis-server) or pass --redis-url",
     })?;
     redis.managed = true;
-    let port_at = |offset: u16| -> Result<u16, ClusterError> {
-        if spec.redis_port == 0 {
-            free_port().map_err(io(state_dir))
+    // A server's port: the configured first port (`--redis-port`, `--sentinel-port`) plus its
+    // offset, or else one `pick` finds free that no other server of the group was given.
+    let mut ports = PortsGivenOut::default();
+    let mut port_at = |first: u16,
+                       offset: u16,
+                       pick: fn() -> std::io::Result<u16>|
+     -> Result<u16, ClusterError> {
+        if first == 0 {
+            ports.another(pick).map_err(io(state_dir))
         } else {
-            Ok(spec.redis_port.saturating_add(offset))
+            Ok(first.saturating_add(offset))
         }
     };
     let supervise = |name: &str, args: Vec<String>, restart_after: Duration| {
@@ -194,7 +200,7 @@ pub async fn start(
     };
     match spec.redis_mode {
         RedisMode::Single => {
-            let port = port_at(0)?;
+            let port = port_at(spec.redis_port, 0, free_port)?;
             let data = state_dir.join("redis");
             std::fs::create_dir_all(&data).map_err(io(&data))?;
             let conf_path = state_dir.join("redis.conf");
@@ -214,7 +220,7 @@ pub async fn start(
             let mut primary_port = 0;
             for index in 0..SENTINEL_SERVERS {
                 let name = format!("redis-{}", index + 1);
-                let port = port_at(index as u16)?;
+                let port = port_at(spec.redis_port, index as u16, free_port)?;
                 // A server restarted later keeps its place: the sentinels reconfigure it.
                 if index == 0 {
                     primary_port = port;
@@ -224,11 +230,7 @@ pub async fn start(
             }
             for index in 0..SENTINELS {
                 let name = format!("sentinel-{}", index + 1);
-                let port = if spec.sentinel_port == 0 {
-                    free_port().map_err(io(state_dir))?
-                } else {
-                    spec.sentinel_port.saturating_add(index as u16)
-                };
+                let port = port_at(spec.sentinel_port, index as u16, free_port)?;
                 let data = state_dir.join("redis").join(&name);
                 std::fs::create_dir_all(&data).map_err(io(&data))?;
                 // Sentinel rewrites its own config with what it learns (the current primary,
@@ -262,11 +264,7 @@ pub async fn start(
             for index in 0..masters * (1 + replicas) {
                 let name = format!("redis-{}", index + 1);
                 // A node also listens on its port + 10000 (the cluster bus).
-                let port = if spec.redis_port == 0 {
-                    free_cluster_port().map_err(io(state_dir))?
-                } else {
-                    spec.redis_port.saturating_add(index)
-                };
+                let port = port_at(spec.redis_port, index, free_cluster_port)?;
                 start_group_server(
                     &mut running,
                     redis,
@@ -291,6 +289,27 @@ fn addresses(nodes: &[NodeState]) -> String {
         .map(|n| n.addr.as_str())
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The ports picked for one group's servers so far. A server starts in the background, so the
+/// port picked for one is still unbound when the next is picked: without this list two servers
+/// could be given the same port, and one of them would fail to start again and again.
+#[derive(Default)]
+struct PortsGivenOut(std::collections::HashSet<u16>);
+
+impl PortsGivenOut {
+    /// A port from `pick` that no server of the group was given yet.
+    fn another(&mut self, pick: fn() -> std::io::Result<u16>) -> std::io::Result<u16> {
+        for _ in 0..100 {
+            let port = pick()?;
+            if self.0.insert(port) {
+                return Ok(port);
+            }
+        }
+        Err(std::io::Error::other(
+            "no free port that another Redis server of the group was not given already",
+        ))
+    }
 }
 
 /// A free port on 127.0.0.1 whose cluster-bus port (+10000) is free too, both below the
@@ -573,5 +592,27 @@ mod tests {
                 .unwrap_err()
                 .contains("cluster")
         );
+    }
+
+    #[test]
+    fn no_two_servers_of_a_group_are_given_the_same_port() {
+        // Like a free-port check run before the first server bound its port: each port is
+        // found free twice in a row.
+        fn free_twice() -> std::io::Result<u16> {
+            static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+            Ok(20_000 + CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) / 2)
+        }
+        let mut ports = PortsGivenOut::default();
+        let given: Vec<u16> = (0..6)
+            .filter_map(|_| ports.another(free_twice).ok())
+            .collect();
+        assert_eq!(given, [20_000, 20_001, 20_002, 20_003, 20_004, 20_005]);
+
+        fn always_the_same() -> std::io::Result<u16> {
+            Ok(20_000)
+        }
+        let mut ports = PortsGivenOut::default();
+        assert_eq!(ports.another(always_the_same).ok(), Some(20_000));
+        assert!(ports.another(always_the_same).is_err());
     }
 }
