@@ -893,6 +893,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_platform_turn_holds_its_conversation_until_its_reply_is_marked_delivered() {
+        let (store, _rx) = MemoryStore::new(limits(), 10);
+        let on_whatsapp = |id| {
+            let mut m = message(id);
+            m.channel = Channel::Whatsapp;
+            m
+        };
+        let (m1, m2) = (on_whatsapp("m1"), on_whatsapp("m2"));
+        for m in [&m1, &m2] {
+            assert!(store.accept(m).await.is_ok());
+        }
+        assert!(matches!(
+            store.begin_turn(&turn(&m1, 1, "w1")).await,
+            Ok(TurnStart::Ready(_))
+        ));
+        // The reply still has to be sent: the commit keeps the lease.
+        let mut committed = commit(&m1, 1, "w1");
+        committed.release_lease = false;
+        assert_eq!(
+            store.commit_turn(&committed).await.ok(),
+            Some(CommitOutcome::Committed)
+        );
+        assert_eq!(
+            store.begin_turn(&turn(&m2, 2, "w2")).await.ok(),
+            Some(TurnStart::Wait(WaitReason::Lease))
+        );
+        let done = |holder| DeliveryDone {
+            msg: &m1,
+            seq: 1,
+            outcome: "sent",
+            holder,
+            entry: None,
+        };
+        // Another worker's marker for the same message does not free the lease it never held.
+        assert!(store.finish_delivery(&done("w9")).await.is_ok());
+        assert_eq!(
+            store.begin_turn(&turn(&m2, 2, "w2")).await.ok(),
+            Some(TurnStart::Wait(WaitReason::Lease))
+        );
+        assert!(store.finish_delivery(&done("w1")).await.is_ok());
+        assert!(store.delivered(&m1.dedupe_id()).await.unwrap_or(false));
+        assert!(matches!(
+            store.begin_turn(&turn(&m2, 2, "w2")).await,
+            Ok(TurnStart::Ready(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn history_is_capped_oldest_first() {
         let (store, _rx) = MemoryStore::new(limits(), 10);
         for (i, id) in ["a", "b", "c"].iter().enumerate() {
