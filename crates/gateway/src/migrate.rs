@@ -201,6 +201,8 @@ impl Migration {
                     )
                     .arg("seq")
                     .arg(seq)
+                    .arg("id")
+                    .arg(&message.message_id)
                     .arg("m")
                     .arg(&json)
                     .query_async(&mut self.to)

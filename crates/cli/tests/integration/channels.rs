@@ -99,6 +99,60 @@ async fn a_signed_whatsapp_message_gets_exactly_one_reply_to_its_sender() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbox_entry_written_without_the_message_id_beside_it_is_answered_once() {
+    // As replicas before 2026-12-04 wrote entries (and a rolling upgrade leaves them pending):
+    // the message id only inside the message, where the scripts that check an entry read it.
+    let redis = TestRedis::start().await;
+    let llm = mock_llm(0).await;
+    let platforms = mock_platforms().await;
+    let message = serde_json::json!({"channel": "whatsapp", "user": "31611111111",
+        "message_id": "wamid.OLD1", "text": "Waar is mijn pakket?",
+        "received_at_ms": now_secs() * 1000, "ingress_replica": "r0"});
+    let _: String = redis
+        .query(
+            redis::cmd("XADD")
+                .arg("oc:inbox")
+                .arg("*")
+                .arg(&["v", "1", "seq", "1", "m"])
+                .arg(message.to_string()),
+        )
+        .await;
+    let _: u64 = redis
+        .query(
+            redis::cmd("HSET")
+                .arg("oc:session:{whatsapp:31611111111}")
+                .arg(&["seq_issued", "1"]),
+        )
+        .await;
+    let mut config = test_config(vec![openai_provider("primary", &llm, 10_000, 0)]);
+    config["channels"] = channels_config(&platforms);
+    // Nothing is claimed again within the test: the turn itself acknowledges the entry.
+    config["workers"]["claimIdleMs"] = 60_000.into();
+    let _gateway = Gateway::start(config, &redis.url(), "r1").await;
+    let sent = sent_messages(&platforms, 1).await;
+    assert_eq!(sent[0].to, "31611111111");
+    assert_eq!(
+        sent[0].text,
+        "[mock] user_turns=1 last=\"Waar is mijn pakket?\""
+    );
+    assert_no_more_sent(&platforms, 1).await;
+    eventually(
+        Duration::from_secs(5),
+        "the entry acknowledged and deleted",
+        || async {
+            let inbox: u64 = redis.query(redis::cmd("XLEN").arg("oc:inbox")).await;
+            let pending: redis::Value = redis
+                .query(redis::cmd("XPENDING").arg("oc:inbox").arg("workers"))
+                .await;
+            let none_pending = matches!(&pending, redis::Value::Array(summary)
+                if summary.first() == Some(&redis::Value::Int(0)));
+            (inbox == 0 && none_pending).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_three_messages_from_two_customers_gets_three_replies_in_two_conversations() {
     let (redis, _llm, platforms, gateway) = platform_gateway(0).await;
     let (status, body) = gateway.whatsapp(fixture("whatsapp-multi.json")).await;

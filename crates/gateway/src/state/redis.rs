@@ -365,7 +365,8 @@ impl StateStore for RedisStore {
                     ))
                     .arg(self.limits.events_max_length)
                     .arg(keys.events_channel_of(&conversation))
-                    .arg(conversation.as_str()),
+                    .arg(conversation.as_str())
+                    .arg(&msg.message_id),
             )
             .await?;
         match result {

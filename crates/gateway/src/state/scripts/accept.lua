@@ -8,6 +8,8 @@
 -- waiting for it knows it is alive (not lost)
 -- KEYS[5] oc:events:{conv}   ARGV[7] the session's events for this message ('' = none)
 -- ARGV[8] events max length   ARGV[9] events channel   ARGV[10] conversation
+-- ARGV[11] the message's id, stored beside the message so the scripts that check an entry
+-- (`holds_entry`) compare it without decoding the message
 -- Returns the message's sequence number (>= 1), 0 for a duplicate, -1 when the inbox is full.
 if redis.call('EXISTS', KEYS[1]) == 1 then
   -- A write, so that an acknowledged retry's WAIT also covers the first acceptance (WAIT
@@ -21,7 +23,7 @@ end
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 local seq = redis.call('HINCRBY', KEYS[2], 'seq_issued', 1)
 redis.call('EXPIRE', KEYS[2], ARGV[2])
-redis.call('XADD', KEYS[3], '*', 'v', ARGV[4], 'seq', seq, 'm', ARGV[5])
+redis.call('XADD', KEYS[3], '*', 'v', ARGV[4], 'seq', seq, 'id', ARGV[11], 'm', ARGV[5])
 if ARGV[6] == '1' then
   redis.call('HSET', KEYS[4], seq, ARGV[5])
   redis.call('EXPIRE', KEYS[4], ARGV[2])

@@ -7,15 +7,26 @@ local function holds_entry(stream, id, seq, message_id)
   if not entry then
     return false
   end
-  local entry_seq, message
+  local entry_seq, entry_message_id, message
   for i = 1, #entry[2], 2 do
-    if entry[2][i] == 'seq' then
+    local field = entry[2][i]
+    if field == 'seq' then
       entry_seq = entry[2][i + 1]
-    elseif entry[2][i] == 'm' then
+    elseif field == 'id' then
+      entry_message_id = entry[2][i + 1]
+    elseif field == 'm' then
       message = entry[2][i + 1]
     end
   end
-  if entry_seq ~= seq or not message then
+  if entry_seq ~= seq then
+    return false
+  end
+  if entry_message_id then
+    return entry_message_id == message_id
+  end
+  -- An entry accepted before entries carried the message id (by an older replica): the id is
+  -- inside the message.
+  if not message then
     return false
   end
   local decoded, parsed = pcall(cjson.decode, message)
