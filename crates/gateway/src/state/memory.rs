@@ -462,7 +462,8 @@ impl StateStore for MemoryStore {
     async fn finish_delivery(&self, done: &DeliveryDone<'_>) -> Result<(), StateError> {
         self.mark_delivered(&done.msg.dedupe_id(), done.outcome)
             .await?;
-        self.lock().release(&done.msg.conversation(), done.holder);
+        self.lock()
+            .release(&done.msg.conversation(), done.turn.holder);
         Ok(())
     }
 
@@ -756,6 +757,7 @@ impl StateStore for MemoryStore {
 mod tests {
     use super::*;
     use crate::message::{Channel, Role, now_ms};
+    use crate::state::HeldTurn;
 
     fn limits() -> StoreLimits {
         StoreLimits::for_tests()
@@ -921,10 +923,12 @@ mod tests {
         );
         let done = |holder| DeliveryDone {
             msg: &m1,
-            seq: 1,
             outcome: "sent",
-            holder,
-            entry: None,
+            turn: HeldTurn {
+                seq: 1,
+                holder,
+                entry: None,
+            },
         };
         // Another worker's marker for the same message does not free the lease it never held.
         assert!(store.finish_delivery(&done("w9")).await.is_ok());

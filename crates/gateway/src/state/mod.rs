@@ -131,19 +131,27 @@ pub struct ConversationSnapshot {
     pub later: Vec<(u64, InboundMessage)>,
 }
 
+/// The turn a platform reply's delivered marker ends: what releasing its lease and
+/// acknowledging its inbox entry need to name.
+#[derive(Debug, Clone, Copy)]
+pub struct HeldTurn<'a> {
+    /// The message's sequence number in the conversation, to tell its inbox entry from another's.
+    pub seq: u64,
+    /// The turn's lease holder token.
+    pub holder: &'a str,
+    /// The message's inbox entry; `None` when it did not come from the inbox (degraded mode).
+    pub entry: Option<&'a EntryId>,
+}
+
 /// A platform turn whose reply went out (or was given up), for [`StateStore::finish_delivery`].
 #[derive(Debug, Clone, Copy)]
 pub struct DeliveryDone<'a> {
     /// The message answered.
     pub msg: &'a InboundMessage,
-    /// Its sequence number in the conversation, to tell its inbox entry from another's.
-    pub seq: u64,
     /// `sent`, or `dead_letter` when the platform refused the reply.
     pub outcome: &'a str,
-    /// The turn's lease holder token.
-    pub holder: &'a str,
-    /// The message's inbox entry; `None` when it did not come from the inbox (degraded mode).
-    pub entry: Option<&'a EntryId>,
+    /// The turn that ends with it.
+    pub turn: HeldTurn<'a>,
 }
 
 /// What a turn asks of [`StateStore::begin_turn`].

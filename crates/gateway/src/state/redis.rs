@@ -670,17 +670,18 @@ impl StateStore for RedisStore {
         finish
             .key(&delivered)
             .key(keys.lease(&done.msg.conversation()));
-        if let Some(entry) = done.entry {
+        let turn = done.turn;
+        if let Some(entry) = turn.entry {
             // In a cluster the entry's stream shares the conversation's slot (its shard's tag).
             finish.key(&entry.stream);
         }
         finish
             .arg(done.outcome)
             .arg(secs(self.limits.dedupe_ttl))
-            .arg(done.holder)
-            .arg(done.entry.map_or("", |e| e.id.as_str()))
+            .arg(turn.holder)
+            .arg(turn.entry.map_or("", |e| e.id.as_str()))
             .arg(keys::GROUP)
-            .arg(done.seq)
+            .arg(turn.seq)
             .arg(&done.msg.message_id);
         // Like the marker alone: lost in a failover, the reply would be sent again.
         let _: i64 = self.invoke_acknowledged(&delivered, &finish).await?;

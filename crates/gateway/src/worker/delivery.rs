@@ -7,7 +7,7 @@ use crate::live::Live;
 use crate::message::{Channel, InboundMessage, StoredReply};
 use crate::state::keys::KeyLayout;
 use crate::state::{
-    DeliveryDone, EntryId, ReplyDeadLetter, StateError, StateStore, while_unavailable,
+    DeliveryDone, HeldTurn, ReplyDeadLetter, StateError, StateStore, while_unavailable,
 };
 use crate::telemetry;
 
@@ -52,14 +52,7 @@ impl DeliveryPath {
 pub(super) enum Delivering<'a> {
     /// The reply this turn just committed (nobody can have sent it yet). On a platform, marking
     /// it delivered also ends the turn: its lease is released and its inbox entry acknowledged.
-    Committed {
-        /// The message's sequence number in the conversation.
-        seq: u64,
-        /// The turn's lease holder token.
-        holder: &'a str,
-        /// The message's inbox entry (`None` in degraded mode).
-        entry: Option<&'a EntryId>,
-    },
+    Committed(HeldTurn<'a>),
     /// A reply found on record (the entry came back after a crash): sent unless it is marked
     /// delivered already; the caller acknowledges the entry.
     OnRecord,
@@ -79,7 +72,7 @@ pub(super) async fn deliver(
     reply: &StoredReply,
     delivering: Delivering<'_>,
 ) -> Result<bool, StateError> {
-    let committed = matches!(delivering, Delivering::Committed { .. });
+    let committed = matches!(delivering, Delivering::Committed(_));
     if DeliveryPath::of(msg.channel) == DeliveryPath::HeldRequest {
         notify_local(ctx, msg, reply);
         // Recorded once, by the turn that committed it (not again when a re-claimed entry
@@ -120,14 +113,8 @@ pub(super) async fn deliver(
     };
     ctx.audit.replied(msg, reply, outcome);
     match delivering {
-        Delivering::Committed { seq, holder, entry } => {
-            let done = DeliveryDone {
-                msg,
-                seq,
-                outcome,
-                holder,
-                entry,
-            };
+        Delivering::Committed(turn) => {
+            let done = DeliveryDone { msg, outcome, turn };
             while_unavailable(|| store.finish_delivery(&done)).await?;
             Ok(true)
         }

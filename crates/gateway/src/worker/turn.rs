@@ -21,7 +21,7 @@ use crate::replies::ReplyWaiters;
 use crate::skills::{Routing, Skill, SkillLibrary, SkillSet};
 use crate::state::while_unavailable;
 use crate::state::{
-    CommitOutcome, ConversationSnapshot, LaterMessage, StateError, StateStore, TurnBegin,
+    CommitOutcome, ConversationSnapshot, HeldTurn, LaterMessage, StateError, StateStore, TurnBegin,
     TurnCommit, TurnStart, WaitReason,
 };
 use crate::telemetry;
@@ -196,11 +196,11 @@ pub async fn run(
             reply,
             acknowledged,
         }) => {
-            let committed = Delivering::Committed {
+            let committed = Delivering::Committed(HeldTurn {
                 seq,
                 holder: &holder,
                 entry: job.entry.as_ref(),
-            };
+            });
             match deliver(ctx, &live, store, msg, &reply, committed).await {
                 Ok(ended) => {
                     ended_by_delivery = ended;
