@@ -284,7 +284,7 @@ impl StateStore for MemoryStore {
     }
 
     async fn begin_turn(&self, turn: &TurnBegin<'_>) -> Result<TurnStart, StateError> {
-        let (msg, seq, holder) = (turn.msg, turn.seq, turn.holder);
+        let (msg, seq, holder) = (turn.msg, turn.held.seq, turn.held.holder);
         let now = Instant::now();
         let key = msg.conversation();
         let mut inner = self.lock();
@@ -463,7 +463,7 @@ impl StateStore for MemoryStore {
         self.mark_delivered(&done.msg.dedupe_id(), done.outcome)
             .await?;
         self.lock()
-            .release(&done.msg.conversation(), done.turn.holder);
+            .release(&done.msg.conversation(), done.held.holder);
         Ok(())
     }
 
@@ -771,11 +771,13 @@ mod tests {
     fn turn<'a>(msg: &'a InboundMessage, seq: u64, holder: &'a str) -> TurnBegin<'a> {
         TurnBegin {
             msg,
-            seq,
-            holder,
+            held: HeldTurn {
+                seq,
+                holder,
+                entry: None,
+            },
             skip_order_check: false,
             take_later: false,
-            entry: None,
             typing: false,
         }
     }
@@ -924,7 +926,7 @@ mod tests {
         let done = |holder| DeliveryDone {
             msg: &m1,
             outcome: "sent",
-            turn: HeldTurn {
+            held: HeldTurn {
                 seq: 1,
                 holder,
                 entry: None,

@@ -131,8 +131,8 @@ pub struct ConversationSnapshot {
     pub later: Vec<(u64, InboundMessage)>,
 }
 
-/// The turn a platform reply's delivered marker ends: what releasing its lease and
-/// acknowledging its inbox entry need to name.
+/// One turn of a message, as the steps that begin and end it name it: the message's number, the
+/// lease holder token the turn takes the conversation with, and the inbox entry it came from.
 #[derive(Debug, Clone, Copy)]
 pub struct HeldTurn<'a> {
     /// The message's sequence number in the conversation, to tell its inbox entry from another's.
@@ -151,7 +151,7 @@ pub struct DeliveryDone<'a> {
     /// `sent`, or `dead_letter` when the platform refused the reply.
     pub outcome: &'a str,
     /// The turn that ends with it.
-    pub turn: HeldTurn<'a>,
+    pub held: HeldTurn<'a>,
 }
 
 /// What a turn asks of [`StateStore::begin_turn`].
@@ -159,16 +159,12 @@ pub struct DeliveryDone<'a> {
 pub struct TurnBegin<'a> {
     /// The message to answer.
     pub msg: &'a InboundMessage,
-    /// Its sequence number in the conversation.
-    pub seq: u64,
-    /// The lease holder token of this turn.
-    pub holder: &'a str,
+    /// The turn that begins.
+    pub held: HeldTurn<'a>,
     /// Start even though an earlier message is not done (it was waited for long enough).
     pub skip_order_check: bool,
     /// Take the customer's later messages into this turn (when the store keeps them).
     pub take_later: bool,
-    /// The message's inbox entry; `None` when it did not come from the inbox (degraded mode).
-    pub entry: Option<&'a EntryId>,
     /// Write the session's typing event when the turn starts, in the same step: the customer
     /// sees the agent at work at once, without a round trip of its own. Not written while a
     /// person has the conversation (the agent does not answer then).

@@ -391,7 +391,8 @@ impl StateStore for RedisStore {
             .key(keys.conversation(&conversation))
             .key(keys.pending(&conversation))
             .key(keys.events(&conversation));
-        if let Some(entry) = turn.entry {
+        let held = turn.held;
+        if let Some(entry) = held.entry {
             // The entry's stream shares the conversation's slot (its shard's hash tag).
             begin.key(&entry.stream);
         }
@@ -405,8 +406,8 @@ impl StateStore for RedisStore {
         let reply: Vec<Value> = self
             .invoke(
                 begin
-                    .arg(turn.seq)
-                    .arg(turn.holder)
+                    .arg(held.seq)
+                    .arg(held.holder)
                     .arg(self.limits.lease_ttl.as_millis() as u64)
                     .arg(if turn.skip_order_check { "1" } else { "0" })
                     .arg(if turn.take_later {
@@ -422,7 +423,7 @@ impl StateStore for RedisStore {
                         self.limits.flood_interval.as_millis() as u64
                     })
                     .arg(self.limits.flood_tolerance.as_millis() as u64)
-                    .arg(turn.entry.map_or("", |e| e.id.as_str()))
+                    .arg(held.entry.map_or("", |e| e.id.as_str()))
                     .arg(&msg.message_id)
                     .arg(typing)
                     .arg(self.limits.events_max_length)
@@ -670,18 +671,18 @@ impl StateStore for RedisStore {
         finish
             .key(&delivered)
             .key(keys.lease(&done.msg.conversation()));
-        let turn = done.turn;
-        if let Some(entry) = turn.entry {
+        let held = done.held;
+        if let Some(entry) = held.entry {
             // In a cluster the entry's stream shares the conversation's slot (its shard's tag).
             finish.key(&entry.stream);
         }
         finish
             .arg(done.outcome)
             .arg(secs(self.limits.dedupe_ttl))
-            .arg(turn.holder)
-            .arg(turn.entry.map_or("", |e| e.id.as_str()))
+            .arg(held.holder)
+            .arg(held.entry.map_or("", |e| e.id.as_str()))
             .arg(keys::GROUP)
-            .arg(turn.seq)
+            .arg(held.seq)
             .arg(&done.msg.message_id);
         // Like the marker alone: lost in a failover, the reply would be sent again.
         let _: i64 = self.invoke_acknowledged(&delivered, &finish).await?;

@@ -113,8 +113,8 @@ pub(super) async fn deliver(
     };
     ctx.audit.replied(msg, reply, outcome);
     match delivering {
-        Delivering::Committed(turn) => {
-            let done = DeliveryDone { msg, outcome, turn };
+        Delivering::Committed(held) => {
+            let done = DeliveryDone { msg, outcome, held };
             while_unavailable(|| store.finish_delivery(&done)).await?;
             Ok(true)
         }

@@ -121,14 +121,17 @@ pub async fn run(
     // The customer sees the agent typing from the moment the turn starts (a message it cannot
     // read gets a notice at once instead).
     let typing = events::keeps_events(msg) && msg.unsupported.is_none();
+    let held = HeldTurn {
+        seq,
+        holder: &holder,
+        entry: job.entry.as_ref(),
+    };
     let snapshot = loop {
         let begin = TurnBegin {
             msg,
-            seq,
-            holder: &holder,
+            held,
             skip_order_check: waited_for_order >= ctx.order_wait,
             take_later: waited && msg.unsupported.is_none(),
-            entry: job.entry.as_ref(),
             typing,
         };
         let start = while_unavailable(|| store.begin_turn(&begin)).await?;
@@ -195,23 +198,16 @@ pub async fn run(
         Ok(TurnEnd::Replied {
             reply,
             acknowledged,
-        }) => {
-            let committed = Delivering::Committed(HeldTurn {
-                seq,
-                holder: &holder,
-                entry: job.entry.as_ref(),
-            });
-            match deliver(ctx, &live, store, msg, &reply, committed).await {
-                Ok(ended) => {
-                    ended_by_delivery = ended;
-                    Ok(TurnEnd::Replied {
-                        reply,
-                        acknowledged: acknowledged || ended,
-                    })
-                }
-                Err(e) => Err(TurnError::from(e)),
+        }) => match deliver(ctx, &live, store, msg, &reply, Delivering::Committed(held)).await {
+            Ok(ended) => {
+                ended_by_delivery = ended;
+                Ok(TurnEnd::Replied {
+                    reply,
+                    acknowledged: acknowledged || ended,
+                })
             }
-        }
+            Err(e) => Err(TurnError::from(e)),
+        },
         other => other,
     };
     drop(renewed);
